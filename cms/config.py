@@ -1,0 +1,323 @@
+"""The one configuration loader.
+
+One TOML file, default /etc/cms/cms.toml, chosen by ``--config`` or ``CMS_CONFIG``. When
+neither names a file and the default does not exist, the embedded defaults below are used:
+that is how the local demo runs with no file at all. etc/cms.toml.example documents every
+key.
+
+The file is read with tomllib into the frozen dataclasses below and validated at once: an
+unknown key, a wrong type or an out-of-range value raises ConfigError with one message that
+names the key and the file. ``load_or_exit`` turns that into exit code 2 with no traceback.
+
+Validation is driven by the dataclasses themselves: a field's type annotation gives the
+accepted TOML type, and ``field(metadata=...)`` gives ranges (``min``, ``max``) and choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cms.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/cms/cms.toml")
+ENV_VAR = "CMS_CONFIG"
+
+
+def _f(default: Any, *, min: float | None = None, max: float | None = None,
+       choices: tuple[str, ...] | None = None, doc: str = "") -> Any:
+    md = {"min": min, "max": max, "choices": choices, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=md)
+    return field(default=default, metadata=md)
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """A hypervisor host cms may place replicas on."""
+    name: str = _f("local", doc="unique short name")
+    uri: str = _f("qemu:///system", doc="libvirt connection URI")
+
+
+@dataclass(frozen=True)
+class LibvirtConfig:
+    domain_type: str = _f("kvm", choices=("kvm", "qemu", "auto"),
+                          doc="kvm on real hosts; qemu is TCG emulation; auto: kvm when /dev/kvm exists and "
+                              "this host is not itself a VM (nested KVM is unreliable), else qemu")
+    pool: str = _f("cms", doc="storage pool for replica overlays (a dir pool, created if missing)")
+    pool_path: str = _f("/var/lib/cms/pool", doc="directory of that pool when cms creates it")
+    keepalive_interval: int = _f(5, min=0, max=600, doc="seconds between libvirt keepalives; 0 disables")
+    machine: str = _f("pc", doc="QEMU machine type")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    golden: str = _f("/var/lib/cms/images/golden.qcow2", doc="golden qcow2 image the replicas' overlays are backed by")
+    kernel: str = _f("", doc="kernel for direct boot; empty: vmlinuz beside the golden image if present, else the bootloader")
+    initrd: str = _f("", doc="initrd for direct boot; empty: initrd.img beside the golden image if present")
+    cmdline: str = _f("root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet",
+                      doc="kernel command line for direct boot; cms appends systemd.hostname=<replica name>")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    mode: str = _f("user", choices=("user", "libvirt"),
+                   doc="user: QEMU user networking, each replica's port forwarded from forward_address; "
+                       "libvirt: a libvirt network, the address read from its DHCP leases")
+    network: str = _f("default", doc="libvirt network name (mode = libvirt)")
+    forward_address: str = _f("127.0.0.1", doc="host address the port forwards bind (mode = user)")
+    port_min: int = _f(20000, min=1024, max=65535, doc="lowest host port handed to a replica (mode = user)")
+    port_max: int = _f(20999, min=1024, max=65535, doc="highest host port handed to a replica (mode = user)")
+
+
+@dataclass(frozen=True)
+class ThresholdPolicyConfig:
+    high: float = _f(0.75, min=0.0, max=1.0, doc="scale out when the group's mean CPU stays above this")
+    low: float = _f(0.25, min=0.0, max=1.0, doc="scale in when it stays below this")
+    window_s: float = _f(5.0, min=0.0, max=3600.0, doc="how long it must stay above high")
+    window_in_s: float = _f(20.0, min=0.0, max=3600.0, doc="how long it must stay below low")
+
+
+@dataclass(frozen=True)
+class TargetPolicyConfig:
+    target: float = _f(0.6, min=0.01, max=1.0, doc="desired mean CPU utilization")
+    tolerance: float = _f(0.1, min=0.0, max=1.0, doc="no action while |mean/target - 1| <= tolerance")
+    stabilization_s: float = _f(30.0, min=0.0, max=3600.0, doc="scale-down takes the highest recommendation in this window")
+    max_step: int = _f(1, min=1, max=100, doc="most replicas added or removed in one action")
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """A replica group: N copies of the guest server behind the load client."""
+    min: int = _f(1, min=0, max=1000)
+    max: int = _f(3, min=1, max=1000)
+    vcpus: int = _f(1, min=1, max=256)
+    memory_mib: int = _f(512, min=64, max=1048576)
+    port: int = _f(8080, min=1, max=65535, doc="the guest server's port inside the VM")
+    policy: str = _f("threshold", choices=("threshold", "target"))
+    cooldown_s: float = _f(15.0, min=0.0, max=3600.0, doc="no scaling action for this long after one")
+    warmup_s: float = _f(5.0, min=0.0, max=3600.0, doc="a new replica's CPU is left out for this long after ready")
+    scale_in_order: str = _f("newest", choices=("newest", "oldest"), doc="which replica scale-in removes")
+    threshold: ThresholdPolicyConfig = field(default_factory=ThresholdPolicyConfig)
+    target: TargetPolicyConfig = field(default_factory=TargetPolicyConfig)
+
+
+@dataclass(frozen=True)
+class AutoscalerConfig:
+    tick_s: float = _f(1.0, min=0.05, max=3600.0, doc="seconds between monitoring ticks")
+    history: int = _f(900, min=10, max=1000000, doc="samples kept in memory per domain")
+    health_timeout_s: float = _f(120.0, min=1.0, max=3600.0, doc="how long a new replica may take to answer /health")
+    health_failures: int = _f(3, min=1, max=1000, doc="failed health checks in a row that make a replica failed")
+    drain_s: float = _f(3.0, min=0.0, max=3600.0, doc="time given to in-flight work after draining is announced")
+    shutdown_timeout_s: float = _f(10.0, min=0.0, max=3600.0, doc="graceful shutdown wait before destroy")
+
+
+@dataclass(frozen=True)
+class ZmqConfig:
+    publish: str = _f("tcp://127.0.0.1:5556", doc="PUB endpoint the daemon binds for replica updates")
+    snapshot: str = _f("tcp://127.0.0.1:5557", doc="ROUTER endpoint the daemon binds for snapshots")
+    curve_secret_key: str = _f("", doc="Z85 server secret key; with curve_public_key enables CURVE")
+    curve_public_key: str = _f("", doc="Z85 server public key, which clients also need")
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    bind: str = _f("127.0.0.1:8080", doc="host:port gunicorn listens on")
+    workers: int = _f(0, min=0, max=256, doc="gunicorn workers; 0 means 2 x CPUs + 1")
+    token: str = _f("", doc="bearer token for mutating /v1 calls; empty disables them")
+    open_spec_urls: bool = _f(True, doc="the spec's GET URLs answer without a token")
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    algorithm: str = _f("round_robin", choices=("round_robin", "first_fit", "spread"))
+    cpu_overcommit: float = _f(4.0, min=0.1, max=64.0, doc="vCPUs per physical CPU a host may carry")
+    ram_reserve_mib: int = _f(512, min=0, max=1048576, doc="host RAM never given to VMs")
+
+
+@dataclass(frozen=True)
+class Config:
+    state_db: str = _f("/var/lib/cms/state.db", doc="SQLite database of metrics, events and API state")
+    log_level: str = _f("info", choices=("debug", "info", "warning", "error"))
+    hosts: list[HostConfig] = _f([{"name": "local", "uri": "qemu:///system"}])
+    libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    groups: dict[str, GroupConfig] = _f({"web": {}})
+    autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
+    zmq: ZmqConfig = field(default_factory=ZmqConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    source: str = field(default="<embedded defaults>", metadata={"internal": True})
+
+    def host(self, name: str) -> HostConfig:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+
+# --- the loader --------------------------------------------------------------------------
+
+def _type_name(t: Any) -> str:
+    origin = typing.get_origin(t)
+    if origin is list:
+        return "an array"
+    if origin is dict or dataclasses.is_dataclass(t):
+        return "a table"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(t, str(t))
+
+
+def _convert(value: Any, t: Any, key: str, src: str) -> Any:
+    origin = typing.get_origin(t)
+    if dataclasses.is_dataclass(t):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: {key} must be {_type_name(t)}, not {type(value).__name__}")
+        return _build(t, value, key, src)
+    if origin is list:
+        (item_t,) = typing.get_args(t)
+        if not isinstance(value, list):
+            raise ConfigError(f"{src}: {key} must be {_type_name(t)}, not {type(value).__name__}")
+        return [_convert(v, item_t, f"{key}[{i}]", src) for i, v in enumerate(value)]
+    if origin is dict:
+        _, val_t = typing.get_args(t)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: {key} must be {_type_name(t)}, not {type(value).__name__}")
+        return {str(k): _convert(v, val_t, f"{key}.{k}", src) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError("unions are not used in the config schema")
+    # Scalars. bool is an int subclass in Python, so it is checked first; an integer
+    # is accepted where a number (float) is expected, as TOML users write `1` for `1.0`.
+    if t is bool:
+        ok = isinstance(value, bool)
+    elif t is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif t is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, t)
+    if not ok:
+        raise ConfigError(f"{src}: {key} must be {_type_name(t)}, not {type(value).__name__} ({value!r})")
+    return value
+
+
+def _check_range(value: Any, md: Any, key: str, src: str) -> None:
+    lo, hi, choices = md.get("min"), md.get("max"), md.get("choices")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{src}: {key} = {value!r} is below the minimum {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{src}: {key} = {value!r} is above the maximum {hi}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{src}: {key} = {value!r} is not one of {', '.join(choices)}")
+
+
+def _build(cls: Any, data: dict[str, Any], prefix: str, src: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{src}: unknown key {key} (known here: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            value = _convert(data[name], hints[name], key, src)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+            # defaults held as plain data (lists/dicts of tables) go through the same conversion
+            value = _convert(value, hints[name], key, src) if typing.get_origin(hints[name]) else value
+        else:
+            raise ConfigError(f"{src}: missing key {key}")
+        _check_range(value, f.metadata, key, src)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config) -> None:
+    src = cfg.source
+    if not cfg.hosts:
+        raise ConfigError(f"{src}: hosts must name at least one hypervisor host")
+    names = [h.name for h in cfg.hosts]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"{src}: hosts: duplicate host name {sorted(dup)[0]!r}")
+    for i, h in enumerate(cfg.hosts):
+        if not h.name or not h.uri:
+            raise ConfigError(f"{src}: hosts[{i}] needs both name and uri")
+    if cfg.network.port_min > cfg.network.port_max:
+        raise ConfigError(f"{src}: network.port_min ({cfg.network.port_min}) is above network.port_max ({cfg.network.port_max})")
+    for g, gc in cfg.groups.items():
+        if not g.replace("-", "").isalnum():
+            raise ConfigError(f"{src}: groups.{g}: a group name may hold only letters, digits and '-'")
+        if gc.min > gc.max:
+            raise ConfigError(f"{src}: groups.{g}.min ({gc.min}) is above groups.{g}.max ({gc.max})")
+        if gc.threshold.low >= gc.threshold.high:
+            raise ConfigError(f"{src}: groups.{g}.threshold.low ({gc.threshold.low}) must be below "
+                              f"groups.{g}.threshold.high ({gc.threshold.high})")
+
+
+def parse(data: dict[str, Any], source: str = "<embedded defaults>") -> Config:
+    """Build a validated Config from already-parsed TOML data."""
+    cfg = _build(Config, data, "", source)
+    cfg = dataclasses.replace(cfg, source=source)
+    _cross_checks(cfg)
+    return cfg
+
+
+def resolve_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The file to read: --config, else $CMS_CONFIG, else /etc/cms/cms.toml if it exists."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env)
+    return DEFAULT_PATH if DEFAULT_PATH.exists() else None
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    p = resolve_path(path)
+    if p is None:
+        return parse({})
+    try:
+        with open(p, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such configuration file") from None
+    except PermissionError:
+        raise ConfigError(f"{p}: permission denied reading the configuration file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, not a configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse(data, str(p))
+
+
+def load_or_exit(path: str | os.PathLike[str] | None = None) -> Config:
+    """For command-line entry points: a bad configuration is one line on stderr and exit 2."""
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(f"cms: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def dump(cfg: Config) -> dict[str, Any]:
+    """The configuration as plain data (what the API shows; secrets masked)."""
+    d = dataclasses.asdict(cfg)
+    d.pop("source", None)
+    if d["api"]["token"]:
+        d["api"]["token"] = "***"
+    if d["zmq"]["curve_secret_key"]:
+        d["zmq"]["curve_secret_key"] = "***"
+    return d

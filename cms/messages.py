@@ -1,0 +1,198 @@
+"""The one message schema between the autoscaler and its subscribers (the load client).
+
+Transport follows the ZeroMQ guide's Clone pattern:
+
+* PUB socket (``[zmq] publish``, default tcp://127.0.0.1:5556) carries every change of a
+  group's replica set as a two-frame message ``[topic, body]``. The topic is
+  ``b"replicas." + group`` so a subscriber filters by group with a prefix.
+* Snapshot socket (``[zmq] snapshot``, default tcp://127.0.0.1:5557), a ROUTER: a DEALER
+  or REQ client sends one frame ``b"SNAPSHOT"`` (optionally a second frame, a group name
+  prefix) and gets one frame back, a ``snapshot`` body: every group's current set and the
+  sequence number it is current at.
+* A subscriber connects SUB first, then asks for the snapshot, then applies only updates
+  whose ``seq`` is newer than the snapshot's. A gap (seq jumps by more than one) or a new
+  ``epoch`` (the daemon restarted, its sequence restarts) means: ask for a snapshot again.
+
+Bodies are UTF-8 JSON objects with ``"schema": SCHEMA_VERSION``:
+
+update::
+
+    {"schema": 1, "type": "update", "epoch": "8f3c...", "seq": 17, "ts": 1763700000.1,
+     "group": "web", "event": "ready", "replica": "cms-web-2", "reason": "scale out: ...",
+     "replicas": [Replica, ...]}          # the group's whole current set after the change
+
+snapshot::
+
+    {"schema": 1, "type": "snapshot", "epoch": "8f3c...", "seq": 17, "ts": ...,
+     "groups": {"web": [Replica, ...]}}
+
+Replica::
+
+    {"name": "cms-web-2", "group": "web", "host": "local", "address": "127.0.0.1",
+     "port": 20001, "state": "ready", "created": 1763700000.0}
+
+``state`` is one of STATES. A client sends work only to replicas whose state is "ready".
+A removed replica does not appear in ``replicas``; the update that removes it has
+``event == "removed"`` and names it in ``replica``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cms.errors import MessageError
+
+SCHEMA_VERSION = 1
+TOPIC_PREFIX = b"replicas."
+SNAPSHOT_REQUEST = b"SNAPSHOT"
+
+# Lifecycle of a replica as subscribers see it.
+STATES = ("starting", "ready", "draining", "failed")
+# What an update says happened; "added" announces a replica in state "starting".
+EVENTS = ("added", "ready", "draining", "removed", "failed")
+
+
+@dataclass(frozen=True)
+class Replica:
+    name: str
+    group: str
+    host: str
+    address: str
+    port: int
+    state: str
+    created: float = 0.0
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Replica":
+        try:
+            r = cls(
+                name=str(d["name"]),
+                group=str(d["group"]),
+                host=str(d.get("host", "")),
+                address=str(d["address"]),
+                port=int(d["port"]),
+                state=str(d["state"]),
+                created=float(d.get("created", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MessageError(f"bad replica record {d!r}: {exc}") from None
+        if r.state not in STATES:
+            raise MessageError(f"bad replica state {r.state!r} for {r.name}")
+        return r
+
+
+@dataclass(frozen=True)
+class Update:
+    epoch: str
+    seq: int
+    group: str
+    event: str
+    replica: str
+    replicas: tuple[Replica, ...]
+    reason: str = ""
+    ts: float = field(default_factory=time.time)
+
+    @property
+    def ready(self) -> list[Replica]:
+        return [r for r in self.replicas if r.state == "ready"]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    epoch: str
+    seq: int
+    groups: dict[str, tuple[Replica, ...]]
+    ts: float = field(default_factory=time.time)
+
+
+def topic(group: str) -> bytes:
+    return TOPIC_PREFIX + group.encode()
+
+
+def encode_update(u: Update) -> list[bytes]:
+    """The two frames to send on the PUB socket."""
+    if u.event not in EVENTS:
+        raise MessageError(f"unknown event {u.event!r}")
+    body = {
+        "schema": SCHEMA_VERSION,
+        "type": "update",
+        "epoch": u.epoch,
+        "seq": u.seq,
+        "ts": u.ts,
+        "group": u.group,
+        "event": u.event,
+        "replica": u.replica,
+        "reason": u.reason,
+        "replicas": [asdict(r) for r in u.replicas],
+    }
+    return [topic(u.group), json.dumps(body, separators=(",", ":")).encode()]
+
+
+def encode_snapshot(s: Snapshot) -> bytes:
+    body = {
+        "schema": SCHEMA_VERSION,
+        "type": "snapshot",
+        "epoch": s.epoch,
+        "seq": s.seq,
+        "ts": s.ts,
+        "groups": {g: [asdict(r) for r in reps] for g, reps in s.groups.items()},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _load(body: bytes, want: str) -> dict[str, Any]:
+    try:
+        d = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError(f"message is not JSON: {exc}") from None
+    if not isinstance(d, dict):
+        raise MessageError("message is not a JSON object")
+    if d.get("schema") != SCHEMA_VERSION:
+        raise MessageError(f"unsupported schema {d.get('schema')!r}, this side speaks {SCHEMA_VERSION}")
+    if d.get("type") != want:
+        raise MessageError(f"expected a {want} message, got {d.get('type')!r}")
+    return d
+
+
+def decode_update(frames: list[bytes]) -> Update:
+    if len(frames) != 2:
+        raise MessageError(f"an update has 2 frames, got {len(frames)}")
+    d = _load(frames[1], "update")
+    try:
+        u = Update(
+            epoch=str(d["epoch"]),
+            seq=int(d["seq"]),
+            group=str(d["group"]),
+            event=str(d["event"]),
+            replica=str(d.get("replica", "")),
+            replicas=tuple(Replica.from_dict(r) for r in d["replicas"]),
+            reason=str(d.get("reason", "")),
+            ts=float(d.get("ts", 0.0)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MessageError(f"bad update: {exc}") from None
+    if u.event not in EVENTS:
+        raise MessageError(f"unknown event {u.event!r}")
+    if frames[0] != topic(u.group):
+        raise MessageError(f"topic {frames[0]!r} does not match group {u.group!r}")
+    return u
+
+
+def decode_snapshot(body: bytes) -> Snapshot:
+    d = _load(body, "snapshot")
+    try:
+        return Snapshot(
+            epoch=str(d["epoch"]),
+            seq=int(d["seq"]),
+            groups={str(g): tuple(Replica.from_dict(r) for r in reps) for g, reps in d["groups"].items()},
+            ts=float(d.get("ts", 0.0)),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MessageError(f"bad snapshot: {exc}") from None
