@@ -1,0 +1,482 @@
+#!/usr/bin/python3
+"""cms guest server: the CPU-bound service each replica VM runs.
+
+Standard library only (the golden image's python3, 3.11). Pre-fork: the main process binds
+one listening socket and forks one worker per vCPU (or CMS_GUEST_WORKERS); every worker
+accepts on that inherited socket and serves HTTP/1.1 with keep-alive, one thread per
+connection. The main process only supervises: it restarts a worker that dies and, on
+SIGTERM, stops them all.
+
+Contract (the load client and the autoscaler depend on it):
+  GET  /work?payload=<str>&cost=<int>
+  POST /work  {"payload": str, "cost": int}
+      200 {"result": pbkdf2_hmac("sha256", payload, b"cms-guest", cost).hex(),
+           "cost": cost, "hostname": <hostname>}
+      1 <= cost <= 1_000_000, payload <= 4096 bytes (UTF-8), body <= 65536 bytes;
+      a violation is a 4xx {"error": "..."} (413 for an oversized body).
+  GET /health  200 {"status": "ok"} once every worker is up; 503 before that and while stopping
+  GET /status  {"served", "in_flight", "uptime_s", "hostname", "unit", "workers", "pid"}
+  Unknown path: 404; known path, wrong method: 405; both JSON.
+Every response carries X-Worker-Pid, the pid of the worker that answered.
+
+Environment: CMS_GUEST_PORT (8080), CMS_GUEST_BIND (0.0.0.0), CMS_GUEST_WORKERS (empty or 0:
+one per CPU), CMS_GUEST_GRACE_S (5: how long a stopping worker lets in-flight work finish).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs, urlsplit
+
+SALT = b"cms-guest"
+MIN_COST = 1
+MAX_COST = 1_000_000
+MAX_PAYLOAD = 4096
+MAX_BODY = 65536
+MAX_CONNECTIONS_PER_WORKER = 512
+IDLE_TIMEOUT_S = 75.0
+
+ROUTES = {"/work": ("GET", "POST"), "/health": ("GET",), "/status": ("GET",)}
+
+# Shared counters live in an anonymous shared mapping inherited across fork. Each worker
+# writes only its own slot, so no lock spans processes; readers add the slots up.
+# Header: stopping flag. Slot per worker: served, in_flight, busy connections, ready pid.
+_HEADER_FIELDS = 1
+_SLOT_FIELDS = 4
+_SERVED, _IN_FLIGHT, _BUSY, _READY = range(_SLOT_FIELDS)
+
+
+class SharedState:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        size = 8 * (_HEADER_FIELDS + _SLOT_FIELDS * workers)
+        self._mm = mmap.mmap(-1, size)
+        self._q = memoryview(self._mm).cast("q")
+
+    def _i(self, slot: int, f: int) -> int:
+        return _HEADER_FIELDS + slot * _SLOT_FIELDS + f
+
+    def get(self, slot: int, f: int) -> int:
+        return self._q[self._i(slot, f)]
+
+    def set(self, slot: int, f: int, value: int) -> None:
+        self._q[self._i(slot, f)] = value
+
+    def total(self, f: int) -> int:
+        return sum(self.get(s, f) for s in range(self.workers))
+
+    @property
+    def stopping(self) -> bool:
+        return self._q[0] != 0
+
+    def set_stopping(self) -> None:
+        self._q[0] = 1
+
+    def all_ready(self) -> bool:
+        return all(self.get(s, _READY) != 0 for s in range(self.workers))
+
+    def all_busy(self) -> bool:
+        return all(self.get(s, _BUSY) > 0 for s in range(self.workers))
+
+
+def systemd_unit() -> str:
+    """The systemd unit whose cgroup this process is in ("" when none)."""
+    try:
+        with open("/proc/self/cgroup", encoding="ascii", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        path = line.split(":", 2)[-1]
+        for part in reversed(path.split("/")):
+            if part.endswith((".service", ".scope")):
+                return part
+    return ""
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def parse_work(payload: object, cost: object) -> tuple[str, int]:
+    """Validate a work request's two fields; raises BadRequest with a clear message."""
+    if payload is None:
+        raise BadRequest(400, "missing 'payload' (a string of at most 4096 bytes)")
+    if not isinstance(payload, str):
+        raise BadRequest(400, "'payload' must be a string")
+    if len(payload.encode("utf-8", "surrogatepass")) > MAX_PAYLOAD:
+        raise BadRequest(400, f"'payload' is longer than {MAX_PAYLOAD} bytes")
+    if cost is None:
+        raise BadRequest(400, f"missing 'cost' (an integer from {MIN_COST} to {MAX_COST})")
+    if isinstance(cost, str):
+        try:
+            cost = int(cost.strip(), 10)
+        except ValueError:
+            raise BadRequest(400, f"'cost' must be an integer, not {cost[:40]!r}") from None
+    if isinstance(cost, bool) or not isinstance(cost, int):
+        raise BadRequest(400, "'cost' must be an integer")
+    if not MIN_COST <= cost <= MAX_COST:
+        raise BadRequest(400, f"'cost' must be from {MIN_COST} to {MAX_COST}, not {cost}")
+    return payload, cost
+
+
+def compute(payload: str, cost: int) -> str:
+    return hashlib.pbkdf2_hmac("sha256", payload.encode("utf-8", "surrogatepass"), SALT, cost).hex()
+
+
+class Worker:
+    """One pre-forked worker: accepts on the shared socket, a thread per connection."""
+
+    def __init__(self, sock: socket.socket, state: SharedState, slot: int, info: dict) -> None:
+        self.sock = sock
+        self.state = state
+        self.slot = slot
+        self.info = info
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+        self.stop = threading.Event()
+        self.connections = 0
+
+    def add(self, f: int, delta: int) -> None:
+        with self.lock:
+            self.state.set(self.slot, f, self.state.get(self.slot, f) + delta)
+            if f == _BUSY and self.state.get(self.slot, _BUSY) == 0:
+                self.idle.notify_all()
+
+    def should_accept(self) -> bool:
+        # A busy worker leaves new connections to idle workers, so concurrent requests
+        # spread over the CPUs; when every worker is busy, anyone takes them.
+        return self.state.get(self.slot, _BUSY) == 0 or self.state.all_busy()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        self.state.set(self.slot, _IN_FLIGHT, 0)
+        self.state.set(self.slot, _BUSY, 0)
+        self.state.set(self.slot, _READY, os.getpid())
+        while not self.stop.is_set() and not self.state.stopping:
+            if not self.should_accept() or self.connections >= MAX_CONNECTIONS_PER_WORKER:
+                with self.lock:
+                    self.idle.wait(0.05)
+                continue
+            try:
+                ready, _, _ = select.select([self.sock], [], [], 0.5)
+            except InterruptedError:
+                continue
+            if not ready:
+                continue
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue  # another worker took it
+            except OSError:
+                time.sleep(0.05)  # e.g. EMFILE: back off instead of spinning
+                continue
+            conn.setblocking(True)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.add(_BUSY, 1)
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self.serve_connection, args=(conn, addr), daemon=True).start()
+        self.shutdown()
+
+    def serve_connection(self, conn: socket.socket, addr: tuple) -> None:
+        flag = {"busy": True}  # the accept counted this connection as busy
+        try:
+            Handler(conn, addr, self, flag)
+        except Exception:  # noqa: BLE001 - one broken connection must not touch the others
+            pass
+        finally:
+            if flag["busy"]:
+                self.add(_BUSY, -1)
+            with self.lock:
+                self.connections -= 1
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def shutdown(self) -> None:
+        self.state.set(self.slot, _READY, 0)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        grace = float(os.environ.get("CMS_GUEST_GRACE_S", "5") or 5)
+        deadline = time.monotonic() + grace
+        with self.lock:
+            while self.state.get(self.slot, _BUSY) > 0 and time.monotonic() < deadline:
+                self.idle.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+        sys.stdout.flush()
+        os._exit(0)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "cms-guest/1"
+    timeout = IDLE_TIMEOUT_S
+    error_message_format = ""
+
+    def __init__(self, conn: socket.socket, addr: tuple, worker: Worker, flag: dict) -> None:
+        self.worker = worker
+        self.flag = flag
+        super().__init__(conn, addr, None)
+
+    def __getattr__(self, name: str):
+        # Any other method gets a JSON 404/405 rather than http.server's 501.
+        if name.startswith("do_"):
+            return self.dispatch
+        raise AttributeError(name)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        pass  # one line per request would flood the journal under load
+
+    def parse_request(self) -> bool:
+        if not self.flag["busy"]:
+            self.flag["busy"] = True
+            self.worker.add(_BUSY, 1)
+        return super().parse_request()
+
+    def _idle(self) -> None:
+        if self.flag["busy"]:
+            self.flag["busy"] = False
+            self.worker.add(_BUSY, -1)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Errors found by http.server itself (bad request line, too long, ...) as JSON too.
+        self.close_connection = True
+        text = message or self.responses.get(code, ("error",))[0]
+        self.reply(code, {"error": text})
+
+    def reply(self, code: int, body: dict, close: bool = False, headers: dict | None = None) -> None:
+        data = json.dumps(body).encode()
+        try:
+            self.send_response(code)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("X-Worker-Pid", str(os.getpid()))
+            if close or self.close_connection:
+                self.close_connection = True
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            self.wfile.flush()
+        finally:
+            self._idle()
+
+    def dispatch(self) -> None:
+        try:
+            path = urlsplit(self.path).path
+            allowed = ROUTES.get(path)
+            if allowed is None:
+                return self.reply(404, {"error": f"no such path {path[:200]!r}; try /work, /health or /status"})
+            if self.command not in allowed:
+                return self.reply(405, {"error": f"{self.command} is not allowed on {path}; use {' or '.join(allowed)}"},
+                                  headers={"Allow": ", ".join(allowed)})
+            if path == "/work":
+                return self.work()
+            if path == "/health":
+                return self.health()
+            return self.status()
+        except BadRequest as exc:
+            return self.reply(exc.status, {"error": exc.message})
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+            self._idle()
+        except Exception as exc:  # noqa: BLE001 - never crash on a request
+            return self.reply(500, {"error": f"internal error: {type(exc).__name__}"}, close=True)
+
+    def read_json_body(self) -> dict:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            self.close_connection = True
+            raise BadRequest(411, "chunked bodies are not supported; send Content-Length")
+        raw_length = self.headers.get("Content-Length")
+        if raw_length is None:
+            raise BadRequest(411, "POST /work needs a Content-Length header")
+        try:
+            length = int(raw_length)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise BadRequest(400, f"bad Content-Length {raw_length[:40]!r}") from None
+        if length > MAX_BODY:
+            self.close_connection = True  # the body is left unread
+            raise BadRequest(413, f"body of {length} bytes is larger than the limit of {MAX_BODY}")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            raise BadRequest(400, "body shorter than its Content-Length")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest(400, "body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise BadRequest(400, 'body must be a JSON object: {"payload": str, "cost": int}')
+        return data
+
+    def work(self) -> None:
+        if self.command == "POST":
+            data = self.read_json_body()
+            payload, cost = parse_work(data.get("payload"), data.get("cost"))
+        else:
+            try:
+                query = parse_qs(urlsplit(self.path).query, keep_blank_values=True,
+                                 strict_parsing=False, errors="strict", max_num_fields=16)
+            except (ValueError, UnicodeDecodeError):
+                raise BadRequest(400, "query string cannot be parsed") from None
+            payload = query.get("payload", [None])[0]
+            cost = query.get("cost", [None])[0]
+            payload, cost = parse_work(payload, cost)
+        w = self.worker
+        w.add(_IN_FLIGHT, 1)
+        try:
+            result = compute(payload, cost)
+        finally:
+            w.add(_IN_FLIGHT, -1)
+        w.add(_SERVED, 1)
+        self.reply(200, {"result": result, "cost": cost, "hostname": w.info["hostname"]})
+
+    def health(self) -> None:
+        state = self.worker.state
+        if state.stopping or self.worker.stop.is_set():
+            return self.reply(503, {"status": "stopping"})
+        if not state.all_ready():
+            return self.reply(503, {"status": "starting"})
+        return self.reply(200, {"status": "ok"})
+
+    def status(self) -> None:
+        state, info = self.worker.state, self.worker.info
+        self.reply(200, {
+            "served": state.total(_SERVED),
+            "in_flight": state.total(_IN_FLIGHT),
+            "uptime_s": round(time.monotonic() - info["started"], 3),
+            "hostname": info["hostname"],
+            "unit": info["unit"],
+            "workers": state.workers,
+            "pid": info["pid"],
+        })
+
+
+def worker_count() -> int:
+    raw = os.environ.get("CMS_GUEST_WORKERS", "").strip()
+    if raw and raw != "0":
+        n = int(raw)
+        if n < 1 or n > 256:
+            raise ValueError(f"CMS_GUEST_WORKERS must be from 1 to 256, not {n}")
+        return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def listen(bind: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((bind, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def main() -> int:
+    try:
+        port = int(os.environ.get("CMS_GUEST_PORT", "8080") or 8080)
+        bind = os.environ.get("CMS_GUEST_BIND", "0.0.0.0") or "0.0.0.0"
+        workers = worker_count()
+        sock = listen(bind, port)
+    except (ValueError, OSError) as exc:
+        print(f"cms-guest: cannot start: {exc}", file=sys.stderr)
+        return 1
+    state = SharedState(workers)
+    info = {"hostname": socket.gethostname(), "unit": systemd_unit(), "pid": os.getpid(),
+            "started": time.monotonic()}
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    children: dict[int, int] = {}  # pid -> slot
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                Worker(sock, state, slot, info).run()
+            finally:
+                os._exit(1)
+        children[pid] = slot
+
+    for slot in range(workers):
+        spawn(slot)
+    print(f"cms-guest: listening on {bind}:{port} with {workers} worker(s), pid {os.getpid()}",
+          flush=True)
+    restarts: list[float] = []
+    while not stop.is_set():
+        stop.wait(0.2)
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            slot = children.pop(pid)
+            state.set(slot, _READY, 0)
+            if stop.is_set():
+                continue
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < 10] + [now]
+            if len(restarts) > 10 * workers:
+                print("cms-guest: workers keep dying; giving up", file=sys.stderr, flush=True)
+                stop.set()
+                break
+            print(f"cms-guest: worker {pid} exited ({status}); starting another", file=sys.stderr, flush=True)
+            spawn(slot)
+    state.set_stopping()
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    grace = float(os.environ.get("CMS_GUEST_GRACE_S", "5") or 5) + 2
+    deadline = time.monotonic() + grace
+    while children and time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid:
+            children.pop(pid, None)
+        else:
+            time.sleep(0.05)
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    sock.close()
+    print("cms-guest: stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
