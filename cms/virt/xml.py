@@ -1,0 +1,181 @@
+"""Pure rendering and parsing of the libvirt XML cms uses: no libvirt import, no I/O.
+
+Every domain cms owns carries, in its <metadata>, one element in cms's namespace:
+
+    <cms:owner xmlns:cms="https://cms.invalid/xmlns/owner/1">
+      <group>web</group>            replica group ("" for a VM made through the API)
+      <role>replica</role>          replica | vm
+      <created>1763700000.25</created>  epoch seconds
+      <port>20001</port>            service port as reached from the controller
+      <guest-port>8080</guest-port> service port inside the guest
+      <vmid>0</vmid>                the API's id for the VM (0 for replicas)
+      <instance-type>0</instance-type>
+      <image>golden</image>
+    </cms:owner>
+
+That element is all cms needs to rebuild its view of the fleet from libvirt after a
+restart, so nothing about ownership lives only in cms's memory or database.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field, fields
+from xml.sax.saxutils import escape, quoteattr
+
+METADATA_NS = "https://cms.invalid/xmlns/owner/1"
+METADATA_KEY = "cms"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class OwnerMeta:
+    group: str = ""
+    role: str = "replica"
+    created: float = 0.0
+    port: int = 0
+    guest_port: int = 8080
+    vmid: int = 0
+    instance_type: int = 0
+    image: str = ""
+
+
+_META_TAGS = {f.name: f.name.replace("_", "-") for f in fields(OwnerMeta)}
+
+
+def render_metadata(meta: OwnerMeta) -> str:
+    """The <cms:owner> element, as virDomainSetMetadata and <metadata> take it."""
+    parts = [f"<{tag}>{escape(str(getattr(meta, name)))}</{tag}>" for name, tag in _META_TAGS.items()]
+    return f'<{METADATA_KEY}:owner xmlns:{METADATA_KEY}="{METADATA_NS}">{"".join(parts)}</{METADATA_KEY}:owner>'
+
+
+def parse_metadata(text: str) -> OwnerMeta:
+    """Read an <owner> element back (libvirt returns it without the prefix)."""
+    root = ET.fromstring(text)
+    values: dict[str, object] = {}
+    for f in fields(OwnerMeta):
+        el = root.find(_META_TAGS[f.name])
+        if el is None or el.text is None:
+            continue
+        raw = el.text.strip()
+        try:
+            values[f.name] = {"int": int, "float": float}.get(str(f.type), str)(raw)
+        except ValueError:
+            continue  # a hand-edited field that no longer parses keeps its default
+    return OwnerMeta(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """Everything that decides a domain's XML. Built by the caller from the config."""
+    name: str
+    uuid: str
+    vcpus: int
+    memory_mib: int
+    disk_path: str
+    meta: OwnerMeta
+    domain_type: str = "kvm"
+    max_vcpus: int = 0          # 0: same as vcpus; more leaves room for vertical scaling
+    max_memory_mib: int = 0     # 0: same as memory_mib; more leaves balloon room
+    machine: str = "pc"
+    kernel: str = ""            # direct kernel boot when set, else the disk's bootloader
+    initrd: str = ""
+    cmdline: str = ""
+    network_mode: str = "user"  # user | libvirt | none
+    network: str = "default"
+    forward_address: str = "127.0.0.1"
+    host_port: int = 0
+    guest_port: int = 8080
+    serial_log: str = ""
+    extra_devices: tuple[str, ...] = field(default=())
+
+
+def render_domain(s: DomainSpec) -> str:
+    if not NAME_RE.match(s.name):
+        raise ValueError(f"bad domain name {s.name!r}: letters, digits, '_', '.', '-' only, at most 63")
+    max_vcpus = max(s.max_vcpus, s.vcpus)
+    max_mem = max(s.max_memory_mib, s.memory_mib)
+    machine = f" machine={quoteattr(s.machine)}" if s.machine else ""
+    os_lines = [f"<type arch='x86_64'{machine}>hvm</type>"]
+    if s.kernel:
+        os_lines.append(f"<kernel>{escape(s.kernel)}</kernel>")
+        if s.initrd:
+            os_lines.append(f"<initrd>{escape(s.initrd)}</initrd>")
+        cmdline = " ".join(p for p in (s.cmdline, f"systemd.hostname={s.name}") if p)
+        os_lines.append(f"<cmdline>{escape(cmdline)}</cmdline>")
+    else:
+        os_lines.append("<boot dev='hd'/>")
+
+    devices = [
+        "<disk type='file' device='disk'>"
+        "<driver name='qemu' type='qcow2' cache='unsafe' discard='unmap'/>"
+        f"<source file={quoteattr(s.disk_path)}/><target dev='vda' bus='virtio'/></disk>",
+    ]
+    qemu_args: list[str] = []
+    if s.network_mode == "libvirt":
+        devices.append(f"<interface type='network'><source network={quoteattr(s.network)}/>"
+                       "<model type='virtio'/></interface>")
+    elif s.network_mode == "user":
+        # libvirt 9.0 has no port forward for user networking (passt is refused), so the
+        # NIC goes on QEMU's own command line. Its PCI slot is fixed: without it the NIC
+        # takes slot 2 and collides with the balloon.
+        fwd = f",hostfwd=tcp:{s.forward_address}:{s.host_port}-:{s.guest_port}" if s.host_port else ""
+        qemu_args += ["-netdev", f"user,id=cmsnet0{fwd}",
+                      "-device", "virtio-net-pci,netdev=cmsnet0,addr=0x9"]
+    elif s.network_mode != "none":
+        raise ValueError(f"unknown network mode {s.network_mode!r}")
+    log = f"<log file={quoteattr(s.serial_log)} append='off'/>" if s.serial_log else ""
+    devices.append(f"<serial type='pty'>{log}<target port='0'/></serial>")
+    devices.append("<console type='pty'><target type='serial' port='0'/></console>")
+    devices.append("<memballoon model='virtio'><stats period='2'/></memballoon>")
+    devices.extend(s.extra_devices)
+
+    ns = f" xmlns:qemu='{QEMU_NS}'" if qemu_args else ""
+    qemu_cl = ""
+    if qemu_args:
+        qemu_cl = "<qemu:commandline>" + "".join(f"<qemu:arg value={quoteattr(a)}/>" for a in qemu_args) + "</qemu:commandline>"
+    return (
+        f"<domain type={quoteattr(s.domain_type)}{ns}>"
+        f"<name>{escape(s.name)}</name><uuid>{escape(s.uuid)}</uuid>"
+        f"<metadata>{render_metadata(s.meta)}</metadata>"
+        f"<memory unit='MiB'>{max_mem}</memory><currentMemory unit='MiB'>{s.memory_mib}</currentMemory>"
+        f"<vcpu placement='static' current='{s.vcpus}'>{max_vcpus}</vcpu>"
+        f"<os>{''.join(os_lines)}</os>"
+        "<features><acpi/><apic/></features>"
+        "<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>"
+        f"<devices>{''.join(devices)}</devices>"
+        f"{qemu_cl}</domain>"
+    )
+
+
+def render_overlay_volume(name: str, backing_path: str, capacity_bytes: int, backing_format: str = "qcow2") -> str:
+    """A qcow2 volume whose <backingStore> is the golden image: a copy-on-write linked clone."""
+    return (
+        "<volume type='file'>"
+        f"<name>{escape(name)}</name>"
+        f"<capacity unit='bytes'>{int(capacity_bytes)}</capacity>"
+        "<allocation unit='bytes'>0</allocation>"
+        "<target><format type='qcow2'/><permissions><mode>0600</mode></permissions></target>"
+        f"<backingStore><path>{escape(backing_path)}</path><format type={quoteattr(backing_format)}/></backingStore>"
+        "</volume>"
+    )
+
+
+def render_dir_pool(name: str, path: str) -> str:
+    return (f"<pool type='dir'><name>{escape(name)}</name>"
+            f"<target><path>{escape(path)}</path><permissions><mode>0755</mode></permissions></target></pool>")
+
+
+def qcow2_virtual_size(header: bytes) -> int:
+    """The virtual disk size from a qcow2 header (bytes 24..31, big endian)."""
+    if len(header) < 32 or header[:4] != b"QFI\xfb":
+        raise ValueError("not a qcow2 image")
+    return int.from_bytes(header[24:32], "big")
+
+
+def domain_disk_paths(domain_xml: str) -> list[str]:
+    root = ET.fromstring(domain_xml)
+    return [src.get("file", "") for src in root.findall("./devices/disk/source") if src.get("file")]

@@ -1,0 +1,101 @@
+"""The one config loader: defaults, overrides, and one clear error per bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cms import config
+from cms.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_embedded_defaults_need_no_file(monkeypatch, tmp_path):
+    monkeypatch.delenv("CMS_CONFIG", raising=False)
+    monkeypatch.setattr(config, "DEFAULT_PATH", tmp_path / "absent.toml")
+    cfg = config.load()
+    assert cfg.source == "<embedded defaults>"
+    assert [h.uri for h in cfg.hosts] == ["qemu:///system"]
+    assert cfg.libvirt.domain_type == "kvm"
+    assert cfg.groups["web"].min == 1 and cfg.groups["web"].policy == "threshold"
+    assert cfg.api.bind == "127.0.0.1:8080"
+
+
+def test_example_config_is_valid_and_complete():
+    cfg = config.load(ROOT / "etc" / "cms.toml.example")
+    assert cfg.source.endswith("cms.toml.example")
+    assert len(cfg.hosts) >= 1
+
+
+def test_env_var_and_flag_choose_the_file(monkeypatch, tmp_path):
+    a = tmp_path / "a.toml"
+    a.write_text('state_db = "/tmp/a.db"\n')
+    b = tmp_path / "b.toml"
+    b.write_text('state_db = "/tmp/b.db"\n')
+    monkeypatch.setenv("CMS_CONFIG", str(a))
+    assert config.load().state_db == "/tmp/a.db"
+    assert config.load(b).state_db == "/tmp/b.db"
+
+
+def test_values_are_typed():
+    cfg = config.parse({"groups": {"api": {"vcpus": 2, "threshold": {"high": 1}}},
+                        "hosts": [{"name": "a", "uri": "test:///default"}, {"name": "b", "uri": "qemu+ssh://b/system"}]})
+    assert cfg.groups["api"].vcpus == 2
+    assert cfg.groups["api"].threshold.high == 1.0 and isinstance(cfg.groups["api"].threshold.high, float)
+    assert cfg.host("b").uri == "qemu+ssh://b/system"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("bogus = 1", "unknown key bogus"),
+    ("[groups.web]\nvcpu = 1", "unknown key groups.web.vcpu"),
+    ("[groups.web]\nvcpus = \"two\"", "groups.web.vcpus must be an integer"),
+    ("[groups.web]\nvcpus = 0", "groups.web.vcpus = 0 is below the minimum 1"),
+    ("[groups.web.threshold]\nhigh = 1.5", "groups.web.threshold.high = 1.5 is above the maximum 1.0"),
+    ("[libvirt]\ndomain_type = \"xen\"", "libvirt.domain_type = 'xen' is not one of kvm, qemu, auto"),
+    ("[network]\nmode = \"bridge\"", "network.mode = 'bridge' is not one of user, libvirt"),
+    ("[api]\nopen_spec_urls = 1", "api.open_spec_urls must be a boolean"),
+    ("[[hosts]]\nname = \"a\"\nuri = \"test:///default\"\nport = 1", "unknown key hosts[0].port"),
+    ("[[hosts]]\nname = \"a\"\nuri = \"x\"\n[[hosts]]\nname = \"a\"\nuri = \"y\"", "duplicate host name 'a'"),
+    ("hosts = []", "at least one hypervisor host"),
+    ("[groups.web]\nmin = 4\nmax = 2", "groups.web.min (4) is above groups.web.max (2)"),
+    ("[groups.web.threshold]\nlow = 0.8\nhigh = 0.7", "must be below"),
+    ("[network]\nport_min = 30000\nport_max = 20000", "network.port_min (30000) is above"),
+    ("[zmq]\npublish = [1]", "zmq.publish must be a string"),
+    ("libvirt = 3", "libvirt must be a table"),
+    ("this is not toml", "not valid TOML"),
+])
+def test_bad_values_name_the_key_and_file(tmp_path, text, needle):
+    p = tmp_path / "cms.toml"
+    p.write_text(text + "\n")
+    with pytest.raises(ConfigError) as ei:
+        config.load(p)
+    assert needle in str(ei.value)
+    assert str(p) in str(ei.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_command_line_exit_code_2_and_no_traceback(tmp_path):
+    p = tmp_path / "cms.toml"
+    p.write_text("[groups.web]\nmax = -1\n")
+    r = subprocess.run([sys.executable, "-c", "from cms.config import load_or_exit; load_or_exit()"],
+                       env={**os.environ, "CMS_CONFIG": str(p)}, capture_output=True, text=True, timeout=60,
+                       cwd=ROOT)
+    assert r.returncode == 2
+    assert "groups.web.max = -1 is below the minimum 1" in r.stderr and str(p) in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_dump_masks_secrets():
+    cfg = config.parse({"api": {"token": "s3cret"}, "zmq": {"curve_secret_key": "k"}})
+    d = config.dump(cfg)
+    assert d["api"]["token"] == "***" and d["zmq"]["curve_secret_key"] == "***"

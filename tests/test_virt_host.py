@@ -1,0 +1,171 @@
+"""The libvirt layer against libvirt's test driver: a fresh test:///<tmp>/node.xml per test."""
+
+from __future__ import annotations
+
+import pytest
+
+from cms import errors
+from cms.virt import Fleet, Host, OwnerMeta
+from cms.virt import xml as vxml
+from cms.virt.host import resolve_domain_type
+from tests.conftest import make_config, write_node_xml
+
+
+def spec(name="cms-web-1", disk="/var/lib/cms/pool/x.qcow2", **kw):
+    base = dict(name=name, uuid="1b4e28ba-2fa1-11d2-883f-0016d3cca427", vcpus=1, memory_mib=512,
+                disk_path=disk, meta=OwnerMeta(group="web", role="replica", created=1.5, port=20001),
+                domain_type="qemu", kernel="/img/vmlinuz", initrd="/img/initrd.img",
+                cmdline="root=/dev/vda rw", host_port=20001)
+    base.update(kw)
+    return vxml.DomainSpec(**base)
+
+
+def test_domain_xml_has_everything_the_replica_needs():
+    x = vxml.render_domain(spec(max_vcpus=4, max_memory_mib=2048))
+    assert "<domain type=\"qemu\" xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>" in x
+    assert "<vcpu placement='static' current='1'>4</vcpu>" in x
+    assert "<memory unit='MiB'>2048</memory><currentMemory unit='MiB'>512</currentMemory>" in x
+    assert "<kernel>/img/vmlinuz</kernel><initrd>/img/initrd.img</initrd>" in x
+    assert "<cmdline>root=/dev/vda rw systemd.hostname=cms-web-1</cmdline>" in x
+    assert "hostfwd=tcp:127.0.0.1:20001-:8080" in x and "addr=0x9" in x
+    assert "<source file=\"/var/lib/cms/pool/x.qcow2\"/>" in x
+    assert "<cms:owner xmlns:cms=\"https://cms.invalid/xmlns/owner/1\">" in x
+
+
+def test_domain_xml_bootloader_and_libvirt_network():
+    x = vxml.render_domain(spec(kernel="", network_mode="libvirt", network="default"))
+    assert "<boot dev='hd'/>" in x and "<kernel>" not in x
+    assert "<interface type='network'><source network=\"default\"/>" in x
+    assert "qemu:commandline" not in x
+
+
+def test_bad_name_is_refused():
+    with pytest.raises(ValueError, match="bad domain name"):
+        vxml.render_domain(spec(name="a b"))
+
+
+def test_metadata_round_trip():
+    m = OwnerMeta(group="web", role="vm", created=12.25, port=20003, guest_port=8081, vmid=7, instance_type=2, image="deb")
+    text = vxml.render_metadata(m).replace("cms:owner", "owner").replace(' xmlns:cms="https://cms.invalid/xmlns/owner/1"', "")
+    assert vxml.parse_metadata(text) == m
+
+
+def test_qcow2_header_size():
+    hdr = b"QFI\xfb" + b"\x00\x00\x00\x03" + b"\x00" * 16 + (5 * 2**30).to_bytes(8, "big")
+    assert vxml.qcow2_virtual_size(hdr) == 5 * 2**30
+    with pytest.raises(ValueError):
+        vxml.qcow2_virtual_size(b"notqcow2" * 8)
+
+
+def test_capacity_is_read_through_libvirt(tmp_path):
+    uri = write_node_xml(tmp_path / "n.xml", cpus=8, memory_kib=16 * 1024 * 1024)
+    cap = Host("h1", uri).capacity("cms")
+    # the test driver gives every pool 100 GiB whatever node.xml says
+    assert (cap.cpus, cap.memory_mib, cap.pool_capacity_bytes) == (8, 16384, 100 * 2**30)
+    assert cap.host == "h1"
+
+
+def test_spawn_list_stats_remove(node_uri):
+    h = Host("h1", node_uri)
+    uuid = h.spawn(spec(), "cms", "/var/lib/cms/images/golden.qcow2")
+    assert h.list_volumes("cms") == ["cms-web-1.qcow2"]
+    [d] = h.owned_domains()
+    assert (d.name, d.uuid, d.state, d.meta.group, d.meta.port, d.meta.created) == \
+        ("cms-web-1", uuid, "running", "web", 20001, 1.5)
+    assert h.owned_domains(group="other") == []
+    stats = h.bulk_stats()
+    assert stats[uuid]["name"] == "cms-web-1" and stats[uuid]["state.state"] == 1
+    assert h.bulk_stats({"nope"}) == {}
+    h.set_vcpus("cms-web-1", 1)
+    h.remove("cms-web-1", "cms")
+    assert h.owned_domains() == [] and h.list_volumes("cms") == []
+    h.remove("cms-web-1", "cms")  # idempotent
+
+
+def test_name_clash_leaves_nothing_half_made(node_uri):
+    h = Host("h1", node_uri)
+    h.spawn(spec(), "cms", "/g.qcow2")
+    with pytest.raises(errors.AlreadyExists) as ei:
+        h.spawn(spec(uuid="2b4e28ba-2fa1-11d2-883f-0016d3cca427"), "cms", "/g.qcow2")
+    assert "h1" in str(ei.value) and "cms-web-1" in str(ei.value)
+    # the first domain is intact, and the failed spawn left no second volume
+    assert [d.name for d in h.owned_domains()] == ["cms-web-1"]
+    assert h.list_volumes("cms") == ["cms-web-1.qcow2"]
+
+
+def test_failed_define_removes_the_volume(node_uri):
+    h = Host("h1", node_uri)
+    with pytest.raises(errors.VirtError):
+        h.spawn(spec(domain_type="nonsense"), "cms", "/g.qcow2")
+    assert h.list_volumes("cms") == [] and h.owned_domains() == []
+
+
+def test_full_pool_is_no_space(tmp_path):
+    uri = write_node_xml(tmp_path / "n.xml")
+    h = Host("small", uri)
+    # fill the pool to 100 MiB short of full
+    with h._call() as c:
+        p = c.storagePoolLookupByName("cms")
+        free = p.info()[3] - 100 * 2**20
+        p.createXML(f"<volume><name>filler</name><capacity>{free}</capacity><allocation>{free}</allocation></volume>", 0)
+    with pytest.raises(errors.NoSpace) as ei:
+        h.spawn(spec(), "cms", "/g.qcow2")
+    assert "small" in str(ei.value) and "storage pool cms has 100 MiB free" in str(ei.value)
+    assert h.owned_domains() == [] and h.list_volumes("cms") == ["filler"]
+
+
+def test_unknown_pool_and_domain_are_not_found(node_uri):
+    h = Host("h1", node_uri)
+    with pytest.raises(errors.NotFound, match="h1"):
+        h.create_overlay("nopool", "v.qcow2", "/g.qcow2")
+    with pytest.raises(errors.NotFound, match="domain ghost"):
+        h.destroy("ghost")
+    assert not h.exists("ghost")
+
+
+def test_unreachable_uri_names_the_host():
+    h = Host("far", "qemu+tcp://127.0.0.1:1/system")
+    with pytest.raises(errors.HostUnreachable) as ei:
+        h.capacity()
+    assert "far" in str(ei.value) and "127.0.0.1:1" in str(ei.value)
+    assert h.ping() is False
+
+
+def test_reconnects_after_the_link_breaks(node_uri):
+    h = Host("h1", node_uri)
+    first = h.conn()
+    first.close()  # the link goes away behind the layer's back
+    assert h.ping()
+    assert h.conn() is not first
+
+
+def test_missing_golden_image_on_local_qemu_host_is_named(run_dir, node_uri):
+    h = Host("local", "qemu:///system")
+    with pytest.raises(errors.ImageMissing) as ei:
+        h.create_overlay("cms", "x.qcow2", "/nonexistent/golden.qcow2")
+    assert "/nonexistent/golden.qcow2" in str(ei.value) and "local" in str(ei.value)
+
+
+def test_fleet_spawn_picks_ports_and_remove_cleans(run_dir, tmp_path):
+    uri = write_node_xml(tmp_path / "n.xml")
+    cfg = make_config(hosts=[{"name": "t", "uri": uri}], libvirt={"domain_type": "qemu"},
+                      network={"port_min": 21000, "port_max": 21001})
+    fleet = Fleet(cfg)
+    a = fleet.spawn("t", "cms-web-a", vcpus=1, memory_mib=256, meta=OwnerMeta(group="web"))
+    b = fleet.spawn("t", "cms-web-b", vcpus=1, memory_mib=256, meta=OwnerMeta(group="web"))
+    assert {a.port, b.port} == {21000, 21001} and a.address == "127.0.0.1"
+    with pytest.raises(errors.NoSpace, match="no free port"):
+        fleet.spawn("t", "cms-web-c", vcpus=1, memory_mib=256, meta=OwnerMeta(group="web"))
+    assert [d.name for d in fleet.owned("web")] == ["cms-web-a", "cms-web-b"]
+    assert fleet.address_of(fleet.owned("web")[0]) == ("127.0.0.1", a.port)
+    fleet.remove("t", "cms-web-a")
+    fleet.remove("t", "cms-web-b")
+    assert fleet.owned() == [] and fleet.host("t").list_volumes("cms") == []
+
+
+def test_domain_type_auto():
+    assert resolve_domain_type("qemu", "qemu:///system") == "qemu"
+    assert resolve_domain_type("kvm", "qemu:///system") == "kvm"
+    assert resolve_domain_type("auto", "qemu+ssh://h/system", "<domain type='kvm'/>") == "kvm"
+    assert resolve_domain_type("auto", "qemu+ssh://h/system", "<domain type='qemu'/>") == "qemu"
+    assert resolve_domain_type("auto", "qemu:///system") in ("kvm", "qemu")
