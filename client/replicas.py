@@ -1,0 +1,184 @@
+"""The live replica set: a subscriber to the autoscaler's replica feed (cms.messages).
+
+The bookkeeping (FeedState) is plain code over decoded messages; ReplicaFeed adds the
+ZeroMQ sockets on an asyncio loop:
+
+1. SUB connects to ``[zmq] publish`` and subscribes to ``topic(group)`` *before* anything
+   else, so updates published while the snapshot is being fetched are queued, not lost.
+2. A DEALER connects to ``[zmq] snapshot`` and sends ``[b"SNAPSHOT", group]``; the reply
+   is one snapshot body. No reply within ``snapshot_timeout``: the DEALER is thrown away
+   (linger 0) and a fresh one asks again, with a growing but capped pause.
+3. Queued and later updates are applied only if ``seq`` is exactly one past the last one
+   applied; an older ``seq`` is dropped; a jump ahead (a lost message) or a different
+   ``epoch`` (the daemon restarted) sends us back to step 2.
+
+Every change of the set is handed to ``on_change(replicas, update_or_None)`` with the
+group's whole current set, which is what the engine's ``set_replicas`` wants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import zmq
+import zmq.asyncio
+
+from cms.errors import MessageError
+from cms.messages import (SNAPSHOT_REQUEST, Replica, Snapshot, Update, decode_snapshot, decode_update,
+                          topic)
+
+log = logging.getLogger("client.replicas")
+
+# FeedState.on_update verdicts
+APPLIED, STALE, GAP, NEW_EPOCH, OTHER_GROUP, UNSYNCED = "applied", "stale", "gap", "new-epoch", "other-group", "unsynced"
+
+
+@dataclass
+class FeedState:
+    """Clone-pattern bookkeeping for one group, free of I/O."""
+
+    group: str
+    epoch: str | None = None
+    seq: int | None = None
+    replicas: tuple[Replica, ...] = ()
+    snapshots: int = 0
+    applied: int = 0
+    resyncs: dict[str, int] = field(default_factory=lambda: {GAP: 0, NEW_EPOCH: 0})
+
+    @property
+    def synced(self) -> bool:
+        return self.seq is not None
+
+    def apply_snapshot(self, snap: Snapshot) -> tuple[Replica, ...]:
+        self.epoch = snap.epoch
+        self.seq = snap.seq
+        self.replicas = tuple(snap.groups.get(self.group, ()))
+        self.snapshots += 1
+        return self.replicas
+
+    def on_update(self, u: Update) -> str:
+        if u.group != self.group:
+            return OTHER_GROUP  # a longer group name sharing our topic prefix
+        if self.seq is None:
+            return UNSYNCED
+        if u.epoch != self.epoch:
+            self.resyncs[NEW_EPOCH] += 1
+            self.seq = None
+            return NEW_EPOCH
+        if u.seq <= self.seq:
+            return STALE
+        if u.seq != self.seq + 1:
+            self.resyncs[GAP] += 1
+            self.seq = None
+            return GAP
+        self.seq = u.seq
+        self.replicas = u.replicas
+        self.applied += 1
+        return APPLIED
+
+
+def curve_setup(sock: zmq.Socket, server_public_key: str) -> None:
+    """Make `sock` a CURVE client of a server with this Z85 public key (own keys are ephemeral)."""
+    if not server_public_key:
+        return
+    pub, sec = zmq.curve_keypair()
+    sock.curve_serverkey = server_public_key.encode()
+    sock.curve_publickey = pub
+    sock.curve_secretkey = sec
+
+
+class ReplicaFeed:
+    def __init__(self, publish: str, snapshot: str, group: str,
+                 on_change: Callable[[tuple[Replica, ...], Update | None], None],
+                 curve_server_key: str = "", snapshot_timeout: float = 2.0,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self.publish = publish
+        self.snapshot_endpoint = snapshot
+        self.group = group
+        self.on_change = on_change
+        self.curve_server_key = curve_server_key
+        self.snapshot_timeout = snapshot_timeout
+        self.on_event = on_event or (lambda kind, info: None)
+        self.state = FeedState(group)
+        self.synced = asyncio.Event()
+        self.errors = 0
+        self._ctx: zmq.asyncio.Context | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the feed until `stop` is set. Every wait inside is bounded."""
+        ctx = self._ctx = zmq.asyncio.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.linger = 0
+        sub.rcvhwm = 100_000
+        curve_setup(sub, self.curve_server_key)
+        sub.connect(self.publish)
+        sub.subscribe(topic(self.group))
+        try:
+            while not stop.is_set():
+                snap = await self._fetch_snapshot(stop)
+                if snap is None:
+                    return
+                self.on_change(self.state.apply_snapshot(snap), None)
+                self.on_event("snapshot", {"epoch": snap.epoch, "seq": snap.seq, "replicas": len(self.state.replicas)})
+                self.synced.set()
+                await self._follow(sub, stop)
+        finally:
+            sub.close(0)
+            ctx.term()
+
+    async def _fetch_snapshot(self, stop: asyncio.Event) -> Snapshot | None:
+        assert self._ctx is not None
+        pause = 0.1
+        while not stop.is_set():
+            dealer = self._ctx.socket(zmq.DEALER)
+            dealer.linger = 0
+            curve_setup(dealer, self.curve_server_key)
+            dealer.connect(self.snapshot_endpoint)
+            try:
+                await dealer.send_multipart([SNAPSHOT_REQUEST, self.group.encode()])
+                if await dealer.poll(int(self.snapshot_timeout * 1000), zmq.POLLIN):
+                    frames = await dealer.recv_multipart()
+                    try:
+                        # a ROUTER may keep a REQ-style empty delimiter; the body is the last frame
+                        return decode_snapshot(frames[-1])
+                    except MessageError as exc:
+                        self.errors += 1
+                        self.on_event("bad_snapshot", {"error": str(exc)})
+                else:
+                    self.on_event("snapshot_timeout", {"endpoint": self.snapshot_endpoint})
+            finally:
+                dealer.close(0)
+            try:
+                await asyncio.wait_for(stop.wait(), pause)
+            except asyncio.TimeoutError:
+                pass
+            pause = min(pause * 2, 2.0)
+        return None
+
+    async def _follow(self, sub: zmq.asyncio.Socket, stop: asyncio.Event) -> None:
+        """Apply updates until a resync is needed or `stop` is set."""
+        while not stop.is_set():
+            if not await sub.poll(200, zmq.POLLIN):
+                continue
+            # drain what is queued without yielding between messages
+            for _ in range(10_000):
+                try:
+                    frames = sub.recv_multipart(zmq.NOBLOCK)
+                    frames = frames.result() if isinstance(frames, asyncio.Future) else frames
+                except zmq.Again:
+                    break
+                try:
+                    u = decode_update(frames)
+                except MessageError as exc:
+                    self.errors += 1
+                    self.on_event("bad_update", {"error": str(exc)})
+                    continue
+                verdict = self.state.on_update(u)
+                if verdict == APPLIED:
+                    self.on_change(self.state.replicas, u)
+                elif verdict in (GAP, NEW_EPOCH):
+                    self.on_event("resync", {"why": verdict, "seq": u.seq, "epoch": u.epoch})
+                    return
