@@ -12,6 +12,7 @@ import fcntl
 import os
 import queue
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ class Fleet:
             for h in cfg.hosts
         }
         self._pools_ready: set[str] = set()
+        self._tls = threading.local()
+        self._thread_lock = threading.Lock()
         self._domain_types: dict[str, str] = {}
 
     def host(self, name: str) -> Host:
@@ -77,15 +80,29 @@ class Fleet:
     # -- ports (user-mode networking) ------------------------------------------------------
 
     @contextlib.contextmanager
-    def _port_lock(self) -> Iterator[None]:
-        """Serialise port choice + define across processes (API workers and the daemon)."""
-        lock_dir = Path(os.environ.get("CMS_RUN_DIR", "/run/cms"))
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(lock_dir / "spawn.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+    def spawn_lock(self) -> Iterator[None]:
+        """Serialise "choose a host and a port, then define" across processes and threads.
+
+        The API's gunicorn workers and the autoscaler may spawn at once; holding this from
+        the placement decision to the define means two requests never take the same last
+        slot or port. Re-entrant within a thread, so a scheduler may hold it around spawn().
+        """
+        if getattr(self._tls, "depth", 0):
+            self._tls.depth += 1
             try:
                 yield
             finally:
+                self._tls.depth -= 1
+            return
+        lock_dir = Path(os.environ.get("CMS_RUN_DIR", "/run/cms"))
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with self._thread_lock, open(lock_dir / "spawn.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            self._tls.depth = 1
+            try:
+                yield
+            finally:
+                self._tls.depth = 0
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _free_port(self, host: Host) -> int:
@@ -113,7 +130,7 @@ class Fleet:
             self._domain_types[host_name] = host.domain_type(lv.domain_type)
         kernel, initrd = self.boot_files()
         net = self.cfg.network
-        with self._port_lock():
+        with self.spawn_lock():
             port = self._free_port(host) if net.mode == "user" else meta.guest_port
             created = meta.created or time.time()
             meta = vxml.OwnerMeta(**{**meta.__dict__, "port": port, "created": created})
