@@ -42,6 +42,7 @@ class StubWorkServer:
         self.arrivals: list[float] = []       # time.time() of each /work request
         self.served = 0
         self.in_flight = 0
+        self.max_in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -107,6 +108,7 @@ class StubWorkServer:
                     if self.behaviour == "close":
                         return
                     self.in_flight += 1
+                    self.max_in_flight = max(self.max_in_flight, self.in_flight)
                     try:
                         if self.delay:
                             await asyncio.sleep(self.delay)
