@@ -1,0 +1,192 @@
+"""Scaling policies: pure functions from plain data to a Decision.
+
+No I/O and no clock here: the daemon passes ``now`` and the samples it has. Two policies,
+chosen per group by ``GroupConfig.policy``:
+
+* ``threshold``: scale out by one when the group's mean CPU has stayed above ``high`` for
+  ``window_s``; in by one when it has stayed below ``low`` for ``window_in_s``.
+* ``target`` (Kubernetes HPA): ``desired = ceil(current * mean / target)`` unless the ratio
+  is within ``tolerance``; a scale-down takes the highest recommendation of the last
+  ``stabilization_s``; one action changes the count by at most ``max_step``.
+
+Rules both share:
+
+* the count is clamped to [min, max]; below min means scale out whatever else holds;
+* a replica's samples count only from ``warmup_s`` after it became ready (boot noise);
+* a tick where any counted replica has no figure is missing data: it breaks a "stayed
+  above/below" run and never leads to a scale-in;
+* after an action nothing happens for ``cooldown_s``, and the windows restart from the
+  action, so oscillating load gives at most one action per cooldown;
+* no policy action while a replica is still starting (its capacity is not in yet).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from cms.config import GroupConfig
+
+SCALE_OUT = "scale_out"
+SCALE_IN = "scale_in"
+NONE = "none"
+
+
+@dataclass(frozen=True)
+class ReplicaSeries:
+    """One replica as the policy sees it: when it became ready and its CPU samples.
+
+    ``samples`` are (ts, utilization 0..1 or None), one per tick, with the tick's ts
+    shared by all replicas of the group. ``ready_at`` None: not ready yet.
+    """
+    name: str
+    ready_at: float | None
+    samples: tuple[tuple[float, float | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyInput:
+    now: float
+    current: int                          # replicas that count: starting + ready
+    starting: int = 0                     # of those, not ready yet
+    replicas: tuple[ReplicaSeries, ...] = ()
+    last_action_at: float | None = None
+    # target policy: earlier recommendations (ts, desired) for scale-down stabilization
+    recommendations: tuple[tuple[float, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str                           # scale_out | scale_in | none
+    desired: int
+    reason: str
+    mean: float | None = None
+    recommendation: int | None = None     # target policy: record this for stabilization
+    data: dict = field(default_factory=dict, compare=False)
+
+
+def group_series(replicas: tuple[ReplicaSeries, ...], warmup_s: float,
+                 since: float | None = None) -> list[tuple[float, float | None]]:
+    """The group's mean CPU per tick over replicas past their warm-up.
+
+    A tick where a counted replica has no figure (None or no sample at that ts) is None;
+    so is a tick with no counted replica at all.
+    """
+    by_replica = [dict(r.samples) for r in replicas]
+    stamps = sorted({ts for r in replicas for ts, _ in r.samples if since is None or ts > since})
+    out: list[tuple[float, float | None]] = []
+    for ts in stamps:
+        vals: list[float] = []
+        missing = False
+        for r, samples in zip(replicas, by_replica):
+            if r.ready_at is None or ts < r.ready_at + warmup_s:
+                continue
+            v = samples.get(ts)
+            if v is None:
+                missing = True
+                break
+            vals.append(v)
+        out.append((ts, None if missing or not vals else sum(vals) / len(vals)))
+    return out
+
+
+def sustained(series: list[tuple[float, float | None]], now: float, window_s: float, pred) -> bool:
+    """True when every point of the trailing run satisfies pred and the run spans window_s."""
+    start = None
+    for ts, v in reversed(series):
+        if v is None or not pred(v):
+            break
+        start = ts
+    return start is not None and now - start >= window_s - 1e-9
+
+
+def _clamp(gc: GroupConfig, inp: PolicyInput) -> Decision | None:
+    if inp.current < gc.min:
+        return Decision(SCALE_OUT, gc.min, f"below minimum: {inp.current} replicas < min {gc.min}")
+    if inp.current > gc.max:
+        return Decision(SCALE_IN, gc.max, f"above maximum: {inp.current} replicas > max {gc.max}")
+    return None
+
+
+def _hold(gc: GroupConfig, inp: PolicyInput) -> str | None:
+    if inp.last_action_at is not None and inp.now - inp.last_action_at < gc.cooldown_s:
+        left = gc.cooldown_s - (inp.now - inp.last_action_at)
+        return f"cooldown: {left:.1f}s of {gc.cooldown_s:g}s left"
+    if inp.starting:
+        return f"waiting for {inp.starting} starting replica(s)"
+    return None
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def threshold(gc: GroupConfig, inp: PolicyInput) -> Decision:
+    c = _clamp(gc, inp)
+    if c:
+        return c
+    series = group_series(inp.replicas, gc.warmup_s, since=inp.last_action_at)
+    mean = series[-1][1] if series else None
+    hold = _hold(gc, inp)
+    if hold:
+        return Decision(NONE, inp.current, hold, mean)
+    t = gc.threshold
+    if sustained(series, inp.now, t.window_s, lambda v: v > t.high):
+        if inp.current >= gc.max:
+            return Decision(NONE, inp.current, f"cpu mean {_fmt(mean)} > high {t.high:g} for {t.window_s:g}s "
+                                               f"but already at max {gc.max}", mean)
+        return Decision(SCALE_OUT, inp.current + 1,
+                        f"cpu mean {_fmt(mean)} > high {t.high:g} for {t.window_s:g}s", mean)
+    if sustained(series, inp.now, t.window_in_s, lambda v: v < t.low):
+        if inp.current <= gc.min:
+            return Decision(NONE, inp.current, f"cpu mean {_fmt(mean)} < low {t.low:g} for {t.window_in_s:g}s "
+                                               f"but already at min {gc.min}", mean)
+        return Decision(SCALE_IN, inp.current - 1,
+                        f"cpu mean {_fmt(mean)} < low {t.low:g} for {t.window_in_s:g}s", mean)
+    if mean is None:
+        return Decision(NONE, inp.current, "cpu mean n/a (missing or warming-up samples): holding", mean)
+    return Decision(NONE, inp.current, f"cpu mean {_fmt(mean)} within [{t.low:g}, {t.high:g}] "
+                                       f"or not yet sustained (out {t.window_s:g}s, in {t.window_in_s:g}s)", mean)
+
+
+def hpa_desired(current: int, mean: float, target: float, tolerance: float) -> int:
+    """Kubernetes' formula: ceil(current * mean / target), or current within tolerance."""
+    ratio = mean / target
+    if abs(ratio - 1.0) <= tolerance:
+        return current
+    return max(0, math.ceil(current * ratio - 1e-9))
+
+
+def target(gc: GroupConfig, inp: PolicyInput) -> Decision:
+    c = _clamp(gc, inp)
+    if c:
+        return c
+    t = gc.target
+    series = group_series(inp.replicas, gc.warmup_s)
+    mean = series[-1][1] if series else None
+    if mean is None:
+        return Decision(NONE, inp.current, "cpu mean n/a (missing or warming-up samples): holding", mean)
+    raw = hpa_desired(inp.current, mean, t.target, t.tolerance)
+    raw = max(gc.min, min(gc.max, raw))
+    # Scale-down stabilization: the highest recommendation within the window wins.
+    recent = [d for ts, d in inp.recommendations if inp.now - ts <= t.stabilization_s] + [raw]
+    desired = raw if raw >= inp.current else min(inp.current, max(recent))
+    desired = max(inp.current - t.max_step, min(inp.current + t.max_step, desired))
+    why = (f"cpu mean {mean:.2f} vs target {t.target:g} (tolerance {t.tolerance:g}): "
+           f"ceil({inp.current} x {mean:.2f} / {t.target:g}) = {raw}")
+    if desired < inp.current and raw < inp.current and desired != raw:
+        why += f"; stabilized over {t.stabilization_s:g}s to {desired}"
+    hold = _hold(gc, inp)
+    if desired == inp.current:
+        return Decision(NONE, desired, why + " -> no change" + (f"; {hold}" if hold else ""), mean, raw)
+    if hold:
+        return Decision(NONE, inp.current, f"{why} -> {desired}, but {hold}", mean, raw)
+    action = SCALE_OUT if desired > inp.current else SCALE_IN
+    return Decision(action, desired, f"{why} -> {desired} (max step {t.max_step})", mean, raw)
+
+
+POLICIES = {"threshold": threshold, "target": target}
+
+
+def decide(gc: GroupConfig, inp: PolicyInput) -> Decision:
+    return POLICIES[gc.policy](gc, inp)

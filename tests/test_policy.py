@@ -1,0 +1,153 @@
+"""The scaling policies, table-driven: plain data in, a Decision out."""
+
+from __future__ import annotations
+
+import pytest
+
+from cms import policy
+from cms.policy import PolicyInput, ReplicaSeries
+from tests.conftest import make_config
+
+NOW = 1000.0
+
+
+def group(**kw):
+    base = {"min": 1, "max": 4, "cooldown_s": 10, "warmup_s": 0,
+            "threshold": {"high": 0.75, "low": 0.25, "window_s": 5, "window_in_s": 10}}
+    for k, v in kw.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return make_config(groups={"g": base}).groups["g"]
+
+
+def rep(name, values, ready_at=0.0, end=NOW):
+    """A replica with one sample per second ending at `end` (oldest first)."""
+    n = len(values)
+    return ReplicaSeries(name, ready_at, tuple((end - (n - 1 - i), v) for i, v in enumerate(values)))
+
+
+def inp(*replicas, current=None, **kw):
+    return PolicyInput(now=kw.pop("now", NOW), current=len(replicas) if current is None else current,
+                       replicas=tuple(replicas), **kw)
+
+
+HIGH = [0.9] * 7
+LOW = [0.1] * 12
+
+THRESHOLD_CASES = [
+    # (id, group overrides, input, expected action, expected desired, words in reason)
+    ("sustained high scales out", {}, inp(rep("a", HIGH)), "scale_out", 2, ["> high 0.75", "5s"]),
+    ("high but too short holds", {}, inp(rep("a", [0.1, 0.1, 0.1, 0.9, 0.9, 0.9])), "none", 1, ["not yet sustained"]),
+    ("transient spike holds", {}, inp(rep("a", [0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])), "none", 1, []),
+    ("mean over replicas, not max", {}, inp(rep("a", HIGH), rep("b", [0.3] * 7)), "none", 2, ["within"]),
+    ("both replicas high", {}, inp(rep("a", HIGH), rep("b", HIGH)), "scale_out", 3, []),
+    ("sustained low scales in", {}, inp(rep("a", LOW), rep("b", LOW)), "scale_in", 1, ["< low 0.25", "10s"]),
+    ("low but at min holds", {}, inp(rep("a", LOW)), "none", 1, ["already at min"]),
+    ("high but at max holds", {"max": 2}, inp(rep("a", HIGH), rep("b", HIGH)), "none", 2, ["already at max"]),
+    ("below min scales out regardless", {"min": 2}, inp(rep("a", LOW)), "scale_out", 2, ["below minimum"]),
+    ("below min ignores cooldown", {"min": 2}, inp(rep("a", LOW), last_action_at=NOW - 1), "scale_out", 2, []),
+    ("above max scales in", {"max": 1}, inp(rep("a", HIGH), rep("b", HIGH)), "scale_in", 1, ["above maximum"]),
+    ("zero replicas, min 1", {}, inp(current=0), "scale_out", 1, []),
+    ("cooldown holds", {}, inp(rep("a", HIGH), last_action_at=NOW - 5), "none", 1, ["cooldown"]),
+    ("after cooldown the window restarts at the action", {},
+     inp(rep("a", [0.9] * 20), last_action_at=NOW - 12), "scale_out", 2, []),
+    ("window counted only after the action", {"cooldown_s": 0},
+     inp(rep("a", [0.9] * 20), last_action_at=NOW - 3), "none", 1, []),
+    ("missing sample breaks the high run", {}, inp(rep("a", [0.9, 0.9, 0.9, None, 0.9, 0.9, 0.9])), "none", 1, []),
+    ("missing sample never scales in", {},
+     inp(rep("a", LOW), rep("b", LOW[:-1] + [None])), "none", 2, ["n/a"]),
+    ("missing whole series never scales in", {}, inp(rep("a", []), rep("b", [])), "none", 2, ["n/a"]),
+    ("warming replica left out", {"warmup_s": 30},
+     inp(rep("a", HIGH), rep("b", [0.0] * 7, ready_at=NOW - 5)), "scale_out", 3, []),
+    ("warming replica does not count towards scale in", {"warmup_s": 30},
+     inp(rep("a", [0.5] * 12), rep("b", LOW, ready_at=NOW - 5)), "none", 2, []),
+    ("not-ready replica left out", {},
+     inp(rep("a", HIGH), ReplicaSeries("b", None, ())), "scale_out", 3, []),
+    ("starting replica holds the policy", {}, inp(rep("a", HIGH), current=2, starting=1), "none", 2, ["starting"]),
+]
+
+
+@pytest.mark.parametrize("case", THRESHOLD_CASES, ids=[c[0] for c in THRESHOLD_CASES])
+def test_threshold(case):
+    _id, over, pin, action, desired, words = case
+    d = policy.decide(group(**over), pin)
+    assert (d.action, d.desired) == (action, desired), d.reason
+    for w in words:
+        assert w in d.reason
+
+
+def test_oscillating_load_at_most_one_action_per_cooldown():
+    gc = group(cooldown_s=20, threshold={"window_s": 2, "window_in_s": 2})
+    samples: list[tuple[float, float]] = []
+    current, last, actions = 2, None, []
+    for t in range(200):
+        # 4 s high, 4 s low, over and over
+        samples.append((float(t), 0.95 if (t // 4) % 2 == 0 else 0.05))
+        d = policy.decide(gc, PolicyInput(now=float(t), current=current,
+                                          replicas=(ReplicaSeries("a", -100.0, tuple(samples[-60:])),),
+                                          last_action_at=last))
+        if d.action != "none":
+            actions.append(t)
+            current, last = d.desired, float(t)
+    gaps = [b - a for a, b in zip(actions, actions[1:])]
+    assert actions and all(g >= 20 for g in gaps), actions
+
+
+def test_group_series_aligns_ticks_and_marks_missing():
+    a = ReplicaSeries("a", 0.0, ((1.0, 0.2), (2.0, 0.4), (3.0, 0.6)))
+    b = ReplicaSeries("b", 0.0, ((1.0, 0.4), (3.0, None)))
+    assert policy.group_series((a, b), 0.0) == [(1.0, pytest.approx(0.3)), (2.0, None), (3.0, None)]
+
+
+# --- target (HPA) --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("current, mean, target, tol, want", [
+    (1, 0.9, 0.6, 0.1, 2),     # ceil(1.5)
+    (2, 0.9, 0.6, 0.1, 3),
+    (3, 0.6, 0.6, 0.1, 3),
+    (3, 0.65, 0.6, 0.1, 3),    # within tolerance
+    (3, 0.67, 0.6, 0.1, 4),    # just outside
+    (4, 0.3, 0.6, 0.1, 2),
+    (4, 0.0, 0.6, 0.1, 0),
+    (2, 0.6 * 1.5, 0.6, 0.0, 3),  # exact product: no float round-up to 4
+    (10, 0.61, 0.6, 0.0, 11),
+])
+def test_hpa_formula(current, mean, target, tol, want):
+    assert policy.hpa_desired(current, mean, target, tol) == want
+
+
+def tgroup(**t):
+    base = {"target": 0.6, "tolerance": 0.1, "stabilization_s": 30, "max_step": 1}
+    base.update(t)
+    return group(policy="target", max=10, target=base, cooldown_s=0)
+
+
+TARGET_CASES = [
+    ("over target scales out one step", {}, inp(rep("a", [0.95]), rep("b", [0.95])), "scale_out", 3),
+    ("max_step 3 goes further", {"max_step": 3}, inp(rep("a", [1.0]), rep("b", [1.0])), "scale_out", 4),
+    ("clamped to max", {"max_step": 50}, inp(*[rep(str(i), [1.0]) for i in range(8)]), "scale_out", 10),
+    ("within tolerance holds", {}, inp(rep("a", [0.63]), rep("b", [0.58])), "none", 2),
+    ("under target scales in", {}, inp(rep("a", [0.1]), rep("b", [0.1]), rep("c", [0.1])), "scale_in", 2),
+    ("stabilization keeps the highest recent recommendation", {},
+     inp(rep("a", [0.1]), rep("b", [0.1]), rep("c", [0.1]), recommendations=((NOW - 10, 3),)), "none", 3),
+    ("old recommendations expire", {},
+     inp(rep("a", [0.1]), rep("b", [0.1]), rep("c", [0.1]), recommendations=((NOW - 40, 3),)), "scale_in", 2),
+    ("stabilization does not hold back scale out", {},
+     inp(rep("a", [1.0]), recommendations=((NOW - 5, 1),)), "scale_out", 2),
+    ("missing data holds", {}, inp(rep("a", [None]), rep("b", [0.0])), "none", 2),
+    ("warming replicas only: holds", {}, inp(rep("a", [0.0], ready_at=NOW + 1)), "none", 1),
+]
+
+
+@pytest.mark.parametrize("case", TARGET_CASES, ids=[c[0] for c in TARGET_CASES])
+def test_target(case):
+    _id, over, pin, action, desired = case
+    d = policy.decide(tgroup(**over), pin)
+    assert (d.action, d.desired) == (action, desired), d.reason
+    if action != "none":
+        assert "target 0.6" in d.reason and "ceil(" in d.reason
+
+
+def test_target_cooldown_and_recommendation_recorded():
+    gc = group(policy="target", max=10, cooldown_s=30)
+    d = policy.decide(gc, inp(rep("a", [1.0]), rep("b", [1.0]), last_action_at=NOW - 10))
+    assert d.action == "none" and "cooldown" in d.reason and d.recommendation == 4
