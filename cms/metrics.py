@@ -1,0 +1,215 @@
+"""Monitoring: per-domain and per-host CPU utilization from libvirt's counters.
+
+Utilization of a domain over one tick is ``Δcpu.time / (Δwall × vCPUs)``: ``cpu.time`` is
+the nanoseconds of host CPU the whole QEMU process (vCPU threads, I/O threads, emulator)
+spent, so 1.0 means "as busy as all its vCPUs could be". Δwall comes from
+``time.monotonic()``. A counter that went backwards (the domain restarted) is a reset: no
+figure that tick, and the next tick starts from the new value.
+
+The arithmetic is in plain functions over plain data so tests feed it series; the libvirt
+source does ONE ``Host.bulk_stats`` call per host per tick over the owned domains.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol, Sequence
+
+from cms import errors
+from cms.store import Sample
+from cms.virt import Fleet, OwnedDomain
+
+log = logging.getLogger(__name__)
+
+
+# --- the arithmetic ------------------------------------------------------------------------
+
+def utilization(prev_ns: int | None, cur_ns: int | None, dwall_s: float, vcpus: int) -> float | None:
+    """Δcpu / (Δwall × vCPUs); None for no baseline, a reset, or a zero interval."""
+    if prev_ns is None or cur_ns is None or dwall_s <= 0 or vcpus <= 0 or cur_ns < prev_ns:
+        return None
+    return (cur_ns - prev_ns) / (dwall_s * 1e9 * vcpus)
+
+
+def per_vcpu(prev: dict[int, int], cur: dict[int, int], dwall_s: float) -> dict[int, float | None]:
+    """Each vCPU's busy fraction from its ``vcpu.N.time`` counter."""
+    return {i: utilization(prev.get(i), ns, dwall_s, 1) for i, ns in sorted(cur.items())}
+
+
+def host_utilization(domain_dcpu_ns: Iterable[int], dwall_s: float, host_cpus: int) -> float | None:
+    """The host's CPU taken by these domains: ΣΔcpu / (Δwall × host CPUs).
+
+    Used instead of the node's own CPU counters, which are unreliable under cgroup v2.
+    """
+    if dwall_s <= 0 or host_cpus <= 0:
+        return None
+    return sum(domain_dcpu_ns) / (dwall_s * 1e9 * host_cpus)
+
+
+@dataclass(frozen=True)
+class Raw:
+    """The counters read for one domain at one instant."""
+    cpu_ns: int | None
+    vcpu_ns: dict[int, int]
+    vcpus: int
+    memory_kib: int
+    state: int | None
+
+
+def parse_stats(stats: dict[str, Any], vcpus_fallback: int = 1) -> Raw:
+    """libvirt's flat getAllDomainStats record into Raw."""
+    vcpu_ns = {}
+    for k, v in stats.items():
+        if k.startswith("vcpu.") and k.endswith(".time"):
+            try:
+                vcpu_ns[int(k.split(".")[1])] = int(v)
+            except ValueError:
+                pass
+    cpu = stats.get("cpu.time")
+    return Raw(cpu_ns=None if cpu is None else int(cpu), vcpu_ns=vcpu_ns,
+               vcpus=int(stats.get("vcpu.current") or vcpus_fallback or 1),
+               memory_kib=int(stats.get("balloon.current") or 0), state=stats.get("state.state"))
+
+
+@dataclass(frozen=True)
+class DomainMetrics:
+    uuid: str
+    name: str
+    host: str
+    cpu: float | None              # 0..1 of its vCPUs; None: no figure this tick
+    vcpu: dict[int, float | None]
+    vcpus: int
+    memory_kib: int
+    state: int | None
+    dcpu_ns: int = 0               # this tick's Δcpu.time (for the host figure)
+
+
+@dataclass(frozen=True)
+class HostMetrics:
+    host: str
+    cpu: float | None              # share of the host's CPUs the sampled domains took
+    cpus: int
+    ok: bool = True                # False: the host did not answer this tick
+
+
+@dataclass(frozen=True)
+class Tick:
+    ts: float                      # wall clock (time.time()) of the tick, shared by every sample
+    domains: dict[str, DomainMetrics] = field(default_factory=dict)   # by UUID
+    hosts: dict[str, HostMetrics] = field(default_factory=dict)
+
+
+class Rater:
+    """Turns successive Raw readings into DomainMetrics; remembers the previous reading."""
+
+    def __init__(self) -> None:
+        self._prev: dict[str, tuple[float, Raw]] = {}
+
+    def rate(self, uuid: str, name: str, host: str, mono: float, raw: Raw) -> DomainMetrics:
+        prev = self._prev.get(uuid)
+        self._prev[uuid] = (mono, raw)
+        cpu = None
+        vcpu: dict[int, float | None] = {i: None for i in raw.vcpu_ns}
+        dcpu = 0
+        if prev is not None:
+            pmono, praw = prev
+            dwall = mono - pmono
+            cpu = utilization(praw.cpu_ns, raw.cpu_ns, dwall, raw.vcpus)
+            vcpu = per_vcpu(praw.vcpu_ns, raw.vcpu_ns, dwall)
+            if cpu is not None:
+                dcpu = int(raw.cpu_ns or 0) - int(praw.cpu_ns or 0)
+        return DomainMetrics(uuid, name, host, cpu, vcpu, raw.vcpus, raw.memory_kib, raw.state, dcpu)
+
+    def forget_except(self, uuids: set[str]) -> None:
+        for u in list(self._prev):
+            if u not in uuids:
+                del self._prev[u]
+
+
+# --- sources -------------------------------------------------------------------------------
+
+class MetricSource(Protocol):
+    def sample(self, domains: Sequence[OwnedDomain]) -> Tick:
+        """One tick's figures for these domains (those it could not read are left out)."""
+
+
+class LibvirtMetrics:
+    """CPU, vCPU, memory and state through cms.virt: one bulk_stats call per host per tick."""
+
+    def __init__(self, fleet: Fleet, clock=time.monotonic, wall=time.time) -> None:
+        self.fleet = fleet
+        self.clock = clock
+        self.wall = wall
+        self.rater = Rater()
+        self._host_cpus: dict[str, int] = {}
+        self._host_prev: dict[str, float] = {}
+
+    def host_cpus(self, name: str) -> int:
+        if name not in self._host_cpus:
+            self._host_cpus[name] = self.fleet.host(name).capacity().cpus
+        return self._host_cpus[name]
+
+    def sample(self, domains: Sequence[OwnedDomain]) -> Tick:
+        by_host: dict[str, list[OwnedDomain]] = collections.defaultdict(list)
+        for d in domains:
+            by_host[d.host].append(d)
+        tick = Tick(ts=self.wall())
+        for host, doms in by_host.items():
+            try:
+                stats = self.fleet.host(host).bulk_stats({d.uuid for d in doms})
+                mono = self.clock()
+                cpus = self.host_cpus(host)
+            except errors.VirtError as exc:
+                log.warning("no stats from host %s this tick: %s", host, exc)
+                tick.hosts[host] = HostMetrics(host, None, self._host_cpus.get(host, 0), ok=False)
+                continue
+            dcpus = []
+            for d in doms:
+                rec = stats.get(d.uuid)
+                if rec is None:
+                    continue
+                m = self.rater.rate(d.uuid, d.name, host, mono, parse_stats(rec, d.vcpus))
+                tick.domains[d.uuid] = m
+                if m.cpu is not None:
+                    dcpus.append(m.dcpu_ns)
+            prev = self._host_prev.get(host)
+            self._host_prev[host] = mono
+            tick.hosts[host] = HostMetrics(
+                host, host_utilization(dcpus, mono - prev, cpus) if prev is not None and dcpus else None, cpus)
+        self.rater.forget_except({d.uuid for d in domains})
+        return tick
+
+
+# --- history -------------------------------------------------------------------------------
+
+class History:
+    """A bounded series of (ts, cpu) per domain name, in memory."""
+
+    def __init__(self, maxlen: int) -> None:
+        self.maxlen = maxlen
+        self._series: dict[str, collections.deque[tuple[float, float | None]]] = {}
+
+    def add(self, name: str, ts: float, cpu: float | None) -> None:
+        s = self._series.get(name)
+        if s is None:
+            s = self._series[name] = collections.deque(maxlen=self.maxlen)
+        s.append((ts, cpu))
+
+    def series(self, name: str, since: float | None = None) -> tuple[tuple[float, float | None], ...]:
+        s = self._series.get(name, ())
+        return tuple(p for p in s if since is None or p[0] >= since)
+
+    def forget(self, name: str) -> None:
+        self._series.pop(name, None)
+
+    def names(self) -> list[str]:
+        return list(self._series)
+
+
+def to_samples(tick: Tick, groups: dict[str, str], states: dict[str, str]) -> list[Sample]:
+    """The tick's figures as store rows; ``groups``/``states`` map UUID to group and state name."""
+    return [Sample(tick.ts, m.host, m.name, groups.get(u, ""), m.cpu, m.vcpus, m.memory_kib, states.get(u, ""))
+            for u, m in tick.domains.items()]
