@@ -1,0 +1,139 @@
+"""Placement policy tables: each row is hosts, a request, rules and the expected host (or refusal)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from cms.errors import PlacementError
+from cms.placement import HostLoad, Placer, Request, Rules, charge, choose
+
+NO_RULES = Rules(cpu_overcommit=1.0, ram_reserve_mib=0)
+
+
+def H(name, cpus=4, mem=8192, uv=0, um=0, up=True, disk=None):
+    return HostLoad(name, cpus, mem, uv, um, up, disk)
+
+
+CASES = [
+    # (id, algorithm, hosts, request, rules, cursor, expected host or None for refusal)
+    ("ff-first", "first_fit", [H("a"), H("b")], Request(1, 512), NO_RULES, 0, "a"),
+    ("ff-skips-full-cpu", "first_fit", [H("a", uv=4), H("b")], Request(1, 512), NO_RULES, 0, "b"),
+    ("ff-skips-full-ram", "first_fit", [H("a", um=8000), H("b")], Request(1, 512), NO_RULES, 0, "b"),
+    ("ff-ignores-cursor", "first_fit", [H("a"), H("b")], Request(1, 512), NO_RULES, 1, "a"),
+    ("ff-overcommit-lets-in", "first_fit", [H("a", cpus=2, uv=4), H("b")], Request(2, 512),
+     Rules(cpu_overcommit=3.0, ram_reserve_mib=0), 0, "a"),
+    ("ff-overcommit-exact-edge", "first_fit", [H("a", cpus=2, uv=5), H("b")], Request(2, 512),
+     Rules(cpu_overcommit=3.0, ram_reserve_mib=0), 0, "b"),
+    ("ff-fractional-overcommit", "first_fit", [H("a", cpus=3, uv=4)], Request(1, 1),
+     Rules(cpu_overcommit=1.5, ram_reserve_mib=0), 0, None),
+    ("ff-reserve-keeps-out", "first_fit", [H("a", mem=1024), H("b", mem=2048)], Request(1, 1024),
+     Rules(cpu_overcommit=1.0, ram_reserve_mib=512), 0, "b"),
+    ("ff-reserve-exact-fit", "first_fit", [H("a", mem=1536)], Request(1, 1024),
+     Rules(cpu_overcommit=1.0, ram_reserve_mib=512), 0, "a"),
+    ("ff-down-skipped", "first_fit", [H("a", up=False), H("b")], Request(1, 512), NO_RULES, 0, "b"),
+    ("ff-disk", "first_fit", [H("a", disk=10), H("b", disk=2 << 30)], Request(1, 512, 1 << 30), NO_RULES, 0, "b"),
+    ("ff-disk-unknown-ok", "first_fit", [H("a", disk=None)], Request(1, 512, 1 << 30), NO_RULES, 0, "a"),
+    ("ff-refuse-all-full", "first_fit", [H("a", uv=4), H("b", um=8192)], Request(1, 512), NO_RULES, 0, None),
+    ("ff-refuse-all-down", "first_fit", [H("a", up=False)], Request(1, 512), NO_RULES, 0, None),
+    ("ff-refuse-no-hosts", "first_fit", [], Request(1, 512), NO_RULES, 0, None),
+    ("ff-refuse-too-big", "first_fit", [H("a")], Request(5, 512), NO_RULES, 0, None),
+    ("rr-cursor-0", "round_robin", [H("a"), H("b"), H("c")], Request(1, 512), NO_RULES, 0, "a"),
+    ("rr-cursor-2", "round_robin", [H("a"), H("b"), H("c")], Request(1, 512), NO_RULES, 2, "c"),
+    ("rr-cursor-wraps", "round_robin", [H("a"), H("b"), H("c")], Request(1, 512), NO_RULES, 4, "b"),
+    ("rr-skips-full", "round_robin", [H("a"), H("b", uv=4), H("c")], Request(1, 512), NO_RULES, 1, "c"),
+    ("rr-skips-down-wraps", "round_robin", [H("a"), H("b"), H("c", up=False)], Request(1, 512), NO_RULES, 2, "a"),
+    ("rr-refuse", "round_robin", [H("a", up=False), H("b", uv=4)], Request(1, 512), NO_RULES, 1, None),
+    ("spread-most-ram", "spread", [H("a", um=4000), H("b", um=1000), H("c", um=2000)], Request(1, 512), NO_RULES, 0, "b"),
+    ("spread-tie-cpu", "spread", [H("a", uv=3), H("b", uv=1)], Request(1, 512), NO_RULES, 0, "b"),
+    ("spread-tie-order", "spread", [H("a"), H("b")], Request(1, 512), NO_RULES, 0, "a"),
+    ("spread-biggest-does-not-fit-cpu", "spread", [H("a", mem=64000, uv=4), H("b")], Request(1, 512), NO_RULES, 0, "b"),
+    ("spread-down-skipped", "spread", [H("a", mem=64000, up=False), H("b")], Request(1, 512), NO_RULES, 0, "b"),
+    ("spread-reserve", "spread", [H("a", mem=4096), H("b", mem=4096, um=100)], Request(1, 512),
+     Rules(cpu_overcommit=1.0, ram_reserve_mib=512), 0, "a"),
+    ("spread-refuse", "spread", [H("a", um=8000)], Request(1, 512), NO_RULES, 0, None),
+]
+
+
+@pytest.mark.parametrize("algo,hosts,req,rules,cursor,want", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_choose_table(algo, hosts, req, rules, cursor, want):
+    if want is None:
+        with pytest.raises(PlacementError) as ei:
+            choose(algo, hosts, req, rules, cursor)
+        assert "cannot place" in str(ei.value)
+    else:
+        assert choose(algo, hosts, req, rules, cursor).host == want
+
+
+@pytest.mark.parametrize("algo,hosts,req,rules,cursor,want", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_placer_agrees_with_choose_on_the_table(algo, hosts, req, rules, cursor, want):
+    p = Placer(algo, hosts, rules, cursor)
+    if want is None:
+        with pytest.raises(PlacementError):
+            p.place(req)
+    else:
+        assert p.place(req).host == want
+
+
+def test_round_robin_cursor_advances_past_chosen_host():
+    hosts = [H("a"), H("b"), H("c")]
+    cursor, seen = 0, []
+    for _ in range(4):
+        c = choose("round_robin", hosts, Request(1, 512), NO_RULES, cursor)
+        seen.append(c.host)
+        cursor = c.next_cursor
+    assert seen == ["a", "b", "c", "a"]
+
+
+def test_first_fit_packs_and_refuses_when_full():
+    hosts = [H("a", cpus=2, mem=2048), H("b", cpus=2, mem=2048)]
+    got = []
+    for _ in range(4):
+        c = choose("first_fit", hosts, Request(1, 1024), NO_RULES)
+        hosts[c.index] = charge(hosts[c.index], Request(1, 1024))
+        got.append(c.host)
+    assert got == ["a", "a", "b", "b"]
+    with pytest.raises(PlacementError, match="none of the 2 hosts"):
+        choose("first_fit", hosts, Request(1, 1024), NO_RULES)
+
+
+def test_unknown_algorithm_and_empty_request():
+    with pytest.raises(ValueError, match="best_fit"):
+        choose("best_fit", [H("a")], Request(1, 1))
+    with pytest.raises(PlacementError):
+        choose("first_fit", [H("a")], Request(0, 512))
+
+
+@pytest.mark.parametrize("algo", ["round_robin", "first_fit", "spread"])
+def test_placer_sequence_matches_repeated_choose(algo):
+    rnd = random.Random(7)
+    hosts = [H(f"h{i}", cpus=rnd.choice([2, 4, 8]), mem=rnd.choice([2048, 4096, 8192]),
+               up=rnd.random() > 0.1) for i in range(40)]
+    rules = Rules(cpu_overcommit=2.0, ram_reserve_mib=256)
+    shapes = [Request(1, 512), Request(2, 1024), Request(4, 2048)]
+    ref, cursor = list(hosts), 0
+    p = Placer(algo, hosts, rules)
+    for step in range(400):
+        req = rnd.choice(shapes)
+        try:
+            want = choose(algo, ref, req, rules, cursor)
+        except PlacementError:
+            with pytest.raises(PlacementError):
+                p.place(req)
+            continue
+        got = p.place(req)
+        assert (got.host, got.index) == (want.host, want.index), step
+        ref[want.index] = charge(ref[want.index], req)
+        cursor = want.next_cursor
+    # nothing was overcommitted beyond the rules
+    for h in p.hosts:
+        assert h.used_vcpus <= h.cpus * 2.0 and h.used_memory_mib <= h.memory_mib - 256
+
+
+def test_placer_release_gives_room_back():
+    p = Placer("first_fit", [H("a", cpus=1, mem=1024), H("b")], NO_RULES)
+    c = p.place(Request(1, 1024))
+    assert c.host == "a" and p.place(Request(1, 1024)).host == "b"
+    p.release(c.index, Request(1, 1024))
+    assert p.place(Request(1, 1024)).host == "a"
