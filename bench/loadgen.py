@@ -6,7 +6,7 @@ precomputed at start, a correct one for the client's payload pool, so the client
 full job (parse, JSON-decode, compare with the expected result) while the server does
 almost nothing. Everything stays on 127.0.0.1.
 
-    .venv/bin/python bench/loadgen.py [--seconds 5] [--conns 64] [--procs 1] [--server-procs 1]
+    .venv/bin/python bench/loadgen.py [--seconds 5] [--conns 64] [--server-procs 1]
 """
 
 from __future__ import annotations
@@ -100,10 +100,10 @@ def run_wrk(port: int, seconds: float, conns: int, threads: int, cpus) -> float 
     return float(m.group(1)) if m else None
 
 
-def run_client(port: int, seconds: float, conns: int, procs: int, cpus) -> dict:
+def run_client(port: int, seconds: float, conns: int, cpus) -> dict:
     cmd = _pin(cpus) + [sys.executable, "-m", "client.loadgen", "--replica", f"127.0.0.1:{port}", "--concurrency", str(conns),
            "--cost", str(COST), "--payloads", str(PAYLOADS), "--duration", f"{seconds:g}", "--quiet",
-           "--procs", str(procs), "--max-conns", str(conns)]
+           "--max-conns", str(conns)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60,
                        cwd=str(Path(__file__).resolve().parent.parent))
     if r.returncode != 0:
@@ -115,7 +115,6 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--conns", type=int, default=64)
-    ap.add_argument("--procs", type=int, default=1, help="client engine processes")
     ap.add_argument("--server-procs", type=int, default=1)
     ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--no-pin", action="store_true",
@@ -138,7 +137,7 @@ def main() -> int:
         servers.append(p)
     try:
         wrk = run_wrk(port, a.seconds, a.conns, a.wrk_threads, load_cpus)
-        s = run_client(port, a.seconds, a.conns, a.procs, load_cpus)
+        s = run_client(port, a.seconds, a.conns, load_cpus)
     finally:
         for p in servers:
             p.terminate()
@@ -146,7 +145,7 @@ def main() -> int:
     client_rps = s["completed"] / s["duration_s"] if s["duration_s"] else 0.0
     print(json.dumps({
         "bench": "loadgen", "cpus": os.cpu_count(), "seconds": a.seconds, "conns": a.conns,
-        "client_procs": a.procs, "server_procs": a.server_procs, "wrk_threads": a.wrk_threads,
+        "server_procs": a.server_procs, "wrk_threads": a.wrk_threads,
         "pinned": {"server_cpus": sorted(server_cpus), "load_cpus": sorted(load_cpus)} if pin else None,
         "client_req_s": round(client_rps, 1), "wrk_req_s": wrk,
         "ratio": round(client_rps / wrk, 3) if wrk else None,

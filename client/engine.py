@@ -280,6 +280,9 @@ class Engine:
         self.paths = [f"/work?payload={p}&cost={opts.cost}".encode() for p in payloads]
         self.replicas: dict[str, ReplicaState] = {}
         self.ready: list[ReplicaState] = []
+        # replicas announced ready that have not had a request yet: the next arrival goes there,
+        # so a new replica is used at once whatever the balance and the rate
+        self.fresh: list[ReplicaState] = []
         self.backlog: collections.deque[Request] = collections.deque()
         self.rr = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -388,6 +391,10 @@ class Engine:
                     st.announced_ready_mono = now
                     st.announced_ready_pub_ts = pub_ts
                 self.ready.append(st)
+                if st.first_sent_mono is None:
+                    self.fresh.append(st)
+                if self.loop is not None and not st.conns and not st.connecting:
+                    self._open(st)   # connect now so its first request does not wait for it
                 self._event("replica_ready", replica=st.name, endpoint=st.endpoint, pub_ts=pub_ts, reason=reason)
             elif r.state != "ready":
                 if st.ready:
@@ -433,6 +440,11 @@ class Engine:
         ready = self.ready
         if not ready:
             return None
+        if self.fresh:
+            self.fresh = [r for r in self.fresh if r.ready and r.first_sent_mono is None]
+            for r in self.fresh:
+                if r is not exclude and r.in_flight + len(r.queue) == 0:
+                    return r
         if len(ready) == 1:
             return ready[0]
         now = self._now()

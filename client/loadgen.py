@@ -27,8 +27,6 @@ Load
   --payloads N              size of the payload pool (default 8).
   --timeout S               per request, from its intended send time (default 10).
   --max-conns N             keep-alive connections per replica (default 64).
-  --procs N                 run N engine processes, each with 1/N of the rate/concurrency
-                            (for rates one Python process cannot reach); outputs are merged.
 
 Modes and time
   --schedule low:60s,high:180s,low:90s   phases run in order; units ms, s, m (bare = s).
@@ -169,7 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE.jsonl")
     p.add_argument("--summary", metavar="FILE.json")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--procs", type=int, default=1)
     return p
 
 
@@ -190,7 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             v = getattr(a, name)
             if not 0 <= v <= 1_000_000:
                 raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1000000, not {v}")
-        checks = [("cost", 1, 10_000_000), ("payloads", 1, 10_000), ("max_conns", 1, 100_000), ("procs", 1, 256)]
+        checks = [("cost", 1, 10_000_000), ("payloads", 1, 10_000), ("max_conns", 1, 100_000)]
         for name, lo, hi in checks:
             v = getattr(a, name)
             if not lo <= v <= hi:
@@ -200,8 +197,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 raise UsageError(f"--{name.replace('_', '-')} must be above 0 and at most 3600")
         if a.control and not re.fullmatch(r"(tcp://127\.0\.0\.1:\d+|ipc://.+)", a.control):
             raise UsageError(f"--control {a.control!r}: only tcp://127.0.0.1:PORT or ipc://PATH")
-        if a.procs > 1 and a.control:
-            raise UsageError("--control works with --procs 1 only (signal the parent instead)")
         if not a.group.replace("-", "").isalnum():
             raise UsageError(f"bad --group {a.group!r}: letters, digits and '-' only")
     except UsageError as exc:
@@ -436,17 +431,20 @@ def write_summary(a: argparse.Namespace, summary: dict[str, Any]) -> None:
             json.dump(summary, fh, indent=1)
             fh.write("\n")
     printable = {k: v for k, v in summary.items() if k not in ("histogram", "options")}
-    print(json.dumps(printable, separators=(",", ":")), flush=True)
+    try:
+        print(json.dumps(printable, separators=(",", ":")), flush=True)
+    except BrokenPipeError:
+        # the reader went away (| head); the files are written, nothing else to do
+        sys.stdout = open(os.devnull, "w")
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     try:
-        if a.procs > 1:
-            from client.procs import run_procs
-            summary = run_procs(a)
-        else:
-            summary = asyncio.run(run(a))
+        summary = asyncio.run(run(a))
+    except KeyboardInterrupt:
+        print("cms-loadgen: interrupted before the run started", file=sys.stderr)
+        return 130
     except RuntimeError as exc:
         print(f"cms-loadgen: {exc}", file=sys.stderr)
         return 1
