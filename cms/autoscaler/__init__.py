@@ -1,0 +1,1 @@
+"""The autoscaler daemon: reconcile loop, replica feed publisher, command line."""
