@@ -190,3 +190,40 @@ def test_feed_state_rules():
     st.apply_snapshot(Snapshot(epoch="e1", seq=13, groups={}))
     assert st.replicas == ()
     assert st.on_update(upd(1, epoch="e2")) == NEW_EPOCH and not st.synced
+
+
+def test_interop_with_the_autoscaler_publisher():
+    """Against cms.autoscaler.publisher.Publisher (a plain PUB, so no subscription handshake):
+    whatever is lost to the slow-joiner window or skipped as another group's seq is repaired
+    by a resnapshot, and the follower ends on the publisher's set."""
+    from cms.autoscaler.publisher import Publisher
+    from cms.config import ZmqConfig
+
+    def rep(name, state, group="web", port=20001):
+        return Replica(name=name, group=group, host="local", address="127.0.0.1", port=port, state=state,
+                       created=float(port))
+
+    async def body():
+        ctx = zmq.Context()
+        pub = Publisher(ZmqConfig(publish="tcp://127.0.0.1:*", snapshot="tcp://127.0.0.1:*"), context=ctx)
+        try:
+            pub.announce("ready", rep("a", "ready"))
+            f = Follower(pub)
+            await asyncio.wait_for(f.feed.synced.wait(), 5.0)
+            for i in range(20):
+                pub.announce("added", rep(f"n{i}", "starting", port=20100 + i))
+                pub.announce("ready", rep(f"db{i}", "ready", group="db", port=20200 + i))   # another group
+                pub.announce("ready", rep(f"n{i}", "ready", port=20100 + i))
+                await asyncio.sleep(0.01)
+            await until(lambda: f.feed.state.seq == pub.seq, what="the publisher's last seq")
+            final = names_states(pub.replicas("web"))
+            await f.close()
+        finally:
+            pub.close()
+            ctx.term()
+        assert f.changes[-1][1] == final and len(final) == 21
+        assert all(state == "ready" for _, state in final)
+        # seqs handed on never go backwards
+        seqs = [s for s, _ in f.changes if s is not None]
+        assert seqs == sorted(seqs)
+    run(body())
