@@ -304,3 +304,35 @@ def test_signal_and_control_socket_switch_modes(tmp_path):
 def test_expected_result_matches_the_guest_contract():
     import hashlib
     assert expected_result("x", 3) == hashlib.pbkdf2_hmac("sha256", b"x", b"cms-guest", 3).hex()
+
+
+def test_terminal_keys(tmp_path):
+    import pty
+    out = tmp_path / "run.jsonl"
+    master, slave = pty.openpty()
+    with StubWorkServer() as srv:
+        p = subprocess.Popen([PY, "-m", "client.loadgen", "--replica", srv.endpoint, "--cost", str(COST),
+                              "--low-rate", "20", "--duration", "20", "--out", str(out)],
+                             stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        os.close(slave)
+        try:
+            deadline = time.monotonic() + 10
+            while not (out.exists() and '"start"' in out.read_text()):
+                assert time.monotonic() < deadline, "never started"
+                time.sleep(0.02)
+            time.sleep(0.2)       # the key reader is installed right after the start line
+            os.write(master, b"h")
+            while '"source":"keyboard"' not in out.read_text():
+                assert time.monotonic() < deadline, "h was not taken"
+                time.sleep(0.02)
+            time.sleep(0.3)       # some high-mode traffic (100/s)
+            os.write(master, b"q")
+            stdout, stderr = p.communicate(timeout=15)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+            os.close(master)
+    assert p.returncode == 0, stderr
+    s = json.loads(stdout.strip().splitlines()[-1])
+    assert s["accounted"] and s["duration_s"] < 15 and s["modes"]["high"]["sent"] > 0
