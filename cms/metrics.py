@@ -61,17 +61,17 @@ class Raw:
 
 def parse_stats(stats: dict[str, Any], vcpus_fallback: int = 1) -> Raw:
     """libvirt's flat getAllDomainStats record into Raw."""
+    get = stats.get
+    n = int(get("vcpu.maximum") or get("vcpu.current") or 0)
     vcpu_ns = {}
-    for k, v in stats.items():
-        if k.startswith("vcpu.") and k.endswith(".time"):
-            try:
-                vcpu_ns[int(k.split(".")[1])] = int(v)
-            except ValueError:
-                pass
-    cpu = stats.get("cpu.time")
+    for i in range(n):
+        v = get(f"vcpu.{i}.time")
+        if v is not None:
+            vcpu_ns[i] = int(v)
+    cpu = get("cpu.time")
     return Raw(cpu_ns=None if cpu is None else int(cpu), vcpu_ns=vcpu_ns,
-               vcpus=int(stats.get("vcpu.current") or vcpus_fallback or 1),
-               memory_kib=int(stats.get("balloon.current") or 0), state=stats.get("state.state"))
+               vcpus=int(get("vcpu.current") or vcpus_fallback or 1),
+               memory_kib=int(get("balloon.current") or 0), state=get("state.state"))
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def test_per_vcpu_and_host():
 
 
 def test_parse_stats():
-    raw = parse_stats({"state.state": 1, "cpu.time": 42, "vcpu.current": 2, "vcpu.0.time": 10,
+    raw = parse_stats({"state.state": 1, "cpu.time": 42, "vcpu.current": 2, "vcpu.maximum": 2, "vcpu.0.time": 10,
                        "vcpu.1.time": 20, "vcpu.0.state": 1, "balloon.current": 524288})
     assert raw == Raw(42, {0: 10, 1: 20}, 2, 524288, 1)
     # the test driver gives state only: vCPUs from the domain, no CPU figure
