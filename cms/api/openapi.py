@@ -1,0 +1,137 @@
+"""The hand-written OpenAPI 3 description served at /v1/openapi.json (kept beside the code it describes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], desc: str = "OK") -> dict[str, Any]:
+    return {"description": desc, "content": {"application/json": {"schema": schema}}}
+
+
+ERR = {"$ref": "#/components/responses/Error"}
+INT = {"type": "integer"}
+NUM = {"type": "number"}
+STR = {"type": "string"}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None, extra: bool = True) -> dict[str, Any]:
+    o: dict[str, Any] = {"type": "object", "properties": props, "required": required or list(props)}
+    if not extra:
+        o["additionalProperties"] = False
+    return o
+
+
+TRIPLE = _obj({"cpu": INT, "ram": INT, "disk": INT})
+VM = _obj({"vmid": INT, "name": STR, "instance_type": INT, "pmid": INT, "host": STR, "domain": STR,
+           "image_id": INT, "state": STR, "created": NUM})
+HOST = _obj({"pmid": INT, "name": STR, "uri": STR, "up": {"type": "boolean"}, "capacity": TRIPLE, "free": TRIPLE,
+             "used": _obj({"vcpus": INT, "ram": INT}), "vms": INT})
+REPLICA = _obj({"name": STR, "host": STR, "pmid": INT, "state": STR, "vcpus": INT, "memory_mib": INT,
+                "created": NUM, "cpu": {"type": "array", "items": NUM}})
+GROUP = _obj({"name": STR, "min": INT, "max": INT, "vcpus": INT, "memory_mib": INT,
+              "policy": {"type": "object"}, "replicas": {"type": "array", "items": _ref("Replica")},
+              "desired_override": {"oneOf": [{"type": "null"}, _obj({"replicas": INT, "ts": NUM})]}})
+EVENT = _obj({"id": INT, "ts": NUM, "kind": STR, "group": STR, "subject": STR, "message": STR,
+              "data": {"type": "object"}})
+TYPE = _obj({"tid": INT, "cpu": INT, "ram": INT, "disk": INT})
+IMAGE = _obj({"id": INT, "name": STR})
+
+AUTH = [{"bearer": []}]
+VMID = {"name": "vmid", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+PMID = {"name": "pmid", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+GNAME = {"name": "name", "in": "path", "required": True, "schema": STR}
+MUT_ERRS = {"400": ERR, "401": ERR, "403": ERR, "404": ERR, "409": ERR, "502": ERR, "503": ERR}
+
+
+def _spec_get(summary: str, params: list[tuple[str, bool]], schema: dict[str, Any]) -> dict[str, Any]:
+    return {"get": {"summary": summary, "tags": ["spec"],
+                    "parameters": [{"name": n, "in": "query", "required": r, "schema": STR} for n, r in params],
+                    "responses": {"200": _json(schema, "the result, or the spec's failure value (0)")}}}
+
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "cms API", "version": "1.0.0",
+             "description": "The mini-project's URLs (failures answer 200 with 0) and the resource-style /v1 API. "
+                            "Mutating /v1 calls need 'Authorization: Bearer <api.token>'."},
+    "paths": {
+        "/vm/create": _spec_get("Create a VM", [("name", True), ("instance_type", True), ("image_id", False)],
+                                _obj({"vmid": INT})),
+        "/vm/query": _spec_get("Query a VM", [("vmid", True)],
+                               {"oneOf": [_obj({"vmid": INT, "name": STR, "instance_type": INT, "pmid": INT}, extra=False),
+                                          _obj({"vmid": {"type": "integer", "enum": [0]}}, extra=False)]}),
+        "/vm/destroy": _spec_get("Destroy a VM", [("vmid", True)], _obj({"status": {"type": "integer", "enum": [0, 1]}})),
+        "/vm/types": _spec_get("Instance types", [], _obj({"types": {"type": "array", "items": TYPE}})),
+        "/image/list": _spec_get("Images", [], _obj({"images": {"type": "array", "items": IMAGE}})),
+        "/pm/list": _spec_get("Machines", [], _obj({"pms": {"type": "array", "items": INT}})),
+        "/pm/query": _spec_get("A machine", [("pmid", True)],
+                               {"oneOf": [_obj({"pmid": INT, "capacity": TRIPLE, "free": TRIPLE, "vms": INT}, extra=False),
+                                          _obj({"pmid": {"type": "integer", "enum": [0]}}, extra=False)]}),
+        "/pm/listvms": _spec_get("VMs on a machine", [("pmid", True)], _obj({"vms": {"type": "array", "items": INT}})),
+        "/v1/vms": {
+            "get": {"summary": "All VMs made through the API", "responses": {"200": _json(_obj({"vms": {"type": "array", "items": _ref("Vm")}}))}},
+            "post": {"summary": "Create a VM", "security": AUTH,
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": _obj(
+                         {"name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+                          "instance_type": {"type": "integer", "minimum": 1},
+                          "image_id": {"type": "integer", "minimum": 0}}, ["name", "instance_type"])}}},
+                     "responses": {"201": _json(_ref("Vm"), "created"), **MUT_ERRS}},
+        },
+        "/v1/vms/{vmid}": {
+            "parameters": [VMID],
+            "get": {"summary": "A VM", "responses": {"200": _json(_ref("Vm")), "404": ERR}},
+            "delete": {"summary": "Destroy a VM", "security": AUTH,
+                       "responses": {"200": _json(_obj({"vmid": INT, "status": INT})), **MUT_ERRS}},
+        },
+        "/v1/vms/{vmid}/migrate": {
+            "parameters": [VMID],
+            "post": {"summary": "Live-migrate a VM (destination by placement unless pmid is given)", "security": AUTH,
+                     "requestBody": {"required": False, "content": {"application/json": {"schema": _obj(
+                         {"pmid": {"type": "integer", "minimum": 1}}, [])}}},
+                     "responses": {"200": _json(_ref("Vm")), **MUT_ERRS}},
+        },
+        "/v1/vms/{vmid}/resize": {
+            "parameters": [VMID],
+            "post": {"summary": "Vertical scaling: vCPUs and/or memory, live", "security": AUTH,
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": _obj(
+                         {"vcpus": {"type": "integer", "minimum": 1}, "memory_mib": {"type": "integer", "minimum": 64}}, [])}}},
+                     "responses": {"200": _json(_ref("Vm")), **MUT_ERRS}},
+        },
+        "/v1/hosts": {"get": {"summary": "Machines with capacity and free room",
+                              "responses": {"200": _json(_obj({"hosts": {"type": "array", "items": _ref("Host")}}))}}},
+        "/v1/hosts/{pmid}": {"parameters": [PMID],
+                             "get": {"summary": "A machine", "responses": {"200": _json(_ref("Host")), "404": ERR}}},
+        "/v1/images": {"get": {"summary": "Images", "responses": {"200": _json(_obj({"images": {"type": "array", "items": _obj(
+            {"id": INT, "name": STR, "path": STR})}}))}}},
+        "/v1/types": {"get": {"summary": "Instance types", "responses": {"200": _json(_obj({"types": {"type": "array", "items": TYPE}}))}}},
+        "/v1/groups": {"get": {"summary": "Replica groups with replicas, policy and recent CPU",
+                               "responses": {"200": _json(_obj({"groups": {"type": "array", "items": _ref("Group")}}))}}},
+        "/v1/groups/{name}": {"parameters": [GNAME],
+                              "get": {"summary": "A replica group", "responses": {"200": _json(_ref("Group")), "404": ERR}}},
+        "/v1/groups/{name}/scale": {
+            "parameters": [GNAME],
+            "post": {"summary": "Record a desired replica count (an override event the autoscaler reads)", "security": AUTH,
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": _obj(
+                         {"replicas": {"type": "integer", "minimum": 0}})}}},
+                     "responses": {"202": _json(_obj({"group": STR, "replicas": INT, "event_id": INT}), "recorded"), **MUT_ERRS}},
+        },
+        "/v1/events": {"get": {"summary": "Events after since_id, oldest first",
+                               "parameters": [
+                                   {"name": "since_id", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                                   {"name": "limit", "in": "query", "required": False,
+                                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                                   {"name": "group", "in": "query", "required": False, "schema": STR}],
+                               "responses": {"200": _json(_obj({"events": {"type": "array", "items": _ref("Event")}})), "400": ERR}}},
+        "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}},
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "responses": {"Error": _json(_obj({"title": STR, "description": STR}), "error")},
+        "schemas": {"Vm": VM, "Host": HOST, "Replica": REPLICA, "Group": GROUP, "Event": EVENT},
+    },
+}

@@ -1,0 +1,66 @@
+"""`cms-api`: serve cms.api.app:get_app() with gunicorn.
+
+    cms-api [--config FILE] [--bind HOST:PORT] [--workers N] [--check]
+
+The configuration (--config, else $CMS_CONFIG, else /etc/cms/cms.toml) gives api.bind and
+api.workers (0: 2 x CPUs + 1). gunicorn runs programmatically (a BaseApplication), so there
+is no separate gunicorn.conf.py to keep in step; the app is not preloaded, so each worker
+opens its own libvirt and SQLite connections after the fork. --check validates the
+configuration and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from cms import config as cms_config
+
+
+def default_workers(cfg: cms_config.Config) -> int:
+    return cfg.api.workers or (2 * (os.cpu_count() or 1) + 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="cms-api", description="Serve the cms REST API with gunicorn.")
+    ap.add_argument("--config", help="cms.toml (default: $CMS_CONFIG or /etc/cms/cms.toml)")
+    ap.add_argument("--bind", help="HOST:PORT (default: api.bind)")
+    ap.add_argument("--workers", type=int, help="gunicorn workers (default: api.workers, 0 = 2 x CPUs + 1)")
+    ap.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    a = ap.parse_args(argv)
+    cfg = cms_config.load_or_exit(a.config)
+    if a.config:
+        os.environ[cms_config.ENV_VAR] = os.path.abspath(a.config)
+    elif cfg.source != "<embedded defaults>":
+        os.environ[cms_config.ENV_VAR] = cfg.source
+    if a.check:
+        print(f"cms-api: {cfg.source} is valid")
+        return 0
+    bind = a.bind or cfg.api.bind
+    workers = a.workers if a.workers is not None else default_workers(cfg)
+    if workers < 1:
+        print("cms-api: --workers must be at least 1", file=sys.stderr)
+        return 2
+
+    from gunicorn.app.base import BaseApplication
+
+    class App(BaseApplication):
+        def load_config(self) -> None:
+            settings = {"bind": bind, "workers": workers, "worker_class": "gthread", "threads": 4,
+                        "timeout": 120, "graceful_timeout": 10, "keepalive": 5, "backlog": 2048,
+                        "accesslog": None, "errorlog": "-", "loglevel": cfg.log_level,
+                        "proc_name": "cms-api", "preload_app": False}
+            for k, v in settings.items():
+                self.cfg.set(k, v)
+
+        def load(self):
+            from cms.api.app import get_app
+            return get_app()
+
+    App().run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

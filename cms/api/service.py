@@ -1,0 +1,305 @@
+"""What the API does, apart from HTTP: VMs, types, images, machines and groups over SQLite + cms.virt.
+
+The responders in cms.api.app stay thin and call this. Errors are cms.errors exceptions
+plus the three below; cms.api.app maps each to an HTTP status once.
+
+Tables (added with Store.ensure_schema):
+  api_vms     vmid ↔ name, libvirt domain, host, type, image, state (creating | active)
+  api_types   the types_file, imported at start
+  api_images  the image_file, imported at start (ids 100, 101, … in file order)
+  api_pms     the configured hosts (pmid = position in cms.toml = line order in pm_file)
+  group_overrides  desired replica counts asked through POST /v1/groups/{name}/scale
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cms import errors, inventory
+from cms.config import Config
+from cms.placement import ram_room, vcpu_room
+from cms.scheduler import Scheduler
+from cms.store import Store
+from cms.virt import Fleet, OwnerMeta
+
+# API VMs are defined with twice their type's vCPUs and memory as maximum, so
+# POST /v1/vms/{id}/resize can grow them live up to that (placement charges the current size).
+
+log = logging.getLogger("cms.api")
+GIB = 1024 ** 3
+VM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_vms (
+    vmid INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, domain TEXT NOT NULL DEFAULT '',
+    host TEXT NOT NULL DEFAULT '', instance_type INTEGER NOT NULL, image_id INTEGER NOT NULL,
+    state TEXT NOT NULL, created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_types (tid INTEGER PRIMARY KEY, cpu INTEGER NOT NULL, ram INTEGER NOT NULL,
+    disk INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS api_images (id INTEGER PRIMARY KEY, name TEXT NOT NULL, path TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_pms (pmid INTEGER PRIMARY KEY, name TEXT NOT NULL, uri TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS group_overrides (grp TEXT PRIMARY KEY, replicas INTEGER NOT NULL, ts REAL NOT NULL);
+"""
+
+
+class Invalid(errors.CmsError):
+    """The request is malformed (400)."""
+
+
+class Unknown(errors.CmsError):
+    """The VM, type, image, machine or group asked for does not exist (404)."""
+
+
+class Duplicate(errors.CmsError):
+    """A VM of that name exists already (409)."""
+
+
+@dataclass
+class Deps:
+    """What the app needs; tests build it with fakes or test:/// hosts."""
+    cfg: Config
+    store: Store
+    fleet: Fleet
+    scheduler: Scheduler
+    types: list[inventory.VmType] | None = None      # None: read types_file
+    images: list[inventory.Image] | None = None      # None: read image_file
+    files: tuple[Path, Path] | None = None           # (image_file, types_file); None: default_paths
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_deps(cfg: Config) -> Deps:
+    store = Store(cfg.state_db)
+    fleet = Fleet(cfg)
+    return Deps(cfg, store, fleet, Scheduler(cfg, fleet, store))
+
+
+class Service:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+        self.cfg, self.store, self.fleet, self.sched = deps.cfg, deps.store, deps.fleet, deps.scheduler
+        self.store.ensure_schema(SCHEMA)
+        self._import_inventory()
+
+    # -- inventory ------------------------------------------------------------------------------
+
+    def _import_inventory(self) -> None:
+        types, images = self.d.types, self.d.images
+        img_file, types_file = self.d.files or inventory.default_paths(self.cfg)
+        if types is None and types_file.exists():
+            try:
+                types = inventory.parse_types_file(types_file)
+            except inventory.InventoryError as exc:
+                log.error("%s; keeping the types already in the state database", exc)
+        if images is None and img_file.exists():
+            try:
+                images = inventory.parse_image_file(img_file)
+            except inventory.InventoryError as exc:
+                log.error("%s; keeping the images already in the state database", exc)
+        with self.store.write() as c:
+            if types is not None:
+                c.execute("DELETE FROM api_types")
+                c.executemany("INSERT INTO api_types VALUES (?,?,?,?)", [(t.tid, t.cpu, t.ram, t.disk) for t in types])
+            if images is not None:
+                c.execute("DELETE FROM api_images")
+                c.executemany("INSERT INTO api_images VALUES (?,?,?)", [(i.id, i.name, i.path) for i in images])
+            c.execute("DELETE FROM api_pms")
+            c.executemany("INSERT INTO api_pms VALUES (?,?,?)",
+                          [(i, h.name, h.uri) for i, h in enumerate(self.cfg.hosts, 1)])
+
+    def types(self) -> list[dict[str, int]]:
+        return [dict(r) for r in self.store.connect().execute("SELECT tid, cpu, ram, disk FROM api_types ORDER BY tid")]
+
+    def type_of(self, tid: int) -> dict[str, int]:
+        r = self.store.connect().execute("SELECT tid, cpu, ram, disk FROM api_types WHERE tid=?", (tid,)).fetchone()
+        if r is None:
+            raise Unknown(f"no instance type {tid}")
+        return dict(r)
+
+    def images(self, with_path: bool = False) -> list[dict[str, Any]]:
+        cols = "id, name, path" if with_path else "id, name"
+        return [dict(r) for r in self.store.connect().execute(f"SELECT {cols} FROM api_images ORDER BY id")]
+
+    def image(self, image_id: int | None) -> dict[str, Any]:
+        c = self.store.connect()
+        if image_id is None:
+            r = c.execute("SELECT id, name, path FROM api_images ORDER BY id LIMIT 1").fetchone()
+            if r is None:
+                raise Unknown("no image is configured (image_file lists none)")
+        else:
+            r = c.execute("SELECT id, name, path FROM api_images WHERE id=?", (image_id,)).fetchone()
+            if r is None:
+                raise Unknown(f"no image {image_id}")
+        return dict(r)
+
+    # -- VMs ------------------------------------------------------------------------------------
+
+    def _vm_json(self, r: Any, full: bool = False) -> dict[str, Any]:
+        out = {"vmid": r["vmid"], "name": r["name"], "instance_type": r["instance_type"],
+               "pmid": self.sched.pmid(r["host"])}
+        if full:
+            out.update(host=r["host"], domain=r["domain"], image_id=r["image_id"], state=r["state"],
+                       created=r["created"])
+        return out
+
+    def _row(self, vmid: int) -> Any:
+        r = self.store.connect().execute("SELECT * FROM api_vms WHERE vmid=? AND state='active'", (vmid,)).fetchone()
+        if r is None:
+            raise Unknown(f"no VM {vmid}")
+        return r
+
+    def create_vm(self, name: str, tid: int, image_id: int | None = None) -> dict[str, Any]:
+        if not isinstance(name, str) or not VM_NAME_RE.match(name):
+            raise Invalid(f"bad VM name {name!r}: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit")
+        t = self.type_of(tid)
+        img = self.image(image_id)
+        # Reserve the name first: the UNIQUE constraint makes a duplicate fail here, before
+        # anything exists in libvirt; the row is removed again if the spawn fails.
+        try:
+            with self.store.write() as c:
+                vmid = int(c.execute("INSERT INTO api_vms (name, instance_type, image_id, state, created) "
+                                     "VALUES (?,?,?, 'creating', ?)", (name, tid, img["id"], time.time())).lastrowid)
+        except Exception as exc:
+            if "UNIQUE" in str(exc):
+                raise Duplicate(f"a VM named {name!r} exists already") from None
+            raise
+        domain = f"cms-vm-{vmid}"
+        try:
+            sp = self.sched.spawn(name=domain, vcpus=t["cpu"], memory_mib=t["ram"],
+                                  meta=OwnerMeta(role="vm", vmid=vmid, instance_type=tid, image=img["path"]),
+                                  image=img["path"], disk_bytes=t["disk"] * GIB,
+                                  max_vcpus=2 * t["cpu"], max_memory_mib=2 * t["ram"])
+        except BaseException as exc:
+            with self.store.write() as c:
+                c.execute("DELETE FROM api_vms WHERE vmid=?", (vmid,))
+            if isinstance(exc, errors.CmsError):
+                self.store.add_event("vm_create_failed", str(exc), subject=name, data={"type": tid})
+            raise
+        with self.store.write() as c:
+            c.execute("UPDATE api_vms SET domain=?, host=?, state='active' WHERE vmid=?", (domain, sp.host, vmid))
+        self.store.add_event("vm_create", f"VM {name} ({domain}) created on {sp.host}", subject=name,
+                             data={"vmid": vmid, "host": sp.host, "type": tid, "image": img["id"]})
+        return self.vm(vmid, full=True)
+
+    def vm(self, vmid: int, full: bool = False) -> dict[str, Any]:
+        return self._vm_json(self._row(vmid), full)
+
+    def vms(self, host: str | None = None) -> list[dict[str, Any]]:
+        q, args = "SELECT * FROM api_vms WHERE state='active'", []
+        if host is not None:
+            q += " AND host=?"
+            args.append(host)
+        return [self._vm_json(r, True) for r in self.store.connect().execute(q + " ORDER BY vmid", args)]
+
+    def destroy_vm(self, vmid: int) -> None:
+        r = self._row(vmid)
+        self.fleet.remove(r["host"], r["domain"])      # idempotent; raises if the host is down
+        with self.store.write() as c:
+            c.execute("DELETE FROM api_vms WHERE vmid=?", (vmid,))
+        self.store.add_event("vm_destroy", f"VM {r['name']} ({r['domain']}) destroyed on {r['host']}",
+                             subject=r["name"], data={"vmid": vmid})
+
+    def migrate_vm(self, vmid: int, pmid: int | None = None) -> dict[str, Any]:
+        r = self._row(vmid)
+        dest = None
+        if pmid is not None:
+            dest = self.sched.host_name(pmid)
+            if dest is None:
+                raise Unknown(f"no machine {pmid}")
+        to = self.sched.migrate(r["domain"], dest)
+        with self.store.write() as c:
+            c.execute("UPDATE api_vms SET host=? WHERE vmid=?", (to, vmid))
+        self.store.add_event("vm_migrate", f"VM {r['name']} migrated from {r['host']} to {to}", subject=r["name"],
+                             data={"vmid": vmid, "from": r["host"], "to": to})
+        return self.vm(vmid, full=True)
+
+    def resize_vm(self, vmid: int, vcpus: int | None, memory_mib: int | None) -> dict[str, Any]:
+        r = self._row(vmid)
+        d = self.sched.resize(r["domain"], vcpus, memory_mib)
+        self.store.add_event("vm_resize", f"VM {r['name']} now {d.vcpus} vCPU / {d.memory_mib} MiB",
+                             subject=r["name"], data={"vmid": vmid, "vcpus": d.vcpus, "memory_mib": d.memory_mib})
+        return {**self.vm(vmid, full=True), "vcpus": d.vcpus, "memory_mib": d.memory_mib}
+
+    # -- machines -------------------------------------------------------------------------------
+
+    def pmids(self) -> list[int]:
+        return list(range(1, len(self.cfg.hosts) + 1))
+
+    def pm(self, pmid: int, full: bool = False) -> dict[str, Any]:
+        name = self.sched.host_name(pmid)
+        if name is None:
+            raise Unknown(f"no machine {pmid}")
+        load, _doms, cap = self.sched.host_state(name)
+        nvms = self.store.connect().execute("SELECT COUNT(*) FROM api_vms WHERE host=? AND state='active'",
+                                            (name,)).fetchone()[0]
+        if cap is None:
+            capacity = {"cpu": 0, "ram": 0, "disk": 0}
+            free = {"cpu": 0, "ram": 0, "disk": 0}
+        else:
+            capacity = {"cpu": cap.cpus, "ram": cap.memory_mib, "disk": cap.pool_capacity_bytes // GIB}
+            free = {"cpu": max(0, vcpu_room(load, self.sched.rules)), "ram": max(0, ram_room(load, self.sched.rules)),
+                    "disk": cap.pool_available_bytes // GIB}
+        out: dict[str, Any] = {"pmid": pmid, "capacity": capacity, "free": free, "vms": nvms}
+        if full:
+            out.update(name=name, uri=self.cfg.hosts[pmid - 1].uri, up=load.up,
+                       used={"vcpus": load.used_vcpus, "ram": load.used_memory_mib})
+        return out
+
+    def pm_vms(self, pmid: int) -> list[int]:
+        name = self.sched.host_name(pmid)
+        if name is None:
+            raise Unknown(f"no machine {pmid}")
+        return [r[0] for r in self.store.connect().execute(
+            "SELECT vmid FROM api_vms WHERE host=? AND state='active' ORDER BY vmid", (name,))]
+
+    # -- replica groups -------------------------------------------------------------------------
+
+    def group(self, name: str) -> dict[str, Any]:
+        gc = self.cfg.groups.get(name)
+        if gc is None:
+            raise Unknown(f"no group {name!r}")
+        since = time.time() - 120
+        cpu: dict[str, list[float]] = {}
+        for s in self.store.samples(group=name, since=since):
+            if s.cpu is not None:
+                cpu.setdefault(s.domain, []).append(round(s.cpu, 4))
+        replicas = []
+        for d in self.fleet.owned(name):
+            if d.meta.role != "replica":
+                continue
+            replicas.append({"name": d.name, "host": d.host, "pmid": self.sched.pmid(d.host), "state": d.state,
+                             "vcpus": d.vcpus, "memory_mib": d.memory_mib, "created": d.meta.created,
+                             "cpu": cpu.get(d.name, [])[-60:]})
+        ov = self.store.connect().execute("SELECT replicas, ts FROM group_overrides WHERE grp=?", (name,)).fetchone()
+        policy = {"name": gc.policy, "cooldown_s": gc.cooldown_s, "warmup_s": gc.warmup_s}
+        policy.update(vars(gc.threshold) if gc.policy == "threshold" else vars(gc.target))
+        return {"name": name, "min": gc.min, "max": gc.max, "vcpus": gc.vcpus, "memory_mib": gc.memory_mib,
+                "policy": policy, "replicas": replicas,
+                "desired_override": None if ov is None else {"replicas": ov["replicas"], "ts": ov["ts"]}}
+
+    def groups(self) -> list[dict[str, Any]]:
+        return [self.group(g) for g in self.cfg.groups]
+
+    def scale_group(self, name: str, replicas: Any) -> dict[str, Any]:
+        gc = self.cfg.groups.get(name)
+        if gc is None:
+            raise Unknown(f"no group {name!r}")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not gc.min <= replicas <= gc.max:
+            raise Invalid(f"replicas must be an integer from {gc.min} to {gc.max} (the group's min and max)")
+        now = time.time()
+        with self.store.write() as c:
+            c.execute("INSERT INTO group_overrides VALUES (?,?,?) ON CONFLICT(grp) DO UPDATE SET "
+                      "replicas=excluded.replicas, ts=excluded.ts", (name, replicas, now))
+        eid = self.store.add_event("scale_request", f"desired replicas of {name} set to {replicas} through the API",
+                                   group=name, data={"replicas": replicas})
+        return {"group": name, "replicas": replicas, "event_id": eid}
+
+    def events(self, since_id: int, limit: int, group: str | None = None) -> list[dict[str, Any]]:
+        return [{"id": e.id, "ts": e.ts, "kind": e.kind, "group": e.group, "subject": e.subject,
+                 "message": e.message, "data": e.data}
+                for e in self.store.events(since_id=since_id, group=group, limit=limit)]

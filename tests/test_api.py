@@ -1,0 +1,240 @@
+"""The API in-process: falcon.testing.TestClient(create_app(deps)) over libvirt test:/// hosts."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+
+import falcon.testing
+import pytest
+
+from cms.api.app import create_app
+from cms.api.service import Deps
+from cms.inventory import Image, VmType
+from cms.scheduler import Scheduler
+from cms.store import Store
+from cms.virt import Fleet
+from tests.conftest import make_config, write_node_xml
+
+TYPES = [VmType(1, 1, 512, 1), VmType(2, 2, 1024, 2), VmType(3, 4, 2048, 3)]
+IMAGES = [Image(100, "Ubuntu-12.04-amd64", "/srv/Ubuntu-12.04-amd64.qcow2"), Image(101, "blank", "/srv/blank.qcow2")]
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DOWN_URI = "qemu+tcp://127.0.0.1:1/system"
+
+
+def build(tmp_path, *, hosts=None, token=TOKEN, algorithm="first_fit", open_spec=True, overcommit=1.0, reserve=0):
+    if hosts is None:
+        hosts = [write_node_xml(tmp_path / "a.xml", cpus=4, memory_kib=4 * 1024 * 1024),
+                 write_node_xml(tmp_path / "b.xml", cpus=2, memory_kib=2 * 1024 * 1024),
+                 DOWN_URI]
+    cfg = make_config(hosts=[{"name": f"pm{i}", "uri": u} for i, u in enumerate(hosts, 1)],
+                      libvirt={"domain_type": "qemu"}, state_db=str(tmp_path / "state.db"),
+                      api={"token": token, "open_spec_urls": open_spec},
+                      placement={"algorithm": algorithm, "cpu_overcommit": overcommit, "ram_reserve_mib": reserve})
+    store = Store(cfg.state_db)
+    fleet = Fleet(cfg)
+    deps = Deps(cfg, store, fleet, Scheduler(cfg, fleet, store), types=TYPES, images=IMAGES)
+    return falcon.testing.TestClient(create_app(deps)), deps
+
+
+@pytest.fixture
+def api(tmp_path, run_dir):
+    client, deps = build(tmp_path)
+    yield client, deps
+    deps.fleet.close()
+
+
+def j(r):
+    return r.json
+
+
+def test_spec_urls_end_to_end(api):
+    c, deps = api
+    assert j(c.simulate_get("/vm/types")) == {"types": [t.as_json() for t in TYPES]}
+    assert j(c.simulate_get("/image/list")) == {"images": [{"id": 100, "name": "Ubuntu-12.04-amd64"},
+                                                           {"id": 101, "name": "blank"}]}
+    r = c.simulate_get("/vm/create", params={"name": "test_vm", "instance_type": "3"})
+    assert r.status_code == 200
+    vmid = r.json["vmid"]
+    assert vmid > 0
+    assert j(c.simulate_get("/vm/query", params={"vmid": vmid})) == {
+        "vmid": vmid, "name": "test_vm", "instance_type": 3, "pmid": 1}
+    # a real domain on the test host, with the owner metadata
+    doms = deps.fleet.host("pm1").owned_domains()
+    assert [(d.name, d.vcpus, d.memory_mib, d.meta.role, d.meta.vmid, d.meta.instance_type, d.meta.image)
+            for d in doms] == [(f"cms-vm-{vmid}", 4, 2048, "vm", vmid, 3, "/srv/Ubuntu-12.04-amd64.qcow2")]
+    assert j(c.simulate_get("/pm/list")) == {"pms": [1, 2, 3]}
+    assert j(c.simulate_get("/pm/listvms", params={"pmid": 1})) == {"vms": [vmid]}
+    q = j(c.simulate_get("/pm/query", params={"pmid": 1}))
+    assert q == {"pmid": 1, "capacity": {"cpu": 4, "ram": 4096, "disk": 100},
+                 "free": {"cpu": 0, "ram": 2048, "disk": q["free"]["disk"]}, "vms": 1}
+    assert j(c.simulate_get("/pm/query", params={"pmid": 3})) == {
+        "pmid": 3, "capacity": {"cpu": 0, "ram": 0, "disk": 0}, "free": {"cpu": 0, "ram": 0, "disk": 0}, "vms": 0}
+    # image_id picks the image
+    v2 = j(c.simulate_get("/vm/create", params={"name": "second", "instance_type": "1", "image_id": "101"}))["vmid"]
+    assert v2 > vmid
+    d2 = [d for d in deps.fleet.owned() if d.meta.vmid == v2][0]
+    assert d2.meta.image == "/srv/blank.qcow2" and d2.host == "pm2"    # pm1 has no vCPU left
+    assert j(c.simulate_get("/vm/destroy", params={"vmid": vmid})) == {"status": 1}
+    assert deps.fleet.host("pm1").owned_domains() == []
+    assert deps.fleet.host("pm1").list_volumes("cms") == []
+    assert j(c.simulate_get("/vm/query", params={"vmid": vmid})) == {"vmid": 0}
+    assert j(c.simulate_get("/vm/destroy", params={"vmid": vmid})) == {"status": 0}
+    ev = [e.kind for e in deps.store.events()]
+    assert ev == ["vm_create", "vm_create", "vm_destroy"]
+
+
+@pytest.mark.parametrize("url,params,want", [
+    ("/vm/create", {"name": "x"}, {"vmid": 0}),
+    ("/vm/create", {"name": "x", "instance_type": "abc"}, {"vmid": 0}),
+    ("/vm/create", {"name": "x", "instance_type": "9"}, {"vmid": 0}),
+    ("/vm/create", {"instance_type": "1"}, {"vmid": 0}),
+    ("/vm/create", {"name": "bad name!", "instance_type": "1"}, {"vmid": 0}),
+    ("/vm/create", {"name": "x", "instance_type": "1", "image_id": "7"}, {"vmid": 0}),
+    ("/vm/create", {"name": "huge", "instance_type": "1", "image_id": "x"}, {"vmid": 0}),
+    ("/vm/query", {}, {"vmid": 0}),
+    ("/vm/query", {"vmid": "abc"}, {"vmid": 0}),
+    ("/vm/query", {"vmid": "12345"}, {"vmid": 0}),
+    ("/vm/destroy", {}, {"status": 0}),
+    ("/vm/destroy", {"vmid": "-1"}, {"status": 0}),
+    ("/vm/destroy", {"vmid": "999"}, {"status": 0}),
+    ("/pm/query", {"pmid": "0"}, {"pmid": 0}),
+    ("/pm/query", {"pmid": "x"}, {"pmid": 0}),
+    ("/pm/listvms", {"pmid": "44"}, {"vms": []}),
+])
+def test_spec_failures_are_200_with_zero(api, url, params, want):
+    c, deps = api
+    r = c.simulate_get(url, params=params)
+    assert r.status_code == 200 and r.json == want
+    assert deps.fleet.owned() == []
+
+
+def test_duplicate_name_and_no_room_leave_nothing_half_made(api):
+    c, deps = api
+    assert j(c.simulate_get("/vm/create", params={"name": "dup", "instance_type": "1"}))["vmid"] > 0
+    assert j(c.simulate_get("/vm/create", params={"name": "dup", "instance_type": "1"})) == {"vmid": 0}
+    # 4 + 2 CPUs, no overcommit: 1 used, 5 left; a type-3 (4 vCPU) fits on pm1 once, then not
+    assert j(c.simulate_get("/vm/create", params={"name": "big1", "instance_type": "2"}))["vmid"] > 0
+    before = {d.name for d in deps.fleet.owned()}
+    assert j(c.simulate_get("/vm/create", params={"name": "big2", "instance_type": "3"})) == {"vmid": 0}
+    assert {d.name for d in deps.fleet.owned()} == before
+    vols = deps.fleet.host("pm1").list_volumes("cms") + deps.fleet.host("pm2").list_volumes("cms")
+    assert sorted(vols) == sorted(n + ".qcow2" for n in before)
+    names = [v["name"] for v in j(c.simulate_get("/v1/vms"))["vms"]]
+    assert names == ["dup", "big1"]
+    assert "vm_create_failed" in [e.kind for e in deps.store.events()]
+
+
+def test_v1_crud_auth_and_errors(api):
+    c, deps = api
+    r = c.simulate_post("/v1/vms", json={"name": "a1", "instance_type": 1})
+    assert r.status_code == 401 and set(r.json) == {"title", "description"}
+    r = c.simulate_post("/v1/vms", json={"name": "a1", "instance_type": 1}, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401
+    r = c.simulate_post("/v1/vms", json={"name": "a1", "instance_type": 1}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    vm = r.json
+    assert vm["name"] == "a1" and vm["pmid"] == 1 and vm["state"] == "active"
+    assert c.simulate_get(f"/v1/vms/{vm['vmid']}").json == vm
+    assert c.simulate_post("/v1/vms", json={"name": "a1", "instance_type": 1}, headers=AUTH).status_code == 409
+    assert c.simulate_post("/v1/vms", json={"name": "a2", "instance_type": 9}, headers=AUTH).status_code == 404
+    assert c.simulate_post("/v1/vms", json={"name": "a2"}, headers=AUTH).status_code == 400
+    assert c.simulate_post("/v1/vms", body="{nope", headers={**AUTH, "Content-Type": "application/json"}).status_code == 400
+    assert c.simulate_post("/v1/vms", json=[1], headers=AUTH).status_code == 400
+    assert c.simulate_post("/v1/vms", json={"name": "a2", "instance_type": 3, "image_id": 555}, headers=AUTH).status_code == 404
+    r = c.simulate_get("/v1/vms/424242")
+    assert r.status_code == 404 and r.json["title"] == "Not found" and "424242" in r.json["description"]
+    r = c.simulate_get("/v1/nothing")
+    assert r.status_code == 404 and set(r.json) == {"title", "description"}
+    # resize in place, and refused when the host has no room
+    r = c.simulate_post(f"/v1/vms/{vm['vmid']}/resize", json={"vcpus": 2}, headers=AUTH)
+    assert r.status_code == 200 and r.json["vcpus"] == 2, r.text
+    r = c.simulate_post(f"/v1/vms/{vm['vmid']}/resize", json={"vcpus": 64}, headers=AUTH)
+    assert r.status_code == 409 and "no room" in r.json["description"]
+    assert c.simulate_post(f"/v1/vms/{vm['vmid']}/resize", json={}, headers=AUTH).status_code == 400
+    # the test driver cannot migrate: the error comes back clean, the VM stays where it was
+    r = c.simulate_post(f"/v1/vms/{vm['vmid']}/migrate", json={}, headers=AUTH)
+    assert r.status_code == 502 and set(r.json) == {"title", "description"}, r.text
+    assert c.simulate_post(f"/v1/vms/{vm['vmid']}/migrate", json={"pmid": 99}, headers=AUTH).status_code == 404
+    assert c.simulate_post(f"/v1/vms/{vm['vmid']}/migrate", json={"pmid": 3}, headers=AUTH).status_code == 409
+    assert c.simulate_get(f"/v1/vms/{vm['vmid']}").json["host"] == "pm1"
+    # hosts, types, images
+    hosts = c.simulate_get("/v1/hosts").json["hosts"]
+    assert [(h["pmid"], h["up"]) for h in hosts] == [(1, True), (2, True), (3, False)]
+    assert c.simulate_get("/v1/hosts/1").json["vmids"] == [vm["vmid"]]
+    assert c.simulate_get("/v1/hosts/9").status_code == 404
+    assert c.simulate_get("/v1/types").json["types"][0] == {"tid": 1, "cpu": 1, "ram": 512, "disk": 1}
+    assert c.simulate_get("/v1/images").json["images"][0]["path"] == "/srv/Ubuntu-12.04-amd64.qcow2"
+    # delete
+    assert c.simulate_delete(f"/v1/vms/{vm['vmid']}").status_code == 401
+    assert c.simulate_delete(f"/v1/vms/{vm['vmid']}", headers=AUTH).json == {"vmid": vm["vmid"], "status": 1}
+    assert c.simulate_delete(f"/v1/vms/{vm['vmid']}", headers=AUTH).status_code == 404
+    assert deps.fleet.owned() == []
+
+
+def test_groups_scale_events_openapi_dashboard(api):
+    c, deps = api
+    g = c.simulate_get("/v1/groups").json["groups"]
+    assert [x["name"] for x in g] == ["web"] and g[0]["replicas"] == [] and g[0]["policy"]["name"] == "threshold"
+    assert c.simulate_get("/v1/groups/nope").status_code == 404
+    assert c.simulate_post("/v1/groups/web/scale", json={"replicas": 2}).status_code == 401
+    r = c.simulate_post("/v1/groups/web/scale", json={"replicas": 2}, headers=AUTH)
+    assert r.status_code == 202 and r.json["replicas"] == 2
+    assert c.simulate_get("/v1/groups/web").json["desired_override"]["replicas"] == 2
+    assert c.simulate_post("/v1/groups/web/scale", json={"replicas": 99}, headers=AUTH).status_code == 400
+    assert c.simulate_post("/v1/groups/web/scale", json={"replicas": "2"}, headers=AUTH).status_code == 400
+    assert c.simulate_post("/v1/groups/nope/scale", json={"replicas": 1}, headers=AUTH).status_code == 404
+    ev = c.simulate_get("/v1/events").json["events"]
+    assert ev[-1]["kind"] == "scale_request" and ev[-1]["data"] == {"replicas": 2}
+    assert c.simulate_get("/v1/events", params={"since_id": ev[-1]["id"]}).json == {"events": []}
+    assert c.simulate_get("/v1/events", params={"limit": "0"}).status_code == 400
+    spec = c.simulate_get("/v1/openapi.json").json
+    assert spec["openapi"].startswith("3.") and "/v1/vms/{vmid}/migrate" in spec["paths"]
+    page = c.simulate_get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/v1/groups" in page.text and "<svg" in page.text and "http" not in page.text.replace("http-equiv", "")
+
+
+def test_empty_token_refuses_mutations_and_closed_spec_urls(tmp_path, run_dir):
+    c, deps = build(tmp_path, token="")
+    r = c.simulate_post("/v1/vms", json={"name": "a", "instance_type": 1}, headers=AUTH)
+    assert r.status_code == 403 and "api.token" in r.json["description"]
+    assert c.simulate_get("/vm/types").status_code == 200
+    c2, _ = build(tmp_path / "b", token=TOKEN, open_spec=False) if (tmp_path / "b").mkdir() is None else None
+    assert c2.simulate_get("/vm/types").status_code == 401
+    assert c2.simulate_get("/vm/types", headers=AUTH).json["types"][0]["tid"] == 1
+
+
+def test_round_robin_cursor_shared_through_the_store(tmp_path, run_dir):
+    c, deps = build(tmp_path, algorithm="round_robin")
+    pm = [j(c.simulate_get("/vm/query", params={"vmid": j(c.simulate_get(
+        "/vm/create", params={"name": f"r{i}", "instance_type": "1"}))["vmid"]}))["pmid"] for i in range(4)]
+    assert pm == [1, 2, 1, 2]   # pm3 is down and skipped
+    # a second app on the same store (another gunicorn worker) continues the same cursor
+    c2, _ = build(tmp_path, algorithm="round_robin")
+    v = j(c2.simulate_get("/vm/create", params={"name": "r4", "instance_type": "1"}))["vmid"]
+    assert v > 0
+
+
+def test_50_parallel_creates_on_nearly_full_hosts(tmp_path, run_dir):
+    # 3 + 2 CPUs, no overcommit, 1 vCPU each: exactly 5 of the 50 can be made
+    hosts = [write_node_xml(tmp_path / "a.xml", cpus=3, memory_kib=16 << 20),
+             write_node_xml(tmp_path / "b.xml", cpus=2, memory_kib=16 << 20)]
+    c, deps = build(tmp_path, hosts=hosts, algorithm="spread")
+
+    def create(i):
+        return c.simulate_get("/vm/create", params={"name": f"p{i}", "instance_type": "1"}).json["vmid"]
+
+    with cf.ThreadPoolExecutor(50) as ex:
+        got = list(ex.map(create, range(50)))
+    made = sorted(v for v in got if v)
+    assert len(made) == 5 and got.count(0) == 45
+    owned = deps.fleet.owned()
+    assert sorted(d.meta.vmid for d in owned) == made
+    per_host = {h: sum(d.vcpus for d in owned if d.host == h) for h in ("pm1", "pm2")}
+    assert per_host == {"pm1": 3, "pm2": 2}
+    rows = c.simulate_get("/v1/vms").json["vms"]
+    assert sorted(r["vmid"] for r in rows) == made
+    assert {r["domain"]: r["host"] for r in rows} == {d.name: d.host for d in owned}
+    assert json.dumps(c.simulate_get("/pm/list").json) == '{"pms": [1, 2]}'
