@@ -28,6 +28,7 @@ from cms import errors, policy
 from cms.config import Config, GroupConfig
 from cms.messages import Replica
 from cms.metrics import History, LibvirtMetrics, MetricSource, Tick
+from cms.scheduler import Scheduler
 from cms.store import Sample, Store
 from cms.virt import Fleet, OwnedDomain, OwnerMeta, replica_name
 
@@ -98,17 +99,6 @@ class Track:
         return Replica(self.name, self.group, self.host, self.address, self.port, state or self.state, self.created)
 
 
-def _choose_host(fleet: Fleet) -> str:
-    """The host a new replica goes to: the first configured host that answers.
-
-    The one seam for placement: swap in cms.scheduler when it lands.
-    """
-    for name, h in fleet.hosts.items():
-        if h.ping():
-            return name
-    raise errors.PlacementError("no configured host answers")
-
-
 class Autoscaler:
     def __init__(self, cfg: Config, *, fleet: Fleet | None = None, metrics: MetricSource | None = None,
                  health: HealthChecker | None = None, publisher: Any = None, store: Store | None = None,
@@ -142,13 +132,14 @@ class Autoscaler:
         self.workers: list[threading.Thread] = []
         self.checks = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="cms-health")
         self.last_tick: Tick | None = None
-        self.choose_host: Callable[[Fleet], str] = _choose_host
+        # Placement and the spawn lock are the scheduler's, shared with the REST API.
+        self.scheduler = Scheduler(cfg, self.fleet, self.store)
         self._dead: set[str] = set()     # names a lifecycle event said stopped/crashed
 
     # -- logging and announcements ------------------------------------------------------
 
     def _event(self, kind: str, group: str, subject: str, message: str, **data: Any) -> None:
-        log.info("%s %s %s: %s", kind, group, subject, message)
+        log.info("%s %s%s: %s", kind, group, f" {subject}" if subject else "", message)
         try:
             self.store.add_event(kind, message, group=group, subject=subject, data=data)
         except Exception as exc:  # noqa: BLE001 - the state db is history; never stop scaling for it
@@ -439,9 +430,9 @@ class Autoscaler:
     def _spawn_worker(self, t: Track, gc: GroupConfig, reason: str) -> None:
         t.timings["spawn"] = time.monotonic()
         try:
-            host = self.choose_host(self.fleet)
-            s = self.fleet.spawn(host, t.name, vcpus=gc.vcpus, memory_mib=gc.memory_mib,
-                                 meta=OwnerMeta(group=t.group, role="replica", created=t.created, guest_port=gc.port))
+            s = self.scheduler.spawn(t.name, vcpus=gc.vcpus, memory_mib=gc.memory_mib,
+                                     meta=OwnerMeta(group=t.group, role="replica", created=t.created,
+                                                    guest_port=gc.port))
         except errors.CmsError as exc:
             _until, n = self.spawn_backoff.get(t.group, (0.0, 0))
             delay = min(60.0, 2.0 * 2 ** n)
