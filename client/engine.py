@@ -695,6 +695,7 @@ class Engine:
         for m in MODES:
             lst = self.i_lat[m]
             if lst:
+                lst.sort()
                 self.modes[m].hist.add_many(lst)
                 lat_all.extend(lst)
                 self.i_lat[m] = []

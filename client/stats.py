@@ -40,16 +40,29 @@ class Histogram:
         self.max = 0.0
 
     def add_many(self, values: Iterable[float]) -> None:
+        """Add latencies (seconds). Sorted input is cheapest: one log per bucket, not per value."""
         counts = self.counts
         log = math.log
+        i = -1
+        upper = -1.0           # values below this (and >= the bucket's floor) share bucket i
+        lower = 0.0
+        n = 0
+        total = 0.0
+        top = self.max
         for v in values:
-            us = v * 1e6
-            i = int(log(us) / _LOG_BASE) if us >= 1.0 else 0
+            n += 1
+            total += v
+            if v > top:
+                top = v
+            if not (lower <= v < upper):
+                us = v * 1e6
+                i = int(log(us) / _LOG_BASE) if us >= 1.0 else 0
+                lower = _BASE ** i / 1e6 if i > 0 else 0.0
+                upper = _BASE ** (i + 1) / 1e6
             counts[i] = counts.get(i, 0) + 1
-            self.n += 1
-            self.total += v
-            if v > self.max:
-                self.max = v
+        self.n += n
+        self.total += total
+        self.max = top
 
     def merge(self, other: "Histogram") -> None:
         for i, c in other.counts.items():

@@ -336,3 +336,17 @@ def test_terminal_keys(tmp_path):
     assert p.returncode == 0, stderr
     s = json.loads(stdout.strip().splitlines()[-1])
     assert s["accounted"] and s["duration_s"] < 15 and s["modes"]["high"]["sent"] > 0
+
+
+def test_histogram_percentiles_are_close_to_exact():
+    import random
+    from client.stats import Histogram, percentiles_sorted
+    rnd = random.Random(7)
+    values = [rnd.lognormvariate(-6, 1.2) for _ in range(50_000)]
+    h = Histogram()
+    h.add_many(sorted(values[:25_000]))
+    h.add_many(values[25_000:])                    # unsorted input gives the same buckets
+    exact = percentiles_sorted(sorted(values), (50, 95, 99))
+    for q in (50, 95, 99):
+        assert abs(h.percentile_ms(q) - exact[f"p{q}"]) <= 0.02 * exact[f"p{q}"]
+    assert h.n == len(values) and abs(h.summary_ms()["max"] - max(values) * 1000) <= 0.001
