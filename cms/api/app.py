@@ -37,6 +37,7 @@ from cms.api.service import Deps, Duplicate, Invalid, Service, Unknown, build_de
 log = logging.getLogger("cms.api")
 SPEC_PREFIXES = ("/vm/", "/image/", "/pm/")
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+MAX_ID = 2 ** 63 - 1     # SQLite's INTEGER range
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -89,7 +90,10 @@ def _int_arg(req: falcon.Request, name: str) -> int:
     raw = req.get_param(name)
     if raw is None or not raw.strip().lstrip("-").isdigit():
         raise Invalid(f"{name} must be an integer, got {raw!r}")
-    return int(raw)
+    v = int(raw)
+    if abs(v) > MAX_ID:
+        raise Invalid(f"{name} is out of range")
+    return v
 
 
 def _spec(fail: dict[str, Any]):
@@ -201,8 +205,8 @@ def _opt_int(body: dict[str, Any], key: str, lo: int = 1) -> int | None:
     v = body.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise Invalid(f"{key} must be an integer >= {lo}")
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= MAX_ID:
+        raise Invalid(f"{key} must be an integer from {lo} to {MAX_ID}")
     return v
 
 
@@ -317,7 +321,7 @@ class V1Events:
         self.svc = svc
 
     def on_get(self, req, resp):
-        since = req.get_param_as_int("since_id", min_value=0, default=0)
+        since = req.get_param_as_int("since_id", min_value=0, max_value=MAX_ID, default=0)
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
         resp.media = {"events": self.svc.events(since, limit, req.get_param("group"))}
 
@@ -353,11 +357,11 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_route("/pm/listvms", PmListVms(svc))
 
     app.add_route("/v1/vms", V1Vms(svc))
-    app.add_route("/v1/vms/{vmid:int(min=0)}", V1Vm(svc))
-    app.add_route("/v1/vms/{vmid:int(min=0)}/migrate", V1VmMigrate(svc))
-    app.add_route("/v1/vms/{vmid:int(min=0)}/resize", V1VmResize(svc))
+    app.add_route("/v1/vms/{vmid:int(min=0, max=9223372036854775807)}", V1Vm(svc))
+    app.add_route("/v1/vms/{vmid:int(min=0, max=9223372036854775807)}/migrate", V1VmMigrate(svc))
+    app.add_route("/v1/vms/{vmid:int(min=0, max=9223372036854775807)}/resize", V1VmResize(svc))
     app.add_route("/v1/hosts", V1Hosts(svc))
-    app.add_route("/v1/hosts/{pmid:int(min=0)}", V1Host(svc))
+    app.add_route("/v1/hosts/{pmid:int(min=0, max=9223372036854775807)}", V1Host(svc))
     app.add_route("/v1/images", V1Images(svc))
     app.add_route("/v1/types", V1Types(svc))
     app.add_route("/v1/groups", V1Groups(svc))

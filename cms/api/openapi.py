@@ -42,8 +42,9 @@ TYPE = _obj({"tid": INT, "cpu": INT, "ram": INT, "disk": INT})
 IMAGE = _obj({"id": INT, "name": STR})
 
 AUTH = [{"bearer": []}]
-VMID = {"name": "vmid", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
-PMID = {"name": "pmid", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+MAX_ID = 2 ** 63 - 1
+VMID = {"name": "vmid", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}}
+PMID = {"name": "pmid", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}}
 GNAME = {"name": "name", "in": "path", "required": True, "schema": STR}
 MUT_ERRS = {"400": ERR, "401": ERR, "403": ERR, "404": ERR, "409": ERR, "502": ERR, "503": ERR}
 
@@ -122,7 +123,8 @@ SPEC: dict[str, Any] = {
         },
         "/v1/events": {"get": {"summary": "Events after since_id, oldest first",
                                "parameters": [
-                                   {"name": "since_id", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                                   {"name": "since_id", "in": "query", "required": False,
+                                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
                                    {"name": "limit", "in": "query", "required": False,
                                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                                    {"name": "group", "in": "query", "required": False, "schema": STR}],
