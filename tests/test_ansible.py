@@ -1,0 +1,254 @@
+"""The Ansible side of cms: lint, syntax, and the controller role's no-systemd path run for real.
+
+The local path is what this machine and CI have (no systemd as PID 1): site.yml's
+controller play against localhost, with every path under a temporary prefix, cms installed
+from a wheelhouse, and the two services started as background processes. Then: the API
+answers, the autoscaler runs, a second run changes nothing, --check changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+PLAYBOOK = VENV_BIN / "ansible-playbook"
+LINT = VENV_BIN / "ansible-lint"
+PLAYBOOKS = sorted((ROOT / "playbooks").glob("*.yml"))
+# The roles this file's author owns; roles/golden_image is linted by its own tests.
+OWN_LINT_PATHS = ["playbooks/site.yml", "roles/libvirt_host", "roles/cms_controller", "inventory"]
+# cms's runtime dependencies (pyproject's list without ansible and pytest, which a
+# controller does not need: installing ansible in a TCG VM takes many minutes).
+RUNTIME_DEPS = ["libvirt-python>=9.0", "falcon>=4,<5", "gunicorn>=21", "pyzmq>=25"]
+WHEEL_CACHE = Path("/var/cache/cms/wheelhouse")
+
+
+def ansible_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
+    env["ANSIBLE_NOCOLOR"] = "1"
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
+    env.pop("CMS_CONFIG", None)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_playbook(args: list[str], timeout: float, cwd: Path = ROOT) -> tuple[str, dict[str, dict[str, int]]]:
+    """Run ansible-playbook; return its output and the PLAY RECAP counts per host."""
+    proc = subprocess.run([str(PLAYBOOK), *args], cwd=cwd, env=ansible_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"ansible-playbook {' '.join(args)} failed ({proc.returncode}):\n{out[-6000:]}"
+    return out, ({} if "--syntax-check" in args else recap(out))
+
+
+def recap(out: str) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    section = out.rsplit("PLAY RECAP", 1)[-1]
+    for line in section.splitlines():
+        m = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
+        if m:
+            counts[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    assert counts, f"no PLAY RECAP in:\n{out[-3000:]}"
+    return counts
+
+
+def changed_tasks(out: str) -> list[str]:
+    """Names of the tasks that reported changed (for a useful failure message)."""
+    names, task = [], ""
+    for line in out.splitlines():
+        if line.startswith("TASK ["):
+            task = line
+        elif line.startswith("changed:"):
+            names.append(f"{task} {line}")
+    return names
+
+
+def build_wheelhouse(dest: Path) -> Path:
+    """cms (from this checkout) plus its runtime closure as wheels, into dest.
+
+    The dependencies' wheels are cached by their requirement list (libvirt-python
+    compiles); cms's own wheel is built fresh each time, from the working tree.
+    """
+    key = hashlib.sha256("\n".join(RUNTIME_DEPS + [sys.version]).encode()).hexdigest()[:16]
+    deps = WHEEL_CACHE / key
+    if not deps.is_dir():
+        tmp = WHEEL_CACHE / f"{key}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                        "-w", str(tmp), *RUNTIME_DEPS], check=True, timeout=900)
+        tmp.rename(deps)
+    dest.mkdir(parents=True, exist_ok=True)
+    for whl in deps.glob("*.whl"):
+        shutil.copy2(whl, dest / whl.name)
+    build = dest.parent / "cms-wheel-build"
+    shutil.rmtree(build, ignore_errors=True)
+    shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "out", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                    "--no-deps", "-w", str(dest), str(build)],
+                   check=True, timeout=300)
+    shutil.rmtree(build, ignore_errors=True)
+    return dest
+
+
+def http_answers(url: str) -> int | None:
+    """The HTTP status the URL answers with, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.5)
+
+
+# --- static checks -----------------------------------------------------------------------
+
+def test_ansible_lint_production_profile():
+    proc = subprocess.run([str(LINT), "--nocolor", "-f", "pep8", "--profile", "production",
+                           "--exclude", "roles/golden_image", "--exclude", "playbooks/golden-image.yml",
+                           *OWN_LINT_PATHS], cwd=ROOT, env=ansible_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS, ids=[p.name for p in PLAYBOOKS])
+@pytest.mark.parametrize("inventory", ["inventory/local.yml", "inventory/multi-host.example.yml"])
+def test_syntax_check(playbook: Path, inventory: str):
+    run_playbook(["-i", inventory, "--syntax-check", str(playbook)], timeout=120)
+
+
+def test_missing_token_is_named():
+    """With mutating API calls on and no token, the assert says which variable is missing."""
+    proc = subprocess.run(
+        [str(PLAYBOOK), "playbooks/site.yml", "--tags", "controller", "--check",
+         "-e", json.dumps({"cms_controller_api_mutating": True, "cms_controller_api_token": ""})],
+        cwd=ROOT, env=ansible_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "cms_controller_api_token is required" in proc.stdout + proc.stderr
+
+
+# --- the local path, run for real -------------------------------------------------------
+
+@pytest.fixture
+def local_deploy(tmp_path: Path):
+    """Extra vars putting every path of the controller role under tmp_path; stops what it starts."""
+    prefix = tmp_path / "cms"
+    api_port, pub_port, snap_port = free_port(), free_port(), free_port()
+    extra = {
+        "cms_controller_service_manager": "local",
+        "cms_controller_python": "/usr/bin/python3",
+        "cms_controller_venv": str(prefix / "venv"),
+        "cms_controller_wheelhouse": str(build_wheelhouse(tmp_path / "wheelhouse")),
+        "cms_controller_wheelhouse_dest": str(prefix / "wheelhouse"),
+        "cms_controller_config_dir": str(prefix / "etc"),
+        "cms_controller_state_dir": str(prefix / "state"),
+        "cms_controller_run_dir": str(prefix / "run"),
+        "cms_controller_log_dir": str(prefix / "log"),
+        "cms_controller_unit_dir": str(prefix / "units"),
+        "cms_controller_install_units": True,
+        "cms_controller_golden_image": str(prefix / "images" / "golden.qcow2"),
+        "cms_controller_hosts": [{"name": "local", "uri": "test:///default"}],
+        "cms_controller_api_bind": f"127.0.0.1:{api_port}",
+        "cms_controller_api_workers": 1,
+        "cms_controller_zmq_publish": f"tcp://127.0.0.1:{pub_port}",
+        "cms_controller_zmq_snapshot": f"tcp://127.0.0.1:{snap_port}",
+        # no replicas: the test driver host has nothing to run them on
+        "cms_controller_settings": {"groups": {"web": {"min": 0}}},
+    }
+    vars_file = tmp_path / "vars.json"
+    vars_file.write_text(json.dumps(extra))
+    yield {"prefix": prefix, "vars": vars_file, "api_port": api_port, "extra": extra}
+    for svc in ("cms-api", "cms-autoscaler"):
+        pidfile = prefix / "run" / f"{svc}.pid"
+        if pidfile.exists():
+            subprocess.run(["start-stop-daemon", "--stop", "--oknodo", "--pidfile", str(pidfile),
+                            "--retry", "TERM/20/KILL/5", "--remove-pidfile"], timeout=60, check=False)
+
+
+def _alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text().strip()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.mark.real
+@pytest.mark.timeout(900)
+def test_local_path_deploys_idempotently(local_deploy):
+    prefix, vars_file, port = local_deploy["prefix"], local_deploy["vars"], local_deploy["api_port"]
+    args = ["-i", "inventory/local.yml", "playbooks/site.yml", "--tags", "controller", "-e", f"@{vars_file}"]
+
+    t0 = time.monotonic()
+    out, counts = run_playbook(args, timeout=600)
+    first = time.monotonic() - t0
+    assert counts["localhost"]["failed"] == 0
+    assert counts["localhost"]["changed"] > 0
+
+    config = prefix / "etc" / "cms.toml"
+    assert config.stat().st_mode & 0o777 == 0o600
+    status = wait_for(lambda: http_answers(f"http://127.0.0.1:{port}/v1/types"), 60, "the API to answer")
+    assert status < 500, f"the API answered {status}"
+    for svc in ("cms-api", "cms-autoscaler"):
+        assert _alive(prefix / "run" / f"{svc}.pid"), (prefix / "log" / f"{svc}.log").read_text()[-3000:]
+    api_pid = (prefix / "run" / "cms-api.pid").read_text()
+
+    t0 = time.monotonic()
+    out, counts = run_playbook(args, timeout=600)
+    second = time.monotonic() - t0
+    assert counts["localhost"]["changed"] == 0, changed_tasks(out)
+    assert (prefix / "run" / "cms-api.pid").read_text() == api_pid, "a second run restarted the API"
+
+    out, counts = run_playbook([*args, "--check"], timeout=600)
+    assert counts["localhost"]["changed"] == 0 and counts["localhost"]["failed"] == 0, changed_tasks(out)
+
+    # A configuration change restarts both services, and only then.
+    extra = dict(local_deploy["extra"], cms_controller_log_level="debug")
+    vars_file.write_text(json.dumps(extra))
+    out, counts = run_playbook(args, timeout=600)
+    assert counts["localhost"]["changed"] > 0
+    assert (prefix / "run" / "cms-api.pid").read_text() != api_pid
+    status = wait_for(lambda: http_answers(f"http://127.0.0.1:{port}/v1/types"), 60, "the API to answer again")
+    assert status < 500
+    print(f"first run {first:.1f}s, second run {second:.1f}s")
+
+    # The unit files the role renders pass systemd's own checks.
+    if shutil.which("systemd-analyze"):
+        units = sorted((prefix / "units").glob("*.service"))
+        assert [u.name for u in units] == ["cms-api.service", "cms-autoscaler.service"]
+        proc = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
