@@ -565,6 +565,8 @@ class Engine:
     def _response(self, conn: Conn, req: Request, status: int, body: bytes) -> None:
         rep = conn.rep
         rep.in_flight -= 1
+        # free the connection first, so the next request (closed loop, retry) can reuse it
+        self._conn_free(conn)
         if status == 200:
             try:
                 d = json.loads(body)
@@ -592,7 +594,8 @@ class Engine:
             rep.failed += 1
             rep.i_failed += 1
             self._error(req, f"http_{status}")
-        self._conn_free(conn)
+        if self.stopping:
+            self._check_idle()
 
     def _attempt_failed(self, req: Request, rep: ReplicaState, kind: str) -> None:
         rep.failed += 1

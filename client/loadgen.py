@@ -49,8 +49,11 @@ Output
                            "queued","throughput","latency_ms"}}}
     every second (counts are for that interval; per-replica "sent"/"errors" count attempts,
     so a retried request shows on both replicas), and events as they happen:
-      {"type": "event", "ts", "t", "event": "start"|"stop"|"mode"|"replica_ready"|
-       "replica_draining"|"replica_failed"|"replica_removed"|"snapshot"|"resync", ...}
+      {"type": "event", "ts", "t", "event": "start"|"stop"|"mode"|"replica_starting"|
+       "replica_ready"|"replica_draining"|"replica_failed"|"replica_removed"|"snapshot"|
+       "resync"|"snapshot_timeout"|"bad_update"|"bad_snapshot", ...}
+    mode events carry "mode" and "source" (schedule, SIGUSR1, SIGUSR2, control, keyboard);
+    replica events carry "replica", "endpoint", "pub_ts" (the update's own ts) and "reason".
     "ts" is wall-clock time.time(); "t" is seconds since the start; latencies are ms.
   --summary FILE.json       the summary (also printed on stdout as one JSON line):
       {"type": "summary", "started_at", "ended_at", "duration_s", "sent", "completed",
