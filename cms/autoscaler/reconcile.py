@@ -465,7 +465,9 @@ class Autoscaler:
                     t.state = "ready"
                     t.ready_at = self.clock()
                     t.fails = 0
-                self._announce(t, "ready", f"/health answered {time.monotonic() - t.timings.get('spawn', deadline - self.cfg.autoscaler.health_timeout_s):.1f}s after spawn")
+                since = "spawn" if "spawn" in t.timings else "adoption"
+                began = t.timings.get("spawn", deadline - self.cfg.autoscaler.health_timeout_s)
+                self._announce(t, "ready", f"/health answered {time.monotonic() - began:.1f}s after {since}")
                 return
             if time.monotonic() > deadline:
                 with self.lock:
@@ -493,6 +495,10 @@ class Autoscaler:
             if n == 0:
                 break
             self.stop.wait(0.2)
+        if self.stop.is_set():
+            # Don't pull the plug on the way out: the next start adopts it and decides again.
+            log.info("stopping: %s left running for the next start to adopt", t.name)
+            return
         self._remove(t, reason, True)
 
     def _remove(self, t: Track, reason: str, announce: bool = True) -> None:
