@@ -289,3 +289,32 @@ def test_stop_event_ends_the_loop_within_a_second(env):
     t.join(2)
     s.close(0.5)
     assert not t.is_alive() and time.monotonic() - t0 < 1.0
+
+
+def test_sd_notify_ready_and_stopping_on_an_abstract_socket(tmp_path, run_dir, monkeypatch):
+    import os
+    import socket as pysocket
+    uri = write_node_xml(tmp_path / "node.xml")
+    toml = tmp_path / "cms.toml"
+    toml.write_text(f'state_db = "{tmp_path / "s.db"}"\nhosts = [{{name = "n1", uri = "{uri}"}}]\n'
+                    f'[zmq]\npublish = "tcp://127.0.0.1:*"\nsnapshot = "tcp://127.0.0.1:*"\n[groups.{G}]\nmin = 0\n')
+    name = f"cms-test-notify-{os.getpid()}"
+    srv = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_DGRAM)
+    srv.bind("\0" + name)
+    srv.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    try:
+        assert daemon.main(["--config", str(toml), "--once"], metrics=FakeMetrics(), health=FakeHealth()) == 0
+        got = []
+        while True:
+            try:
+                got.append(srv.recv(256).decode())
+            except (TimeoutError, pysocket.timeout):
+                break
+            if got[-1] == "STOPPING=1":
+                break
+        assert got[0] == "READY=1" and "WATCHDOG=1" in got and got[-1] == "STOPPING=1"
+    finally:
+        srv.close()
