@@ -200,6 +200,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 raise UsageError(f"--{name.replace('_', '-')} must be above 0 and at most 3600")
         if a.control and not re.fullmatch(r"(tcp://127\.0\.0\.1:\d+|ipc://.+)", a.control):
             raise UsageError(f"--control {a.control!r}: only tcp://127.0.0.1:PORT or ipc://PATH")
+        for flag, path in (("--out", a.out), ("--summary", a.summary)):
+            if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                raise UsageError(f"{flag} {path}: its directory does not exist")
         if not a.group.replace("-", "").isalnum():
             raise UsageError(f"bad --group {a.group!r}: letters, digits and '-' only")
     except UsageError as exc:

@@ -248,7 +248,7 @@ def test_bad_arguments_exit_2_without_traceback(tmp_path):
     cases = [["--schedule", "fast:10s"], ["--schedule", "low:ten"], ["--replica", "nohost"],
              ["--low-rate", "-5"], ["--balance", "random"], ["--concurrency", "x"],
              ["--control", "tcp://0.0.0.0:5560"], ["--duration", "0"], ["--config", str(bad_cfg)],
-             ["--config", str(tmp_path / "missing.toml")]]
+             ["--config", str(tmp_path / "missing.toml")], ["--out", str(tmp_path / "no" / "x.jsonl")]]
     for argv in cases:
         r = subprocess.run([PY, "-m", "client.loadgen", "--quiet", "--wait-ready", "1"] + argv,
                            capture_output=True, text=True, timeout=30, cwd=ROOT)
@@ -350,3 +350,20 @@ def test_histogram_percentiles_are_close_to_exact():
     for q in (50, 95, 99):
         assert abs(h.percentile_ms(q) - exact[f"p{q}"]) <= 0.02 * exact[f"p{q}"]
     assert h.n == len(values) and abs(h.summary_ms()["max"] - max(values) * 1000) <= 0.001
+
+
+def test_feed_endpoints_come_from_the_cms_config(tmp_path):
+    summ = tmp_path / "s.json"
+    with StubPublisher() as pub, StubWorkServer() as srv:
+        pub.announce("api", "ready", "x", port=srv.port)
+        cfg = tmp_path / "cms.toml"
+        cfg.write_text(f'[zmq]\npublish = "{pub.publish_endpoint}"\nsnapshot = "{pub.snapshot_endpoint}"\n')
+        env = dict(os.environ, CMS_CONFIG=str(cfg))
+        r = subprocess.run([PY, "-m", "client.loadgen", "--group", "api", "--cost", str(COST), "--low-rate", "50",
+                            "--duration", "1", "--summary", str(summ), "--quiet", "--wait-ready", "10"],
+                           capture_output=True, text=True, timeout=30, cwd=ROOT, env=env)
+        served = srv.count()
+    assert r.returncode == 0, r.stderr
+    s = json.loads(summ.read_text())
+    assert s["accounted"] and s["errors"] == 0 and s["completed"] == served > 0
+    assert s["replicas"]["x"]["completed"] == served and s["feed"]["snapshots"] == 1
