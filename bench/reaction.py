@@ -64,7 +64,8 @@ def wait(pred, timeout, what, interval=0.05):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cost", type=int, default=0, help="pbkdf2 iterations per request (0: calibrate to ~200 ms)")
-    ap.add_argument("--threads", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--high", type=float, default=0.3, help="scale-out threshold (a shared host gives a replica less than a core)")
     ap.add_argument("--boot-timeout", type=float, default=240.0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -76,7 +77,7 @@ def main() -> None:
         "libvirt": {"domain_type": "auto", "pool": pool, "pool_path": f"/var/lib/cms/test/{pool}"},
         "state_db": f"{tmp}/state.db",
         "groups": {G: {"min": 1, "max": 2, "memory_mib": 384, "cooldown_s": 3, "warmup_s": 4,
-                       "threshold": {"high": 0.6, "low": 0.1, "window_s": 3, "window_in_s": 600}}},
+                       "threshold": {"high": args.high, "low": 0.05, "window_s": 3, "window_in_s": 600}}},
         "autoscaler": {"tick_s": 1, "health_timeout_s": args.boot_timeout, "health_failures": 5},
         "zmq": {"publish": "tcp://127.0.0.1:*", "snapshot": "tcp://127.0.0.1:*"},
     }, "<bench/reaction>")
@@ -97,7 +98,8 @@ def main() -> None:
             if sub.poll(50):
                 updates.put((time.time(), decode_update(sub.recv_multipart())))
 
-    threading.Thread(target=listen, daemon=True).start()
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
     loop = threading.Thread(target=scaler.run, daemon=True)
     loop.start()
     result = {"bench": "reaction", "domain_type": fleet.host("local").domain_type("auto")}
@@ -176,13 +178,14 @@ def main() -> None:
             time.sleep(0.1)
         order = ["decision", "defined", "started", "health_ok", "published"]
         result.update({f"{k}_ms": round((stages[k] - t0) * 1000) if k in stages else None for k in order})
-        result.update({"cost": cost, "threads": args.threads, "window_s": cfg.groups[G].threshold.window_s,
+        result.update({"cost": cost, "threads": args.threads, "high": args.high, "window_s": cfg.groups[G].threshold.window_s,
                        "tick_s": cfg.autoscaler.tick_s, "replica": new_name})
     finally:
         load_stop.set()
         stop.set()
         loop.join(5)
         scaler.close(timeout=2)
+        listener.join(2)
         ctx.destroy(0)
         for d in fleet.owned(G):
             fleet.remove(d.host, d.name)

@@ -65,7 +65,7 @@ def work(address, port, cost, timeout=30.0):
 
 
 class Load:
-    def __init__(self, address, port, cost, threads=3):
+    def __init__(self, address, port, cost, threads=4):
         self.stop = threading.Event()
         self.done = 0
         self.ts = [threading.Thread(target=self._run, args=(address, port, cost), daemon=True) for _ in range(threads)]
@@ -103,7 +103,7 @@ def test_scale_out_in_replace_restart(tmp_path, run_dir):
     cfg = real_config(
         tmp_path,
         groups={G: {"min": 1, "max": 2, "vcpus": 1, "memory_mib": 384, "cooldown_s": 3, "warmup_s": 4,
-                    "threshold": {"high": 0.6, "low": 0.2, "window_s": 3, "window_in_s": 6}}},
+                    "threshold": {"high": 0.35, "low": 0.15, "window_s": 3, "window_in_s": 6}}},
         autoscaler={"tick_s": 1, "health_timeout_s": BOOT, "health_failures": 5, "drain_s": 3,
                     "shutdown_timeout_s": 5},
         zmq={"publish": "tcp://127.0.0.1:*", "snapshot": "tcp://127.0.0.1:*"},
@@ -145,7 +145,7 @@ def test_scale_out_in_replace_restart(tmp_path, run_dir):
         second = next(r for r in ready(feed) if r.name != first.name)
         assert ("ready", second.name) in feed.events()
         dec = s.store.events(group=G, kinds=["decision"])
-        assert any("scale_out" in e.message and "> high 0.6" in e.message for e in dec)
+        assert any("scale_out" in e.message and "> high 0.35" in e.message for e in dec)
         assert load.done > 0
 
         # 3. load stops: 2 -> 1, draining announced before removed

@@ -478,7 +478,7 @@ class Autoscaler:
                 self._announce(t, "failed", why)
                 self._remove(t, why, True)
                 return
-            self.stop.wait(min(1.0, self.cfg.autoscaler.tick_s))
+            self.stop.wait(min(0.25, self.cfg.autoscaler.tick_s))  # a refused connect costs ~nothing
 
     def _drain(self, t: Track, reason: str) -> None:
         with self.lock:
