@@ -3,8 +3,10 @@
 The bookkeeping (FeedState) is plain code over decoded messages; ReplicaFeed adds the
 ZeroMQ sockets on an asyncio loop:
 
-1. SUB connects to ``[zmq] publish`` and subscribes to ``topic(group)`` *before* anything
-   else, so updates published while the snapshot is being fetched are queued, not lost.
+1. SUB connects to ``[zmq] publish`` and subscribes to the whole ``replicas.`` prefix
+   *before* anything else, so updates published while the snapshot is being fetched are
+   queued, not lost. The whole prefix, because the sequence number is one per daemon
+   across all groups: other groups' updates advance it and would otherwise look like gaps.
 2. A DEALER connects to ``[zmq] snapshot`` and sends ``[b"SNAPSHOT", group]``; the reply
    is one snapshot body. No reply within ``snapshot_timeout``: the DEALER is thrown away
    (linger 0) and a fresh one asks again, with a growing but capped pause.
@@ -27,8 +29,8 @@ import zmq
 import zmq.asyncio
 
 from cms.errors import MessageError
-from cms.messages import (SNAPSHOT_REQUEST, Replica, Snapshot, Update, decode_snapshot, decode_update,
-                          topic)
+from cms.messages import (SNAPSHOT_REQUEST, TOPIC_PREFIX, Replica, Snapshot, Update, decode_snapshot,
+                          decode_update)
 
 log = logging.getLogger("client.replicas")
 
@@ -60,8 +62,8 @@ class FeedState:
         return self.replicas
 
     def on_update(self, u: Update) -> str:
-        if u.group != self.group:
-            return OTHER_GROUP  # a longer group name sharing our topic prefix
+        # The sequence is one per daemon across all groups, so every update advances it,
+        # whichever group it is about; only our group's updates change our set.
         if self.seq is None:
             return UNSYNCED
         if u.epoch != self.epoch:
@@ -75,6 +77,8 @@ class FeedState:
             self.seq = None
             return GAP
         self.seq = u.seq
+        if u.group != self.group:
+            return OTHER_GROUP
         self.replicas = u.replicas
         self.applied += 1
         return APPLIED
@@ -115,7 +119,7 @@ class ReplicaFeed:
         sub.rcvhwm = 100_000
         curve_setup(sub, self.curve_server_key)
         sub.connect(self.publish)
-        sub.subscribe(topic(self.group))
+        sub.subscribe(TOPIC_PREFIX)  # all groups: seq is global
         try:
             while not stop.is_set():
                 snap = await self._fetch_snapshot(stop)

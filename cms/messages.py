@@ -9,6 +9,9 @@ Transport follows the ZeroMQ guide's Clone pattern:
   or REQ client sends one frame ``b"SNAPSHOT"`` (optionally a second frame, a group name
   prefix) and gets one frame back, a ``snapshot`` body: every group's current set and the
   sequence number it is current at.
+* ``seq`` is ONE sequence per daemon run across all groups (the Clone pattern's). A
+  subscriber that tracks it subscribes to the whole ``b"replicas."`` prefix and skips the
+  bodies of other groups' updates; a subscriber to one group's topic alone sees gaps.
 * A subscriber connects SUB first, then asks for the snapshot, then applies only updates
   whose ``seq`` is newer than the snapshot's. A gap (seq jumps by more than one) or a new
   ``epoch`` (the daemon restarted, its sequence restarts) means: ask for a snapshot again.

@@ -227,3 +227,16 @@ def test_interop_with_the_autoscaler_publisher():
         seqs = [s for s, _ in f.changes if s is not None]
         assert seqs == sorted(seqs)
     run(body())
+
+
+def test_other_groups_updates_advance_the_global_seq_without_a_resync():
+    from client.replicas import OTHER_GROUP
+    a = Replica(name="a", group="web", host="local", address="127.0.0.1", port=1, state="ready")
+    x = Replica(name="x", group="batch", host="local", address="127.0.0.1", port=2, state="ready")
+    st = FeedState("web")
+    st.apply_snapshot(Snapshot(epoch="e1", seq=5, groups={"web": (a,), "batch": ()}))
+    # seq is one per daemon: batch's update (6) sits between two of web's (7 is web's)
+    assert st.on_update(Update(epoch="e1", seq=6, group="batch", event="ready", replica="x", replicas=(x,))) == OTHER_GROUP
+    assert st.seq == 6 and st.replicas == (a,)
+    assert st.on_update(Update(epoch="e1", seq=7, group="web", event="removed", replica="a", replicas=())) == APPLIED
+    assert st.replicas == () and st.resyncs[GAP] == 0
