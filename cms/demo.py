@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from cms import config as cmsconfig
-from cms.errors import CmsError
+from cms.errors import CmsError, NotFound
 
 GROUP = "demo"
 DEMO_COST = 20000
@@ -143,7 +143,10 @@ class Demo:
                 say(f"removing {d.name}")
                 with contextlib.suppress(CmsError):
                     fleet.remove(d.host, d.name)
-            vols = [v for v in fleet.host("local").list_volumes(self.cfg.libvirt.pool) if v.startswith(f"cms-{GROUP}-")]
+            try:
+                vols = [v for v in fleet.host("local").list_volumes(self.cfg.libvirt.pool) if v.startswith(f"cms-{GROUP}-")]
+            except NotFound:
+                vols = []  # the pool is made with the first replica
             for v in vols:
                 fleet.host("local").delete_volume(self.cfg.libvirt.pool, v)
             say(f"cleaned up: {len(left)} domain(s) removed, nothing of group {GROUP!r} left")
@@ -267,8 +270,9 @@ class Demo:
                         tick = d
         if tick is None:
             return "load client starting"
+        p95 = tick["latency_ms"].get("p95")
         return (f"mode {tick['mode']:<4} target {tick['target_rate']} req/s, throughput {tick['throughput']:.1f} req/s, "
-                f"p95 {tick['latency_ms']['p95']:.0f} ms, ready replicas {tick['ready']}")
+                f"p95 {'-' if p95 is None else f'{p95:.0f}'} ms, ready replicas {tick['ready']}")
 
 
 def fetch_snapshot(endpoint: str, timeout: float):

@@ -66,31 +66,36 @@ def analyse(out: Path, group: str) -> dict[str, Any]:
     for e in events:
         by_kind.setdefault(e.kind, []).append(e)
 
-    def first(kind: str, after: float | None, subject: str | None = None) -> Any:
+    def first(kind: str, after: float | None, subject: str | None = None, action: str | None = None) -> Any:
         for e in by_kind.get(kind, []):
             if after is not None and e.ts < after:
                 continue
             if subject is not None and e.subject != subject:
                 continue
+            if action is not None and e.data.get("action") != action:
+                continue
             return e
         return None
 
-    scale_out = first("scale_out", high_start)
-    new_replica = scale_out.subject if scale_out is not None else ""
+    # The autoscaler records a group-level "decision" (data.action = scale_out/scale_in),
+    # then per replica "added" (defined and started), "ready" (/health answered and the
+    # update published), "draining" and "removed".
+    scale_out = first("decision", high_start, action="scale_out")
+    added = first("added", scale_out.ts) if scale_out is not None else None
+    new_replica = added.subject if added is not None else ""
     stages: dict[str, float | None] = {}
     ready_ts = None
     if scale_out is not None and high_start is not None:
         stages["load_step_to_decision_s"] = round(scale_out.ts - high_start, 3)
-        defined = first("spawned", high_start, new_replica) or first("defined", high_start, new_replica)
-        ready = first("ready", high_start, new_replica)
-        if defined is not None:
-            stages["decision_to_defined_started_s"] = round(defined.ts - scale_out.ts, 3)
+        ready = first("ready", scale_out.ts, new_replica) if new_replica else None
+        if added is not None:
+            stages["decision_to_defined_and_started_s"] = round(added.ts - scale_out.ts, 3)
         if ready is not None:
             ready_ts = ready.ts
-            stages["started_to_health_ok_s"] = round(ready.ts - (defined.ts if defined else scale_out.ts), 3)
+            stages["started_to_health_ok_and_published_s"] = round(ready.ts - (added.ts if added else scale_out.ts), 3)
         rep = (lg_summary.get("replicas") or {}).get(new_replica, {})
         if rep.get("announced_ready_at") and ready is not None:
-            stages["health_ok_to_client_heard_s"] = round(rep["announced_ready_at"] - ready.ts, 3)
+            stages["published_to_client_heard_s"] = round(rep["announced_ready_at"] - ready.ts, 3)
         if rep.get("ready_to_first_send_s") is not None:
             stages["client_heard_to_first_send_s"] = round(rep["ready_to_first_send_s"], 3)
         if rep.get("first_sent_at"):
@@ -102,7 +107,7 @@ def analyse(out: Path, group: str) -> dict[str, Any]:
     ratio = None
     if before.get("throughput") and after.get("throughput"):
         ratio = round(after["throughput"] / before["throughput"], 3)
-    scale_in = first("scale_in", high_end) if high_end else None
+    scale_in = first("decision", high_end, action="scale_in") if high_end else None
     replica_counts = [(t["ts"], t.get("ready", 0)) for t in ticks]
     return {
         "ticks": ticks, "samples": samples, "events": events, "modes": modes, "lg_summary": lg_summary,
@@ -154,9 +159,12 @@ def plot(a: dict[str, Any], path: Path) -> None:
     for ts, mode in a["modes"]:
         marks.append((ts, f"load {mode}", "grey"))
     for e in a["events"]:
-        if e.kind in ("scale_out", "scale_in", "ready", "draining", "removed", "failed"):
-            marks.append((e.ts, f"{e.kind} {e.subject.rsplit('-', 1)[-1] if e.subject else ''}".strip(),
-                          {"scale_out": "red", "scale_in": "green", "failed": "purple"}.get(e.kind, "tab:orange")))
+        if e.kind == "decision":
+            action = e.data.get("action", "")
+            marks.append((e.ts, f"{action} -> {e.data.get('desired', '?')}",
+                          {"scale_out": "red", "scale_in": "green"}.get(action, "black")))
+        elif e.kind in ("ready", "draining", "removed", "failed"):
+            marks.append((e.ts, f"{e.kind} {e.subject.rsplit('-', 1)[-1]}", "purple" if e.kind == "failed" else "tab:orange"))
     for ax in axes:
         for ts, _label, color in marks:
             ax.axvline(ts - t0, color=color, lw=0.8, alpha=0.6)

@@ -56,6 +56,8 @@ EVENT_NAMES = {
     libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
 }
 
+_UNREAD = object()
+
 STATS_FLAGS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
                | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_BALLOON)
 
@@ -189,6 +191,7 @@ class Host:
         self._conn: Any = None
         self._lock = threading.RLock()
         self._broken = False
+        self._meta_cache: dict[str, vxml.OwnerMeta | None] = {}
 
     # -- connection ---------------------------------------------------------------------
 
@@ -222,6 +225,7 @@ class Host:
                 raise errors.HostUnreachable(f"cannot connect to {self.uri}", self.name)
             self._broken = False
             self._conn = c
+            self._meta_cache.clear()
             self._register_best_effort(c)
             return c
 
@@ -475,23 +479,43 @@ class Host:
             self.delete_volume(pool, v)
 
     def owned_domains(self, group: str | None = None) -> list[OwnedDomain]:
-        """Every domain carrying cms's metadata (optionally of one group), defined or running."""
+        """Every domain carrying cms's metadata (optionally of one group), defined or running.
+
+        One getAllDomainStats call gives every domain's state, vCPUs and memory; the owner
+        metadata is read once per UUID and cached (cms writes it only at define time), so a
+        tick over 1,000 domains costs one round trip, not two per domain.
+        """
         out = []
+        flags = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_BALLOON
         with self._call("domains") as c:
-            for dom in c.listAllDomains(0):
-                try:
-                    text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, vxml.METADATA_NS, 0)
-                except libvirt.libvirtError:
-                    continue  # not ours (no metadata in our namespace), or vanished meanwhile
-                meta = vxml.parse_metadata(text)
-                if group is not None and meta.group != group:
+            records = c.getAllDomainStats(flags, 0)
+            seen = set()
+            for dom, stats in records:
+                u = dom.UUIDString()
+                seen.add(u)
+                meta = self._meta_cache.get(u, _UNREAD)
+                if meta is _UNREAD:
+                    try:
+                        meta = vxml.parse_metadata(
+                            dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, vxml.METADATA_NS, 0))
+                    except libvirt.libvirtError as exc:
+                        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                            continue  # vanished meanwhile; ask again if it comes back
+                        meta = None  # not ours: no metadata in our namespace
+                    self._meta_cache[u] = meta
+                if meta is None or (group is not None and meta.group != group):
                     continue
-                try:
-                    st, _maxmem, mem_kib, vcpus, _cpu = dom.info()
-                except libvirt.libvirtError:
-                    continue
-                out.append(OwnedDomain(self.name, dom.name(), dom.UUIDString(), STATE_NAMES.get(st, "nostate"),
-                                       int(vcpus), int(mem_kib) // 1024, meta))
+                vcpus = stats.get("vcpu.current")
+                mem_kib = stats.get("balloon.current")
+                if vcpus is None or mem_kib is None:  # inactive domains report no live figures
+                    try:
+                        _st, _maxmem, mem_kib, vcpus, _cpu = dom.info()
+                    except libvirt.libvirtError:
+                        continue
+                state = STATE_NAMES.get(stats.get("state.state", 0), "nostate")
+                out.append(OwnedDomain(self.name, dom.name(), u, state, int(vcpus), int(mem_kib) // 1024, meta))
+            for u in set(self._meta_cache) - seen:
+                del self._meta_cache[u]
         return sorted(out, key=lambda d: (d.meta.created, d.name))
 
     def bulk_stats(self, uuids: set[str] | None = None) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,77 @@
+"""The demo scenario end to end on the real stack, asserting on its own measurements.
+
+Runs `cms-demo` exactly as `make demo` does (a shorter schedule) and checks out/summary.json,
+the load client's records and libvirt afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cms.virt import Host
+from tests.realstack import GOLDEN
+
+pytestmark = pytest.mark.real
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert GOLDEN.exists(), "make test builds the golden image first"
+    r = subprocess.run([str(Path(sys.executable).parent / "cms-demo"), "--out", str(out),
+                        "--schedule", "low:20s,high:100s,low:60s"],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT, stdin=subprocess.DEVNULL)
+    print(r.stdout[-4000:], r.stderr[-4000:])
+    assert r.returncode == 0, f"cms-demo failed: {r.stdout[-2000:]}{r.stderr[-2000:]}"
+    return out, json.loads((out / "summary.json").read_text()), json.loads((out / "loadgen-summary.json").read_text())
+
+
+def test_scale_out_happened_during_high_load(demo_run):
+    out, summary, _ = demo_run
+    assert summary["headline"]["scaled_out"] is True
+    r = summary["reaction"]
+    assert r["load_step_to_decision_s"] >= 0  # the decision came after the load step...
+    lines = [json.loads(x) for x in (out / "loadgen.jsonl").read_text().splitlines()]
+    modes = [(e["ts"], e["mode"]) for e in lines if e.get("type") == "event" and e.get("event") == "mode"]
+    high_start = next(ts for ts, m in modes if m == "high")
+    high_end = next(ts for ts, m in modes if m == "low" and ts > high_start)
+    # ...and before the high phase ended
+    assert r["load_step_to_decision_s"] <= high_end - high_start
+
+
+def test_client_used_the_new_replica_within_a_second(demo_run):
+    _, summary, lg = demo_run
+    new = summary["new_replica"]
+    assert new and new in lg["replicas"]
+    assert lg["replicas"][new]["ready_to_first_send_s"] <= 1.0
+    assert lg["replicas"][new]["completed"] > 0
+
+
+def test_throughput_after_exceeds_before(demo_run):
+    _, summary, _ = demo_run
+    before, after = summary["before_scale_out"]["throughput"], summary["after_scale_out"]["throughput"]
+    assert before and after and after > before
+
+
+def test_every_request_is_accounted_for(demo_run):
+    _, summary, lg = demo_run
+    assert lg["sent"] == lg["completed"] + lg["errors"] and lg["accounted"] is True
+    assert summary["requests"]["sent"] == lg["sent"]
+
+
+def test_scaled_back_in_and_left_nothing_behind(demo_run):
+    out, summary, _ = demo_run
+    assert summary["headline"]["scaled_in"] is True
+    kinds = [e["kind"] for e in summary["events"]]
+    assert kinds.index("draining") < kinds.index("removed")
+    assert (out / "demo.png").stat().st_size > 10_000
+    h = Host("local", "qemu:///system")
+    assert [d.name for d in h.owned_domains(group="demo")] == []
+    assert [v for v in h.list_volumes("cms-demo") if v.startswith("cms-demo-")] == []
