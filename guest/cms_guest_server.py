@@ -46,12 +46,14 @@ MAX_PAYLOAD = 4096
 MAX_BODY = 65536
 MAX_CONNECTIONS_PER_WORKER = 512
 IDLE_TIMEOUT_S = 75.0
+ALL_BUSY_GRACE_S = 0.02
 
 ROUTES = {"/work": ("GET", "POST"), "/health": ("GET",), "/status": ("GET",)}
 
 # Shared counters live in an anonymous shared mapping inherited across fork. Each worker
 # writes only its own slot, so no lock spans processes; readers add the slots up.
-# Header: stopping flag. Slot per worker: served, in_flight, busy connections, ready pid.
+# Header: stopping flag. Slot per worker: served, in_flight, busy (connections accepted
+# and not yet read, or running /work), ready (the worker's pid once it accepts).
 _HEADER_FIELDS = 1
 _SLOT_FIELDS = 4
 _SERVED, _IN_FLIGHT, _BUSY, _READY = range(_SLOT_FIELDS)
@@ -86,8 +88,9 @@ class SharedState:
     def all_ready(self) -> bool:
         return all(self.get(s, _READY) != 0 for s in range(self.workers))
 
-    def all_busy(self) -> bool:
-        return all(self.get(s, _BUSY) > 0 for s in range(self.workers))
+    def others_computing(self, me: int) -> bool:
+        """Whether every other worker is running /work (a brief /health does not count)."""
+        return all(self.get(s, _IN_FLIGHT) > 0 for s in range(self.workers) if s != me)
 
 
 def systemd_unit() -> str:
@@ -150,6 +153,7 @@ class Worker:
         self.idle = threading.Condition(self.lock)
         self.stop = threading.Event()
         self.connections = 0
+        self.all_busy_since: float | None = None
 
     def add(self, f: int, delta: int) -> None:
         with self.lock:
@@ -158,9 +162,20 @@ class Worker:
                 self.idle.notify_all()
 
     def should_accept(self) -> bool:
-        # A busy worker leaves new connections to idle workers, so concurrent requests
-        # spread over the CPUs; when every worker is busy, anyone takes them.
-        return self.state.get(self.slot, _BUSY) == 0 or self.state.all_busy()
+        # A worker busy with /work (or with a connection whose request it has not read yet)
+        # leaves new connections to the others, so concurrent requests spread over the
+        # CPUs. Only when every other worker has been computing for a moment does a busy
+        # one take them too, so /health and /status still get answered under full load.
+        if self.state.get(self.slot, _BUSY) == 0:
+            self.all_busy_since = None
+            return True
+        if not self.state.others_computing(self.slot):
+            self.all_busy_since = None
+            return False
+        now = time.monotonic()
+        if self.all_busy_since is None:
+            self.all_busy_since = now
+        return now - self.all_busy_since >= ALL_BUSY_GRACE_S
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
@@ -171,7 +186,7 @@ class Worker:
         while not self.stop.is_set() and not self.state.stopping:
             if not self.should_accept() or self.connections >= MAX_CONNECTIONS_PER_WORKER:
                 with self.lock:
-                    self.idle.wait(0.05)
+                    self.idle.wait(0.01)
                 continue
             try:
                 ready, _, _ = select.select([self.sock], [], [], 0.5)
@@ -259,6 +274,8 @@ class Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # Errors found by http.server itself (bad request line, too long, ...) as JSON too.
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # answer with a status line, never bare HTTP/0.9
         text = message or self.responses.get(code, ("error",))[0]
         self.reply(code, {"error": text})
 
@@ -287,6 +304,8 @@ class Handler(BaseHTTPRequestHandler):
             allowed = ROUTES.get(path)
             if allowed is None:
                 return self.reply(404, {"error": f"no such path {path[:200]!r}; try /work, /health or /status"})
+            if path != "/work":
+                self._idle()  # cheap requests never keep a worker from accepting
             if self.command not in allowed:
                 return self.reply(405, {"error": f"{self.command} is not allowed on {path}; use {' or '.join(allowed)}"},
                                   headers={"Allow": ", ".join(allowed)})
