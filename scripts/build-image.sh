@@ -22,6 +22,14 @@ for tool in mmdebstrap mkfs.ext4 qemu-img cpio busybox; do
   command -v "$tool" >/dev/null || { echo "build-image: $tool is missing; run scripts/bootstrap.sh" >&2; exit 1; }
 done
 
+# One build at a time on this machine (make test and make demo may both call this).
+mkdir -p /var/cache/cms
+exec 9>/var/cache/cms/.build-image.lock
+if ! flock -n 9; then
+  say "another image build is running; waiting for it (at most 30 min)"
+  flock -w 1800 9 || { echo "build-image: gave up waiting for the other build" >&2; exit 1; }
+fi
+
 say "running $VENV/bin/ansible-playbook -i localhost, -c local playbooks/golden-image.yml $*"
 say "a cold build takes a minute or two (mmdebstrap); a cached one a few seconds"
 start=$(date +%s)
