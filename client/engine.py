@@ -40,6 +40,10 @@ def make_payloads(n: int) -> list[str]:
     return [f"cms-load-{i:03d}" for i in range(n)]
 
 
+# A queued request older than this fraction of the timeout is dropped before sending ("shed").
+SHED_AFTER = 0.5
+
+
 @dataclass
 class Options:
     low_rate: float = 10.0
@@ -537,6 +541,13 @@ class Engine:
             conn.closing = True
             conn.transport.close()  # type: ignore[union-attr]
             return
+        if rep.queue:
+            # Shed what has waited here over half its timeout: sent now, it would likely be
+            # abandoned mid-flight, and the replica would burn CPU on an answer nobody reads
+            # (that is how an overloaded replica's goodput collapses to zero).
+            limit = self.loop.time() - self.opts.timeout * SHED_AFTER  # type: ignore[union-attr]
+            while rep.queue and rep.queue[0].intended < limit:
+                self._error(rep.queue.popleft(), "shed")
         if rep.queue:
             self._send(conn, rep.queue.popleft())
         else:

@@ -25,7 +25,9 @@ Load
   --balance rr|least        round robin, or least outstanding requests (default rr).
   --cost N                  pbkdf2 iterations asked of the server (default 10000).
   --payloads N              size of the payload pool (default 8).
-  --timeout S               per request, from its intended send time (default 10).
+  --timeout S               per request, from its intended send time (default 10). A request
+                            still queued in the client after half of it is dropped unsent
+                            (error kind "shed") rather than sent to be abandoned mid-flight.
   --max-conns N             keep-alive connections per replica (default 64).
 
 Modes and time

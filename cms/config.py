@@ -115,6 +115,8 @@ class AutoscalerConfig:
     history: int = _f(900, min=10, max=1000000, doc="samples kept in memory per domain")
     health_timeout_s: float = _f(120.0, min=1.0, max=3600.0, doc="how long a new replica may take to answer /health")
     health_failures: int = _f(3, min=1, max=1000, doc="failed health checks in a row that make a replica failed")
+    health_check_timeout_s: float = _f(5.0, min=0.1, max=600.0,
+                                       doc="one /health check's timeout; generous, as a saturated replica answers slowly")
     drain_s: float = _f(3.0, min=0.0, max=3600.0, doc="time given to in-flight work after draining is announced")
     shutdown_timeout_s: float = _f(10.0, min=0.0, max=3600.0, doc="graceful shutdown wait before destroy")
 

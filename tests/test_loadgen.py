@@ -367,3 +367,16 @@ def test_feed_endpoints_come_from_the_cms_config(tmp_path):
     s = json.loads(summ.read_text())
     assert s["accounted"] and s["errors"] == 0 and s["completed"] == served > 0
     assert s["replicas"]["x"]["completed"] == served and s["feed"]["snapshots"] == 1
+
+
+def test_an_overloaded_replica_gets_no_request_the_client_has_given_up_on():
+    # One connection to a replica that needs 0.2 s per request, offered 20 req/s: the
+    # queue in the client grows. With a 1 s timeout, requests queued over 0.5 s are shed
+    # unsent, so nothing the server computes is abandoned mid-flight.
+    with StubWorkServer(delay=0.2) as srv:
+        s = loadgen(["--replica", srv.endpoint, "--start-mode", "high", "--high-rate", "20",
+                     "--duration", "3", "--timeout", "1", "--max-conns", "1"])
+    accounted(s)
+    assert s["errors_by_kind"].get("shed", 0) > 10
+    assert s["errors_by_kind"].get("timeout", 0) <= 1   # at most the one in flight at the end
+    assert s["completed"] >= 10 and srv.served >= s["completed"]

@@ -107,7 +107,7 @@ class Autoscaler:
         self.cfg = cfg
         self.fleet = fleet or Fleet(cfg, events=True)
         self.metrics = metrics or LibvirtMetrics(self.fleet)
-        self.health = health or HttpHealth()
+        self.health = health or HttpHealth(cfg.autoscaler.health_check_timeout_s)
         if publisher is None:
             from cms.autoscaler.publisher import NullPublisher, Publisher
             publisher = NullPublisher() if dry_run else Publisher(cfg.zmq)
