@@ -252,3 +252,29 @@ def test_local_path_deploys_idempotently(local_deploy):
         proc = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True,
                               text=True, timeout=60)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.real
+@pytest.mark.timeout(600)
+def test_hypervisor_play_on_this_machine(tmp_path: Path):
+    """The hypervisor play against localhost: no systemd here, so the daemons are probed (and
+    started directly when down); a pool of its own is defined, started and made autostart.
+    The network stays off (inventory/local.yml): private address ranges are off limits here."""
+    name = f"cms-deploytest-{os.getpid()}"
+    extra = {"libvirt_host_pool_name": name, "libvirt_host_pool_path": f"/var/lib/cms/test/{name}/pool",
+             "libvirt_host_images_dir": f"/var/lib/cms/test/{name}/images"}
+    args = ["playbooks/site.yml", "--tags", "hypervisor", "-e", json.dumps(extra)]
+    try:
+        out, counts = run_playbook(args, timeout=600)
+        assert counts["localhost"]["failed"] == 0
+        pools = subprocess.run(["virsh", "-c", "qemu:///system", "pool-info", name], capture_output=True,
+                               text=True, timeout=60)
+        assert "State:          running" in pools.stdout and re.search(r"Autostart:\s+yes", pools.stdout), pools.stdout
+        out, counts = run_playbook(args, timeout=600)
+        assert counts["localhost"]["changed"] == 0, changed_tasks(out)
+        out, counts = run_playbook([*args, "--check"], timeout=600)
+        assert counts["localhost"]["changed"] == 0, changed_tasks(out)
+    finally:
+        for cmd in ("pool-destroy", "pool-undefine"):
+            subprocess.run(["virsh", "-c", "qemu:///system", cmd, name], capture_output=True, timeout=60, check=False)
+        shutil.rmtree(f"/var/lib/cms/test/{name}", ignore_errors=True)
