@@ -102,7 +102,10 @@ def analyse(out: Path, group: str) -> dict[str, Any]:
             stages["load_step_to_first_send_s"] = round(rep["first_sent_at"] - high_start, 3)
 
     settle = 5.0
-    before = _window(ticks, high_start + 3.0, scale_out.ts) if scale_out is not None and high_start else {}
+    # Before: the high phase while one replica carried it (from the load step, less 3 s
+    # for the step itself, to the new replica's ready). After: from 5 s past that ready to
+    # the end of the high phase.
+    before = _window(ticks, high_start + 3.0, ready_ts) if ready_ts and high_start else {}
     after = _window(ticks, ready_ts + settle, high_end) if ready_ts and high_end else {}
     ratio = None
     if before.get("throughput") and after.get("throughput"):

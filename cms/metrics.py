@@ -159,8 +159,9 @@ class LibvirtMetrics:
         tick = Tick(ts=self.wall())
         for host, doms in by_host.items():
             try:
+                before = self.clock()
                 stats = self.fleet.host(host).bulk_stats({d.uuid for d in doms})
-                mono = self.clock()
+                mono = (before + self.clock()) / 2  # libvirt read the counters somewhere in between
                 cpus = self.host_cpus(host)
             except errors.VirtError as exc:
                 log.warning("no stats from host %s this tick: %s", host, exc)

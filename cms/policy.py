@@ -100,6 +100,28 @@ def sustained(series: list[tuple[float, float | None]], now: float, window_s: fl
     return start is not None and now - start >= window_s - 1e-9
 
 
+def sustained_mean(series: list[tuple[float, float | None]], now: float, window_s: float,
+                   below: float, ceiling: float) -> bool:
+    """True when the points of the last window_s cover it with no gap in the data, their
+    mean is below `below`, and none of them reaches `ceiling`.
+
+    Used for scale-in: at a low request rate each tick's figure jumps with every request
+    that lands in it, so "every tick below" would rarely hold for long; the window's mean
+    is the steadier signal. A missing figure anywhere in the window still blocks it.
+    """
+    pts = [(ts, v) for ts, v in series if ts > now - window_s - 1e-9]
+    if not pts or any(v is None for _, v in pts):
+        return False
+    earlier = [ts for ts, _ in series if ts <= now - window_s + 1e-9]
+    if not earlier:
+        return False  # the data does not reach back a whole window yet
+    # the point just before the window must not be missing either (it anchors the span)
+    if dict(series).get(max(earlier)) is None:
+        return False
+    vals = [v for _, v in pts if v is not None]
+    return sum(vals) / len(vals) < below and max(vals) < ceiling
+
+
 def _clamp(gc: GroupConfig, inp: PolicyInput) -> Decision | None:
     if inp.current < gc.min:
         return Decision(SCALE_OUT, gc.min, f"below minimum: {inp.current} replicas < min {gc.min}")
@@ -137,12 +159,12 @@ def threshold(gc: GroupConfig, inp: PolicyInput) -> Decision:
                                                f"but already at max {gc.max}", mean)
         return Decision(SCALE_OUT, inp.current + 1,
                         f"cpu mean {_fmt(mean)} > high {t.high:g} for {t.window_s:g}s", mean)
-    if sustained(series, inp.now, t.window_in_s, lambda v: v < t.low):
+    if sustained_mean(series, inp.now, t.window_in_s, t.low, t.high):
         if inp.current <= gc.min:
-            return Decision(NONE, inp.current, f"cpu mean {_fmt(mean)} < low {t.low:g} for {t.window_in_s:g}s "
+            return Decision(NONE, inp.current, f"cpu mean over {t.window_in_s:g}s < low {t.low:g} "
                                                f"but already at min {gc.min}", mean)
         return Decision(SCALE_IN, inp.current - 1,
-                        f"cpu mean {_fmt(mean)} < low {t.low:g} for {t.window_in_s:g}s", mean)
+                        f"cpu mean over {t.window_in_s:g}s < low {t.low:g} (last {_fmt(mean)})", mean)
     if mean is None:
         return Decision(NONE, inp.current, "cpu mean n/a (missing or warming-up samples): holding", mean)
     return Decision(NONE, inp.current, f"cpu mean {_fmt(mean)} within [{t.low:g}, {t.high:g}] "

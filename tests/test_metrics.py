@@ -83,7 +83,7 @@ def test_libvirt_source_one_bulk_call_per_host(node_uri, run_dir, monkeypatch):
         owned = fleet.owned("m")
         host = fleet.host("n1")
         calls = []
-        clock = iter([10.0, 12.0])
+        clock = iter([9.9, 10.1, 11.5, 12.5])  # read before and after each call: midpoints 10 and 12
         counters = iter([0, S])
 
         def fake_bulk(uuids=None):

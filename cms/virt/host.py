@@ -526,7 +526,11 @@ class Host:
         ``name`` added.
         """
         with self._call("domain stats") as c:
-            records = c.getAllDomainStats(STATS_FLAGS, 0)
+            # NOWAIT: stats that need a busy QEMU's monitor (vCPU halt state, balloon) are
+            # left out rather than waited for. A call held up for a second would put the
+            # cpu.time reading and the caller's clock reading a second apart, and the
+            # utilization computed from them would spike far above 100 %.
+            records = c.getAllDomainStats(STATS_FLAGS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
             out = {}
             for dom, stats in records:
                 u = dom.UUIDString()
