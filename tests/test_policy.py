@@ -67,8 +67,8 @@ THRESHOLD_CASES = [
     ("spiky low load still scales in", {},
      inp(rep("a", [0.1] * 5 + [0.45] + [0.1] * 6), rep("b", LOW)), "scale_in", 1, ["over 10s"]),
     # ...but a tick above the high threshold does, and so does a mean above low
-    ("a tick above high blocks scale in", {},
-     inp(rep("a", [0.1] * 5 + [0.95] + [0.1] * 6), rep("b", LOW)), "none", 2, []),
+    ("a group tick above high blocks scale in", {},
+     inp(rep("a", [0.1] * 5 + [0.95] + [0.1] * 6), rep("b", [0.1] * 5 + [0.9] + [0.1] * 6)), "none", 2, []),
     ("window mean above low holds", {}, inp(rep("a", [0.1, 0.5] * 6), rep("b", [0.1, 0.5] * 6)), "none", 2, []),
     ("low for less than the window holds", {}, inp(rep("a", [0.1] * 6), rep("b", [0.1] * 6)), "none", 2, []),
 ]
