@@ -394,6 +394,21 @@ class Handler(BaseHTTPRequestHandler):
         })
 
 
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op when not started by systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET", "")
+    if not addr:
+        return
+    if addr[0] == "@":
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+    except OSError:
+        pass
+
+
 def worker_count() -> int:
     raw = os.environ.get("CMS_GUEST_WORKERS", "").strip()
     if raw and raw != "0":
@@ -445,8 +460,12 @@ def main() -> int:
 
     for slot in range(workers):
         spawn(slot)
+    deadline = time.monotonic() + 10
+    while not state.all_ready() and time.monotonic() < deadline and not stop.is_set():
+        time.sleep(0.005)
     print(f"cms-guest: listening on {bind}:{port} with {workers} worker(s), pid {os.getpid()}",
           flush=True)
+    sd_notify(f"READY=1\nSTATUS=serving on {bind}:{port} with {workers} worker(s)")
     restarts: list[float] = []
     while not stop.is_set():
         stop.wait(0.2)
@@ -469,6 +488,7 @@ def main() -> int:
                 break
             print(f"cms-guest: worker {pid} exited ({status}); starting another", file=sys.stderr, flush=True)
             spawn(slot)
+    sd_notify("STOPPING=1")
     state.set_stopping()
     for pid in children:
         try:

@@ -39,6 +39,7 @@ INIT = r"""#!/bin/sh
 # cms golden image initramfs: load the disk drivers, mount root=, hand over to systemd.
 mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev
 mount -t proc -o nosuid,nodev,noexec proc /proc
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 for m in $(cat /modules.order); do insmod "/lib/modules/$m" 2>/dev/null; done
 root=/dev/vda; fstype=ext4; flags=rw; init=/sbin/init
 for arg in $(cat /proc/cmdline); do
@@ -74,6 +75,7 @@ if ! mount -t "$fstype" -o "$flags" "$dev" /newroot; then
   echo "initramfs: cannot mount root $root ($dev); dropping to a shell" > /dev/console
   exec sh
 fi
+umount /sys
 umount /proc
 mount --move /dev /newroot/dev
 exec switch_root /newroot "$init"
@@ -122,7 +124,7 @@ def main(argv: list[str]) -> int:
     order = load_order(moddir, wanted)
     with tempfile.TemporaryDirectory(prefix="cms-initramfs-") as tmp:
         t = Path(tmp)
-        for d in ("bin", "dev", "proc", "newroot", "lib/modules"):
+        for d in ("bin", "dev", "proc", "sys", "newroot", "lib/modules"):
             (t / d).mkdir(parents=True, exist_ok=True)
         shutil.copy2(BUSYBOX, t / "bin/busybox")
         for applet in APPLETS:
