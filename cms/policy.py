@@ -90,36 +90,16 @@ def group_series(replicas: tuple[ReplicaSeries, ...], warmup_s: float,
     return out
 
 
-def sustained(series: list[tuple[float, float | None]], now: float, window_s: float, pred) -> bool:
-    """True when every point of the trailing run satisfies pred and the run spans window_s."""
-    start = None
-    for ts, v in reversed(series):
-        if v is None or not pred(v):
-            break
-        start = ts
-    return start is not None and now - start >= window_s - 1e-9
-
-
-def sustained_mean(series: list[tuple[float, float | None]], now: float, window_s: float,
-                   below: float, ceiling: float) -> bool:
-    """True when the points of the last window_s cover it with no gap in the data, their
-    mean is below `below`, and none of them reaches `ceiling`.
-
-    Used for scale-in: at a low request rate each tick's figure jumps with every request
-    that lands in it, so "every tick below" would rarely hold for long; the window's mean
-    is the steadier signal. A missing figure anywhere in the window still blocks it.
-    """
+def window_values(series: list[tuple[float, float | None]], now: float, window_s: float) -> list[float] | None:
+    """The group means of the last window_s, or None unless data covers the whole window
+    with no missing figure (missing data never justifies an action)."""
     pts = [(ts, v) for ts, v in series if ts > now - window_s - 1e-9]
-    if not pts or any(v is None for _, v in pts):
-        return False
     earlier = [ts for ts, _ in series if ts <= now - window_s + 1e-9]
-    if not earlier:
-        return False  # the data does not reach back a whole window yet
-    # the point just before the window must not be missing either (it anchors the span)
-    if dict(series).get(max(earlier)) is None:
-        return False
-    vals = [v for _, v in pts if v is not None]
-    return sum(vals) / len(vals) < below and max(vals) < ceiling
+    if not pts or not earlier:
+        return None  # nothing yet, or the data does not reach back a whole window
+    if any(v is None for _, v in pts) or dict(series).get(max(earlier)) is None:
+        return None
+    return [v for _, v in pts if v is not None]
 
 
 def _clamp(gc: GroupConfig, inp: PolicyInput) -> Decision | None:
@@ -153,18 +133,24 @@ def threshold(gc: GroupConfig, inp: PolicyInput) -> Decision:
     if hold:
         return Decision(NONE, inp.current, hold, mean)
     t = gc.threshold
-    if sustained(series, inp.now, t.window_s, lambda v: v > t.high):
+    # The window's mean decides; a guard on every tick keeps a lone spike from deciding:
+    # out needs no tick at or below low, in needs no tick at or above high. Per-tick
+    # figures jump with each request at low rates and with host contention at high ones,
+    # so "every tick past the threshold" alone would act late or never.
+    out_vals = window_values(series, inp.now, t.window_s)
+    if out_vals and sum(out_vals) / len(out_vals) > t.high and min(out_vals) > t.low:
         if inp.current >= gc.max:
-            return Decision(NONE, inp.current, f"cpu mean {_fmt(mean)} > high {t.high:g} for {t.window_s:g}s "
+            return Decision(NONE, inp.current, f"cpu mean over {t.window_s:g}s > high {t.high:g} "
                                                f"but already at max {gc.max}", mean)
         return Decision(SCALE_OUT, inp.current + 1,
-                        f"cpu mean {_fmt(mean)} > high {t.high:g} for {t.window_s:g}s", mean)
-    if sustained_mean(series, inp.now, t.window_in_s, t.low, t.high):
+                        f"cpu mean over {t.window_s:g}s {_fmt(sum(out_vals) / len(out_vals))} > high {t.high:g}", mean)
+    in_vals = window_values(series, inp.now, t.window_in_s)
+    if in_vals and sum(in_vals) / len(in_vals) < t.low and max(in_vals) < t.high:
         if inp.current <= gc.min:
             return Decision(NONE, inp.current, f"cpu mean over {t.window_in_s:g}s < low {t.low:g} "
                                                f"but already at min {gc.min}", mean)
         return Decision(SCALE_IN, inp.current - 1,
-                        f"cpu mean over {t.window_in_s:g}s < low {t.low:g} (last {_fmt(mean)})", mean)
+                        f"cpu mean over {t.window_in_s:g}s {_fmt(sum(in_vals) / len(in_vals))} < low {t.low:g}", mean)
     if mean is None:
         return Decision(NONE, inp.current, "cpu mean n/a (missing or warming-up samples): holding", mean)
     return Decision(NONE, inp.current, f"cpu mean {_fmt(mean)} within [{t.low:g}, {t.high:g}] "

@@ -63,6 +63,10 @@ THRESHOLD_CASES = [
     ("not-ready replica left out", {},
      inp(rep("a", HIGH), ReplicaSeries("b", None, ())), "scale_out", 3, []),
     ("starting replica holds the policy", {}, inp(rep("a", HIGH), current=2, starting=1), "none", 2, ["starting"]),
+    ("contended saturation (ticks 0.6-0.95) scales out", {},
+     inp(rep("a", [0.95, 0.6, 0.9, 0.7, 0.95, 0.8, 0.85])), "scale_out", 2, ["mean over 5s"]),
+    ("a tick at or below low blocks scale out", {},
+     inp(rep("a", [0.95, 0.95, 0.95, 0.2, 0.99, 0.99, 0.99])), "none", 1, []),
     # scale-in looks at the window's mean: a lone request-sized spike does not reset it...
     ("spiky low load still scales in", {},
      inp(rep("a", [0.1] * 5 + [0.45] + [0.1] * 6), rep("b", LOW)), "scale_in", 1, ["over 10s"]),
