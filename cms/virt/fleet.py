@@ -129,6 +129,11 @@ class Fleet:
         if host_name not in self._domain_types:
             self._domain_types[host_name] = host.domain_type(lv.domain_type)
         kernel, initrd = self.boot_files()
+        backing = image or self.cfg.image.golden
+        if host.uri.startswith("qemu:///"):
+            # /var/lib/cms/images/* are symlinks that a rebuild repoints; an overlay must
+            # keep the exact image it was cloned from, so record the resolved paths.
+            backing, kernel, initrd = (os.path.realpath(p) if p else p for p in (backing, kernel, initrd))
         net = self.cfg.network
         with self.spawn_lock():
             port = self._free_port(host) if net.mode == "user" else meta.guest_port
@@ -143,7 +148,7 @@ class Fleet:
                 host_port=port if net.mode == "user" else 0, guest_port=meta.guest_port,
                 serial_log="" if host.is_local_test else f"{SERIAL_LOG_DIR}/{name}-serial.log",
             )
-            uuid = host.spawn(spec, lv.pool, image or self.cfg.image.golden)
+            uuid = host.spawn(spec, lv.pool, backing)
         address = net.forward_address if net.mode == "user" else ""
         return Spawned(host_name, name, uuid, address, port, created)
 
