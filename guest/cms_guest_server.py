@@ -32,11 +32,9 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 SALT = b"cms-guest"
@@ -212,7 +210,7 @@ class Worker:
     def serve_connection(self, conn: socket.socket, addr: tuple) -> None:
         flag = {"busy": True}  # the accept counted this connection as busy
         try:
-            Handler(conn, addr, self, flag)
+            Handler(conn, self, flag)
         except Exception:  # noqa: BLE001 - one broken connection must not touch the others
             pass
         finally:
@@ -240,61 +238,127 @@ class Worker:
         os._exit(0)
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "cms-guest/1"
-    timeout = IDLE_TIMEOUT_S
-    error_message_format = ""
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           408: "Request Timeout", 411: "Length Required", 413: "Content Too Large",
+           414: "URI Too Long", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           503: "Service Unavailable"}
+MAX_LINE = 8192
+MAX_HEADERS = 100
 
-    def __init__(self, conn: socket.socket, addr: tuple, worker: Worker, flag: dict) -> None:
+
+class Handler:
+    """One client connection: HTTP/1.1 requests in a loop (keep-alive) until either side closes.
+
+    A small parser of our own rather than http.server: that module imports email, ssl and
+    random, and importing random blocks in os.urandom until the kernel's entropy pool is
+    ready, which costs seconds of a TCG boot.
+    """
+
+    def __init__(self, conn: socket.socket, worker: Worker, flag: dict) -> None:
+        self.conn = conn
         self.worker = worker
         self.flag = flag
-        super().__init__(conn, addr, None)
+        self.rfile = conn.makefile("rb")
+        self.command = ""
+        self.path = ""
+        self.headers: dict[str, str] = {}
+        self.close_connection = False
+        conn.settimeout(IDLE_TIMEOUT_S)
+        try:
+            while not self.close_connection:
+                if not self.handle_one_request():
+                    break
+        except (ConnectionError, TimeoutError, OSError):
+            pass
+        finally:
+            self._idle()
+            self.rfile.close()
 
-    def __getattr__(self, name: str):
-        # Any other method gets a JSON 404/405 rather than http.server's 501.
-        if name.startswith("do_"):
-            return self.dispatch
-        raise AttributeError(name)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
-        pass  # one line per request would flood the journal under load
-
-    def parse_request(self) -> bool:
+    def _busy(self) -> None:
         if not self.flag["busy"]:
             self.flag["busy"] = True
             self.worker.add(_BUSY, 1)
-        return super().parse_request()
 
     def _idle(self) -> None:
         if self.flag["busy"]:
             self.flag["busy"] = False
             self.worker.add(_BUSY, -1)
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # Errors found by http.server itself (bad request line, too long, ...) as JSON too.
+    def handle_one_request(self) -> bool:
+        line = self.rfile.readline(MAX_LINE + 1)
+        if not line:
+            return False
+        if line in (b"\r\n", b"\n"):
+            return True  # a stray empty line between requests is allowed (RFC 9112 2.2)
+        self._busy()
+        self.command, self.path, self.headers = "", "", {}
+        if len(line) > MAX_LINE:
+            return self.fail(414, f"request line longer than {MAX_LINE} bytes")
+        parts = line.decode("latin-1").rstrip("\r\n").split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[0].isalpha():
+            return self.fail(400, "malformed request line")
+        self.command, self.path, version = parts
+        for _ in range(MAX_HEADERS + 1):
+            h = self.rfile.readline(MAX_LINE + 1)
+            if len(h) > MAX_LINE:
+                return self.fail(431, f"a header line is longer than {MAX_LINE} bytes")
+            if h in (b"\r\n", b"\n", b""):
+                break
+            name, sep, value = h.decode("latin-1").partition(":")
+            if not sep or not name or name != name.strip():
+                return self.fail(400, "malformed header line")
+            self.headers[name.lower()] = value.strip()
+        else:
+            return self.fail(431, f"more than {MAX_HEADERS} header lines")
+        conn_hdr = self.headers.get("connection", "").lower()
+        if version == "HTTP/1.0":
+            self.close_connection = "keep-alive" not in conn_hdr
+        else:
+            self.close_connection = "close" in conn_hdr
+        try:
+            self.body = self.read_body()
+        except BadRequest as exc:
+            return self.fail(exc.status, exc.message)
+        self.dispatch()
+        return True
+
+    def fail(self, code: int, message: str) -> bool:
         self.close_connection = True
-        if self.request_version == "HTTP/0.9":
-            self.request_version = "HTTP/1.0"  # answer with a status line, never bare HTTP/0.9
-        text = message or self.responses.get(code, ("error",))[0]
-        self.reply(code, {"error": text})
+        self.reply(code, {"error": message})
+        return False
+
+    def read_body(self) -> bytes:
+        if "transfer-encoding" in self.headers:
+            self.close_connection = True
+            raise BadRequest(411, "chunked or other transfer encodings are not supported; send Content-Length")
+        raw = self.headers.get("content-length")
+        if raw is None:
+            if self.command == "POST" and urlsplit(self.path).path == "/work":
+                raise BadRequest(411, "POST /work needs a Content-Length header")
+            return b""
+        if not raw.isdigit():
+            raise BadRequest(400, f"bad Content-Length {raw[:40]!r}")
+        length = int(raw)
+        if length > MAX_BODY:
+            raise BadRequest(413, f"body of {length} bytes is larger than the limit of {MAX_BODY}")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise BadRequest(400, "body shorter than its Content-Length")
+        return body
 
     def reply(self, code: int, body: dict, close: bool = False, headers: dict | None = None) -> None:
         data = json.dumps(body).encode()
+        if close:
+            self.close_connection = True
+        lines = [f"HTTP/1.1 {code} {REASONS.get(code, 'Error')}", "Server: cms-guest/1",
+                 "Content-Type: application/json", f"Content-Length: {len(data)}",
+                 f"X-Worker-Pid: {os.getpid()}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         try:
-            self.send_response(code)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("X-Worker-Pid", str(os.getpid()))
-            if close or self.close_connection:
-                self.close_connection = True
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-            self.wfile.flush()
+            self.conn.sendall(head if self.command == "HEAD" else head + data)
         finally:
             self._idle()
 
@@ -302,10 +366,10 @@ class Handler(BaseHTTPRequestHandler):
         try:
             path = urlsplit(self.path).path
             allowed = ROUTES.get(path)
-            if allowed is None:
-                return self.reply(404, {"error": f"no such path {path[:200]!r}; try /work, /health or /status"})
             if path != "/work":
                 self._idle()  # cheap requests never keep a worker from accepting
+            if allowed is None:
+                return self.reply(404, {"error": f"no such path {path[:200]!r}; try /work, /health or /status"})
             if self.command not in allowed:
                 return self.reply(405, {"error": f"{self.command} is not allowed on {path}; use {' or '.join(allowed)}"},
                                   headers={"Allow": ", ".join(allowed)})
@@ -318,33 +382,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(exc.status, {"error": exc.message})
         except (ConnectionError, TimeoutError):
             self.close_connection = True
-            self._idle()
         except Exception as exc:  # noqa: BLE001 - never crash on a request
             return self.reply(500, {"error": f"internal error: {type(exc).__name__}"}, close=True)
 
-    def read_json_body(self) -> dict:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            self.close_connection = True
-            raise BadRequest(411, "chunked bodies are not supported; send Content-Length")
-        raw_length = self.headers.get("Content-Length")
-        if raw_length is None:
-            raise BadRequest(411, "POST /work needs a Content-Length header")
+    def json_body(self) -> dict:
         try:
-            length = int(raw_length)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self.close_connection = True
-            raise BadRequest(400, f"bad Content-Length {raw_length[:40]!r}") from None
-        if length > MAX_BODY:
-            self.close_connection = True  # the body is left unread
-            raise BadRequest(413, f"body of {length} bytes is larger than the limit of {MAX_BODY}")
-        body = self.rfile.read(length)
-        if len(body) != length:
-            self.close_connection = True
-            raise BadRequest(400, "body shorter than its Content-Length")
-        try:
-            data = json.loads(body)
+            data = json.loads(self.body)
         except (ValueError, UnicodeDecodeError):
             raise BadRequest(400, "body is not valid JSON") from None
         if not isinstance(data, dict):
@@ -353,7 +396,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def work(self) -> None:
         if self.command == "POST":
-            data = self.read_json_body()
+            data = self.json_body()
             payload, cost = parse_work(data.get("payload"), data.get("cost"))
         else:
             try:
