@@ -41,10 +41,8 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time

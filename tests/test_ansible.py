@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.realstack import wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 PLAYBOOK = VENV_BIN / "ansible-playbook"
@@ -124,14 +126,7 @@ def http_answers(url: str) -> int | None:
 
 
 def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
+    return wait_until(pred, timeout, interval=0.5, what=what)
 
 
 # --- static checks -----------------------------------------------------------------------
