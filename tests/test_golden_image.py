@@ -96,3 +96,11 @@ def test_a_variant_is_cached_apart_and_leaves_the_stable_paths_alone(built):
     hv2, _ = dry_run_hash("-e", '{"golden_image_variant": "probe", "golden_image_extra_packages": ["libvirt0"]}')
     assert hv2 not in (h, hv)
     assert json.loads((IMAGES / "manifest.json").read_text())["input_hash"] == built["input_hash"]
+
+
+def test_role_and_playbook_pass_ansible_lint_production():
+    proc = subprocess.run([str(ROOT / ".venv/bin/ansible-lint"), "--nocolor", "-f", "pep8", "--profile", "production",
+                           "roles/golden_image", "playbooks/golden-image.yml"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": f"{ROOT / '.venv/bin'}:{os.environ.get('PATH', '')}"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
