@@ -365,3 +365,29 @@ def test_health_answers_while_every_worker_computes():
         assert done == [200]
     finally:
         s.stop()
+
+
+def test_unit_file_passes_systemd_analyze_verify(tmp_path):
+    """The unit as the image installs it; verify needs its ExecStart binary to exist."""
+    unit = SERVER.parent / "cms-guest.service"
+    (tmp_path / unit.name).write_text(unit.read_text())
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", unit.name], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+    text = unit.read_text()
+    for directive in ("Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
+                      "EnvironmentFile=-/etc/default/cms-guest", "Type=notify", "User=cms-guest"):
+        assert directive in text
+
+
+def test_http10_closes_unless_keep_alive_and_oversized_headers_are_refused(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):  # the server closes: recv returns b"" (bounded by the timeout)
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in data
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+        assert b" 431 " in s.recv(4096).split(b"\r\n")[0]
+    assert server.request("GET", "/health")[0] == 200
