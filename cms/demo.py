@@ -57,6 +57,7 @@ DEMO_COST = 20000
 DEMO_SCHEDULE = "low:30s,high:120s,low:75s"
 LOW_FACTOR = 0.3
 HIGH_FACTOR = 1.8
+CLIENT_CONNS = 4  # connections the load client keeps per replica (and calibration uses)
 
 
 def say(msg: str) -> None:
@@ -192,7 +193,7 @@ class Demo:
         lg = self.start("loadgen", [
             str(self.bin / "cms-loadgen"), "--config", str(self.out / "demo.toml"), "--group", GROUP,
             "--schedule", a.schedule, "--low-rate", str(low), "--high-rate", str(high), "--cost", str(a.cost),
-            "--balance", "least", "--max-conns", "4", "--timeout", "30", "--out", str(self.out / "loadgen.jsonl"),
+            "--balance", "least", "--max-conns", str(CLIENT_CONNS), "--timeout", "30", "--out", str(self.out / "loadgen.jsonl"),
             "--summary", str(self.out / "loadgen-summary.json"), "--quiet", "--no-keys", "--wait-ready", "60"])
         total = schedule_seconds(a.schedule)
         deadline = time.monotonic() + total + 120
@@ -234,7 +235,8 @@ class Demo:
         raise CmsError(f"no replica became ready within {timeout:.0f} s; see {self.out / 'autoscaler.log'}")
 
     def calibrate(self, endpoint: str) -> float:
-        """Requests/s one replica serves at the demo's cost: 8 s of 2 concurrent requests."""
+        """Requests/s one replica serves at the demo's cost: 8 s at CLIENT_CONNS concurrent
+        requests, as many as the load client will keep open to one replica."""
         import http.client
         import threading
         host, port = endpoint.rsplit(":", 1)
@@ -252,7 +254,7 @@ class Demo:
 
         say("calibrating: 8 s of saturating load on the first replica")
         t0 = time.monotonic()
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(2)]
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(CLIENT_CONNS)]
         for t in threads:
             t.start()
         for t in threads:
