@@ -103,3 +103,25 @@ def test_libvirt_source_one_bulk_call_per_host(node_uri, run_dir, monkeypatch):
         assert {r.group for r in rows} == {"m"} and len(rows) == 3
     finally:
         fleet.close()
+
+
+def test_a_tick_over_listed_domains_reuses_the_listings_stats_call(node_uri, run_dir, monkeypatch):
+    """One getAllDomainStats per host per tick: owned_domains' call, not a second one."""
+    from cms.virt import Fleet, OwnerMeta
+    from tests.conftest import make_config
+    fleet = Fleet(make_config(hosts=[{"name": "n1", "uri": node_uri}], libvirt={"domain_type": "qemu"}))
+    try:
+        fleet.spawn("n1", "cms-m-0", vcpus=1, memory_mib=128, meta=OwnerMeta(group="m"))
+        host = fleet.host("n1")
+        conn = host.conn()
+        calls = []
+        real = conn.getAllDomainStats
+        monkeypatch.setattr(conn, "getAllDomainStats", lambda *a: calls.append(a) or real(*a), raising=False)
+        src = metrics.LibvirtMetrics(fleet)
+        for _ in range(2):
+            owned = fleet.owned("m")
+            tick = src.sample(owned)
+        assert len(calls) == 2  # one per tick, made by the listing
+        assert set(tick.domains) == {d.uuid for d in owned}
+    finally:
+        fleet.close()

@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import libvirt
@@ -153,6 +153,11 @@ class OwnedDomain:
     vcpus: int
     memory_mib: int
     meta: vxml.OwnerMeta
+    # The listing's own bulk stats record (libvirt's flat dict) and the monotonic midpoint
+    # of that call: a monitoring tick computes utilization from these rather than asking
+    # libvirt a second time.
+    stats: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    stats_at: float = field(default=0.0, compare=False, repr=False)
 
     @property
     def alive(self) -> bool:
@@ -481,14 +486,16 @@ class Host:
     def owned_domains(self, group: str | None = None) -> list[OwnedDomain]:
         """Every domain carrying cms's metadata (optionally of one group), defined or running.
 
-        One getAllDomainStats call gives every domain's state, vCPUs and memory; the owner
-        metadata is read once per UUID and cached (cms writes it only at define time), so a
-        tick over 1,000 domains costs one round trip, not two per domain.
+        One getAllDomainStats call (the same one as bulk_stats) gives every domain's state,
+        vCPUs, memory and CPU counters; the owner metadata is read once per UUID and cached
+        (cms writes it only at define time). So a monitoring tick over 1,000 domains costs
+        one round trip: each OwnedDomain carries its stats record and the call's time.
         """
         out = []
-        flags = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_BALLOON
         with self._call("domains") as c:
-            records = c.getAllDomainStats(flags, 0)
+            before = time.monotonic()
+            records = c.getAllDomainStats(STATS_FLAGS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+            at = (before + time.monotonic()) / 2
             seen = set()
             for dom, stats in records:
                 u = dom.UUIDString()
@@ -513,7 +520,8 @@ class Host:
                     except libvirt.libvirtError:
                         continue
                 state = STATE_NAMES.get(stats.get("state.state", 0), "nostate")
-                out.append(OwnedDomain(self.name, dom.name(), u, state, int(vcpus), int(mem_kib) // 1024, meta))
+                out.append(OwnedDomain(self.name, dom.name(), u, state, int(vcpus), int(mem_kib) // 1024, meta,
+                                       stats=dict(stats, name=dom.name()), stats_at=at))
             for u in set(self._meta_cache) - seen:
                 del self._meta_cache[u]
         return sorted(out, key=lambda d: (d.meta.created, d.name))
