@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import socket
 import textwrap
 from pathlib import Path
 
@@ -43,3 +43,10 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def make_config(**sections) -> config.Config:
     """A validated Config from plain data, as a TOML file would give it."""
     return config.parse(sections, "<test>")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import contextlib
 import subprocess
 import time
 import uuid
@@ -69,3 +70,19 @@ def wait_until(pred, timeout: float, interval: float = 0.2, what: str = "conditi
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def real_fleet(tmp_path: Path, group: str, *, events: bool = False, golden: str | None = None):
+    """A Fleet on the local libvirtd with its own pool; afterwards removes the group's
+    domains and drops the pool, so a test leaves nothing behind even when it fails."""
+    from cms.virt import Fleet
+    cfg = real_config(tmp_path, golden=golden)
+    f = Fleet(cfg, events=events)
+    try:
+        yield f
+    finally:
+        for d in f.owned(group):
+            f.remove(d.host, d.name)
+        drop_pool(f.host("local"), cfg.libvirt.pool)
+        f.close()

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.realstack import wait_until
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -46,12 +46,6 @@ def ansible_env() -> dict[str, str]:
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
     env.pop("CMS_CONFIG", None)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_playbook(args: list[str], timeout: float, cwd: Path = ROOT) -> tuple[str, dict[str, dict[str, int]]]:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -19,17 +17,11 @@ from pathlib import Path
 import pytest
 
 from cms.virt import Host
-from tests.conftest import ROOT, write_node_xml
+from tests.conftest import ROOT, write_node_xml, free_port
 from tests.realstack import blank_golden, drop_pool, wait_until
 
 TOKEN = "real-token"
 pytestmark = pytest.mark.real
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, timeout: float = 60) -> dict:

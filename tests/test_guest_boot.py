@@ -17,8 +17,8 @@ import urllib.request
 
 import pytest
 
-from cms.virt import Fleet, OwnerMeta
-from tests.realstack import GOLDEN, drop_pool, real_config
+from cms.virt import OwnerMeta
+from tests.realstack import GOLDEN, real_fleet
 
 pytestmark = pytest.mark.real
 
@@ -52,13 +52,8 @@ def wait_healthy(port: int, timeout: float) -> float:
 @pytest.fixture
 def fleet(tmp_path, run_dir):
     assert GOLDEN.exists(), f"{GOLDEN} is missing: run `make image` first"
-    cfg = real_config(tmp_path)
-    f = Fleet(cfg)
-    yield f
-    for d in f.owned("gbtest"):
-        f.remove(d.host, d.name)
-    drop_pool(f.host("local"), cfg.libvirt.pool)
-    f.close()
+    with real_fleet(tmp_path, "gbtest") as f:
+        yield f
 
 
 def test_replica_boots_serves_and_goes_away(fleet):

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.conftest import free_port
 
 SERVER = Path(__file__).resolve().parent.parent / "guest" / "cms_guest_server.py"
 START_TIMEOUT_S = 20.0
@@ -28,12 +29,6 @@ REQUEST_TIMEOUT_S = 30.0
 
 def expected(payload: str, cost: int) -> str:
     return hashlib.pbkdf2_hmac("sha256", payload.encode(), b"cms-guest", cost).hex()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

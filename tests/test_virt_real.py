@@ -8,21 +8,15 @@ import pytest
 
 from cms import errors
 from cms.virt import Fleet, OwnerMeta
-from tests.realstack import blank_golden, drop_pool, real_config, wait_until
+from tests.realstack import blank_golden, drop_pool, real_config, real_fleet, wait_until
 
 pytestmark = pytest.mark.real
 
 
 @pytest.fixture
 def fleet(tmp_path, run_dir):
-    cfg = real_config(tmp_path, golden=blank_golden())
-    f = Fleet(cfg, events=True)
-    yield f
-    for d in f.owned():
-        if d.meta.group.startswith("itest"):
-            f.remove(d.host, d.name)
-    drop_pool(f.host("local"), cfg.libvirt.pool)
-    f.close()
+    with real_fleet(tmp_path, "itest", events=True, golden=blank_golden()) as f:
+        yield f
 
 
 def test_clone_define_boot_destroy_leaves_nothing(fleet):
@@ -91,7 +85,6 @@ def test_start_failure_rolls_back(fleet):
     busy.listen()
     port = busy.getsockname()[1]
     try:
-        from dataclasses import replace
         from cms.virt import xml as vxml
         h = fleet.host("local")
         h.ensure_pool(fleet.cfg.libvirt.pool, fleet.cfg.libvirt.pool_path)
