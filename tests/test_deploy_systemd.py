@@ -131,17 +131,35 @@ def guest(tmp_path: Path):
         cfg = real_config(
             tmp_path, pool=name, golden=str(golden),
             libvirt={"domain_type": "qemu", "pool": name, "pool_path": str(work / "pool")},
-            image={"golden": str(golden), "kernel": str(IMAGES / "vmlinuz"), "initrd": str(IMAGES / "initrd.img")},
+            # no `quiet`: if a boot ever hangs, the serial log shows where
+            image={"golden": str(golden), "kernel": str(IMAGES / "vmlinuz"), "initrd": str(IMAGES / "initrd.img"),
+                   "cmdline": "root=/dev/vda rw console=ttyS0 net.ifnames=0"},
             network={"mode": "user", "forward_address": "127.0.0.1", "port_min": port, "port_max": port},
         )
         os.environ.setdefault("CMS_RUN_DIR", str(tmp_path / "run"))
         fleet = Fleet(cfg)
-        spawned = fleet.spawn("local", name, vcpus=2, memory_mib=1536,
-                              meta=OwnerMeta(group="", role="vm", guest_port=22, image="deploytest"))
-        g = Guest(spawned.port, key)
-        t0 = time.monotonic()
-        g.wait_ssh(timeout=300)
-        print(f"{name}: ssh answered {time.monotonic() - t0:.1f}s after start")
+        # One boot under TCG once hung with no SSH for 300 s (seen once in ~5 runs; it
+        # answers in ~9 s otherwise). A second boot is allowed, bounded; two failures fail
+        # the test with both serial logs.
+        failures = []
+        for attempt in (1, 2):
+            spawned = fleet.spawn("local", name, vcpus=2, memory_mib=1536,
+                                  meta=OwnerMeta(group="", role="vm", guest_port=22, image="deploytest"))
+            g = Guest(spawned.port, key)
+            t0 = time.monotonic()
+            try:
+                g.wait_ssh(timeout=150)
+            except AssertionError as exc:
+                serial = Path(f"/var/log/libvirt/qemu/{name}-serial.log")
+                tail = serial.read_text(errors="replace")[-3000:] if serial.exists() else "(no serial log)"
+                failures.append(f"boot {attempt}: {exc}\n--- serial log tail ---\n{tail}")
+                print(failures[-1])
+                fleet.remove("local", name)
+                continue
+            print(f"{name}: ssh answered {time.monotonic() - t0:.1f}s after start (boot {attempt})")
+            break
+        else:
+            raise AssertionError("\n\n".join(failures))
         yield g
     finally:
         if fleet is not None:
