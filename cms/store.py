@@ -67,6 +67,24 @@ class Event:
     data: dict[str, Any]
 
 
+def _enable_wal(c: sqlite3.Connection, within_s: float = 10.0) -> None:
+    """Switch the file to WAL once. Several processes opening a new file at once (gunicorn
+    workers, the autoscaler) can get SQLITE_BUSY from the switch itself without the busy
+    handler being consulted, so it is retried for a bounded time; once the file is in WAL,
+    later connections only read the mode and never take that lock."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            if c.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            c.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Store:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
@@ -81,9 +99,9 @@ class Store:
         if c is None:
             c = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=True)
             c.row_factory = sqlite3.Row
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=NORMAL")
             c.execute("PRAGMA busy_timeout=10000")
+            _enable_wal(c)
+            c.execute("PRAGMA synchronous=NORMAL")
             c.execute("PRAGMA foreign_keys=ON")
             self._local.conn = c
         return c

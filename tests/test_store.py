@@ -41,3 +41,28 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         p.join(60)
         assert p.exitcode == 0
     assert len(Store(path).events(limit=10000)) == 800
+
+
+def _opener(path, barrier, q):
+    barrier.wait(30)
+    s = Store(path)                      # schema and the WAL switch, all at the same moment
+    s.add_event("x", "opened")
+    q.put(s.connect().execute("PRAGMA journal_mode").fetchone()[0])
+
+
+def test_many_processes_create_a_new_file_at_once(tmp_path):
+    # gunicorn workers and the autoscaler may all be the first to open state_db; one of
+    # them used to die with "database is locked" from PRAGMA journal_mode=WAL.
+    ctx = mp.get_context("fork")
+    n = 8
+    for round_ in range(10):
+        p = tmp_path / f"fresh{round_}.db"
+        barrier, q = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_opener, args=(p, barrier, q)) for _ in range(n)]
+        for pr in procs:
+            pr.start()
+        for pr in procs:
+            pr.join(60)
+        assert [pr.exitcode for pr in procs] == [0] * n
+        assert sorted(q.get(timeout=5) for _ in range(n)) == ["wal"] * n
+        assert len(Store(p).events()) == n

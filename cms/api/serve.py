@@ -44,6 +44,17 @@ def main(argv: list[str] | None = None) -> int:
         print("cms-api: --workers must be at least 1", file=sys.stderr)
         return 2
 
+    # The schema (and the switch to WAL) is made once here, before the workers fork, so they
+    # never race to create it; a state_db that cannot be opened is one line, not a dead master.
+    import sqlite3
+
+    from cms.store import Store
+    try:
+        Store(cfg.state_db).close()
+    except (OSError, sqlite3.Error) as e:
+        print(f"cms-api: cannot open state_db {cfg.state_db}: {e}", file=sys.stderr)
+        return 2
+
     from gunicorn.app.base import BaseApplication
 
     class App(BaseApplication):
