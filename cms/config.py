@@ -133,6 +133,10 @@ class ZmqConfig:
 class ApiConfig:
     bind: str = _f("127.0.0.1:8080", doc="host:port gunicorn listens on")
     workers: int = _f(0, min=0, max=256, doc="gunicorn workers; 0 means 2 x CPUs + 1")
+    worker_class: str = _f("sync", choices=("sync", "gthread"),
+                           doc="sync: one call per worker, the shortest tail; gthread: threads per worker")
+    threads: int = _f(16, min=1, max=1024, doc="threads per worker with worker_class gthread")
+    timeout: int = _f(600, min=10, max=86400, doc="seconds one call may run before its worker is restarted")
     token: str = _f("", doc="bearer token for mutating /v1 calls; empty disables them")
     open_spec_urls: bool = _f(True, doc="the spec's GET URLs answer without a token")
 

@@ -117,6 +117,14 @@ def test_spec_calls_end_to_end_on_the_real_host(live_api):
         h.close()
 
 
+def test_default_sync_workers_close_each_connection(live_api):
+    # api.worker_class = "sync" (the default): gunicorn must not have turned it into gthread
+    # (it does when threads > 1), so every answer closes its connection and the next request
+    # goes back through the shared accept queue to whichever worker is free.
+    with urllib.request.urlopen(live_api["url"] + "/vm/types", timeout=10) as r:
+        assert r.headers["Connection"] == "close"
+
+
 def test_schemathesis_against_the_live_openapi(live_api):
     url = live_api["url"]
     report = live_api["tmp"] / "st.txt"

@@ -6,8 +6,22 @@ The configuration (--config, else $CMS_CONFIG, else /etc/cms/cms.toml) gives api
 api.workers (0: 2 x CPUs + 1). gunicorn runs programmatically (a BaseApplication), so there
 is no separate gunicorn.conf.py to keep in step; the app is not preloaded, so each worker
 opens its own libvirt and SQLite connections after the fork. --check validates the
-configuration and exits. Workers are gthread workers with $CMS_API_THREADS (16) threads each:
-with 50 keep-alive clients, 4 threads per worker doubled the p99 (bench/api.py).
+configuration and exits.
+
+Worker class (api.worker_class), decided on bench/api.py's figures (50 connections, 2 cores,
+three interleaved runs each):
+
+- sync (the default): one call at a time per worker process, the connection closed after each
+  answer. Every request goes back through the kernel's accept queue, so load spreads over all
+  workers and nothing waits behind a thread hand-off: about 6,500 req/s, p99 10-14 ms.
+- gthread: keep-alive connections stay with the worker that accepted them, so throughput
+  depends on how 50 connections happened to land (2,200-10,000 req/s from run to run), and
+  each request passes between the poller thread and a pool thread under the GIL: p99 23-39 ms.
+
+The price of sync is that a slow call holds a whole worker: a live migration or a create that
+waits on a busy libvirtd serves nobody else meanwhile, and a sync worker that runs past
+api.timeout (600 s) is restarted by gunicorn, so that bounds every call. Operators who expect
+many slow calls at once can choose gthread and api.threads.
 """
 
 from __future__ import annotations
@@ -59,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
     class App(BaseApplication):
         def load_config(self) -> None:
-            settings = {"bind": bind, "workers": workers, "worker_class": "gthread", "threads": int(os.environ.get("CMS_API_THREADS", "16")),
-                        "timeout": 120, "graceful_timeout": 10, "keepalive": 5, "backlog": 2048,
+            settings = {"bind": bind, "workers": workers, "worker_class": cfg.api.worker_class,
+                        # gunicorn quietly turns sync into gthread when threads > 1
+                        "threads": cfg.api.threads if cfg.api.worker_class == "gthread" else 1,
+                        "timeout": cfg.api.timeout,
+                        "graceful_timeout": 10, "keepalive": 5, "backlog": 2048,
                         "accesslog": None, "errorlog": "-", "loglevel": cfg.log_level,
                         "proc_name": "cms-api", "preload_app": False}
             for k, v in settings.items():
