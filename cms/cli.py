@@ -160,7 +160,8 @@ def run(a: argparse.Namespace, c: Client) -> tuple[Any, str]:
         return r, "\n".join(out)
     if a.cmd == "group" and a.sub == "scale":
         r = c.call("POST", f"/v1/groups/{urllib.parse.quote(a.name, safe='')}/scale", body={"replicas": a.replicas})
-        return r, f"asked group {a.name} for {a.replicas} replicas (event {r['event_id']}); the autoscaler applies it"
+        return r, f"asked group {a.name} for {a.replicas} replicas (event {r['event_id']}); the autoscaler applies it on its " \
+                  "next tick, and its policy goes on scaling from there"
     raise Failure("unknown command")
 
 

@@ -11,9 +11,10 @@ What lives here is derived or bookkeeping state: libvirt stays the truth about w
 domains exist (their <metadata> rebuilds the fleet), so losing this file loses history,
 not VMs.
 
-Tables owned by this module: ``samples`` (per-domain utilization) and ``events``
-(scaling decisions, failures, API actions). Other modules add their own tables through
-``Store.ensure_schema``.
+Tables owned by this module: ``samples`` (per-domain utilization), ``events``
+(scaling decisions, failures, API actions) and ``scale_requests`` (a replica count asked
+for through the API, one pending request per group, which the autoscaler consumes). Other
+modules add their own tables through ``Store.ensure_schema``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
+CREATE TABLE IF NOT EXISTS scale_requests (grp TEXT PRIMARY KEY, replicas INTEGER NOT NULL, ts REAL NOT NULL);
 """
 
 
@@ -157,6 +159,25 @@ class Store:
         with self.write() as c:
             return c.execute("DELETE FROM samples WHERE ts < ?", (older_than,)).rowcount
 
+    # -- scale requests -------------------------------------------------------------------
+
+    def request_scale(self, group: str, replicas: int, ts: float | None = None) -> float:
+        """Record a wanted replica count; a newer request replaces a pending one."""
+        ts = ts or time.time()
+        with self.write() as c:
+            c.execute("INSERT INTO scale_requests VALUES (?,?,?) ON CONFLICT(grp) DO UPDATE SET "
+                      "replicas=excluded.replicas, ts=excluded.ts", (group, replicas, ts))
+        return ts
+
+    def scale_requests(self) -> dict[str, tuple[int, float]]:
+        """Pending requests: group -> (replicas, ts)."""
+        return {r["grp"]: (r["replicas"], r["ts"]) for r in self.connect().execute("SELECT * FROM scale_requests")}
+
+    def consume_scale_request(self, group: str, ts: float) -> bool:
+        """Remove the request seen at ts; False if a newer one replaced it meanwhile."""
+        with self.write() as c:
+            return c.execute("DELETE FROM scale_requests WHERE grp=? AND ts=?", (group, ts)).rowcount == 1
+
     # -- events ---------------------------------------------------------------------------
 
     def add_event(self, kind: str, message: str, *, group: str = "", subject: str = "",
@@ -167,7 +188,7 @@ class Store:
             return int(cur.lastrowid or 0)
 
     def events(self, since_id: int = 0, group: str | None = None, kinds: Iterable[str] | None = None,
-               limit: int = 1000) -> list[Event]:
+               limit: int = 1000, newest_first: bool = False) -> list[Event]:
         q = "SELECT * FROM events WHERE id > ?"
         args: list[Any] = [since_id]
         if group is not None:
@@ -177,7 +198,7 @@ class Store:
         if kinds:
             q += f" AND kind IN ({','.join('?' * len(kinds))})"
             args.extend(kinds)
-        q += " ORDER BY id LIMIT ?"
+        q += f" ORDER BY id {'DESC' if newest_first else 'ASC'} LIMIT ?"
         args.append(limit)
         return [Event(r["id"], r["ts"], r["kind"], r["grp"], r["subject"], r["message"], json.loads(r["data"]))
                 for r in self.connect().execute(q, args)]

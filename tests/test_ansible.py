@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,109 @@ def test_hypervisor_play_on_this_machine(tmp_path: Path):
         for cmd in ("pool-destroy", "pool-undefine"):
             subprocess.run(["virsh", "-c", "qemu:///system", cmd, name], capture_output=True, timeout=60, check=False)
         shutil.rmtree(f"/var/lib/cms/test/{name}", ignore_errors=True)
+
+
+# --- the libvirt network ----------------------------------------------------------------
+
+def render_network_xml(tmp_path: Path, overrides: dict) -> str:
+    """roles/libvirt_host's network template rendered by Ansible with the role's defaults
+    (plus overrides), as the role renders it."""
+    out = tmp_path / "network.xml"
+    playbook = tmp_path / "render.yml"
+    playbook.write_text(json.dumps([{
+        "name": "Render the network template",
+        "hosts": "localhost",
+        "gather_facts": False,
+        "vars_files": [str(ROOT / "roles" / "libvirt_host" / "defaults" / "main.yml")],
+        "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}"},
+        "tasks": [{"name": "Render", "ansible.builtin.template": {
+            "src": str(ROOT / "roles" / "libvirt_host" / "templates" / "network.xml.j2"),
+            "dest": str(out), "mode": "0644"}}],
+    }]))
+    run_playbook(["-i", "localhost,", "-c", "local", str(playbook), "-e", json.dumps(overrides)], timeout=120)
+    return out.read_text()
+
+
+@pytest.mark.parametrize("overrides, forward, ips", [
+    # the shipped default: NAT with DHCP on 192.168.150.0/24 (only parsed here, never started)
+    ({}, "nat", [("192.168.150.1", "255.255.255.0", ("192.168.150.10", "192.168.150.250"))]),
+    ({"libvirt_host_network_forward": "isolated", "libvirt_host_network_address": ""}, None, []),
+    ({"libvirt_host_network_forward": "route", "libvirt_host_network_dhcp_start": ""}, "route",
+     [("192.168.150.1", "255.255.255.0", None)]),
+], ids=["default-nat", "isolated", "route-no-dhcp"])
+def test_network_template_parses_in_libvirt(tmp_path: Path, overrides: dict, forward, ips):
+    """The rendered XML is defined on libvirt's test driver and read back."""
+    import libvirt
+
+    xml = render_network_xml(tmp_path, overrides)
+    conn = libvirt.open("test:///default")
+    try:
+        net = conn.networkDefineXML(xml)
+        back = ET.fromstring(net.XMLDesc(0))
+    finally:
+        conn.close()
+    assert back.findtext("name") == "cms"
+    assert back.find("bridge").get("name") == "cmsbr0"
+    fwd = back.find("forward")
+    assert (fwd.get("mode") if fwd is not None else None) == forward
+    got = []
+    for ip in back.findall("ip"):
+        rng = ip.find("dhcp/range")
+        got.append((ip.get("address"), ip.get("netmask"),
+                    (rng.get("start"), rng.get("end")) if rng is not None else None))
+    assert got == ips
+
+
+def _virsh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.real
+@pytest.mark.timeout(600)
+def test_hypervisor_play_defines_an_isolated_network(tmp_path: Path):
+    """The role's network tasks for real, with an isolated network (no addresses, no dnsmasq:
+    nothing touches a private range): defined, active, autostart, its bridge up; a second
+    run and --check change nothing."""
+    import libvirt
+
+    tag = f"{os.getpid() % 100000:05d}"
+    name, bridge = f"cms-nettest-{tag}", f"cmsnt{tag}"
+    work = Path(f"/var/lib/cms/test/{name}")
+    extra = {"libvirt_host_pool_name": name, "libvirt_host_pool_path": str(work / "pool"),
+             "libvirt_host_images_dir": str(work / "images"),
+             "libvirt_host_network_enabled": True, "libvirt_host_network_name": name,
+             "libvirt_host_network_bridge": bridge, "libvirt_host_network_forward": "isolated",
+             "libvirt_host_network_address": ""}
+    args = ["playbooks/site.yml", "--tags", "hypervisor", "-e", json.dumps(extra)]
+    try:
+        out, counts = run_playbook(args, timeout=600)
+        assert counts["localhost"]["failed"] == 0
+        assert counts["localhost"]["changed"] > 0
+        conn = libvirt.open("qemu:///system")
+        try:
+            net = conn.networkLookupByName(name)
+            assert net.isPersistent() and net.isActive() and net.autostart()
+            assert net.bridgeName() == bridge
+            desc = ET.fromstring(net.XMLDesc(0))
+            assert desc.find("forward") is None and desc.find("ip") is None
+        finally:
+            conn.close()
+        link = subprocess.run(["ip", "-j", "addr", "show", "dev", bridge], capture_output=True, text=True,
+                              timeout=30)
+        assert link.returncode == 0, link.stderr
+        info = json.loads(link.stdout)[0]
+        assert info["ifname"] == bridge
+        assert [a for a in info.get("addr_info", []) if a.get("family") == "inet"] == []
+
+        out, counts = run_playbook(args, timeout=600)
+        assert counts["localhost"]["changed"] == 0, changed_tasks(out)
+        out, counts = run_playbook([*args, "--check"], timeout=600)
+        assert counts["localhost"]["changed"] == 0, changed_tasks(out)
+    finally:
+        for cmd in ("net-destroy", "net-undefine"):
+            _virsh(cmd, name)
+        for cmd in ("pool-destroy", "pool-undefine"):
+            _virsh(cmd, name)
+        shutil.rmtree(work, ignore_errors=True)
+    assert _virsh("net-info", name).returncode != 0, "the test network is still defined"
+    assert subprocess.run(["ip", "link", "show", bridge], capture_output=True, timeout=30).returncode != 0

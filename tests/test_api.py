@@ -180,7 +180,8 @@ def test_groups_scale_events_openapi_dashboard(api):
     assert c.simulate_get("/v1/groups/nope").status_code == 404
     assert c.simulate_post("/v1/groups/web/scale", json={"replicas": 2}).status_code == 401
     r = c.simulate_post("/v1/groups/web/scale", json={"replicas": 2}, headers=AUTH)
-    assert r.status_code == 202 and r.json["replicas"] == 2
+    assert r.status_code == 202 and r.json["replicas"] == 2 and r.json["pending"] is True
+    assert deps.store.scale_requests()["web"][0] == 2
     assert c.simulate_get("/v1/groups/web").json["desired_override"]["replicas"] == 2
     assert c.simulate_post("/v1/groups/web/scale", json={"replicas": 99}, headers=AUTH).status_code == 400
     assert c.simulate_post("/v1/groups/web/scale", json={"replicas": "2"}, headers=AUTH).status_code == 400
@@ -189,6 +190,12 @@ def test_groups_scale_events_openapi_dashboard(api):
     assert ev[-1]["kind"] == "scale_request" and ev[-1]["data"] == {"replicas": 2}
     assert c.simulate_get("/v1/events", params={"since_id": ev[-1]["id"]}).json == {"events": []}
     assert c.simulate_get("/v1/events", params={"limit": "0"}).status_code == 400
+    for i in range(30):
+        deps.store.add_event("x", f"filler {i}")
+    newest = c.simulate_get("/v1/events", params={"order": "desc", "limit": "25"}).json["events"]
+    ids = [e["id"] for e in newest]
+    assert len(ids) == 25 and ids == sorted(ids, reverse=True) and newest[0]["message"] == "filler 29"
+    assert c.simulate_get("/v1/events", params={"order": "sideways"}).status_code == 400
     spec = c.simulate_get("/v1/openapi.json").json
     assert spec["openapi"].startswith("3.") and "/v1/vms/{vmid}/migrate" in spec["paths"]
     page = c.simulate_get("/")
@@ -238,3 +245,39 @@ def test_50_parallel_creates_on_nearly_full_hosts(tmp_path, run_dir):
     assert sorted(r["vmid"] for r in rows) == made
     assert {r["domain"]: r["host"] for r in rows} == {d.name: d.host for d in owned}
     assert json.dumps(c.simulate_get("/pm/list").json) == '{"pms": [1, 2]}'
+
+
+def _make_half_made(c, deps, name):
+    """A VM as a worker killed mid-create leaves it: domain and volume made, row 'creating'."""
+    vmid = j(c.simulate_get("/vm/create", params={"name": name, "instance_type": "1"}))["vmid"]
+    assert vmid > 0
+    with deps.store.write() as db:
+        db.execute("UPDATE api_vms SET state='creating', host='', created=created-100000 WHERE vmid=?", (vmid,))
+    return vmid
+
+
+def test_a_half_made_create_is_reaped_when_a_worker_starts(tmp_path, run_dir):
+    hosts = [write_node_xml(tmp_path / "a.xml", cpus=4, memory_kib=4 << 20),
+             write_node_xml(tmp_path / "b.xml", cpus=2, memory_kib=2 << 20)]
+    c, deps = build(tmp_path, hosts=hosts)
+    try:
+        vmid = _make_half_made(c, deps, "ghost")
+        assert j(c.simulate_get("/vm/create", params={"name": "ghost", "instance_type": "1"})) == {"vmid": 0}
+        assert any(d.name == f"cms-vm-{vmid}" for d in deps.fleet.owned())
+        c2 = falcon.testing.TestClient(create_app(deps))      # a new worker on the same state
+        assert not any(d.name == f"cms-vm-{vmid}" for d in deps.fleet.owned())
+        vols = deps.fleet.host("pm1").list_volumes("cms") + deps.fleet.host("pm2").list_volumes("cms")
+        assert f"cms-vm-{vmid}.qcow2" not in vols
+        assert [e.data["vmid"] for e in deps.store.events(kinds=["vm_create_reaped"])] == [vmid]
+        assert j(c2.simulate_get("/vm/create", params={"name": "ghost", "instance_type": "1"}))["vmid"] > vmid
+    finally:
+        deps.fleet.close()
+
+
+def test_a_half_made_create_stays_while_a_host_is_down(api):
+    c, deps = api                                           # pm3 is unreachable
+    vmid = _make_half_made(c, deps, "ghost")
+    falcon.testing.TestClient(create_app(deps))
+    row = deps.store.connect().execute("SELECT state FROM api_vms WHERE vmid=?", (vmid,)).fetchone()
+    assert row["state"] == "creating"         # the name stays held: its domain could be on pm3
+    assert deps.store.events(kinds=["vm_create_reaped"]) == []

@@ -318,3 +318,35 @@ def test_sd_notify_ready_and_stopping_on_an_abstract_socket(tmp_path, run_dir, m
         assert got[0] == "READY=1" and "WATCHDOG=1" in got and got[-1] == "STOPPING=1"
     finally:
         srv.close()
+
+
+def test_scale_request_from_the_api_is_applied_then_the_policy_goes_on(env):
+    cfg, fleet, new = env
+    s = new()
+    s.metrics.load = 0.5                                   # between low and high: the policy holds
+    run_until(s, lambda: len(ready_names(s)) == 1, what="first replica ready")
+    s.store.request_scale(G, 3)
+    run_until(s, lambda: len(ready_names(s)) == 3, what="three replicas after the request")
+    assert s.store.scale_requests() == {}, "the request was consumed"
+    ev = s.store.events(kinds=["scale_override"])
+    assert len(ev) == 1 and ev[0].data == {"asked": 3, "desired": 3, "previous": 1}
+    assert s.store.events(kinds=["decision"]) == []
+    s.store.request_scale(G, 99)                           # outside min..max: clamped to max
+    s.tick()
+    assert s.desired[G] == 3 and s.store.events(kinds=["scale_override"])[-1].data["desired"] == 3
+    s.store.request_scale(G, 1)
+    run_until(s, lambda: len(fleet.owned(G)) == 1, what="back to one replica")
+    # after the request's cooldown the policy acts again from the new count
+    s.metrics.load = 0.95
+    run_until(s, lambda: len(ready_names(s)) == 2, what="policy scale-out after the request")
+    assert "scale_out" in s.store.events(kinds=["decision"])[-1].message
+
+
+def test_dry_run_leaves_scale_requests_pending(env):
+    cfg, fleet, new = env
+    s = new(dry_run=True)
+    s.store.request_scale(G, 2)
+    for _ in range(3):
+        s.tick()
+    assert s.store.scale_requests()[G][0] == 2
+    assert fleet.owned(G) == []

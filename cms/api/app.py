@@ -323,7 +323,10 @@ class V1Events:
     def on_get(self, req, resp):
         since = req.get_param_as_int("since_id", min_value=0, max_value=MAX_ID, default=0)
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
-        resp.media = {"events": self.svc.events(since, limit, req.get_param("group"))}
+        order = req.get_param("order", default="asc")
+        if order not in ("asc", "desc"):
+            raise Invalid("order must be asc or desc")
+        resp.media = {"events": self.svc.events(since, limit, req.get_param("group"), newest_first=order == "desc")}
 
 
 class OpenApi:

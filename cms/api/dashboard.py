@@ -33,19 +33,19 @@ function table(el, head, rows){
 async function get(p){ const r=await fetch(p,{cache:"no-store"}); if(!r.ok) throw new Error(p+': '+r.status); return r.json(); }
 async function tick(){
   try{
-    const [h,g,v,e]=await Promise.all([get('/v1/hosts'),get('/v1/groups'),get('/v1/vms'),get('/v1/events?limit=1000')]);
+    const [h,g,v,e]=await Promise.all([get('/v1/hosts'),get('/v1/groups'),get('/v1/vms'),get('/v1/events?order=desc&limit=25')]);
     table('hosts',['pmid','name','uri','state','vCPU used / free','RAM MiB (cap / free)','disk GiB (cap / free)','VMs'],
       h.hosts.map(x=>[x.pmid,esc(x.name),esc(x.uri),x.up?'<span class="ok">up</span>':'<span class="down">down</span>',
         x.used.vcpus+' / '+x.free.cpu, x.capacity.ram+' / '+x.free.ram, x.capacity.disk+' / '+x.free.disk, x.vms]));
     document.getElementById('groups').innerHTML = g.groups.map(gr=>{
       const rows = gr.replicas.map(r=>'<tr><td>'+esc(r.name)+'</td><td>'+esc(r.host)+'</td><td>'+esc(r.state)+'</td><td>'+spark(r.cpu)+'</td></tr>').join('');
       return '<h3>'+esc(gr.name)+' <span class="muted">('+gr.replicas.length+' replicas, min '+gr.min+', max '+gr.max+
-        ', policy '+esc(gr.policy.name)+(gr.desired_override?', asked '+gr.desired_override.replicas:'')+')</span></h3>'+
+        ', policy '+esc(gr.policy.name)+(gr.desired_override?', asked for '+gr.desired_override.replicas+' (pending)':'')+')</span></h3>'+
         '<table><tr><th>replica</th><th>host</th><th>state</th><th>CPU</th></tr>'+(rows||'<tr><td colspan="4" class="muted">no replicas</td></tr>')+'</table>';
     }).join('') || '<p class="muted">no groups</p>';
     table('vms',['vmid','name','type','pmid','domain','state'],
       v.vms.map(x=>[x.vmid,esc(x.name),x.instance_type,x.pmid,esc(x.domain),esc(x.state)]));
-    const ev=e.events.slice(-25).reverse();
+    const ev=e.events;
     table('events',['id','time','kind','group','subject','message'],
       ev.map(x=>[x.id,new Date(x.ts*1000).toLocaleTimeString(),esc(x.kind),esc(x.group),esc(x.subject),esc(x.message)]));
     document.getElementById('status').textContent='updated '+new Date().toLocaleTimeString();

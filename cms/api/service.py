@@ -8,7 +8,8 @@ Tables (added with Store.ensure_schema):
   api_types   the types_file, imported at start
   api_images  the image_file, imported at start (ids 100, 101, … in file order)
   api_pms     the configured hosts (pmid = position in cms.toml = line order in pm_file)
-  group_overrides  desired replica counts asked through POST /v1/groups/{name}/scale
+Scale requests (POST /v1/groups/{name}/scale) go to the store's scale_requests table, which
+the autoscaler consumes on its next tick.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ CREATE TABLE IF NOT EXISTS api_types (tid INTEGER PRIMARY KEY, cpu INTEGER NOT N
     disk INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS api_images (id INTEGER PRIMARY KEY, name TEXT NOT NULL, path TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS api_pms (pmid INTEGER PRIMARY KEY, name TEXT NOT NULL, uri TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS group_overrides (grp TEXT PRIMARY KEY, replicas INTEGER NOT NULL, ts REAL NOT NULL);
 """
 
 
@@ -85,6 +85,7 @@ class Service:
         self.cfg, self.store, self.fleet, self.sched = deps.cfg, deps.store, deps.fleet, deps.scheduler
         self.store.ensure_schema(SCHEMA)
         self._import_inventory()
+        self.reap_stale_creates(self.cfg.api.timeout)
 
     # -- inventory ------------------------------------------------------------------------------
 
@@ -186,6 +187,35 @@ class Service:
                              data={"vmid": vmid, "host": sp.host, "type": tid, "image": img["id"]})
         return self.vm(vmid, full=True)
 
+    def reap_stale_creates(self, older_than_s: float) -> list[int]:
+        """Finish creates that a dead worker left half done.
+
+        A create reserves its row ('creating') before it touches libvirt and marks it
+        'active' at the end, so a worker killed in between (gunicorn's api.timeout, a crash,
+        a restart) leaves the row holding the name, and perhaps a volume or a domain
+        cms-vm-N. No live call can be older than api.timeout, so a 'creating' row older than
+        that is removed with whatever exists of its domain on every host. A row stays while
+        any host is unreachable, since its domain may be there. Runs when a worker starts.
+        """
+        rows = self.store.connect().execute(
+            "SELECT vmid, name, host FROM api_vms WHERE state='creating' AND created < ?",
+            (time.time() - older_than_s,)).fetchall()
+        reaped = []
+        for r in rows:
+            domain = f"cms-vm-{r['vmid']}"
+            try:
+                for hname in self.fleet.hosts:
+                    self.fleet.remove(hname, domain)          # idempotent: absent parts are skipped
+            except errors.CmsError as exc:
+                log.warning("half-made VM %s (%s) stays for now: %s", r["name"], domain, exc)
+                continue
+            with self.store.write() as c:
+                c.execute("DELETE FROM api_vms WHERE vmid=? AND state='creating'", (r["vmid"],))
+            self.store.add_event("vm_create_reaped", f"VM {r['name']} ({domain}) was left half made by a "
+                                 "worker that died; removed", subject=r["name"], data={"vmid": r["vmid"]})
+            reaped.append(r["vmid"])
+        return reaped
+
     def vm(self, vmid: int, full: bool = False) -> dict[str, Any]:
         return self._vm_json(self._row(vmid), full)
 
@@ -275,12 +305,12 @@ class Service:
             replicas.append({"name": d.name, "host": d.host, "pmid": self.sched.pmid(d.host), "state": d.state,
                              "vcpus": d.vcpus, "memory_mib": d.memory_mib, "created": d.meta.created,
                              "cpu": cpu.get(d.name, [])[-60:]})
-        ov = self.store.connect().execute("SELECT replicas, ts FROM group_overrides WHERE grp=?", (name,)).fetchone()
+        ov = self.store.scale_requests().get(name)
         policy = {"name": gc.policy, "cooldown_s": gc.cooldown_s, "warmup_s": gc.warmup_s}
         policy.update(vars(gc.threshold) if gc.policy == "threshold" else vars(gc.target))
         return {"name": name, "min": gc.min, "max": gc.max, "vcpus": gc.vcpus, "memory_mib": gc.memory_mib,
                 "policy": policy, "replicas": replicas,
-                "desired_override": None if ov is None else {"replicas": ov["replicas"], "ts": ov["ts"]}}
+                "desired_override": None if ov is None else {"replicas": ov[0], "ts": ov[1]}}
 
     def groups(self) -> list[dict[str, Any]]:
         return [self.group(g) for g in self.cfg.groups]
@@ -291,15 +321,13 @@ class Service:
             raise Unknown(f"no group {name!r}")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not gc.min <= replicas <= gc.max:
             raise Invalid(f"replicas must be an integer from {gc.min} to {gc.max} (the group's min and max)")
-        now = time.time()
-        with self.store.write() as c:
-            c.execute("INSERT INTO group_overrides VALUES (?,?,?) ON CONFLICT(grp) DO UPDATE SET "
-                      "replicas=excluded.replicas, ts=excluded.ts", (name, replicas, now))
-        eid = self.store.add_event("scale_request", f"desired replicas of {name} set to {replicas} through the API",
-                                   group=name, data={"replicas": replicas})
-        return {"group": name, "replicas": replicas, "event_id": eid}
+        self.store.request_scale(name, replicas)
+        eid = self.store.add_event("scale_request", f"{replicas} replicas of {name} asked through the API; "
+                                   "the autoscaler applies it on its next tick", group=name, data={"replicas": replicas})
+        return {"group": name, "replicas": replicas, "event_id": eid, "pending": True}
 
-    def events(self, since_id: int, limit: int, group: str | None = None) -> list[dict[str, Any]]:
+    def events(self, since_id: int, limit: int, group: str | None = None,
+               newest_first: bool = False) -> list[dict[str, Any]]:
         return [{"id": e.id, "ts": e.ts, "kind": e.kind, "group": e.group, "subject": e.subject,
                  "message": e.message, "data": e.data}
-                for e in self.store.events(since_id=since_id, group=group, limit=limit)]
+                for e in self.store.events(since_id=since_id, group=group, limit=limit, newest_first=newest_first)]

@@ -167,6 +167,7 @@ class Autoscaler:
             self.adopted = True
         self._sync(observed)
         self._measure(observed, now)
+        self._take_scale_requests(now)
         for g, gc in self.groups.items():
             try:
                 self._reconcile(g, gc, now)
@@ -343,6 +344,34 @@ class Autoscaler:
                 log.warning("could not store samples: %s", exc)
 
     # -- per group ------------------------------------------------------------------------
+
+    def _take_scale_requests(self, now: float) -> None:
+        """Apply replica counts asked through the API (POST /v1/groups/{name}/scale).
+
+        Decision: a request sets the group's desired count once, like scaling a deployment
+        by hand under an autoscaler. The request also counts as a scaling action, so the
+        group's cooldown keeps the policy from undoing it at once; after that the policy
+        goes on from the new count. A request outside the group's current min..max is
+        clamped. A dry run leaves requests pending.
+        """
+        try:
+            pending = self.store.scale_requests()
+        except Exception as exc:  # noqa: BLE001 - the state file is optional to scaling
+            log.warning("could not read scale requests: %s", exc)
+            return
+        for g, (replicas, ts) in pending.items():
+            gc = self.groups.get(g)
+            if gc is None or self.dry_run:
+                continue  # another daemon's group, or nothing may change
+            want = max(gc.min, min(gc.max, replicas))
+            if not self.store.consume_scale_request(g, ts):
+                continue  # replaced by a newer one meanwhile: the next tick takes that
+            before = self.desired.get(g)
+            self.desired[g] = want
+            self.last_action[g] = now
+            self.recommendations[g].clear()
+            self._event("scale_override", g, "", f"asked through the API: {before} -> {want} replicas",
+                        asked=replicas, desired=want, previous=before)
 
     def _reconcile(self, g: str, gc: GroupConfig, now: float) -> None:
         with self.lock:
