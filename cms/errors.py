@@ -35,12 +35,20 @@ class AlreadyExists(VirtError):
     """A domain or volume of that name exists already."""
 
 
+class Unsupported(VirtError):
+    """The host's hypervisor driver cannot do this at all (e.g. migrate on the test driver)."""
+
+
 class NoSpace(VirtError):
     """The storage pool or host has no room for the request."""
 
 
 class ImageMissing(VirtError):
     """The golden image (or its kernel/initrd) is not where the configuration says."""
+
+
+class BeyondMaximum(CmsError):
+    """A resize past the vCPUs or memory the domain was defined with at most."""
 
 
 class PlacementError(CmsError):

@@ -158,13 +158,17 @@ class Scheduler:
         """Vertical scaling in place: growth must fit the host under the placement rules."""
         with self.fleet.spawn_lock():
             d = self.find(name)
+            h = self.fleet.host(d.host)
+            max_vcpus, max_mib = h.limits(name)
+            if (vcpus or 0) > max_vcpus or (memory_mib or 0) > max_mib:
+                raise errors.BeyondMaximum(f"{name} was defined with at most {max_vcpus} vCPUs and {max_mib} MiB; "
+                                           f"resize within that")
             grow = Request(max(0, (vcpus or d.vcpus) - d.vcpus), max(0, (memory_mib or d.memory_mib) - d.memory_mib))
             if grow.vcpus or grow.memory_mib:
                 load = self.host_state(d.host)[0]
                 if not load.up or vcpu_room(load, self.rules) < grow.vcpus or ram_room(load, self.rules) < grow.memory_mib:
                     raise errors.PlacementError(f"host {d.host} has no room to grow {name} by "
                                                 f"{grow.vcpus} vCPU / {grow.memory_mib} MiB; migrate it first")
-            h = self.fleet.host(d.host)
             if vcpus and vcpus != d.vcpus:
                 h.set_vcpus(name, vcpus)
             if memory_mib and memory_mib != d.memory_mib:

@@ -151,11 +151,20 @@ def test_v1_crud_auth_and_errors(api):
     r = c.simulate_post(f"/v1/vms/{vm['vmid']}/resize", json={"vcpus": 2}, headers=AUTH)
     assert r.status_code == 200 and r.json["vcpus"] == 2, r.text
     r = c.simulate_post(f"/v1/vms/{vm['vmid']}/resize", json={"vcpus": 64}, headers=AUTH)
+    assert r.status_code == 400 and "at most 2 vCPUs and 1024 MiB" in r.json["description"], r.text
+    r = c.simulate_post(f"/v1/vms/{vm['vmid']}/resize", json={"memory_mib": 1025}, headers=AUTH)
+    assert r.status_code == 400
+    # within its maximum but beyond the host: pm1 (4 CPUs, no overcommit) holds a1's 2 and filler's 2
+    filler = c.simulate_post("/v1/vms", json={"name": "filler", "instance_type": 2}, headers=AUTH).json
+    assert filler["pmid"] == 1
+    r = c.simulate_post(f"/v1/vms/{filler['vmid']}/resize", json={"vcpus": 4}, headers=AUTH)
     assert r.status_code == 409 and "no room" in r.json["description"]
+    assert c.simulate_delete(f"/v1/vms/{filler['vmid']}", headers=AUTH).status_code == 200
     assert c.simulate_post(f"/v1/vms/{vm['vmid']}/resize", json={}, headers=AUTH).status_code == 400
-    # the test driver cannot migrate: the error comes back clean, the VM stays where it was
+    # the test driver cannot migrate: a clean 409 (permanent for this host, not a 5xx to
+    # retry), and the VM stays where it was
     r = c.simulate_post(f"/v1/vms/{vm['vmid']}/migrate", json={}, headers=AUTH)
-    assert r.status_code == 502 and set(r.json) == {"title", "description"}, r.text
+    assert r.status_code == 409 and r.json["title"] == "Not supported by the host", r.text
     assert c.simulate_post(f"/v1/vms/{vm['vmid']}/migrate", json={"pmid": 99}, headers=AUTH).status_code == 404
     assert c.simulate_post(f"/v1/vms/{vm['vmid']}/migrate", json={"pmid": 3}, headers=AUTH).status_code == 409
     assert c.simulate_get(f"/v1/vms/{vm['vmid']}").json["host"] == "pm1"

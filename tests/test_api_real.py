@@ -136,3 +136,56 @@ def test_schemathesis_against_the_live_openapi(live_api):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=live_api["tmp"])  # st keeps state in .schemathesis/ of its cwd
     report.write_text(r.stdout + r.stderr)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+
+
+def test_schemathesis_with_a_token_on_test_hosts(tmp_path):
+    """The mutating /v1 calls fuzzed with a valid token: on libvirt test:/// hosts only (one
+    gunicorn worker, so one test driver state), where a created VM costs nothing."""
+    t1 = write_node_xml(tmp_path / "n1.xml", cpus=8, memory_kib=16 << 20)
+    t2 = write_node_xml(tmp_path / "n2.xml", cpus=8, memory_kib=16 << 20)
+    (tmp_path / "image_file").write_text("/srv/fuzz-image.qcow2\n")
+    (tmp_path / "types_file").write_text(json.dumps({"types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}]}))
+    port = free_port()
+    (tmp_path / "cms.toml").write_text(f"""
+state_db = "{tmp_path}/state.db"
+log_level = "warning"
+[libvirt]
+domain_type = "qemu"
+[api]
+bind = "127.0.0.1:{port}"
+workers = 1
+token = "{TOKEN}"
+[[hosts]]
+name = "t1"
+uri = "{t1}"
+[[hosts]]
+name = "t2"
+uri = "{t2}"
+""")
+    env = {**os.environ, "CMS_RUN_DIR": str(tmp_path / "run")}
+    env.pop("CMS_CONFIG", None)
+    log = open(tmp_path / "api.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "cms.api.serve", "--config", str(tmp_path / "cms.toml")],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up():
+            try:
+                return get(url + "/vm/types", timeout=2)
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "api.log").read_text()
+                return None
+        wait_until(up, 60, what="cms-api to answer")
+        cmd = [str(Path(sys.executable).parent / "st"), "run", f"{url}/v1/openapi.json", "--url", url,
+               "-H", f"Authorization: Bearer {TOKEN}",
+               "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+               "--max-examples", "25", "--workers", "1"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+        # it did reach the mutating calls with the token: VMs were made (and perhaps removed)
+        events = get(url + "/v1/events?limit=1000")["events"]
+        assert any(e["kind"] == "vm_create" for e in events), [e["kind"] for e in events][:50]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

@@ -15,7 +15,8 @@ client of the spec expects; the reason is logged and (for create) recorded as an
 Never a 500: the responders catch everything.
 
 /v1 answers errors as ``{"title": ..., "description": ...}`` with a 4xx status (503 when a
-host is unreachable, 502 when libvirt refuses an action), mapped once below.
+host is unreachable, 502 when libvirt fails an action it supports; 409 when the host's driver
+cannot do it at all, since retrying will not help), mapped once below.
 Mutating /v1 calls need ``Authorization: Bearer <api.token>``; with no token configured
 they are refused with 403.
 """
@@ -385,6 +386,7 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_error_handler(errors.AlreadyExists, _raise(falcon.HTTP_409, "Already exists"))
     app.add_error_handler(errors.PlacementError, _raise(falcon.HTTP_409, "No capacity"))
     app.add_error_handler(errors.NoSpace, _raise(falcon.HTTP_409, "No capacity"))
+    app.add_error_handler(errors.Unsupported, _raise(falcon.HTTP_409, "Not supported by the host"))
     app.add_error_handler(errors.VirtError, _raise(falcon.HTTP_502, "Hypervisor refused"))
     app.add_error_handler(errors.HostUnreachable, _raise(falcon.HTTP_503, "Host unreachable"))
     return app

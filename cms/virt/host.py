@@ -65,6 +65,7 @@ _NOT_FOUND = {
     libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL,
     libvirt.VIR_ERR_NO_NETWORK,
 }
+_UNSUPPORTED = {libvirt.VIR_ERR_NO_SUPPORT, getattr(libvirt, "VIR_ERR_ARGUMENT_UNSUPPORTED", -1)}
 _EXISTS = {libvirt.VIR_ERR_DOM_EXIST, getattr(libvirt, "VIR_ERR_STORAGE_VOL_EXIST", -1)}
 _LINK_DOWN = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_SYSTEM_ERROR,
               libvirt.VIR_ERR_RPC, getattr(libvirt, "VIR_ERR_AUTH_FAILED", -1)}
@@ -83,6 +84,8 @@ def translate(exc: "libvirt.libvirtError", host: str, obj: str) -> errors.VirtEr
         return errors.NoSpace(msg, host, obj)
     if code in _LINK_DOWN or "unable to connect" in low or "end of file while reading" in low:
         return errors.HostUnreachable(msg, host, obj)
+    if code in _UNSUPPORTED:
+        return errors.Unsupported(msg, host, obj)
     return errors.VirtError(msg, host, obj)
 
 
@@ -568,23 +571,34 @@ class Host:
 
     # -- vertical scaling and migration ---------------------------------------------------
 
-    def set_vcpus(self, name: str, vcpus: int, live: bool = True) -> None:
-        """Change the vCPU count, live when running (up to the domain's maximum) and in its config."""
+    def limits(self, name: str) -> tuple[int, int]:
+        """The most vCPUs and MiB the domain was defined with: a live resize stays within them."""
         with self._call(f"domain {name}") as c:
             dom = self._dom(c, name)
-            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            vmax = dom.vcpusFlags(libvirt.VIR_DOMAIN_VCPU_MAXIMUM | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+            return int(vmax), int(dom.maxMemory()) // 1024
+
+    def _live_then_config(self, name: str, setter: str, value: int, live: bool) -> None:
+        """Apply a change to the running domain (when it runs), then to its persistent config.
+
+        Two calls rather than AFFECT_LIVE | AFFECT_CONFIG in one: some drivers (the test
+        driver among them) refuse the two flags together. The live change goes first, as it
+        is the one that can be refused (the guest's balloon, hot-plug limits); the config is
+        then made to match it.
+        """
+        with self._call(f"domain {name}") as c:
+            dom = self._dom(c, name)
             if live and dom.isActive():
-                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
-            dom.setVcpusFlags(vcpus, flags)
+                getattr(dom, setter)(value, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            getattr(dom, setter)(value, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    def set_vcpus(self, name: str, vcpus: int, live: bool = True) -> None:
+        """Change the vCPU count, live when running (up to the domain's maximum) and in its config."""
+        self._live_then_config(name, "setVcpusFlags", vcpus, live)
 
     def set_memory(self, name: str, memory_mib: int, live: bool = True) -> None:
         """Change the current memory through the balloon (up to the domain's maximum)."""
-        with self._call(f"domain {name}") as c:
-            dom = self._dom(c, name)
-            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
-            if live and dom.isActive():
-                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
-            dom.setMemoryFlags(memory_mib * 1024, flags)
+        self._live_then_config(name, "setMemoryFlags", memory_mib * 1024, live)
 
     def migrate(self, name: str, dest: "Host", live: bool = True) -> None:
         """Live-migrate a domain to another host, keeping it defined only there.
