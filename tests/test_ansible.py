@@ -152,16 +152,15 @@ def test_missing_token_is_named():
 
 # --- the local path, run for real -------------------------------------------------------
 
-@pytest.fixture
-def local_deploy(tmp_path: Path):
-    """Extra vars putting every path of the controller role under tmp_path; stops what it starts."""
-    prefix = tmp_path / "cms"
+def controller_vars(prefix: Path, wheelhouse: Path) -> dict:
+    """Extra vars putting every path of the controller role under prefix, on free ports,
+    with the services run as background processes (no systemd here)."""
     api_port, pub_port, snap_port = free_port(), free_port(), free_port()
-    extra = {
+    return {
         "cms_controller_service_manager": "local",
         "cms_controller_python": "/usr/bin/python3",
         "cms_controller_venv": str(prefix / "venv"),
-        "cms_controller_wheelhouse": str(build_wheelhouse(tmp_path / "wheelhouse")),
+        "cms_controller_wheelhouse": str(wheelhouse),
         "cms_controller_wheelhouse_dest": str(prefix / "wheelhouse"),
         "cms_controller_config_dir": str(prefix / "etc"),
         "cms_controller_state_dir": str(prefix / "state"),
@@ -170,22 +169,41 @@ def local_deploy(tmp_path: Path):
         "cms_controller_unit_dir": str(prefix / "units"),
         "cms_controller_install_units": True,
         "cms_controller_golden_image": str(prefix / "images" / "golden.qcow2"),
-        "cms_controller_hosts": [{"name": "local", "uri": "test:///default"}],
         "cms_controller_api_bind": f"127.0.0.1:{api_port}",
         "cms_controller_api_workers": 1,
         "cms_controller_zmq_publish": f"tcp://127.0.0.1:{pub_port}",
         "cms_controller_zmq_snapshot": f"tcp://127.0.0.1:{snap_port}",
-        # no replicas: the test driver host has nothing to run them on
+        # no replicas: the tests create none through the autoscaler
         "cms_controller_settings": {"groups": {"web": {"min": 0}}},
     }
-    vars_file = tmp_path / "vars.json"
-    vars_file.write_text(json.dumps(extra))
-    yield {"prefix": prefix, "vars": vars_file, "api_port": api_port, "extra": extra}
+
+
+def stop_local_services(prefix: Path) -> None:
+    """Stop what the controller role started in local mode under prefix."""
     for svc in ("cms-api", "cms-autoscaler"):
         pidfile = prefix / "run" / f"{svc}.pid"
         if pidfile.exists():
             subprocess.run(["start-stop-daemon", "--stop", "--oknodo", "--pidfile", str(pidfile),
                             "--retry", "TERM/20/KILL/5", "--remove-pidfile"], timeout=60, check=False)
+
+
+def api_get(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture
+def local_deploy(tmp_path: Path):
+    """Extra vars putting every path of the controller role under tmp_path; stops what it starts."""
+    prefix = tmp_path / "cms"
+    extra = controller_vars(prefix, build_wheelhouse(tmp_path / "wheelhouse"))
+    # the test driver host: the services run without a hypervisor to run replicas on
+    extra["cms_controller_hosts"] = [{"name": "local", "uri": "test:///default"}]
+    api_port = int(extra["cms_controller_api_bind"].rsplit(":", 1)[1])
+    vars_file = tmp_path / "vars.json"
+    vars_file.write_text(json.dumps(extra))
+    yield {"prefix": prefix, "vars": vars_file, "api_port": api_port, "extra": extra}
+    stop_local_services(prefix)
 
 
 def _alive(pidfile: Path) -> bool:
