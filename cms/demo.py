@@ -58,6 +58,7 @@ DEMO_SCHEDULE = "low:30s,high:120s,low:75s"
 LOW_FACTOR = 0.3
 HIGH_FACTOR = 1.8
 CLIENT_CONNS = 4  # connections the load client keeps per replica (and calibration uses)
+CAL_BURSTS, CAL_BURST_S, CAL_GAP_S, CAL_SKIP_S = 4, 2.5, 2.0, 0.5
 
 
 def say(msg: str) -> None:
@@ -235,33 +236,44 @@ class Demo:
         raise CmsError(f"no replica became ready within {timeout:.0f} s; see {self.out / 'autoscaler.log'}")
 
     def calibrate(self, endpoint: str) -> float:
-        """Requests/s one replica serves at the demo's cost: 8 s at CLIENT_CONNS concurrent
-        requests, as many as the load client will keep open to one replica."""
+        """Requests/s one replica serves at the demo's cost, at CLIENT_CONNS concurrent
+        requests (as many as the load client keeps open to one replica).
+
+        In CAL_BURSTS bursts of CAL_BURST_S with CAL_GAP_S idle between them: every
+        scale-out window (4 s) then holds an idle tick, so the autoscaler's per-tick guard
+        keeps the calibration itself from scaling the group out and back in before the
+        load starts. The first CAL_SKIP_S of each burst (connections warming up) is left out.
+        """
         import http.client
         import threading
         host, port = endpoint.rsplit(":", 1)
-        done = []
-        stop = time.monotonic() + 8.0
+        counted = 0
+        measured = 0.0
+        say(f"calibrating: {CAL_BURSTS} bursts of {CAL_BURST_S:g} s of saturating load on the first replica")
+        for _ in range(CAL_BURSTS):
+            done: list[float] = []
+            t0 = time.monotonic()
+            stop = t0 + CAL_BURST_S
 
-        def worker() -> None:
-            conn = http.client.HTTPConnection(host, int(port), timeout=30)
-            while time.monotonic() < stop:
-                conn.request("GET", f"/work?payload=calibrate&cost={self.args.cost}")
-                r = conn.getresponse()
-                r.read()
-                if r.status == 200:
-                    done.append(time.monotonic())
+            def worker() -> None:
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                while time.monotonic() < stop:
+                    conn.request("GET", f"/work?payload=calibrate&cost={self.args.cost}")
+                    r = conn.getresponse()
+                    r.read()
+                    if r.status == 200:
+                        done.append(time.monotonic())
+                conn.close()
 
-        say("calibrating: 8 s of saturating load on the first replica")
-        t0 = time.monotonic()
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(CLIENT_CONNS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(40)
-        # skip the first second (connections warming up)
-        n = sum(1 for t in done if t - t0 > 1.0)
-        rate = n / max(1e-3, min(time.monotonic(), stop) - t0 - 1.0)
+            threads = [threading.Thread(target=worker, daemon=True) for _ in range(CLIENT_CONNS)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(40)
+            counted += sum(1 for t in done if t0 + CAL_SKIP_S < t <= stop)
+            measured += CAL_BURST_S - CAL_SKIP_S
+            time.sleep(CAL_GAP_S)
+        rate = counted / measured
         if rate <= 0:
             raise CmsError("calibration got no answer from the first replica")
         return rate

@@ -44,6 +44,10 @@ def test_scale_out_happened_during_high_load(demo_run):
     high_end = next(ts for ts, m in modes if m == "low" and ts > high_start)
     # ...and before the high phase ended
     assert r["load_step_to_decision_s"] <= high_end - high_start
+    # the calibration before the load (bursts with idle gaps) made no scaling decision
+    load_start = modes[0][0]
+    early = [e for e in summary["events"] if e["kind"] == "decision" and e["ts"] < load_start]
+    assert early == [], early
 
 
 def test_client_used_the_new_replica_within_a_second(demo_run):
