@@ -6,8 +6,10 @@ Also schemathesis against /v1/openapi.json and the `cms` CLI (tests/test_cli.py 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -29,6 +31,34 @@ def get(url: str, timeout: float = 60) -> dict:
         return json.loads(r.read())
 
 
+@contextlib.contextmanager
+def served(tmp: Path, config: str):
+    """cms-api (gunicorn) on this config until the block ends; yields its URL."""
+    (tmp / "cms.toml").write_text(config)
+    port = re.search(r'bind = "127\.0\.0\.1:(\d+)"', config).group(1)
+    env = {**os.environ, "CMS_RUN_DIR": str(tmp / "run")}
+    env.pop("CMS_CONFIG", None)
+    log = open(tmp / "api.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "cms.api.serve", "--config", str(tmp / "cms.toml")],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return get(url + "/vm/types", timeout=2)
+        except OSError:
+            assert proc.poll() is None, (tmp / "api.log").read_text()
+            return None
+
+    try:
+        wait_until(up, 60, what="cms-api to answer")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
 @pytest.fixture(scope="module")
 def live_api(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api")
@@ -43,7 +73,7 @@ def live_api(tmp_path_factory):
         {"tid": 1, "cpu": 1, "ram": 256, "disk": 1}, {"tid": 2, "cpu": 1, "ram": 1024, "disk": 1}]}))
     from cms.inventory import hosts_toml, parse_pm_file
     port = free_port()
-    (tmp / "cms.toml").write_text(f"""
+    config = f"""
 state_db = "{tmp}/state.db"
 [libvirt]
 domain_type = "auto"
@@ -60,26 +90,9 @@ algorithm = "first_fit"
 cpu_overcommit = 16.0
 ram_reserve_mib = 512
 {hosts_toml(parse_pm_file(tmp / "pm_file"))}
-""")
-    env = {**os.environ, "CMS_RUN_DIR": str(tmp / "run")}
-    env.pop("CMS_CONFIG", None)
-    log = open(tmp / "api.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "cms.api.serve", "--config", str(tmp / "cms.toml")],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def up():
-        try:
-            return get(url + "/vm/types", timeout=2)
-        except OSError:
-            assert proc.poll() is None, (tmp / "api.log").read_text()
-            return None
-
-    wait_until(up, 60, what="cms-api to answer")
-    yield {"url": url, "tmp": tmp, "pool": pool, "proc": proc}
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+"""
+    with served(tmp, config) as url:
+        yield {"url": url, "tmp": tmp, "pool": pool}
     h = Host("local", "qemu:///system")
     for d in h.owned_domains():
         if d.meta.role == "vm" and pool in "".join(h.conn().lookupByName(d.name).XMLDesc(0).split()):
@@ -146,7 +159,7 @@ def test_schemathesis_with_a_token_on_test_hosts(tmp_path):
     (tmp_path / "image_file").write_text("/srv/fuzz-image.qcow2\n")
     (tmp_path / "types_file").write_text(json.dumps({"types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}]}))
     port = free_port()
-    (tmp_path / "cms.toml").write_text(f"""
+    config = f"""
 state_db = "{tmp_path}/state.db"
 log_level = "warning"
 [libvirt]
@@ -161,21 +174,8 @@ uri = "{t1}"
 [[hosts]]
 name = "t2"
 uri = "{t2}"
-""")
-    env = {**os.environ, "CMS_RUN_DIR": str(tmp_path / "run")}
-    env.pop("CMS_CONFIG", None)
-    log = open(tmp_path / "api.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "cms.api.serve", "--config", str(tmp_path / "cms.toml")],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def up():
-            try:
-                return get(url + "/vm/types", timeout=2)
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "api.log").read_text()
-                return None
-        wait_until(up, 60, what="cms-api to answer")
+"""
+    with served(tmp_path, config) as url:
         cmd = [str(Path(sys.executable).parent / "st"), "run", f"{url}/v1/openapi.json", "--url", url,
                "-H", f"Authorization: Bearer {TOKEN}",
                "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
@@ -185,7 +185,3 @@ uri = "{t2}"
         # it did reach the mutating calls with the token: VMs were made (and perhaps removed)
         events = get(url + "/v1/events?limit=1000")["events"]
         assert any(e["kind"] == "vm_create" for e in events), [e["kind"] for e in events][:50]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
