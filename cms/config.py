@@ -44,6 +44,11 @@ class HostConfig:
     """A hypervisor host cms may place replicas on."""
     name: str = _f("local", doc="unique short name")
     uri: str = _f("qemu:///system", doc="libvirt connection URI")
+    migration_address: str = _f("", doc="address this host takes live migrations on: its QEMU listens there and the "
+                                        "source sends to tcp://ADDRESS; empty: libvirt's default (the host's hostname)")
+    shared_storage: bool = _f(False, doc="true: migrations to this host skip libvirt's shared-storage check "
+                                         "(VIR_MIGRATE_UNSAFE), for storage libvirt cannot tell is shared (a local "
+                                         "file system two daemons on one machine see; NFS, GFS2, Ceph need no setting)")
 
 
 @dataclass(frozen=True)

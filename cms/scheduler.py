@@ -151,7 +151,9 @@ class Scheduler:
                 if not fits(load, Request(d.vcpus, d.memory_mib), self.rules):
                     raise errors.PlacementError(f"host {dest} has no room for {name} "
                                                 f"({d.vcpus} vCPU / {d.memory_mib} MiB) or is down")
-            self.fleet.host(d.host).migrate(name, self.fleet.host(dest))
+            to = self.cfg.host(dest)
+            self.fleet.host(d.host).migrate(name, self.fleet.host(dest), address=to.migration_address,
+                                            shared_storage=to.shared_storage)
             return dest
 
     def resize(self, name: str, vcpus: int | None = None, memory_mib: int | None = None) -> OwnedDomain:
