@@ -238,6 +238,12 @@ def test_host_migrate_moves_a_running_guest_live_to_another_libvirtd(daemons, gu
     src_pid = qemu_pid("/run/libvirt", name)
     assert pid_alive(src_pid)
 
+    # without shared_storage libvirt refuses: it sees a local file system; nothing moves
+    with pytest.raises(errors.VirtError, match="shared storage is unsafe") as ei:
+        src.migrate(name, dst, address="127.0.0.1")
+    assert "host src" in str(ei.value)
+    assert src.state(name) == "running" and not dst.exists(name) and qemu_pid("/run/libvirt", name) == src_pid
+
     started = time.monotonic()
     bounded(lambda: src.migrate(name, dst, address="127.0.0.1", shared_storage=True), MIGRATE_TIMEOUT_S,
             lambda: src.conn().lookupByName(name).abortJob())
