@@ -60,6 +60,8 @@ class LibvirtConfig:
     pool_path: str = _f("/var/lib/cms/pool", doc="directory of that pool when cms creates it")
     keepalive_interval: int = _f(5, min=0, max=600, doc="seconds between libvirt keepalives; 0 disables")
     machine: str = _f("pc", doc="QEMU machine type")
+    migrate_timeout_s: float = _f(300.0, min=1.0, max=86400.0,
+                                  doc="a live migration still running after this is aborted; the VM stays where it was")
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,10 @@ def _cross_checks(cfg: Config) -> None:
             raise ConfigError(f"{src}: hosts[{i}] needs both name and uri")
     if cfg.network.port_min > cfg.network.port_max:
         raise ConfigError(f"{src}: network.port_min ({cfg.network.port_min}) is above network.port_max ({cfg.network.port_max})")
+    if cfg.libvirt.migrate_timeout_s >= cfg.api.timeout:
+        # otherwise gunicorn kills the API worker mid-migration before the abort runs
+        raise ConfigError(f"{src}: libvirt.migrate_timeout_s ({cfg.libvirt.migrate_timeout_s:g}) must be below "
+                          f"api.timeout ({cfg.api.timeout})")
     for g, gc in cfg.groups.items():
         if not g.replace("-", "").isalnum():
             raise ConfigError(f"{src}: groups.{g}: a group name may hold only letters, digits and '-'")

@@ -153,7 +153,8 @@ class Scheduler:
                                                 f"({d.vcpus} vCPU / {d.memory_mib} MiB) or is down")
             to = self.cfg.host(dest)
             self.fleet.host(d.host).migrate(name, self.fleet.host(dest), address=to.migration_address,
-                                            shared_storage=to.shared_storage)
+                                            shared_storage=to.shared_storage,
+                                            timeout_s=self.cfg.libvirt.migrate_timeout_s)
             return dest
 
     def resize(self, name: str, vcpus: int | None = None, memory_mib: int | None = None) -> OwnedDomain:

@@ -65,6 +65,8 @@ def test_values_are_typed():
     ("[groups.web]\nmin = 4\nmax = 2", "groups.web.min (4) is above groups.web.max (2)"),
     ("[groups.web.threshold]\nlow = 0.8\nhigh = 0.7", "must be below"),
     ("[network]\nport_min = 30000\nport_max = 20000", "network.port_min (30000) is above"),
+    ("[libvirt]\nmigrate_timeout_s = 900.0", "libvirt.migrate_timeout_s (900) must be below api.timeout (600)"),
+    ("[api]\nworker_class = \"gevent\"", "api.worker_class = 'gevent' is not one of sync, gthread"),
     ("[zmq]\npublish = [1]", "zmq.publish must be a string"),
     ("libvirt = 3", "libvirt must be a table"),
     ("this is not toml", "not valid TOML"),

@@ -169,3 +169,36 @@ def test_domain_type_auto():
     assert resolve_domain_type("auto", "qemu+ssh://h/system", "<domain type='kvm'/>") == "kvm"
     assert resolve_domain_type("auto", "qemu+ssh://h/system", "<domain type='qemu'/>") == "qemu"
     assert resolve_domain_type("auto", "qemu:///system") in ("kvm", "qemu")
+
+
+class _StuckMigration:
+    """A domain whose migration never converges until its job is aborted."""
+
+    def __init__(self) -> None:
+        import threading
+        self.aborted = threading.Event()
+
+    def migrate3(self, dconn, params, flags):
+        import libvirt
+        assert self.aborted.wait(10), "the timer never aborted the job"
+        raise libvirt.libvirtError("operation aborted: migration out job: canceled by client")
+
+    def abortJob(self):
+        self.aborted.set()
+        return 0
+
+
+def test_migration_past_its_timeout_is_aborted(monkeypatch):
+    # A real slow migration cannot be made on demand here (a tiny guest moves in ~1.6 s,
+    # tests/test_migrate_real.py); the timer and the error are what this checks.
+    import time
+    src, dst = Host("src", "test:///default"), Host("dst", "test:///default")
+    stuck = _StuckMigration()
+    monkeypatch.setattr(Host, "_dom", lambda self, c, name: stuck)
+    t0 = time.monotonic()
+    with pytest.raises(errors.VirtError, match=r"migration aborted after 0.3 s \(it still runs here\)") as ei:
+        src.migrate("vm1", dst, timeout_s=0.3)
+    assert stuck.aborted.is_set() and 0.3 <= time.monotonic() - t0 < 5
+    assert "host src" in str(ei.value) and "canceled by client" in str(ei.value)
+    src.close()
+    dst.close()

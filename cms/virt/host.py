@@ -601,7 +601,7 @@ class Host:
         self._live_then_config(name, "setMemoryFlags", memory_mib * 1024, live)
 
     def migrate(self, name: str, dest: "Host", live: bool = True, *, address: str = "",
-                shared_storage: bool = False) -> None:
+                shared_storage: bool = False, timeout_s: float = 0.0) -> None:
         """Live-migrate a domain to another host, keeping it defined only there.
 
         The disk overlay and its golden image must be reachable at the same paths on the
@@ -620,6 +620,11 @@ class Host:
         "Migration without shared storage is unsafe". True passes VIR_MIGRATE_UNSAFE,
         which skips only libvirt's storage safety check (file system type, cache mode);
         QEMU still flushes the image on the source before the destination takes it over.
+
+        `timeout_s` (> 0) bounds the whole migration: past it the job is aborted
+        (virDomainAbortJob from a timer thread), the guest keeps running on the source, and
+        the call raises a VirtError that says so. A guest dirtying memory faster than the
+        link copies it would otherwise never converge, and hold its caller forever.
         """
         flags = (libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
                  | (libvirt.VIR_MIGRATE_LIVE if live else 0)
@@ -629,8 +634,29 @@ class Host:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://[{address}]" if ":" in address else f"tcp://{address}"
             params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = address
         dconn = dest.conn()
+        aborted = threading.Event()
         with self._call(f"domain {name} to host {dest.name}") as c:
-            self._dom(c, name).migrate3(dconn, params, flags)
+            dom = self._dom(c, name)
+
+            def abort() -> None:
+                aborted.set()
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.abortJob()
+
+            timer = threading.Timer(timeout_s, abort) if timeout_s > 0 else None
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            try:
+                dom.migrate3(dconn, params, flags)
+            except libvirt.libvirtError as exc:
+                if aborted.is_set():
+                    raise errors.VirtError(f"migration aborted after {timeout_s:g} s (it still runs here): "
+                                           f"{exc.get_error_message() or exc}", self.name, f"domain {name}") from None
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     def new_uuid(self) -> str:
         return str(uuidlib.uuid4())
