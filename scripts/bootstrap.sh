@@ -12,7 +12,7 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-dev qemu-system-x86 qemu-utils pkg-config
   gcc python3-dev python3-venv
   mmdebstrap e2fsprogs busybox-static cpio zstd
-  openssh-client iproute2 wrk curl systemd
+  openssh-client openssh-server iproute2 wrk curl systemd
 )
 
 if [ "$(id -u)" != 0 ]; then
