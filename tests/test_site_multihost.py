@@ -137,7 +137,10 @@ def test_two_hypervisors_over_qemu_ssh(loopback_sshd, tmp_path: Path):
         "cms_controller_golden_image": str(prefix / "hv1" / "images" / "golden.qcow2"),
         "cms_controller_domain_type": "qemu",
         "cms_controller_api_mutating": False,
+        # the spec API's instance types and images: the role writes types_file and image_file
+        "cms_controller_types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}],
     })
+    controller["cms_controller_images"] = [controller["cms_controller_golden_image"]]
     api = int(controller["cms_controller_api_bind"].rsplit(":", 1)[1])
     inventory = tmp_path / "inventory.json"
     inventory.write_text(json.dumps({"all": {"children": {
@@ -145,12 +148,6 @@ def test_two_hypervisors_over_qemu_ssh(loopback_sshd, tmp_path: Path):
         "controllers": {"hosts": {"localhost": controller}},
     }}}))
     args = ["-i", str(inventory), "playbooks/site.yml"]
-    # The spec API's instance types and images come from types_file and image_file beside
-    # cms.toml (./install writes them; the controller role does not), read when it starts.
-    etc = Path(controller["cms_controller_config_dir"])
-    etc.mkdir(parents=True)
-    (etc / "types_file").write_text(json.dumps({"types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}]}))
-    (etc / "image_file").write_text(controller["cms_controller_golden_image"] + "\n")
     created: list[int] = []
     try:
         t0 = time.monotonic()
