@@ -181,7 +181,12 @@ class _StuckMigration:
     def migrate3(self, dconn, params, flags):
         import libvirt
         assert self.aborted.wait(10), "the timer never aborted the job"
-        raise libvirt.libvirtError("operation aborted: migration out job: canceled by client")
+        exc = libvirt.libvirtError("operation aborted")
+        # as libvirt fills it in (not from whatever error this thread saw last)
+        exc.err = (libvirt.VIR_ERR_OPERATION_ABORTED, libvirt.VIR_FROM_QEMU,
+                   "operation aborted: migration out job: canceled by client", libvirt.VIR_ERR_ERROR,
+                   None, None, None, 0, 0)
+        raise exc
 
     def abortJob(self):
         self.aborted.set()
