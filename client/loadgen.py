@@ -86,7 +86,6 @@ import os
 import re
 import signal
 import sys
-import time
 from typing import Any, Callable
 
 from client.engine import MODES, Engine, Options

@@ -61,6 +61,18 @@ def drop_pool(host, pool: str) -> None:
     p.undefine()
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 15.0) -> int:
+    """SIGTERM, then SIGKILL after `grace` seconds; returns the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+    return proc.returncode
+
+
 def wait_until(pred, timeout: float, interval: float = 0.2, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:

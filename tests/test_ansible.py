@@ -109,6 +109,18 @@ def build_wheelhouse(dest: Path) -> Path:
     return dest
 
 
+def assert_changes_nothing(args: list[str], host: str = "localhost", timeout: float = 600) -> float:
+    """Run the playbook again, then in --check mode: neither may change or fail anything.
+    Returns the seconds the second run took."""
+    t0 = time.monotonic()
+    for extra in ([], ["--check"]):
+        out, counts = run_playbook([*args, *extra], timeout=timeout)
+        assert counts[host]["changed"] == 0 and counts[host]["failed"] == 0, changed_tasks(out)
+        if not extra:
+            took = time.monotonic() - t0
+    return took
+
+
 def http_answers(url: str) -> int | None:
     """The HTTP status the URL answers with, or None when nothing answers."""
     try:
@@ -278,10 +290,7 @@ def test_hypervisor_play_on_this_machine(tmp_path: Path):
         pools = subprocess.run(["virsh", "-c", "qemu:///system", "pool-info", name], capture_output=True,
                                text=True, timeout=60)
         assert "State:          running" in pools.stdout and re.search(r"Autostart:\s+yes", pools.stdout), pools.stdout
-        out, counts = run_playbook(args, timeout=600)
-        assert counts["localhost"]["changed"] == 0, changed_tasks(out)
-        out, counts = run_playbook([*args, "--check"], timeout=600)
-        assert counts["localhost"]["changed"] == 0, changed_tasks(out)
+        assert_changes_nothing(args)
     finally:
         for cmd in ("pool-destroy", "pool-undefine"):
             subprocess.run(["virsh", "-c", "qemu:///system", cmd, name], capture_output=True, timeout=60, check=False)
@@ -380,10 +389,7 @@ def test_hypervisor_play_defines_an_isolated_network(tmp_path: Path):
         assert info["ifname"] == bridge
         assert [a for a in info.get("addr_info", []) if a.get("family") == "inet"] == []
 
-        out, counts = run_playbook(args, timeout=600)
-        assert counts["localhost"]["changed"] == 0, changed_tasks(out)
-        out, counts = run_playbook([*args, "--check"], timeout=600)
-        assert counts["localhost"]["changed"] == 0, changed_tasks(out)
+        assert_changes_nothing(args)
     finally:
         for cmd in ("net-destroy", "net-undefine"):
             _virsh(cmd, name)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import free_port
+from tests.realstack import stop_process
 
 SERVER = Path(__file__).resolve().parent.parent / "guest" / "cms_guest_server.py"
 START_TIMEOUT_S = 20.0
@@ -66,15 +67,9 @@ class Server:
             conn.close()
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        rc = stop_process(self.proc)
         self.output = self.proc.stdout.read() if self.proc.stdout else ""
-        return self.proc.returncode
+        return rc
 
     output = ""
 

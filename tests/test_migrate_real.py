@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -36,7 +35,7 @@ from cms import config, errors
 from cms.scheduler import Scheduler
 from cms.virt import Fleet, Host, OwnerMeta
 from cms.virt import xml as vxml
-from tests.realstack import TEST_DIR, drop_pool, wait_until
+from tests.realstack import TEST_DIR, drop_pool, stop_process, wait_until
 
 pytestmark = pytest.mark.real
 
@@ -102,13 +101,7 @@ class SecondLibvirtd:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
+        stop_process(self.proc)
         self.proc = None
 
 
