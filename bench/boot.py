@@ -23,11 +23,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from cms.virt import Fleet, OwnerMeta  # noqa: E402
-from tests.realstack import GOLDEN, drop_pool, real_config  # noqa: E402
+from cms.lab.realstack import GOLDEN, drop_pool, real_config  # noqa: E402
 
 CLONES = 3
 BOOT_TIMEOUT_S = 120.0

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cms.virt import Fleet, OwnerMeta  # noqa: E402
 from cms.virt import xml as vxml  # noqa: E402
-from tests.realstack import GOLDEN, drop_pool, real_config  # noqa: E402
+from cms.lab.realstack import GOLDEN, drop_pool, real_config  # noqa: E402
 
 ROUNDS = 5
 

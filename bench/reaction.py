@@ -198,7 +198,7 @@ def main() -> None:
 def _drop_pool(fleet, pool):
     # the same clean-up the real-stack tests use
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from tests.realstack import drop_pool
+    from cms.lab.realstack import drop_pool
     drop_pool(fleet.host("local"), pool)
 
 

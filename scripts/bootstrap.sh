@@ -13,6 +13,7 @@ APT_PACKAGES=(
   gcc python3-dev python3-venv
   mmdebstrap e2fsprogs busybox-static cpio zstd
   openssh-client openssh-server iproute2 wrk curl systemd
+  chromium prometheus
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -51,6 +52,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 else
   say "virtualenv up to date"
 fi
+
+# /dev/kvm as udev would leave it, before libvirtd probes QEMU (see scripts/kvm-device.sh).
+scripts/kvm-device.sh
 
 # libvirtd and virtlogd: started by hand when no systemd runs them (CI, containers).
 start_daemon() {

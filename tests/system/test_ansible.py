@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.realstack import wait_until
-from tests.conftest import free_port
+from cms.lab.realstack import wait_until
+from tests.support import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 PLAYBOOK = VENV_BIN / "ansible-playbook"
 LINT = VENV_BIN / "ansible-lint"

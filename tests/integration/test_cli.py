@@ -1,4 +1,4 @@
-"""The `cms` CLI as a subprocess against the live gunicorn API of tests/test_api_real.py."""
+"""The `cms` CLI as a subprocess against the live gunicorn API of tests/integration/test_api_real.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.test_api_real import TOKEN, live_api  # noqa: F401 - the module-scoped server fixture
+from tests.support import ROOT
+from tests.integration.test_api_real import TOKEN, live_api  # noqa: F401 - the module-scoped server fixture
 
 pytestmark = pytest.mark.real
 

@@ -7,7 +7,7 @@ import pytest
 from cms import metrics
 from cms.metrics import History, Rater, Raw, parse_stats
 from cms.virt import Fleet, OwnerMeta
-from tests.conftest import make_config
+from tests.support import make_config
 
 S = 1_000_000_000  # ns
 
@@ -108,7 +108,7 @@ def test_libvirt_source_one_bulk_call_per_host(node_uri, run_dir, monkeypatch):
 def test_a_tick_over_listed_domains_reuses_the_listings_stats_call(node_uri, run_dir, monkeypatch):
     """One getAllDomainStats per host per tick: owned_domains' call, not a second one."""
     from cms.virt import Fleet, OwnerMeta
-    from tests.conftest import make_config
+    from tests.support import make_config
     fleet = Fleet(make_config(hosts=[{"name": "n1", "uri": node_uri}], libvirt={"domain_type": "qemu"}))
     try:
         fleet.spawn("n1", "cms-m-0", vcpus=1, memory_mib=128, meta=OwnerMeta(group="m"))

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.real
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = Path("/var/lib/cms/images")
 PLAYBOOK_TIMEOUT_S = 1800
 

@@ -18,7 +18,7 @@ from cms.autoscaler.publisher import Publisher
 from cms.autoscaler.reconcile import Autoscaler
 from cms.messages import decode_update, topic
 from cms.virt import Fleet
-from tests.realstack import GOLDEN, drop_pool, real_config, wait_until
+from cms.lab.realstack import GOLDEN, drop_pool, real_config, wait_until
 
 pytestmark = pytest.mark.real
 

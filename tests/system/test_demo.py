@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from cms.virt import Host
-from tests.realstack import GOLDEN
+from cms.lab.realstack import GOLDEN
 
 pytestmark = pytest.mark.real
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import time
 import zmq
 
 from client.replicas import APPLIED, GAP, NEW_EPOCH, STALE, FeedState, ReplicaFeed
-from client.stubs import StubPublisher
+from tests.doubles import StubPublisher
 from cms.messages import Replica, Snapshot, Update, topic
 
 TIMEOUT = 20.0

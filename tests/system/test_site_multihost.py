@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.realstack import wait_until
-from tests.test_ansible import (_virsh, api_get, build_wheelhouse, changed_tasks, controller_vars,
+from cms.lab.realstack import wait_until
+from tests.system.test_ansible import (_virsh, api_get, build_wheelhouse, changed_tasks, controller_vars,
                                 free_port, http_answers, run_playbook, stop_local_services, wait_for)
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(900)]

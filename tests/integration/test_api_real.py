@@ -1,6 +1,6 @@
 """The API served by gunicorn (cms-api) over two test:/// hosts and the real qemu:///system.
 
-Also schemathesis against /v1/openapi.json and the `cms` CLI (tests/test_cli.py uses the
+Also schemathesis against /v1/openapi.json and the `cms` CLI (tests/integration/test_cli.py uses the
 `live_api` fixture from here).
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from cms.virt import Host
-from tests.conftest import ROOT, write_node_xml, free_port
-from tests.realstack import blank_golden, drop_pool, wait_until
+from tests.support import ROOT, write_node_xml, free_port
+from cms.lab.realstack import blank_golden, drop_pool, wait_until
 
 TOKEN = "real-token"
 pytestmark = pytest.mark.real

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, write_node_xml
-from tests.realstack import blank_golden
-from tests.test_ansible import build_wheelhouse
+from tests.support import ROOT, free_port, write_node_xml
+from cms.lab.realstack import blank_golden
+from tests.system.test_ansible import build_wheelhouse
 
 TYPES = {"types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}, {"tid": 2, "cpu": 2, "ram": 512, "disk": 1}]}
 

@@ -13,8 +13,8 @@ from cms.autoscaler.reconcile import Autoscaler
 from cms.metrics import DomainMetrics, Tick
 from cms.store import Store
 from cms.virt import Fleet
-from tests.conftest import make_config, write_node_xml
-from tests.realstack import wait_until
+from tests.support import make_config, write_node_xml
+from cms.lab.realstack import wait_until
 
 G = "tscale"
 

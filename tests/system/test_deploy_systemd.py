@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_ansible import ROOT, build_wheelhouse, changed_tasks, free_port, run_playbook
+from tests.system.test_ansible import ROOT, build_wheelhouse, changed_tasks, free_port, run_playbook
 
 VARIANT = "deploytest"
 EXTRA_PACKAGES = ["openssh-server", "python3-venv", "libvirt0"]
@@ -114,7 +114,7 @@ class Guest:
 def guest(tmp_path: Path):
     """A booted deploytest VM reachable over SSH; destroyed, undefined and deleted afterwards."""
     from cms.virt import Fleet, OwnerMeta
-    from tests.realstack import drop_pool, real_config
+    from cms.lab.realstack import drop_pool, real_config
 
     build_variant()
     tag = uuid.uuid4().hex[:8]

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from cms.virt import OwnerMeta
-from tests.realstack import GOLDEN, real_fleet
+from cms.lab.realstack import GOLDEN, real_fleet
 
 pytestmark = pytest.mark.real
 

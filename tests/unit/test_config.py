@@ -12,7 +12,7 @@ import pytest
 from cms import config
 from cms.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_embedded_defaults_need_no_file(monkeypatch, tmp_path):

@@ -14,7 +14,7 @@ from cms.inventory import Image, VmType
 from cms.scheduler import Scheduler
 from cms.store import Store
 from cms.virt import Fleet
-from tests.conftest import make_config, write_node_xml
+from tests.support import make_config, write_node_xml
 
 TYPES = [VmType(1, 1, 512, 1), VmType(2, 2, 1024, 2), VmType(3, 4, 2048, 3)]
 IMAGES = [Image(100, "Ubuntu-12.04-amd64", "/srv/Ubuntu-12.04-amd64.qcow2"), Image(101, "blank", "/srv/blank.qcow2")]

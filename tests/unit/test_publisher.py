@@ -9,7 +9,7 @@ import zmq
 
 from cms.autoscaler.publisher import NullPublisher, Publisher
 from cms.messages import SNAPSHOT_REQUEST, Replica, decode_snapshot, decode_update, topic
-from tests.conftest import make_config
+from tests.support import make_config
 
 
 def rep(name, state="ready", group="web"):

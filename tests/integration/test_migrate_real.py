@@ -35,7 +35,7 @@ from cms import config, errors
 from cms.scheduler import Scheduler
 from cms.virt import Fleet, Host, OwnerMeta
 from cms.virt import xml as vxml
-from tests.realstack import TEST_DIR, drop_pool, stop_process, wait_until
+from cms.lab.realstack import TEST_DIR, drop_pool, stop_process, wait_until
 
 pytestmark = pytest.mark.real
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_ansible import (_virsh, api_get, assert_changes_nothing, build_wheelhouse, controller_vars,
+from tests.system.test_ansible import (_virsh, api_get, assert_changes_nothing, build_wheelhouse, controller_vars,
                                 http_answers, run_playbook, stop_local_services, wait_for)
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(900)]

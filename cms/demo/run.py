@@ -42,7 +42,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ from typing import Any
 
 from cms import config as cmsconfig
 from cms.errors import CmsError, NotFound
+from cms.netutil import free_port
 
 GROUP = "demo"
 DEMO_COST = 20000
@@ -63,12 +63,6 @@ CAL_BURSTS, CAL_BURST_S, CAL_GAP_S, CAL_SKIP_S = 4, 2.5, 2.0, 0.5
 
 def say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def demo_config_data(out: Path, *, golden: str, api_port: int, pub_port: int, snap_port: int) -> dict[str, Any]:
@@ -212,7 +206,7 @@ class Demo:
         say("load finished; stopping the autoscaler")
         self.stop("autoscaler")
         self.stop("api")
-        from cms.demo_report import build_report
+        from cms.demo.report import build_report
         summary = build_report(self.out, GROUP, cost=a.cost, low_rate=low, high_rate=high, capacity=c1)
         say(f"wrote {self.out / 'demo.png'} and {self.out / 'summary.json'}")
         return summary

@@ -8,7 +8,7 @@ import pytest
 
 from cms import errors
 from cms.virt import Fleet, OwnerMeta
-from tests.realstack import blank_golden, drop_pool, real_config, real_fleet, wait_until
+from cms.lab.realstack import blank_golden, drop_pool, real_config, real_fleet, wait_until
 
 pytestmark = pytest.mark.real
 

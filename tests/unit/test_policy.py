@@ -6,7 +6,7 @@ import pytest
 
 from cms import policy
 from cms.policy import PolicyInput, ReplicaSeries
-from tests.conftest import make_config
+from tests.support import make_config
 
 NOW = 1000.0
 

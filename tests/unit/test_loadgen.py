@@ -1,4 +1,4 @@
-"""cms-loadgen against loopback stub servers (client.stubs) with a real pbkdf2 at tiny cost,
+"""cms-loadgen against loopback stub servers (tests.doubles) with a real pbkdf2 at tiny cost,
 misbehaving stubs, and a real ZeroMQ stub of the autoscaler's feed. Every wait is bounded."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import zmq
 
 from client.engine import expected_result
 from client.loadgen import parse_args, run
-from client.stubs import StubPublisher, StubWorkServer
+from tests.doubles import StubPublisher, StubWorkServer
 from cms.messages import topic
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 COST = 5
 

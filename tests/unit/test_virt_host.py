@@ -8,7 +8,7 @@ from cms import errors
 from cms.virt import Fleet, Host, OwnerMeta
 from cms.virt import xml as vxml
 from cms.virt.host import resolve_domain_type
-from tests.conftest import make_config, write_node_xml
+from tests.support import make_config, write_node_xml
 
 
 def spec(name="cms-web-1", disk="/var/lib/cms/pool/x.qcow2", **kw):
@@ -195,7 +195,7 @@ class _StuckMigration:
 
 def test_migration_past_its_timeout_is_aborted(monkeypatch):
     # A real slow migration cannot be made on demand here (a tiny guest moves in ~1.6 s,
-    # tests/test_migrate_real.py); the timer and the error are what this checks.
+    # tests/integration/test_migrate_real.py); the timer and the error are what this checks.
     import time
     src, dst = Host("src", "test:///default"), Host("dst", "test:///default")
     stuck = _StuckMigration()

@@ -6,8 +6,8 @@ Inputs, all under the demo's output directory:
   loadgen.jsonl          the client's per-second ticks and its events
   loadgen-summary.json   the client's totals and per-replica first-send times
 
-Outputs: demo.png and summary.json. Kept apart from cms.demo so the report can be rebuilt
-from a finished run (``python -m cms.demo_report out/``) and tested on recorded data.
+Outputs: demo.png and summary.json. Kept apart from cms.demo.run so the report can be rebuilt
+from a finished run (``python -m cms.demo.report out/``) and tested on recorded data.
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import free_port
-from tests.realstack import stop_process
+from tests.support import free_port
+from cms.lab.realstack import stop_process
 
-SERVER = Path(__file__).resolve().parent.parent / "guest" / "cms_guest_server.py"
+SERVER = Path(__file__).resolve().parents[2] / "guest" / "cms_guest_server.py"
 START_TIMEOUT_S = 20.0
 REQUEST_TIMEOUT_S = 30.0
 
