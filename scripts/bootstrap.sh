@@ -53,6 +53,14 @@ else
   say "virtualenv up to date"
 fi
 
+# The console's browser files: uPlot at the version and integrity pinned in
+# cms/api/web/package-lock.json, copied into cms/api/web/vendor/ (scripts/web-assets.sh).
+if ! command -v npm >/dev/null && [ "${CMS_SKIP_APT:-0}" != 1 ]; then
+  say "installing npm (the console's uPlot comes from the npm registry)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+scripts/web-assets.sh
+
 # /dev/kvm as udev would leave it, before libvirtd probes QEMU (see scripts/kvm-device.sh).
 scripts/kvm-device.sh
 
