@@ -32,7 +32,7 @@ import falcon
 
 from cms import config as cms_config
 from cms import errors
-from cms.api import dashboard, openapi
+from cms.api import dashboard, openapi, prom
 from cms.api.service import Deps, Duplicate, Invalid, Service, Unknown, build_deps
 
 log = logging.getLogger("cms.api")
@@ -346,7 +346,11 @@ class Dashboard:
 def create_app(deps: Deps) -> falcon.App:
     svc = Service(deps)
     api = deps.cfg.api
-    app = falcon.App(middleware=[Auth(api.token, api.open_spec_urls)])
+    # Our own router so the metrics middleware can name the route of a request that the
+    # token check refused before routing.
+    router = falcon.routing.CompiledRouter()
+    metrics = prom.RequestMetrics(router.find)
+    app = falcon.App(router=router, middleware=[metrics, Auth(api.token, api.open_spec_urls)])
     app.req_options.auto_parse_qs_csv = False
     app.resp_options.secure_cookies_by_default = False
     app.set_error_serializer(_error_serializer)
@@ -374,6 +378,7 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_route("/v1/events", V1Events(svc))
     app.add_route("/v1/openapi.json", OpenApi())
     app.add_route("/", Dashboard())
+    app.add_route("/metrics", prom.MetricsResource(metrics))
 
     # Domain errors to HTTP, once. Later registrations win for subclasses in Falcon 4
     # (the most specific handler is chosen), so the order here does not matter.
