@@ -49,6 +49,8 @@ class HostConfig:
     shared_storage: bool = _f(False, doc="true: migrations to this host skip libvirt's shared-storage check "
                                          "(VIR_MIGRATE_UNSAFE), for storage libvirt cannot tell is shared (a local "
                                          "file system two daemons on one machine see; NFS, GFS2, Ceph need no setting)")
+    forward_address: str = _f("", doc="address this host's replica port forwards bind (network.mode = user); "
+                                      "empty: network.forward_address")
 
 
 @dataclass(frozen=True)
