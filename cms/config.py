@@ -16,7 +16,9 @@ accepted TOML type, and ``field(metadata=...)`` gives ranges (``min``, ``max``) 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import stat
 import sys
 import tomllib
 import types
@@ -24,6 +26,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cms.errors import ConfigError
 
@@ -217,10 +220,16 @@ def _convert(value: Any, t: Any, key: str, src: str) -> Any:
     elif t is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        # TOML has nan and inf; every range check is false for NaN, so it would pass them all
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{src}: {key} = {value!r} is not a finite number")
     else:
         ok = isinstance(value, t)
     if not ok:
         raise ConfigError(f"{src}: {key} must be {_type_name(t)}, not {type(value).__name__} ({value!r})")
+    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        # a NUL or newline in a path, token or address fails far from here, in SQLite or a header
+        raise ConfigError(f"{src}: {key} = {value!r} holds a control character")
     return value
 
 
@@ -259,6 +268,62 @@ def _build(cls: Any, data: dict[str, Any], prefix: str, src: str) -> Any:
     return cls(**kwargs)
 
 
+# The libvirt URIs cms can drive: its domains are QEMU guests (the test driver stands in for
+# QEMU in tests), over any of libvirt's remote transports (libvirt's docs/uri.rst, remote.rst).
+URI_DRIVERS = ("qemu", "test")
+URI_TRANSPORTS = ("unix", "tls", "tcp", "ssh", "libssh", "libssh2", "ext")
+
+
+def libvirt_uri_problem(uri: str) -> str | None:
+    """Why ``uri`` is not a libvirt URI cms can connect to, or None when it is.
+
+    The form is DRIVER[+TRANSPORT]://[USER@][HOST][:PORT]/PATH[?PARAMS]: DRIVER qemu or test,
+    TRANSPORT one of libvirt's; qemu's path is /system or /session.
+    """
+    want = (f"want DRIVER[+TRANSPORT]://[USER@][HOST][:PORT]/PATH with DRIVER {' or '.join(URI_DRIVERS)} "
+            f"and TRANSPORT one of {', '.join(URI_TRANSPORTS)}")
+    scheme, sep, _rest = uri.partition("://")
+    driver, _, transport = scheme.partition("+")
+    if not sep or driver not in URI_DRIVERS or (transport and transport not in URI_TRANSPORTS) or \
+            scheme.count("+") > 1:
+        return want
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError as exc:
+        return f"{exc}; {want}"
+    if transport == "unix" and parts.hostname:
+        return "the unix transport is local: leave the host out (qemu+unix:///system)"
+    if driver == "qemu" and parts.path not in ("/system", "/session"):
+        return f"a QEMU URI's path is /system or /session, not {parts.path or 'empty'!r}"
+    if driver == "test" and parts.path in ("", "/"):
+        return "a test URI names /default or the absolute path of a node XML file"
+    return None
+
+
+def _host_port_problem(value: str, wildcard_port: bool = False) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if sep and host and (port.isdigit() and 0 < int(port) < 65536 or wildcard_port and port == "*"):
+        return None
+    return "want HOST:PORT with a port from 1 to 65535"
+
+
+def _bind_problem(value: str) -> str | None:
+    """gunicorn's bind: HOST:PORT or unix:PATH."""
+    return None if value.startswith("unix:/") else _host_port_problem(value)
+
+
+def _zmq_problem(value: str) -> str | None:
+    """A ZeroMQ endpoint: tcp://HOST:PORT, ipc://PATH or inproc://NAME."""
+    kind, sep, rest = value.partition("://")
+    if sep and kind in ("ipc", "inproc") and rest:
+        return None
+    if sep and kind == "tcp":
+        why = _host_port_problem(rest, wildcard_port=True)
+        return f"{why} after tcp://" if why else None
+    return "want tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+
+
 def _cross_checks(cfg: Config) -> None:
     src = cfg.source
     if not cfg.hosts:
@@ -270,6 +335,14 @@ def _cross_checks(cfg: Config) -> None:
     for i, h in enumerate(cfg.hosts):
         if not h.name or not h.uri:
             raise ConfigError(f"{src}: hosts[{i}] needs both name and uri")
+        why = libvirt_uri_problem(h.uri)
+        if why:
+            raise ConfigError(f"{src}: hosts[{i}].uri = {h.uri!r} is not a libvirt URI cms can use: {why}")
+    for key, value, why in (("api.bind", cfg.api.bind, _bind_problem(cfg.api.bind)),
+                            ("zmq.publish", cfg.zmq.publish, _zmq_problem(cfg.zmq.publish)),
+                            ("zmq.snapshot", cfg.zmq.snapshot, _zmq_problem(cfg.zmq.snapshot))):
+        if why:
+            raise ConfigError(f"{src}: {key} = {value!r}: {why}")
     if cfg.network.port_min > cfg.network.port_max:
         raise ConfigError(f"{src}: network.port_min ({cfg.network.port_min}) is above network.port_max ({cfg.network.port_max})")
     if cfg.libvirt.migrate_timeout_s >= cfg.api.timeout:
@@ -310,13 +383,26 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
         return parse({})
     try:
         with open(p, "rb") as fh:
-            data = tomllib.load(fh)
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                # a FIFO or /dev/zero would block or never end
+                raise ConfigError(f"{p}: not a regular file, so not a configuration file")
+            raw = fh.read()
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such configuration file") from None
     except PermissionError:
         raise ConfigError(f"{p}: permission denied reading the configuration file") from None
     except IsADirectoryError:
         raise ConfigError(f"{p}: is a directory, not a configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the configuration file: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                          "a TOML file is UTF-8") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
     return parse(data, str(p))
@@ -327,8 +413,14 @@ def load_or_exit(path: str | os.PathLike[str] | None = None) -> Config:
     try:
         return load(path)
     except ConfigError as exc:
-        print(f"cms: configuration error: {exc}", file=sys.stderr)
+        print(f"cms: configuration error: {one_line(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped: a key or value read from a file may hold a
+    newline, and an error is one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def dump(cfg: Config) -> dict[str, Any]:
