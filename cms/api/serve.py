@@ -22,6 +22,10 @@ The price of sync is that a slow call holds a whole worker: a live migration or 
 waits on a busy libvirtd serves nobody else meanwhile, and a sync worker that runs past
 api.timeout (600 s) is restarted by gunicorn, so that bounds every call. Operators who expect
 many slow calls at once can choose gthread and api.threads.
+
+GET /metrics adds up every worker's figures (prometheus_client's multiprocess mode): the
+master makes PROMETHEUS_MULTIPROC_DIR fresh before it forks, gunicorn's child_exit marks
+each dead worker, and a directory the master made is removed when it exits (cms.api.prom).
 """
 
 from __future__ import annotations
@@ -69,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cms-api: cannot open state_db {cfg.state_db}: {e}", file=sys.stderr)
         return 2
 
+    # Each worker keeps its Prometheus figures in files here and /metrics adds them up; the
+    # directory must exist, empty, before a worker imports prometheus_client (cms.api.prom).
+    from cms.api import prom
+    metrics_dir, made_metrics_dir = prom.fresh_multiproc_dir()
+
     from gunicorn.app.base import BaseApplication
 
     class App(BaseApplication):
@@ -79,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                         "timeout": cfg.api.timeout,
                         "graceful_timeout": 10, "keepalive": 5, "backlog": 2048,
                         "accesslog": None, "errorlog": "-", "loglevel": cfg.log_level,
-                        "proc_name": "cms-api", "preload_app": False}
+                        "proc_name": "cms-api", "preload_app": False,
+                        "child_exit": prom.worker_exited}
             for k, v in settings.items():
                 self.cfg.set(k, v)
 
@@ -87,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             from cms.api.app import get_app
             return get_app()
 
-    App().run()
+    try:
+        App().run()
+    finally:
+        if made_metrics_dir:
+            prom.remove_dir(metrics_dir)
     return 0
 
 
