@@ -11,10 +11,16 @@ What lives here is derived or bookkeeping state: libvirt stays the truth about w
 domains exist (their <metadata> rebuilds the fleet), so losing this file loses history,
 not VMs.
 
-Tables owned by this module: ``samples`` (per-domain utilization), ``events``
-(scaling decisions, failures, API actions) and ``scale_requests`` (a replica count asked
-for through the API, one pending request per group, which the autoscaler consumes). Other
-modules add their own tables through ``Store.ensure_schema``.
+Tables owned by this module: ``samples`` (per-domain utilization), ``host_samples``
+(per-host load), ``events`` (scaling decisions, failures, API actions) and
+``scale_requests`` (a replica count asked for through the API, one pending request per
+group, which the autoscaler consumes). Other modules add their own tables through
+``Store.ensure_schema``.
+
+History is bounded: ``prune_history`` deletes samples, host samples and events older than
+the retention the caller gives (the ``[history]`` settings); ``*_buckets`` read a range
+downsampled in SQL, one row per step, so a day of one-second samples is never shipped
+to Python whole.
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 CREATE INDEX IF NOT EXISTS samples_grp_ts ON samples(grp, ts);
 CREATE INDEX IF NOT EXISTS samples_domain_ts ON samples(domain, ts);
+CREATE INDEX IF NOT EXISTS samples_host_ts ON samples(host, ts);
+CREATE TABLE IF NOT EXISTS host_samples (
+    ts REAL NOT NULL, host TEXT NOT NULL, cpu REAL, node_cpu REAL, cpus INTEGER, vms INTEGER,
+    vcpus INTEGER, free_memory_mib INTEGER
+);
+CREATE INDEX IF NOT EXISTS host_samples_host_ts ON host_samples(host, ts);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL,
     grp TEXT NOT NULL DEFAULT '', subject TEXT NOT NULL DEFAULT '', message TEXT NOT NULL DEFAULT '',
@@ -56,6 +68,19 @@ class Sample:
     vcpus: int
     memory_kib: int
     state: str
+    vcpu: tuple[float | None, ...] = ()   # each vCPU's busy fraction this tick (libvirt's vcpu.N.time)
+
+
+@dataclass(frozen=True)
+class HostSample:
+    ts: float
+    host: str
+    cpu: float | None              # share of the host's CPUs its cms domains took (0..1); None: no figure
+    cpus: int                      # the host's CPUs
+    vms: int                       # cms domains running there, of every kind
+    vcpus: int                     # their vCPUs
+    free_memory_mib: int | None    # the host's free RAM as libvirt reports it
+    node_cpu: float | None = None  # the node's own busy share (getCPUStats), where libvirt has it
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,18 @@ class Store:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self.ensure_schema(SCHEMA)
+        self._add_columns("samples", {"vcpu": "TEXT"})   # added after the table: older files lack it
+
+    def _add_columns(self, table: str, columns: dict[str, str]) -> None:
+        c = self.connect()
+        have = {r["name"] for r in c.execute(f"PRAGMA table_info({table})")}
+        for name, decl in columns.items():
+            if name not in have:
+                try:
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+                except sqlite3.OperationalError as e:
+                    if "duplicate column" not in str(e):   # another process added it meanwhile
+                        raise
 
     def connect(self) -> sqlite3.Connection:
         """This thread's connection (sqlite3 connections are not shared across threads)."""
@@ -134,11 +171,13 @@ class Store:
     # -- samples --------------------------------------------------------------------------
 
     def add_samples(self, samples: Iterable[Sample]) -> None:
-        rows = [(s.ts, s.host, s.domain, s.group, s.cpu, s.vcpus, s.memory_kib, s.state) for s in samples]
+        rows = [(s.ts, s.host, s.domain, s.group, s.cpu, s.vcpus, s.memory_kib, s.state,
+                 json.dumps(list(s.vcpu)) if s.vcpu else None) for s in samples]
         if not rows:
             return
         with self.write() as c:
-            c.executemany("INSERT INTO samples VALUES (?,?,?,?,?,?,?,?)", rows)
+            c.executemany("INSERT INTO samples (ts, host, domain, grp, cpu, vcpus, memory_kib, state, vcpu) "
+                          "VALUES (?,?,?,?,?,?,?,?,?)", rows)
 
     def samples(self, group: str | None = None, since: float = 0.0, domain: str | None = None,
                 limit: int = 100000) -> list[Sample]:
@@ -152,12 +191,115 @@ class Store:
             args.append(domain)
         q += " ORDER BY ts LIMIT ?"
         args.append(limit)
-        return [Sample(r["ts"], r["host"], r["domain"], r["grp"], r["cpu"], r["vcpus"], r["memory_kib"], r["state"])
+        return [Sample(r["ts"], r["host"], r["domain"], r["grp"], r["cpu"], r["vcpus"], r["memory_kib"], r["state"],
+                       tuple(json.loads(r["vcpu"])) if r["vcpu"] else ())
                 for r in self.connect().execute(q, args)]
 
     def prune_samples(self, older_than: float) -> int:
         with self.write() as c:
             return c.execute("DELETE FROM samples WHERE ts < ?", (older_than,)).rowcount
+
+    def add_host_samples(self, samples: Iterable[HostSample]) -> None:
+        rows = [(s.ts, s.host, s.cpu, s.node_cpu, s.cpus, s.vms, s.vcpus, s.free_memory_mib) for s in samples]
+        if not rows:
+            return
+        with self.write() as c:
+            c.executemany("INSERT INTO host_samples (ts, host, cpu, node_cpu, cpus, vms, vcpus, free_memory_mib) "
+                          "VALUES (?,?,?,?,?,?,?,?)", rows)
+
+    def host_samples(self, host: str | None = None, since: float = 0.0, until: float = float("inf"),
+                     limit: int = 100000) -> list[HostSample]:
+        q, args = "SELECT * FROM host_samples WHERE ts >= ? AND ts < ?", [since, until]
+        if host is not None:
+            q += " AND host = ?"
+            args.append(host)
+        args.append(limit)
+        return [HostSample(r["ts"], r["host"], r["cpu"], r["cpus"], r["vms"], r["vcpus"], r["free_memory_mib"],
+                           r["node_cpu"]) for r in self.connect().execute(q + " ORDER BY ts LIMIT ?", args)]
+
+    def prune_history(self, samples_before: float, events_before: float | None = None) -> dict[str, int]:
+        """Delete samples and host samples older than samples_before (and events older than
+        events_before); returns the rows deleted per table. Each table in its own short write."""
+        out = {}
+        for table, before in (("samples", samples_before), ("host_samples", samples_before),
+                              ("events", events_before)):
+            if before is None:
+                continue
+            with self.write() as c:
+                out[table] = c.execute(f"DELETE FROM {table} WHERE ts < ?", (before,)).rowcount
+        return out
+
+    # -- downsampled reads (the history API) ----------------------------------------------
+    # Each answers one row per non-empty bucket, ``b`` = floor((ts - since) / step), over
+    # since <= ts < until; the caller lays the buckets out on its time axis.
+
+    def domain_buckets(self, domain: str, since: float, until: float, step: float) -> list[sqlite3.Row]:
+        """One domain: mean and peak CPU, mean memory, latest vCPU count, and the mean of
+        each vCPU's figure (columns vcpu0, vcpu1, ... up to the most vCPUs seen)."""
+        c = self.connect()
+        n = c.execute("SELECT MAX(json_array_length(vcpu)) FROM samples WHERE domain=? AND ts>=? AND ts<?",
+                      (domain, since, until)).fetchone()[0] or 0
+        per = "".join(f", AVG(json_extract(vcpu, '$[{i}]')) AS vcpu{i}" for i in range(min(int(n), 256)))
+        return c.execute(
+            f"SELECT CAST((ts - ?) / ? AS INTEGER) AS b, AVG(cpu) AS cpu, MAX(cpu) AS cpu_max, "
+            f"AVG(memory_kib) AS memory_kib, MAX(vcpus) AS vcpus, COUNT(*) AS n{per} "
+            "FROM samples WHERE domain=? AND ts>=? AND ts<? GROUP BY b ORDER BY b",
+            (since, step, domain, since, until)).fetchall()
+
+    def domain_share_buckets(self, since: float, until: float, step: float, *, host: str | None = None,
+                             group: str | None = None) -> list[sqlite3.Row]:
+        """Per bucket and domain: mean CPU in CPUs (cpu x vCPUs, so 1.0 is one whole CPU) and
+        mean utilization of its own vCPUs; of one host's or one group's domains."""
+        q = ("SELECT CAST((ts - ?) / ? AS INTEGER) AS b, domain, AVG(cpu * vcpus) AS cpus_used, AVG(cpu) AS cpu "
+             "FROM samples WHERE ts>=? AND ts<?")
+        args: list[Any] = [since, step, since, until]
+        if host is not None:
+            q += " AND host=?"
+            args.append(host)
+        if group is not None:
+            q += " AND grp=?"
+            args.append(group)
+        return self.connect().execute(q + " GROUP BY b, domain ORDER BY b, domain", args).fetchall()
+
+    def tick_buckets(self, since: float, until: float, step: float, *, host: str | None = None,
+                     group: str | None = None) -> list[sqlite3.Row]:
+        """Per bucket, from the per-domain samples: ticks seen, mean over ticks of the CPUs the
+        domains used (Σ cpu x vCPUs), of their vCPUs, of the domains counted, and the mean CPU."""
+        q = ("SELECT ts, SUM(cpu * vcpus) AS cpus_used, SUM(vcpus) AS vcpus, COUNT(*) AS domains, AVG(cpu) AS cpu "
+             "FROM samples WHERE ts>=? AND ts<?")
+        args: list[Any] = [since, until]
+        if host is not None:
+            q += " AND host=?"
+            args.append(host)
+        if group is not None:
+            q += " AND grp=?"
+            args.append(group)
+        return self.connect().execute(
+            "SELECT CAST((ts - ?) / ? AS INTEGER) AS b, COUNT(*) AS ticks, AVG(cpus_used) AS cpus_used, "
+            "AVG(vcpus) AS vcpus, AVG(domains) AS domains, AVG(cpu) AS cpu "
+            f"FROM ({q} GROUP BY ts) GROUP BY b ORDER BY b", [since, step, *args]).fetchall()
+
+    def state_buckets(self, group: str, since: float, until: float, step: float) -> list[sqlite3.Row]:
+        """Per bucket and replica state: rows of that state in the group (divide by the bucket's
+        ticks for the mean number of replicas in it)."""
+        return self.connect().execute(
+            "SELECT CAST((ts - ?) / ? AS INTEGER) AS b, state, COUNT(*) AS n FROM samples "
+            "WHERE grp=? AND ts>=? AND ts<? GROUP BY b, state ORDER BY b, state",
+            (since, step, group, since, until)).fetchall()
+
+    def host_buckets(self, host: str, since: float, until: float, step: float) -> list[sqlite3.Row]:
+        """One host's rows of host_samples: mean CPU and node CPU, peak CPU, mean free RAM, VMs, vCPUs."""
+        return self.connect().execute(
+            "SELECT CAST((ts - ?) / ? AS INTEGER) AS b, AVG(cpu) AS cpu, MAX(cpu) AS cpu_max, AVG(node_cpu) AS node_cpu, "
+            "MAX(cpus) AS cpus, AVG(vms) AS vms, AVG(vcpus) AS vcpus, AVG(free_memory_mib) AS free_memory_mib, "
+            "COUNT(*) AS n FROM host_samples WHERE host=? AND ts>=? AND ts<? GROUP BY b ORDER BY b",
+            (since, step, host, since, until)).fetchall()
+
+    def latest_host_sample(self, host: str, since: float = 0.0) -> HostSample | None:
+        r = self.connect().execute("SELECT * FROM host_samples WHERE host=? AND ts>=? ORDER BY ts DESC LIMIT 1",
+                                   (host, since)).fetchone()
+        return None if r is None else HostSample(r["ts"], r["host"], r["cpu"], r["cpus"], r["vms"], r["vcpus"],
+                                                 r["free_memory_mib"], r["node_cpu"])
 
     # -- scale requests -------------------------------------------------------------------
 
@@ -188,9 +330,12 @@ class Store:
             return int(cur.lastrowid or 0)
 
     def events(self, since_id: int = 0, group: str | None = None, kinds: Iterable[str] | None = None,
-               limit: int = 1000, newest_first: bool = False) -> list[Event]:
+               limit: int = 1000, newest_first: bool = False, before_id: int | None = None) -> list[Event]:
         q = "SELECT * FROM events WHERE id > ?"
         args: list[Any] = [since_id]
+        if before_id is not None:
+            q += " AND id < ?"
+            args.append(before_id)
         if group is not None:
             q += " AND grp = ?"
             args.append(group)

@@ -10,10 +10,11 @@ SIGTERM, stops them all.
 Contract (the load client and the autoscaler depend on it):
   GET  /work?payload=<str>&cost=<int>
   POST /work  {"payload": str, "cost": int}
-      200 {"result": pbkdf2_hmac("sha256", payload, b"cms-guest", cost).hex(),
-           "cost": cost, "hostname": <hostname>}
-      1 <= cost <= 1_000_000, payload <= 4096 bytes (UTF-8), body <= 65536 bytes;
+      200 {"result": cms_work.result(payload, cost), "cost": cost, "hostname": <hostname>}
+      the request is valid as cms_work.check says, and the body <= 65536 bytes;
       a violation is a 4xx {"error": "..."} (413 for an oversized body).
+      The work itself (PBKDF2, its salt and limits) is defined once, in cms_work.py beside
+      this file, which the image installs with it.
   GET /health  200 {"status": "ok"} once every worker is up; 503 before that and while stopping
   GET /status  {"served", "in_flight", "uptime_s", "hostname", "unit", "workers", "pid"}
   Unknown path: 404; known path, wrong method: 405; both JSON.
@@ -25,7 +26,6 @@ one per CPU), CMS_GUEST_GRACE_S (5: how long a stopping worker lets in-flight wo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import os
@@ -37,10 +37,8 @@ import threading
 import time
 from urllib.parse import parse_qs, urlsplit
 
-SALT = b"cms-guest"
-MIN_COST = 1
-MAX_COST = 1_000_000
-MAX_PAYLOAD = 4096
+import cms_work
+
 MAX_BODY = 65536
 MAX_CONNECTIONS_PER_WORKER = 512
 IDLE_TIMEOUT_S = 75.0
@@ -111,32 +109,6 @@ class BadRequest(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def parse_work(payload: object, cost: object) -> tuple[str, int]:
-    """Validate a work request's two fields; raises BadRequest with a clear message."""
-    if payload is None:
-        raise BadRequest(400, "missing 'payload' (a string of at most 4096 bytes)")
-    if not isinstance(payload, str):
-        raise BadRequest(400, "'payload' must be a string")
-    if len(payload.encode("utf-8", "surrogatepass")) > MAX_PAYLOAD:
-        raise BadRequest(400, f"'payload' is longer than {MAX_PAYLOAD} bytes")
-    if cost is None:
-        raise BadRequest(400, f"missing 'cost' (an integer from {MIN_COST} to {MAX_COST})")
-    if isinstance(cost, str):
-        try:
-            cost = int(cost.strip(), 10)
-        except ValueError:
-            raise BadRequest(400, f"'cost' must be an integer, not {cost[:40]!r}") from None
-    if isinstance(cost, bool) or not isinstance(cost, int):
-        raise BadRequest(400, "'cost' must be an integer")
-    if not MIN_COST <= cost <= MAX_COST:
-        raise BadRequest(400, f"'cost' must be from {MIN_COST} to {MAX_COST}, not {cost}")
-    return payload, cost
-
-
-def compute(payload: str, cost: int) -> str:
-    return hashlib.pbkdf2_hmac("sha256", payload.encode("utf-8", "surrogatepass"), SALT, cost).hex()
 
 
 class Worker:
@@ -397,7 +369,7 @@ class Handler:
     def work(self) -> None:
         if self.command == "POST":
             data = self.json_body()
-            payload, cost = parse_work(data.get("payload"), data.get("cost"))
+            payload, cost = data.get("payload"), data.get("cost")
         else:
             try:
                 query = parse_qs(urlsplit(self.path).query, keep_blank_values=True,
@@ -406,11 +378,14 @@ class Handler:
                 raise BadRequest(400, "query string cannot be parsed") from None
             payload = query.get("payload", [None])[0]
             cost = query.get("cost", [None])[0]
-            payload, cost = parse_work(payload, cost)
+        try:
+            payload, cost = cms_work.check(payload, cost)
+        except cms_work.WorkError as exc:
+            raise BadRequest(400, str(exc)) from None
         w = self.worker
         w.add(_IN_FLIGHT, 1)
         try:
-            result = compute(payload, cost)
+            result = cms_work.result(payload, cost)
         finally:
             w.add(_IN_FLIGHT, -1)
         w.add(_SERVED, 1)

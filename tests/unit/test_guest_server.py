@@ -20,16 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
+from guest.cms_work import result as expected
 from tests.support import free_port
 from cms.lab.realstack import stop_process
 
 SERVER = Path(__file__).resolve().parents[2] / "guest" / "cms_guest_server.py"
 START_TIMEOUT_S = 20.0
 REQUEST_TIMEOUT_S = 30.0
-
-
-def expected(payload: str, cost: int) -> str:
-    return hashlib.pbkdf2_hmac("sha256", payload.encode(), b"cms-guest", cost).hex()
 
 
 class Server:
@@ -82,6 +79,13 @@ def server():
 
 
 # --- the work contract -----------------------------------------------------------------
+
+def test_the_shared_work_definition_is_the_documented_contract():
+    """guest.cms_work is what the server, the client and the doubles all use; pin it to the
+    contract written in the server's docstring, so a change to it cannot go unnoticed."""
+    assert expected("x", 3) == hashlib.pbkdf2_hmac("sha256", b"x", b"cms-guest", 3).hex()
+    assert expected("ünï", 1) == hashlib.pbkdf2_hmac("sha256", "ünï".encode(), b"cms-guest", 1).hex()
+
 
 @pytest.mark.parametrize("payload,cost", [("hello", 1), ("", 7), ("ünïcode ✓", 1000), ("x" * 4096, 3)])
 def test_get_work_result_is_pbkdf2(server, payload, cost):
