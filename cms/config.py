@@ -161,6 +161,16 @@ class PlacementConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """How long the state database keeps history (the console's charts and /v1/.../metrics)."""
+    retention_s: float = _f(86400.0, min=60.0, max=31536000.0,
+                            doc="per-domain and per-host samples older than this are deleted (one row per domain "
+                                "per tick: about 6 MB per domain and day at tick_s = 1)")
+    events_retention_s: float = _f(2592000.0, min=60.0, max=315360000.0, doc="events older than this are deleted")
+    prune_interval_s: float = _f(60.0, min=1.0, max=86400.0, doc="how often the autoscaler deletes what is past them")
+
+
+@dataclass(frozen=True)
 class Config:
     state_db: str = _f("/var/lib/cms/state.db", doc="SQLite database of metrics, events and API state")
     log_level: str = _f("info", choices=("debug", "info", "warning", "error"))
@@ -173,6 +183,7 @@ class Config:
     zmq: ZmqConfig = field(default_factory=ZmqConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     source: str = field(default="<embedded defaults>", metadata={"internal": True})
 
     def host(self, name: str) -> HostConfig:
