@@ -1,17 +1,21 @@
 """`cms`: the command-line client of the REST API (urllib only).
 
-    cms [--url URL] [--token T] [--json] COMMAND
+    cms [--config F] [--url URL] [--token T] [--timeout S] [--json] COMMAND
       vm create NAME TYPE [--image ID] | vm query VMID | vm destroy VMID | vm list
-      types | images | pm list | pm query PMID | group status [NAME] | group scale NAME N
+      types | images | pm list | pm query PMID | pm listvms PMID | group status [NAME] | group scale NAME N
 
 The URL comes from --url, else $CMS_URL, else http://<api.bind of the configuration>.
 The token (for `group scale`) from --token, else $CMS_TOKEN, else api.token of the
-configuration when readable. Exit codes: 0 done, 1 the call failed, 2 usage.
+configuration. The configuration is read like every cms command's (--config, $CMS_CONFIG,
+/etc/cms/cms.toml, else the embedded defaults); a bad one stops the CLI as it stops the
+others. Exit codes: 0 done, 1 the call failed (the server is down, is not the cms API, or
+answered a failure), 2 usage or a bad configuration. Every failure is one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -25,13 +29,10 @@ class Failure(Exception):
     pass
 
 
-def _default_url_and_token() -> tuple[str, str]:
-    try:
-        from cms import config as cms_config
-        cfg = cms_config.load()
-        bind, token = cfg.api.bind, cfg.api.token
-    except Exception:  # noqa: BLE001 - an unreadable config just means the built-in default
-        bind, token = "127.0.0.1:8080", ""
+def _default_url_and_token(config: str | None = None) -> tuple[str, str]:
+    from cms import config as cms_config
+    cfg = cms_config.load_or_exit(config)      # a bad file: one line, exit 2
+    bind, token = cfg.api.bind, cfg.api.token
     host = bind.rsplit(":", 1)
     if host[0] in ("0.0.0.0", "", "::", "[::]"):
         bind = f"127.0.0.1:{host[-1]}"
@@ -44,7 +45,17 @@ class Client:
         self.token = token
         self.timeout = timeout
 
+    def _check_url(self) -> None:
+        try:
+            parts = urllib.parse.urlsplit(self.url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Failure(f"bad API URL {self.url!r}: want http://HOST:PORT")
+
     def call(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None) -> Any:
+        self._check_url()
         url = self.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url, data=data, method=method)
@@ -59,13 +70,24 @@ class Client:
             try:
                 err = json.loads(exc.read())
                 msg = err.get("description") or err.get("title") or err.get("error") or str(err)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - an error page that is not ours: its status says enough
                 msg = exc.reason
             raise Failure(f"{method} {path}: HTTP {exc.code}: {msg}") from None
+        except http.client.RemoteDisconnected:
+            raise Failure(f"{self.url} hung up without answering: is it the cms API?") from None
+        except http.client.BadStatusLine as exc:
+            raise Failure(f"{self.url} does not speak HTTP: it answered {str(exc)[:60]!r}") from None
+        except http.client.HTTPException as exc:
+            raise Failure(f"{self.url} broke off the HTTP exchange ({type(exc).__name__}): is it the cms API?") from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+            reason = getattr(exc, "reason", exc)      # urllib wraps what fails while sending
+            if isinstance(reason, TimeoutError):
+                raise Failure(f"no answer from {self.url} within {self.timeout:g} s") from None
+            if isinstance(reason, (ConnectionResetError, BrokenPipeError)):
+                raise Failure(f"{self.url} hung up without answering: is it the cms API?") from None
             raise Failure(f"cannot reach the API at {self.url}: {reason}") from None
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
+            # JSONDecodeError, or an answer that is not UTF-8 or nests deeper than the decoder goes
             raise Failure(f"{method} {path}: the answer is not JSON") from None
 
 
@@ -83,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--url", help="API base URL (default: $CMS_URL or http://<api.bind>)")
     ap.add_argument("--token", help="bearer token for mutating calls (default: $CMS_TOKEN or api.token)")
     ap.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    ap.add_argument("--config", help="cms.toml (default: $CMS_CONFIG, else /etc/cms/cms.toml, else the defaults)")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer (default 60)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     vm = sub.add_parser("vm", help="virtual machines").add_subparsers(dest="sub", required=True)
     p = vm.add_parser("create", help="create a VM")
@@ -97,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     pm = sub.add_parser("pm", help="physical machines").add_subparsers(dest="sub", required=True)
     pm.add_parser("list")
     pm.add_parser("query").add_argument("pmid", type=int)
+    pm.add_parser("listvms", help="the VMs on a machine").add_argument("pmid", type=int)
     g = sub.add_parser("group", help="replica groups").add_subparsers(dest="sub", required=True)
     g.add_parser("status").add_argument("name", nargs="?")
     p = g.add_parser("scale")
@@ -147,6 +172,11 @@ def run(a: argparse.Namespace, c: Client) -> tuple[Any, str]:
             raise Failure(f"no machine {a.pmid}")
         rows = [{"": k, **r[k]} for k in ("capacity", "free")]
         return r, f"pmid {r['pmid']}, {r['vms']} VMs\n" + table(rows, ["", "cpu", "ram", "disk"])
+    if a.cmd == "pm" and a.sub == "listvms":
+        r = c.call("GET", "/pm/listvms", {"pmid": a.pmid})
+        if not isinstance(r.get("vmids"), list):
+            raise Failure(f"no machine {a.pmid}")
+        return r, "\n".join(map(str, r["vmids"])) or "(none)"
     if a.cmd == "group" and a.sub == "status":
         r = c.call("GET", f"/v1/groups/{urllib.parse.quote(a.name, safe='')}" if a.name else "/v1/groups")
         groups = [r] if a.name else r["groups"]
@@ -168,13 +198,19 @@ def run(a: argparse.Namespace, c: Client) -> tuple[Any, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     a = ap.parse_args(argv)      # usage errors: argparse prints usage and exits 2
-    url, token = _default_url_and_token()
-    c = Client(a.url or os.environ.get("CMS_URL") or url, a.token or os.environ.get("CMS_TOKEN") or token)
+    url, token = _default_url_and_token(a.config)
+    if not 0 < a.timeout <= 86400:
+        ap.error("--timeout must be above 0 and at most 86400 seconds")
+    c = Client(a.url or os.environ.get("CMS_URL") or url, a.token or os.environ.get("CMS_TOKEN") or token, a.timeout)
     try:
         r, human = run(a, c)
     except Failure as exc:
-        print(f"cms: {exc}", file=sys.stderr)
+        from cms.config import one_line
+        print(f"cms: {one_line(str(exc))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("cms: interrupted", file=sys.stderr)
+        return 130
     except (KeyError, TypeError, AttributeError) as exc:
         print(f"cms: unexpected answer from {c.url}: missing {exc}", file=sys.stderr)
         return 1

@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cms.config import Config
+from cms.config import Config, libvirt_uri_problem
 from cms.errors import CmsError
 
 IMAGE_ID_BASE = 100
@@ -99,6 +99,9 @@ def _lines(text: str) -> list[tuple[int, str]]:
 
 def address_to_uri(addr: str) -> str:
     if URI_RE.match(addr):
+        why = libvirt_uri_problem(addr)
+        if why:
+            raise ValueError(f"{addr!r} is not a libvirt URI cms can use: {why}")
         return addr
     if not ADDR_RE.match(addr):
         raise ValueError(f"{addr!r} is neither an address nor a libvirt URI")
