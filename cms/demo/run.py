@@ -65,11 +65,16 @@ def say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def demo_config_data(out: Path, *, golden: str, api_port: int, pub_port: int, snap_port: int) -> dict[str, Any]:
+def demo_config_data(out: Path, *, golden: str, api_port: int, pub_port: int, snap_port: int,
+                     base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The demo's configuration; ``base`` is the TOML of --config, whose [libvirt] and [image]
+    keys are kept (the demo's own pool and golden image go over them)."""
+    base = base or {}
     return {
         "state_db": str(out / "state.db"),
-        "libvirt": {"domain_type": "auto", "pool": "cms-demo", "pool_path": "/var/lib/cms/demo-pool"},
-        "image": {"golden": golden},
+        "libvirt": {"domain_type": "auto", **base.get("libvirt", {}), "pool": "cms-demo",
+                    "pool_path": "/var/lib/cms/demo-pool"},
+        "image": {**base.get("image", {}), "golden": golden},
         "network": {"port_min": 20500, "port_max": 20599},
         "groups": {GROUP: {
             "min": 1, "max": 2, "vcpus": 1, "memory_mib": 512, "policy": "threshold",
@@ -164,11 +169,11 @@ class Demo:
         for f in ("state.db", "state.db-wal", "state.db-shm", "loadgen.jsonl", "summary.json", "demo.png"):
             with contextlib.suppress(FileNotFoundError):
                 (self.out / f).unlink()
-        golden = a.golden
+        golden = a.golden or a.base.get("image", {}).get("golden") or cmsconfig.ImageConfig().golden
         if not Path(golden).exists():
             raise CmsError(f"golden image {golden} not found: build it with `make image` (make demo does)")
         ports = dict(api_port=a.api_port or free_port(), pub_port=free_port(), snap_port=free_port())
-        data = demo_config_data(self.out, golden=golden, **ports)
+        data = demo_config_data(self.out, golden=golden, base=a.base, **ports)
         (self.out / "demo.toml").write_text("# written by cms-demo\n" + to_toml(data))
         self.cfg = cmsconfig.load(self.out / "demo.toml")
         self.cleanup()  # whatever an interrupted earlier run left behind
@@ -317,7 +322,9 @@ def schedule_seconds(schedule: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cms-demo", description="The local autoscaling demo (see README).")
     p.add_argument("--out", default="out", help="output directory (default out/)")
-    p.add_argument("--golden", default=cmsconfig.ImageConfig().golden, help="golden image (default %(default)s)")
+    p.add_argument("--config", help="a cms.toml to start from: the demo keeps its [libvirt] and [image] keys and "
+                   "lays its own group, ports, pool and state file over them (default: the embedded defaults)")
+    p.add_argument("--golden", help=f"golden image (default: image.golden of --config, else {cmsconfig.ImageConfig().golden})")
     p.add_argument("--schedule", default=DEMO_SCHEDULE, help="load schedule (default %(default)s)")
     p.add_argument("--cost", type=int, default=DEMO_COST, help="PBKDF2 iterations per request (default %(default)s)")
     p.add_argument("--capacity", type=float, default=0.0,
@@ -325,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-port", type=int, default=0, help="port for cms-api (default: a free one)")
     p.add_argument("--boot-timeout", type=float, default=180.0, help="seconds for the first replica (default 180)")
     args = p.parse_args(argv)
+    args.base = {}
+    if args.config:
+        cmsconfig.load_or_exit(args.config)      # a bad file: one line naming it, exit 2
+        import tomllib
+        args.base = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
     try:
         schedule_seconds(args.schedule)
     except ValueError:
