@@ -151,6 +151,8 @@ class ApiConfig:
     timeout: int = _f(600, min=10, max=86400, doc="seconds one call may run before its worker is restarted")
     token: str = _f("", doc="bearer token for mutating /v1 calls; empty disables them")
     open_spec_urls: bool = _f(True, doc="the spec's GET URLs answer without a token")
+    max_body_bytes: int = _f(65536, min=1024, max=64 << 20,
+                             doc="largest request body taken; a bigger one is refused with 413 before it is read")
 
 
 @dataclass(frozen=True)
