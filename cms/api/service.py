@@ -27,6 +27,7 @@ from cms.placement import ram_room, vcpu_room
 from cms.scheduler import Scheduler
 from cms.store import Store
 from cms.virt import Fleet, OwnerMeta
+from cms.virt.fleet import SERIAL_LOG_DIR
 
 # API VMs are defined with twice their type's vCPUs and memory as maximum, so
 # POST /v1/vms/{id}/resize can grow them live up to that (placement charges the current size).
@@ -219,6 +220,52 @@ class Service:
     def vm(self, vmid: int, full: bool = False) -> dict[str, Any]:
         return self._vm_json(self._row(vmid), full)
 
+    def vm_detail(self, vmid: int) -> dict[str, Any]:
+        """GET /v1/vms/{vmid}: the stored row plus what libvirt says now (state, size, the most
+        a resize may reach, where its service answers), its type and its image. When the host
+        does not answer, the live part is left out and domain_state says "unknown"."""
+        r = self._row(vmid)
+        out = self._vm_json(r, True)
+        out["type"] = next((t for t in self.types() if t["tid"] == r["instance_type"]), None)
+        out["image"] = next((i for i in self.images(with_path=True) if i["id"] == r["image_id"]), None)
+        out["domain_state"] = "unknown"
+        try:
+            d = self.sched.find(r["domain"])
+            max_vcpus, max_mib = self.fleet.host(d.host).limits(d.name)
+            addr = self.fleet.address_of(d)
+        except errors.CmsError as exc:
+            log.info("VM %s: no live figures: %s", vmid, exc)
+            return out
+        out.update(domain_state=d.state, host=d.host, pmid=self.sched.pmid(d.host), vcpus=d.vcpus,
+                   memory_mib=d.memory_mib, max_vcpus=max_vcpus, max_memory_mib=max_mib,
+                   address=f"{addr[0]}:{addr[1]}" if addr else "")
+        return out
+
+    def console_tail(self, vmid: int, max_bytes: int = 16384) -> dict[str, Any]:
+        """The end of the VM's serial console log, read-only. QEMU writes it on the VM's host
+        (libvirt's <log file>), so it is readable here only when that host is this machine."""
+        r = self._row(vmid)
+        path = f"{SERIAL_LOG_DIR}/{r['domain']}-serial.log"
+        uri = self.cfg.host(r["host"]).uri if r["host"] in {h.name for h in self.cfg.hosts} else ""
+        out: dict[str, Any] = {"vmid": vmid, "host": r["host"], "path": path, "text": "", "size": 0}
+        if not uri.startswith("qemu:///"):
+            out["reason"] = f"the log is on host {r['host']} ({uri or 'not configured'}); cms reads it only on this machine"
+            return out
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, 2)
+                size = fh.tell()
+                fh.seek(max(0, size - max_bytes))
+                data = fh.read(max_bytes)
+        except FileNotFoundError:
+            out["reason"] = "no serial output yet"
+            return out
+        except OSError as exc:
+            out["reason"] = f"cannot read {path}: {exc.strerror}"
+            return out
+        out.update(text=data.decode("utf-8", "replace"), size=size)
+        return out
+
     def vms(self, host: str | None = None) -> list[dict[str, Any]]:
         q, args = "SELECT * FROM api_vms WHERE state='active'", []
         if host is not None:
@@ -278,7 +325,44 @@ class Service:
         if full:
             out.update(name=name, uri=self.cfg.hosts[pmid - 1].uri, up=load.up,
                        used={"vcpus": load.used_vcpus, "ram": load.used_memory_mib})
+            out.update(self._host_figures(name, load, _doms, cap))
         return out
+
+    def _host_figures(self, name: str, load: Any, doms: list[Any], cap: Any) -> dict[str, Any]:
+        """What the console shows for a host, each figure saying what it counts.
+
+        ``vms`` (above, the spec's figure) counts API VMs only; ``domains`` counts every domain
+        cms owns there by kind. ``vcpus`` sets the vCPUs given out against the physical CPUs
+        and the overcommit placement allows. ``cpu`` is the share of the host's CPUs its cms
+        domains used at the last sample (the daemon's host row, else the sum of its per-domain
+        samples), with that sample's time; null when nothing sampled it in the last minute.
+        """
+        kinds = {"vm": 0, "replica": 0, "warm": 0}
+        for d in doms:
+            kinds[_kind(d)] = kinds.get(_kind(d), 0) + 1
+        cpus = cap.cpus if cap is not None else 0
+        over = self.sched.rules.cpu_overcommit
+        figures: dict[str, Any] = {
+            "domains": {**kinds, "total": len(doms)},
+            "vcpus": {"used": load.used_vcpus, "cpus": cpus, "overcommit": over, "limit": int(cpus * over),
+                      "ratio": round(load.used_vcpus / cpus, 3) if cpus else None},
+            "memory_mib": {"total": cap.memory_mib if cap else 0, "free": cap.free_memory_mib if cap else 0,
+                           "given": load.used_memory_mib, "reserve": self.sched.rules.ram_reserve_mib},
+            "disk_bytes": {"total": cap.pool_capacity_bytes if cap else 0,
+                           "free": cap.pool_available_bytes if cap else 0},
+            "cpu": {"utilization": None, "ts": None, "source": None},
+        }
+        since = time.time() - 60
+        hs = self.store.latest_host_sample(name, since)
+        if hs is not None and hs.cpu is not None:
+            figures["cpu"] = {"utilization": round(hs.cpu, 4), "ts": hs.ts, "source": "host"}
+        elif cpus:
+            rows = self.store.connect().execute(
+                "SELECT ts, SUM(cpu * vcpus) AS used FROM samples WHERE host=? AND ts>=? "
+                "GROUP BY ts ORDER BY ts DESC LIMIT 1", (name, since)).fetchone()
+            if rows is not None and rows["used"] is not None:
+                figures["cpu"] = {"utilization": round(rows["used"] / cpus, 4), "ts": rows["ts"], "source": "domains"}
+        return figures
 
     def pm_vms(self, pmid: int) -> list[int]:
         name = self.sched.host_name(pmid)
@@ -327,7 +411,16 @@ class Service:
         return {"group": name, "replicas": replicas, "event_id": eid, "pending": True}
 
     def events(self, since_id: int, limit: int, group: str | None = None,
-               newest_first: bool = False) -> list[dict[str, Any]]:
+               newest_first: bool = False, kinds: list[str] | None = None,
+               before_id: int | None = None) -> list[dict[str, Any]]:
         return [{"id": e.id, "ts": e.ts, "kind": e.kind, "group": e.group, "subject": e.subject,
                  "message": e.message, "data": e.data}
-                for e in self.store.events(since_id=since_id, group=group, limit=limit, newest_first=newest_first)]
+                for e in self.store.events(since_id=since_id, group=group, limit=limit, newest_first=newest_first,
+                                           kinds=kinds, before_id=before_id)]
+
+
+def _kind(d: Any) -> str:
+    """An owned domain's kind for the host figures: an API VM, a serving replica, or a warm one."""
+    if d.meta.role == "vm":
+        return "vm"
+    return "warm" if d.meta.role.startswith("warm") else "replica"
