@@ -14,7 +14,8 @@ not VMs.
 Tables owned by this module: ``samples`` (per-domain utilization), ``host_samples``
 (per-host load), ``events`` (scaling decisions, failures, API actions) and
 ``scale_requests`` (a replica count asked for through the API, one pending request per
-group, which the autoscaler consumes). Other modules add their own tables through
+group, which the autoscaler consumes) and ``replicas`` (each replica's lifecycle state,
+written by the autoscaler when it changes, read by the API). Other modules add their own tables through
 ``Store.ensure_schema``.
 
 History is bounded: ``prune_history`` deletes samples, host samples and events older than
@@ -55,6 +56,10 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
 CREATE TABLE IF NOT EXISTS scale_requests (grp TEXT PRIMARY KEY, replicas INTEGER NOT NULL, ts REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS replicas (
+    name TEXT PRIMARY KEY, grp TEXT NOT NULL, host TEXT NOT NULL DEFAULT '', state TEXT NOT NULL,
+    address TEXT NOT NULL DEFAULT '', port INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL
+);
 """
 
 
@@ -81,6 +86,18 @@ class HostSample:
     vcpus: int                     # their vCPUs
     free_memory_mib: int | None    # the host's free RAM as libvirt reports it
     node_cpu: float | None = None  # the node's own busy share (getCPUStats), where libvirt has it
+
+
+@dataclass(frozen=True)
+class ReplicaRow:
+    """A replica's lifecycle state as the autoscaler last recorded it (the replicas table)."""
+    name: str
+    group: str
+    host: str
+    state: str               # cms.autoscaler.lifecycle.State: starting, ready, parked, ...
+    address: str
+    port: int
+    updated: float
 
 
 @dataclass(frozen=True)
@@ -319,6 +336,28 @@ class Store:
         """Remove the request seen at ts; False if a newer one replaced it meanwhile."""
         with self.write() as c:
             return c.execute("DELETE FROM scale_requests WHERE grp=? AND ts=?", (group, ts)).rowcount == 1
+
+    # -- replica states (written by the autoscaler as they change) --------------------------
+
+    def set_replicas(self, rows: Iterable[ReplicaRow], gone: Iterable[str] = ()) -> None:
+        """Record the replicas whose state changed, and drop those the autoscaler forgot."""
+        rows, gone = list(rows), list(gone)
+        if not rows and not gone:
+            return
+        with self.write() as c:
+            c.executemany("INSERT INTO replicas VALUES (?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                          "grp=excluded.grp, host=excluded.host, state=excluded.state, address=excluded.address, "
+                          "port=excluded.port, updated=excluded.updated",
+                          [(r.name, r.group, r.host, r.state, r.address, r.port, r.updated) for r in rows])
+            c.executemany("DELETE FROM replicas WHERE name=?", [(n,) for n in gone])
+
+    def replicas(self, group: str | None = None) -> list[ReplicaRow]:
+        q, args = "SELECT * FROM replicas", []
+        if group is not None:
+            q += " WHERE grp=?"
+            args.append(group)
+        return [ReplicaRow(r["name"], r["grp"], r["host"], r["state"], r["address"], r["port"], r["updated"])
+                for r in self.connect().execute(q + " ORDER BY name", args)]
 
     # -- events ---------------------------------------------------------------------------
 
