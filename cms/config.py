@@ -106,6 +106,16 @@ class TargetPolicyConfig:
 
 
 @dataclass(frozen=True)
+class WarmPoolConfig:
+    """Pre-booted replicas kept parked, taken first on a scale-out or a replacement."""
+    size: int = _f(0, min=0, max=1000, doc="warm replicas to keep (never past max with the serving ones); 0: no pool")
+    state: str = _f("paused", choices=("paused", "saved", "stopped"),
+                    doc="paused: suspended, RAM held; saved: managed save, RAM on disk; "
+                        "stopped: defined and shut off (a cold boot, but no clone or define)")
+    reuse_on_scale_in: bool = _f(True, doc="a drained replica is parked back into the pool when it is short")
+
+
+@dataclass(frozen=True)
 class GroupConfig:
     """A replica group: N copies of the guest server behind the load client."""
     min: int = _f(1, min=0, max=1000)
@@ -119,6 +129,7 @@ class GroupConfig:
     scale_in_order: str = _f("newest", choices=("newest", "oldest"), doc="which replica scale-in removes")
     threshold: ThresholdPolicyConfig = field(default_factory=ThresholdPolicyConfig)
     target: TargetPolicyConfig = field(default_factory=TargetPolicyConfig)
+    warm_pool: WarmPoolConfig = field(default_factory=WarmPoolConfig)
 
 
 @dataclass(frozen=True)
