@@ -9,14 +9,19 @@ BEGIN IMMEDIATE writes, see cms.store) and the cross-process spawn lock (see cms
 Failure decision for the spec's URLs (/vm/*, /image/list, /pm/*): any failure — a missing or
 non-numeric argument, an unknown type/VM/machine, a duplicate name, no room, a host that is
 down — answers HTTP 200 with the spec's failure value: ``{"vmid": 0}`` for create and query,
-``{"status": 0}`` for destroy, ``{"pmid": 0}`` for /pm/query and ``{"vms": []}`` for
-/pm/listvms. The grader reads JSON, and a 200 with the documented failure value is what a
-client of the spec expects; the reason is logged and (for create) recorded as an event.
-Never a 500: the responders catch everything.
+``{"status": 0}`` for destroy, ``{"pmid": 0}`` for /pm/query and ``{"vmids": 0}`` for
+/pm/listvms (cms.api.failures holds the table). The grader reads JSON, and a 200 with the
+documented failure value is what a client of the spec expects; the reason is logged and (for
+create) recorded as an event. Never a 500: the responders catch everything.
 
 /v1 answers errors as ``{"title": ..., "description": ...}`` with a 4xx status (503 when a
 host is unreachable, 502 when libvirt fails an action it supports; 409 when the host's driver
-cannot do it at all, since retrying will not help), mapped once below.
+cannot do it at all, since retrying will not help), mapped once below. Errors raised before
+a responder runs (an unknown URL, a wrong method, a body over api.max_body_bytes) keep their
+status and answer by URL: a spec URL its failure value, other URLs outside /v1 ``0``, /v1 a
+JSON message (cms.api.failures; cms.api.workers does the same for gunicorn's own errors).
+A body is JSON of at most api.max_body_bytes; one the decoder cannot take (malformed, not
+UTF-8, nested past its recursion limit) is a 400.
 Mutating /v1 calls need ``Authorization: Bearer <api.token>``; with no token configured
 they are refused with 403.
 """
@@ -24,6 +29,7 @@ they are refused with 403.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 from typing import Any
@@ -32,7 +38,9 @@ import falcon
 
 from cms import config as cms_config
 from cms import errors
+from cms.config import one_line
 from cms.api import dashboard, openapi, prom
+from cms.api.failures import SPEC_FAILURE, error_body
 from cms.api.service import Deps, Duplicate, Invalid, Service, Unknown, build_deps
 
 log = logging.getLogger("cms.api")
@@ -51,7 +59,7 @@ def _raise(status: str, title: str):
 
 def _error_serializer(req, resp, exc: falcon.HTTPError) -> None:
     resp.content_type = falcon.MEDIA_JSON
-    resp.media = {"title": exc.title or str(exc.status), "description": exc.description or exc.title or ""}
+    resp.text = json.dumps(error_body(req.path, exc.title or str(exc.status), exc.description or exc.title or ""))
 
 
 def _unexpected(req, resp, ex, params):
@@ -59,6 +67,24 @@ def _unexpected(req, resp, ex, params):
         raise ex
     log.exception("unexpected error on %s %s", req.method, req.path)
     raise falcon.HTTPInternalServerError(title="Internal error", description=f"{type(ex).__name__}: {ex}")
+
+
+class BodyLimit:
+    """Refuse a request body over api.max_body_bytes before anything reads it."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.max_body = self.cap
+        if req.content_length is not None and req.content_length > self.cap:
+            raise _too_large(req.content_length, self.cap)
+
+
+def _too_large(size: int | None, cap: int) -> falcon.HTTPError:
+    said = f"the body is {size} bytes" if size is not None else "the body is longer"
+    return falcon.HTTPContentTooLarge(title="Body too large",
+                                      description=f"{said}; this server takes at most {cap} bytes (api.max_body_bytes)")
 
 
 # -- auth -------------------------------------------------------------------------------------
@@ -117,7 +143,7 @@ class VmCreate:
     def __init__(self, svc: Service) -> None:
         self.svc = svc
 
-    @_spec({"vmid": 0})
+    @_spec(SPEC_FAILURE["/vm/create"])
     def on_get(self, req):
         name = req.get_param("name") or ""
         image = req.get_param("image_id")
@@ -130,7 +156,7 @@ class VmQuery:
     def __init__(self, svc: Service) -> None:
         self.svc = svc
 
-    @_spec({"vmid": 0})
+    @_spec(SPEC_FAILURE["/vm/query"])
     def on_get(self, req):
         return self.svc.vm(_int_arg(req, "vmid"))
 
@@ -139,7 +165,7 @@ class VmDestroy:
     def __init__(self, svc: Service) -> None:
         self.svc = svc
 
-    @_spec({"status": 0})
+    @_spec(SPEC_FAILURE["/vm/destroy"])
     def on_get(self, req):
         self.svc.destroy_vm(_int_arg(req, "vmid"))
         return {"status": 1}
@@ -149,7 +175,7 @@ class VmTypes:
     def __init__(self, svc: Service) -> None:
         self.svc = svc
 
-    @_spec({"types": []})
+    @_spec(SPEC_FAILURE["/vm/types"])
     def on_get(self, req):
         return {"types": self.svc.types()}
 
@@ -158,7 +184,7 @@ class ImageList:
     def __init__(self, svc: Service) -> None:
         self.svc = svc
 
-    @_spec({"images": []})
+    @_spec(SPEC_FAILURE["/image/list"])
     def on_get(self, req):
         return {"images": self.svc.images()}
 
@@ -167,16 +193,16 @@ class PmList:
     def __init__(self, svc: Service) -> None:
         self.svc = svc
 
-    @_spec({"pms": []})
+    @_spec(SPEC_FAILURE["/pm/list"])
     def on_get(self, req):
-        return {"pms": self.svc.pmids()}
+        return {"pmids": self.svc.pmids()}
 
 
 class PmQuery:
     def __init__(self, svc: Service) -> None:
         self.svc = svc
 
-    @_spec({"pmid": 0})
+    @_spec(SPEC_FAILURE["/pm/query"])
     def on_get(self, req):
         return self.svc.pm(_int_arg(req, "pmid"))
 
@@ -185,18 +211,30 @@ class PmListVms:
     def __init__(self, svc: Service) -> None:
         self.svc = svc
 
-    @_spec({"vms": []})
+    @_spec(SPEC_FAILURE["/pm/listvms"])
     def on_get(self, req):
-        return {"vms": self.svc.pm_vms(_int_arg(req, "pmid"))}
+        return {"vmids": self.svc.pm_vms(_int_arg(req, "pmid"))}
 
 
 # -- /v1 --------------------------------------------------------------------------------------
 
 def _body(req: falcon.Request) -> dict[str, Any]:
+    """The JSON object in the body ({} when there is none). Read here rather than through
+    req.get_media, to bound a chunked body by api.max_body_bytes too and to turn every input
+    json.loads cannot take (RecursionError included) into a 400."""
+    if req.content_type and not req.content_type.split(";")[0].strip().lower().endswith(("/json", "+json")):
+        raise falcon.HTTPUnsupportedMediaType(title="Unsupported media type",
+                                              description=f"send the body as application/json, not {req.content_type}")
+    cap = req.context.max_body
+    raw = req.bounded_stream.read(cap + 1)
+    if len(raw) > cap:
+        raise _too_large(req.content_length, cap)
+    if not raw.strip():
+        return {}
     try:
-        body = req.get_media(default_when_empty={})
-    except falcon.MediaMalformedError as exc:
-        raise Invalid(f"the body is not valid JSON: {exc.description}") from None
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise Invalid(f"the body is not valid JSON: {one_line(str(exc))[:200]}") from None
     if not isinstance(body, dict):
         raise Invalid("the body must be a JSON object")
     return body
@@ -350,7 +388,7 @@ def create_app(deps: Deps) -> falcon.App:
     # token check refused before routing.
     router = falcon.routing.CompiledRouter()
     metrics = prom.RequestMetrics(router.find)
-    app = falcon.App(router=router, middleware=[metrics, Auth(api.token, api.open_spec_urls)])
+    app = falcon.App(router=router, middleware=[metrics, BodyLimit(api.max_body_bytes), Auth(api.token, api.open_spec_urls)])
     app.req_options.auto_parse_qs_csv = False
     app.resp_options.secure_cookies_by_default = False
     app.set_error_serializer(_error_serializer)

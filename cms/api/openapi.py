@@ -46,7 +46,7 @@ MAX_ID = 2 ** 63 - 1
 VMID = {"name": "vmid", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}}
 PMID = {"name": "pmid", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}}
 GNAME = {"name": "name", "in": "path", "required": True, "schema": STR}
-MUT_ERRS = {"400": ERR, "401": ERR, "403": ERR, "404": ERR, "409": ERR, "502": ERR, "503": ERR}
+MUT_ERRS = {"400": ERR, "401": ERR, "403": ERR, "404": ERR, "409": ERR, "413": ERR, "415": ERR, "502": ERR, "503": ERR}
 
 
 def _spec_get(summary: str, params: list[tuple[str, bool]], schema: dict[str, Any]) -> dict[str, Any]:
@@ -59,6 +59,8 @@ SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "cms API", "version": "1.0.0",
              "description": "The mini-project's URLs (failures answer 200 with 0) and the resource-style /v1 API. "
+                            "Every answer is JSON: an error on a spec URL is its failure value, on any other URL "
+                            "outside /v1 the number 0, on /v1 {title, description}. "
                             "Mutating /v1 calls need 'Authorization: Bearer <api.token>'."},
     "paths": {
         "/vm/create": _spec_get("Create a VM", [("name", True), ("instance_type", True), ("image_id", False)],
@@ -69,11 +71,13 @@ SPEC: dict[str, Any] = {
         "/vm/destroy": _spec_get("Destroy a VM", [("vmid", True)], _obj({"status": {"type": "integer", "enum": [0, 1]}})),
         "/vm/types": _spec_get("Instance types", [], _obj({"types": {"type": "array", "items": TYPE}})),
         "/image/list": _spec_get("Images", [], _obj({"images": {"type": "array", "items": IMAGE}})),
-        "/pm/list": _spec_get("Machines", [], _obj({"pms": {"type": "array", "items": INT}})),
+        "/pm/list": _spec_get("Machines", [], _obj({"pmids": {"type": "array", "items": INT}}, extra=False)),
         "/pm/query": _spec_get("A machine", [("pmid", True)],
                                {"oneOf": [_obj({"pmid": INT, "capacity": TRIPLE, "free": TRIPLE, "vms": INT}, extra=False),
                                           _obj({"pmid": {"type": "integer", "enum": [0]}}, extra=False)]}),
-        "/pm/listvms": _spec_get("VMs on a machine", [("pmid", True)], _obj({"vms": {"type": "array", "items": INT}})),
+        "/pm/listvms": _spec_get("VMs on a machine", [("pmid", True)],
+                                 _obj({"vmids": {"oneOf": [{"type": "array", "items": INT},
+                                                           {"type": "integer", "enum": [0]}]}}, extra=False)),
         "/v1/vms": {
             "get": {"summary": "All VMs made through the API", "responses": {"200": _json(_obj({"vms": {"type": "array", "items": _ref("Vm")}}))}},
             "post": {"summary": "Create a VM", "security": AUTH,

@@ -106,7 +106,7 @@ def test_spec_calls_end_to_end_on_the_real_host(live_api):
     assert get(url + "/vm/types")["types"][1] == {"tid": 2, "cpu": 1, "ram": 1024, "disk": 1}
     images = get(url + "/image/list")["images"]
     assert images == [{"id": 100, "name": "blank-64"}]
-    assert get(url + "/pm/list") == {"pms": [1, 2, 3]}
+    assert get(url + "/pm/list") == {"pmids": [1, 2, 3]}
     name = f"real-{uuid.uuid4().hex[:6]}"
     vmid = get(f"{url}/vm/create?name={name}&instance_type=2")["vmid"]
     assert vmid > 0, (live_api["tmp"] / "api.log").read_text()
@@ -116,7 +116,7 @@ def test_spec_calls_end_to_end_on_the_real_host(live_api):
     try:
         dom = h.conn().lookupByName(f"cms-vm-{vmid}")
         assert dom.isActive() == 1
-        assert vmid in get(f"{url}/pm/listvms?pmid=3")["vms"]
+        assert vmid in get(f"{url}/pm/listvms?pmid=3")["vmids"]
         q = get(f"{url}/pm/query?pmid=3")
         assert q["capacity"]["cpu"] >= 1 and q["vms"] >= 1
         assert f"cms-vm-{vmid}.qcow2" in h.list_volumes(live_api["pool"])

@@ -93,7 +93,7 @@ def test_install_sets_up_through_ansible_and_leaves_the_server_answering(tmp_pat
         url = f"http://127.0.0.1:{port}"
         assert r.stdout.strip().splitlines()[-1] == url
         assert "[install] ansible: localhost" in r.stdout and "failed=0" in r.stdout
-        assert _get(url + "/pm/list") == {"pms": [1, 2]}
+        assert _get(url + "/pm/list") == {"pmids": [1, 2]}
         assert _get(url + "/vm/types") == TYPES
         assert _get(url + "/image/list") == {"images": [{"id": 100, "name": "blank-64"}]}
         vmid = _get(url + "/vm/create?name=inst1&instance_type=2")["vmid"]
@@ -109,7 +109,7 @@ def test_install_sets_up_through_ansible_and_leaves_the_server_answering(tmp_pat
         r = run_install(files, env)
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
         assert re.search(r'^token = "(.+)"', (tmp_path / "etc" / "cms.toml").read_text(), re.M).group(1) == token
-        assert _get(url + "/pm/list") == {"pms": [1, 2]}
+        assert _get(url + "/pm/list") == {"pmids": [1, 2]}
     finally:
         for svc in ("cms-api", "cms-autoscaler"):
             pidfile = tmp_path / "run" / f"{svc}.pid"

@@ -69,7 +69,7 @@ def test_site_yml_every_play_on_localhost(tmp_path: Path):
 
         status = wait_for(lambda: http_answers(f"http://127.0.0.1:{port}/v1/types"), 60, "the API to answer")
         assert status == 200
-        assert api_get(port, "/pm/list") == {"pms": [1]}
+        assert api_get(port, "/pm/list") == {"pmids": [1]}
         pm = api_get(port, "/pm/query?pmid=1")
         assert pm["pmid"] == 1 and pm["capacity"]["cpu"] > 0, pm
         hosts = api_get(port, "/v1/hosts")

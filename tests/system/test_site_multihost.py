@@ -164,7 +164,7 @@ def test_two_hypervisors_over_qemu_ssh(loopback_sshd, tmp_path: Path):
             assert info.returncode == 0 and "running" in info.stdout, info.stdout + info.stderr
 
         wait_for(lambda: http_answers(f"http://127.0.0.1:{api}/v1/types") == 200, 60, "the API to answer")
-        assert api_get(api, "/pm/list") == {"pms": [1, 2]}
+        assert api_get(api, "/pm/list") == {"pmids": [1, 2]}
         for pmid in (1, 2):
             pm = api_get(api, f"/pm/query?pmid={pmid}")
             assert pm["pmid"] == pmid and pm["capacity"]["cpu"] > 0, pm
@@ -183,7 +183,7 @@ def test_two_hypervisors_over_qemu_ssh(loopback_sshd, tmp_path: Path):
         placed = {api_get(api, f"/vm/query?vmid={v}")["pmid"] for v in vmids}
         assert placed == {1, 2}, placed
         for pmid in (1, 2):
-            assert len(api_get(api, f"/pm/listvms?pmid={pmid}")["vms"]) == 1
+            assert len(api_get(api, f"/pm/listvms?pmid={pmid}")["vmids"]) == 1
         # the domains, by UUID (another test's API may use the same cms-vm-N names later)
         uuids = [_virsh("domuuid", f"cms-vm-{v}").stdout.strip() for v in vmids]
         assert all(uuids), "a created VM is not in libvirt"

@@ -64,8 +64,8 @@ def test_spec_urls_end_to_end(api):
     doms = deps.fleet.host("pm1").owned_domains()
     assert [(d.name, d.vcpus, d.memory_mib, d.meta.role, d.meta.vmid, d.meta.instance_type, d.meta.image)
             for d in doms] == [(f"cms-vm-{vmid}", 4, 2048, "vm", vmid, 3, "/srv/Ubuntu-12.04-amd64.qcow2")]
-    assert j(c.simulate_get("/pm/list")) == {"pms": [1, 2, 3]}
-    assert j(c.simulate_get("/pm/listvms", params={"pmid": 1})) == {"vms": [vmid]}
+    assert j(c.simulate_get("/pm/list")) == {"pmids": [1, 2, 3]}
+    assert j(c.simulate_get("/pm/listvms", params={"pmid": 1})) == {"vmids": [vmid]}
     q = j(c.simulate_get("/pm/query", params={"pmid": 1}))
     assert q == {"pmid": 1, "capacity": {"cpu": 4, "ram": 4096, "disk": 100},
                  "free": {"cpu": 0, "ram": 2048, "disk": q["free"]["disk"]}, "vms": 1}
@@ -101,7 +101,7 @@ def test_spec_urls_end_to_end(api):
     ("/vm/destroy", {"vmid": "999"}, {"status": 0}),
     ("/pm/query", {"pmid": "0"}, {"pmid": 0}),
     ("/pm/query", {"pmid": "x"}, {"pmid": 0}),
-    ("/pm/listvms", {"pmid": "44"}, {"vms": []}),
+    ("/pm/listvms", {"pmid": "44"}, {"vmids": 0}),
 ])
 def test_spec_failures_are_200_with_zero(api, url, params, want):
     c, deps = api
@@ -253,7 +253,7 @@ def test_50_parallel_creates_on_nearly_full_hosts(tmp_path, run_dir):
     rows = c.simulate_get("/v1/vms").json["vms"]
     assert sorted(r["vmid"] for r in rows) == made
     assert {r["domain"]: r["host"] for r in rows} == {d.name: d.host for d in owned}
-    assert json.dumps(c.simulate_get("/pm/list").json) == '{"pms": [1, 2]}'
+    assert json.dumps(c.simulate_get("/pm/list").json) == '{"pmids": [1, 2]}'
 
 
 def _make_half_made(c, deps, name):
