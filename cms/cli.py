@@ -3,6 +3,7 @@
     cms [--config F] [--url URL] [--token T] [--timeout S] [--json] COMMAND
       vm create NAME TYPE [--image ID] | vm query VMID | vm destroy VMID | vm list
       types | images | pm list | pm query PMID | pm listvms PMID | group status [NAME] | group scale NAME N
+      doctor [--config F] [--json] [--skip CHECK,...] [--timeout S]   (needs no API; see cms.doctor)
 
 The URL comes from --url, else $CMS_URL, else http://<api.bind of the configuration>.
 The token (for `group scale`) from --token, else $CMS_TOKEN, else api.token of the
@@ -127,6 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     p = g.add_parser("scale")
     p.add_argument("name")
     p.add_argument("replicas", type=int)
+    # Own dests: a subcommand's defaults would overwrite the same options given before it.
+    p = sub.add_parser("doctor", help="check this machine and every configured host (needs no API)")
+    p.add_argument("--config", dest="doctor_config", help="cms.toml (as the global --config)")
+    p.add_argument("--json", dest="doctor_json", action="store_true", help="print the checks as JSON")
+    p.add_argument("--skip", default="", help="comma-separated checks to leave out (e.g. image,api)")
+    p.add_argument("--timeout", dest="doctor_timeout", type=float, default=20.0,
+                   help="seconds each host's libvirt gets to answer (default 20)")
     return ap
 
 
@@ -198,6 +206,10 @@ def run(a: argparse.Namespace, c: Client) -> tuple[Any, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     a = ap.parse_args(argv)      # usage errors: argparse prints usage and exits 2
+    if a.cmd == "doctor":
+        from cms import doctor
+        return doctor.command(a.doctor_config or a.config, as_json=a.json or a.doctor_json, skip=a.skip,
+                              timeout=a.doctor_timeout, url=a.url or "")
     url, token = _default_url_and_token(a.config)
     if not 0 < a.timeout <= 86400:
         ap.error("--timeout must be above 0 and at most 86400 seconds")
