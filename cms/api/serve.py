@@ -80,9 +80,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from gunicorn.app.base import BaseApplication
 
+    from cms.api.workers import WORKER_CLASSES
+
     class App(BaseApplication):
         def load_config(self) -> None:
-            settings = {"bind": bind, "workers": workers, "worker_class": cfg.api.worker_class,
+            # gunicorn's sync or gthread worker, with its own error pages made JSON (cms.api.workers);
+            # limit_request_line stays gunicorn's 4094 bytes: the reason is in that module
+            settings = {"bind": bind, "workers": workers, "worker_class": WORKER_CLASSES[cfg.api.worker_class],
                         # gunicorn quietly turns sync into gthread when threads > 1
                         "threads": cfg.api.threads if cfg.api.worker_class == "gthread" else 1,
                         "timeout": cfg.api.timeout,
