@@ -142,6 +142,8 @@ class AutoscalerConfig:
                                        doc="one /health check's timeout; generous, as a saturated replica answers slowly")
     drain_s: float = _f(3.0, min=0.0, max=3600.0, doc="time given to in-flight work after draining is announced")
     shutdown_timeout_s: float = _f(10.0, min=0.0, max=3600.0, doc="graceful shutdown wait before destroy")
+    metrics_listen: str = _f("127.0.0.1:9481", doc="HOST:PORT where the daemon serves Prometheus' /metrics; "
+                                                   "empty: no endpoint")
 
 
 @dataclass(frozen=True)
@@ -348,6 +350,18 @@ def _zmq_problem(value: str) -> str | None:
     return "want tcp://HOST:PORT, ipc://PATH or inproc://NAME"
 
 
+def split_hostport(value: str) -> tuple[str, int] | None:
+    """"HOST:PORT" or "[V6]:PORT" into (host, port); None when it is not that."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(c.isspace() or c in "/[]" for c in host):
+        return None
+    return host, int(port)
+
+
 def _cross_checks(cfg: Config) -> None:
     src = cfg.source
     if not cfg.hosts:
@@ -369,6 +383,9 @@ def _cross_checks(cfg: Config) -> None:
             raise ConfigError(f"{src}: {key} = {value!r}: {why}")
     if cfg.network.port_min > cfg.network.port_max:
         raise ConfigError(f"{src}: network.port_min ({cfg.network.port_min}) is above network.port_max ({cfg.network.port_max})")
+    if cfg.autoscaler.metrics_listen and split_hostport(cfg.autoscaler.metrics_listen) is None:
+        raise ConfigError(f"{src}: autoscaler.metrics_listen = {cfg.autoscaler.metrics_listen!r} is not HOST:PORT "
+                          "(e.g. 127.0.0.1:9481, [::1]:9481; empty turns the endpoint off)")
     if cfg.libvirt.migrate_timeout_s >= cfg.api.timeout:
         # otherwise gunicorn kills the API worker mid-migration before the abort runs
         raise ConfigError(f"{src}: libvirt.migrate_timeout_s ({cfg.libvirt.migrate_timeout_s:g}) must be below "
