@@ -1,4 +1,4 @@
-"""The REST API: the spec's URLs, the resource-style /v1 API and a dashboard at /.
+"""The REST API: the spec's URLs, the resource-style /v1 API and the operator console at /.
 
 ``create_app(deps)`` builds the Falcon app from injected dependencies (tests pass test:///
 hosts); ``get_app()`` reads the configuration ($CMS_CONFIG or /etc/cms/cms.toml) and is what
@@ -39,7 +39,7 @@ import falcon
 from cms import config as cms_config
 from cms import errors
 from cms.config import one_line
-from cms.api import dashboard, openapi, prom
+from cms.api import console, history, openapi, prom
 from cms.api.failures import SPEC_FAILURE, error_body
 from cms.api.service import Deps, Duplicate, Invalid, Service, Unknown, build_deps
 
@@ -271,11 +271,20 @@ class V1Vm:
         self.svc = svc
 
     def on_get(self, req, resp, vmid: int):
-        resp.media = self.svc.vm(vmid, full=True)
+        resp.media = self.svc.vm_detail(vmid)
 
     def on_delete(self, req, resp, vmid: int):
         self.svc.destroy_vm(vmid)
         resp.media = {"vmid": vmid, "status": 1}
+
+
+class V1VmConsole:
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+
+    def on_get(self, req, resp, vmid: int):
+        resp.media = self.svc.console_tail(vmid, req.get_param_as_int("bytes", min_value=1, max_value=1 << 20,
+                                                                      default=16384))
 
 
 class V1VmMigrate:
@@ -365,18 +374,15 @@ class V1Events:
         order = req.get_param("order", default="asc")
         if order not in ("asc", "desc"):
             raise Invalid("order must be asc or desc")
-        resp.media = {"events": self.svc.events(since, limit, req.get_param("group"), newest_first=order == "desc")}
+        before = req.get_param_as_int("before_id", min_value=1, max_value=MAX_ID)
+        kinds = [k for k in (req.get_param("kind") or "").split(",") if k]
+        resp.media = {"events": self.svc.events(since, limit, req.get_param("group"), newest_first=order == "desc",
+                                                kinds=kinds or None, before_id=before)}
 
 
 class OpenApi:
     def on_get(self, req, resp):
         resp.media = openapi.SPEC
-
-
-class Dashboard:
-    def on_get(self, req, resp):
-        resp.content_type = falcon.MEDIA_HTML
-        resp.text = dashboard.HTML
 
 
 # -- the app ----------------------------------------------------------------------------------
@@ -406,6 +412,10 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_route("/v1/vms/{vmid:int(min=0, max=9223372036854775807)}", V1Vm(svc))
     app.add_route("/v1/vms/{vmid:int(min=0, max=9223372036854775807)}/migrate", V1VmMigrate(svc))
     app.add_route("/v1/vms/{vmid:int(min=0, max=9223372036854775807)}/resize", V1VmResize(svc))
+    app.add_route("/v1/vms/{vmid:int(min=0, max=9223372036854775807)}/console", V1VmConsole(svc))
+    app.add_route("/v1/vms/{vmid:int(min=0, max=9223372036854775807)}/metrics", history.VmMetrics(svc))
+    app.add_route("/v1/hosts/{pmid:int(min=0, max=9223372036854775807)}/metrics", history.HostMetrics(svc))
+    app.add_route("/v1/groups/{name}/metrics", history.GroupMetrics(svc))
     app.add_route("/v1/hosts", V1Hosts(svc))
     app.add_route("/v1/hosts/{pmid:int(min=0, max=9223372036854775807)}", V1Host(svc))
     app.add_route("/v1/images", V1Images(svc))
@@ -415,7 +425,7 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_route("/v1/groups/{name}/scale", V1GroupScale(svc))
     app.add_route("/v1/events", V1Events(svc))
     app.add_route("/v1/openapi.json", OpenApi())
-    app.add_route("/", Dashboard())
+    console.add_routes(app)    # / and /static/<version>/...: the operator console
     app.add_route("/metrics", prom.MetricsResource(metrics))
 
     # Domain errors to HTTP, once. Later registrations win for subclasses in Falcon 4
