@@ -229,16 +229,16 @@ class Service:
         out["type"] = next((t for t in self.types() if t["tid"] == r["instance_type"]), None)
         out["image"] = next((i for i in self.images(with_path=True) if i["id"] == r["image_id"]), None)
         out["domain_state"] = "unknown"
+        if out["type"] is not None:   # create_vm defines every API VM with twice its type as maximum
+            out.update(max_vcpus=2 * out["type"]["cpu"], max_memory_mib=2 * out["type"]["ram"])
         try:
             d = self.sched.find(r["domain"])
-            max_vcpus, max_mib = self.fleet.host(d.host).limits(d.name)
             addr = self.fleet.address_of(d)
         except errors.CmsError as exc:
             log.info("VM %s: no live figures: %s", vmid, exc)
             return out
         out.update(domain_state=d.state, host=d.host, pmid=self.sched.pmid(d.host), vcpus=d.vcpus,
-                   memory_mib=d.memory_mib, max_vcpus=max_vcpus, max_memory_mib=max_mib,
-                   address=f"{addr[0]}:{addr[1]}" if addr else "")
+                   memory_mib=d.memory_mib, address=f"{addr[0]}:{addr[1]}" if addr else "")
         return out
 
     def console_tail(self, vmid: int, max_bytes: int = 16384) -> dict[str, Any]:

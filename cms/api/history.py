@@ -1,0 +1,206 @@
+"""History for the console's charts: GET /v1/vms/{vmid}/metrics, /v1/hosts/{pmid}/metrics and
+/v1/groups/{name}/metrics, downsampled on the server.
+
+Each takes ``since`` and ``until`` (epoch seconds; default: the last hour up to now) and
+``step`` (seconds per point; default: the range over ``DEFAULT_POINTS``). The answer lays
+the range out as buckets ``[since + i*step, since + (i+1)*step)``: ``ts`` holds every
+bucket's start, and each series holds one value per bucket, ``null`` where no sample fell.
+So every series shares one time axis (what uPlot draws) and a range with no samples is a
+valid answer of nulls, with ``points`` = 0. A bucket's value is the mean of its samples
+(``cpu_max`` the peak), computed in SQLite (cms.store's ``*_buckets``), so a day of
+one-second samples never leaves the database whole.
+
+Bad ranges are 400s with the usual JSON error: a value that is not a finite number,
+``since`` not before ``until``, a step that is not positive, or more than ``MAX_POINTS``
+buckets.
+
+What the series count:
+- VM: ``cpu`` (0..1 of its own vCPUs, the autoscaler's figure), ``cpu_max``, ``vcpu`` (one
+  series per vCPU), ``memory_mib`` (the balloon's current size) and ``vcpus``.
+- host: ``cpu`` (0..1 of the host's CPUs taken by its cms domains), ``node_cpu`` (the node's
+  own figure, where libvirt has it), ``free_memory_mib``, ``vms`` and ``vcpus``; plus
+  ``domains``: each domain's share of the host's CPUs, to see which VM eats the host. The
+  host rows come from the ``host_samples`` table; where it has none for the range, ``cpu``,
+  ``vms`` and ``vcpus`` are summed from the per-domain samples instead (``source`` says
+  which), and free RAM is null.
+- group: ``cpu`` (the mean over its replicas), ``replicas`` (mean count over the bucket)
+  and ``states`` (mean replicas in each state), the policy's ``thresholds``, and
+  ``markers``: its decisions and scaling events in the range, with their reasons.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterable
+
+from cms.api.service import Invalid, Service
+
+DEFAULT_RANGE_S = 3600.0
+DEFAULT_POINTS = 300
+MAX_POINTS = 2000
+MARKER_KINDS = ("decision", "scale_override", "scale_request", "scale_out", "scale_in", "failed", "replaced")
+
+
+def parse_range(get: Callable[[str], str | None], now: float) -> tuple[float, float, float, int]:
+    """(since, until, step, buckets) from the query; Invalid (400) with the reason when bad."""
+    def number(name: str) -> float | None:
+        raw = get(name)
+        if raw is None or raw == "":
+            return None
+        try:
+            v = float(raw)
+        except ValueError:
+            raise Invalid(f"{name} must be a number (epoch seconds for since/until, seconds for step), "
+                          f"got {raw!r}") from None
+        if not math.isfinite(v) or v < 0:
+            raise Invalid(f"{name} must be a finite number >= 0, got {raw!r}")
+        return v
+
+    until = number("until")
+    until = now if until is None else until
+    since = number("since")
+    since = until - DEFAULT_RANGE_S if since is None else since
+    if since >= until:
+        raise Invalid(f"since ({since:g}) must be before until ({until:g})")
+    step = number("step")
+    if step is None:
+        step = max(1.0, (until - since) / DEFAULT_POINTS)
+    if step <= 0:
+        raise Invalid("step must be above 0 seconds")
+    buckets = math.ceil((until - since) / step)
+    if buckets > MAX_POINTS:
+        raise Invalid(f"{buckets} points asked (range {until - since:g} s / step {step:g} s); at most {MAX_POINTS}: "
+                      "raise step or narrow the range")
+    return since, until, step, buckets
+
+
+def lay_out(rows: Iterable[Any], buckets: int, value: Callable[[Any], Any]) -> list[Any]:
+    """One value per bucket from rows keyed by bucket index ``b``; None where no row."""
+    out: list[Any] = [None] * buckets
+    for r in rows:
+        b = r["b"]
+        if 0 <= b < buckets:
+            out[b] = value(r)
+    return out
+
+
+def _r(v: float | None, nd: int = 4) -> float | None:
+    return None if v is None else round(v, nd)
+
+
+def _frame(since: float, until: float, step: float, buckets: int) -> dict[str, Any]:
+    return {"since": since, "until": until, "step": step, "ts": [round(since + i * step, 3) for i in range(buckets)]}
+
+
+def vm_metrics(svc: Service, vmid: int, since: float, until: float, step: float, buckets: int) -> dict[str, Any]:
+    vm = svc.vm(vmid, full=True)
+    rows = svc.store.domain_buckets(vm["domain"], since, until, step)
+    nvcpu = max((int(k[4:]) + 1 for r in rows for k in r.keys() if k.startswith("vcpu") and k[4:].isdigit()),
+                default=0)
+    series = {
+        "cpu": lay_out(rows, buckets, lambda r: _r(r["cpu"])),
+        "cpu_max": lay_out(rows, buckets, lambda r: _r(r["cpu_max"])),
+        "memory_mib": lay_out(rows, buckets, lambda r: None if r["memory_kib"] is None else round(r["memory_kib"] / 1024, 1)),
+        "vcpus": lay_out(rows, buckets, lambda r: r["vcpus"]),
+        "vcpu": [lay_out(rows, buckets, lambda r, i=i: _r(r[f"vcpu{i}"])) for i in range(nvcpu)],
+    }
+    return {"vmid": vmid, "domain": vm["domain"], **_frame(since, until, step, buckets),
+            "points": sum(1 for v in series["cpu"] if v is not None), "series": series}
+
+
+def host_metrics(svc: Service, pmid: int, since: float, until: float, step: float, buckets: int) -> dict[str, Any]:
+    name = svc.sched.host_name(pmid)
+    if name is None:
+        from cms.api.service import Unknown
+        raise Unknown(f"no machine {pmid}")
+    store = svc.store
+    rows = store.host_buckets(name, since, until, step)
+    shares = store.domain_share_buckets(since, until, step, host=name)
+    cpus = next((r["cpus"] for r in reversed(rows) if r["cpus"]), 0) or _host_cpus(svc, name)
+    if rows:
+        source = "host"
+        series = {
+            "cpu": lay_out(rows, buckets, lambda r: _r(r["cpu"])),
+            "cpu_max": lay_out(rows, buckets, lambda r: _r(r["cpu_max"])),
+            "node_cpu": lay_out(rows, buckets, lambda r: _r(r["node_cpu"])),
+            "free_memory_mib": lay_out(rows, buckets, lambda r: _r(r["free_memory_mib"], 0)),
+            "vms": lay_out(rows, buckets, lambda r: _r(r["vms"], 2)),
+            "vcpus": lay_out(rows, buckets, lambda r: _r(r["vcpus"], 2)),
+        }
+    else:
+        source = "domains"
+        ticks = store.tick_buckets(since, until, step, host=name)
+        series = {
+            "cpu": lay_out(ticks, buckets, lambda r: _r(r["cpus_used"] / cpus) if cpus and r["cpus_used"] is not None else None),
+            "cpu_max": [None] * buckets,
+            "node_cpu": [None] * buckets,
+            "free_memory_mib": [None] * buckets,
+            "vms": lay_out(ticks, buckets, lambda r: _r(r["domains"], 2)),
+            "vcpus": lay_out(ticks, buckets, lambda r: _r(r["vcpus"], 2)),
+        }
+    by_domain: dict[str, list[Any]] = {}
+    for r in shares:
+        s = by_domain.setdefault(r["domain"], [None] * buckets)
+        if 0 <= r["b"] < buckets and cpus and r["cpus_used"] is not None:
+            s[r["b"]] = _r(r["cpus_used"] / cpus)
+    return {"pmid": pmid, "host": name, "cpus": cpus, "source": source, **_frame(since, until, step, buckets),
+            "points": sum(1 for v in series["cpu"] if v is not None), "series": series, "domains": by_domain}
+
+
+def _host_cpus(svc: Service, name: str) -> int:
+    _load, _doms, cap = svc.sched.host_state(name)
+    return getattr(cap, "cpus", 0) or 0
+
+
+def group_metrics(svc: Service, name: str, since: float, until: float, step: float, buckets: int) -> dict[str, Any]:
+    gc = svc.cfg.groups.get(name)
+    if gc is None:
+        from cms.api.service import Unknown
+        raise Unknown(f"no group {name!r}")
+    store = svc.store
+    ticks = store.tick_buckets(since, until, step, group=name)
+    per_tick = {r["b"]: r["ticks"] for r in ticks}
+    states: dict[str, list[Any]] = {}
+    for r in store.state_buckets(name, since, until, step):
+        if 0 <= r["b"] < buckets and per_tick.get(r["b"]):
+            states.setdefault(r["state"] or "unknown", [None] * buckets)[r["b"]] = round(r["n"] / per_tick[r["b"]], 2)
+    thresholds = ({"high": gc.threshold.high, "low": gc.threshold.low} if gc.policy == "threshold"
+                  else {"target": gc.target.target, "tolerance": gc.target.tolerance})
+    markers = [{"ts": e.ts, "kind": e.kind, "subject": e.subject, "message": e.message}
+               for e in store.events(group=name, kinds=MARKER_KINDS, limit=MAX_POINTS, newest_first=True,
+                                     since_id=0)
+               if since <= e.ts < until]
+    markers.reverse()
+    series = {"cpu": lay_out(ticks, buckets, lambda r: _r(r["cpu"])),
+              "replicas": lay_out(ticks, buckets, lambda r: _r(r["domains"], 2)),
+              "states": states}
+    return {"group": name, "policy": gc.policy, "thresholds": thresholds, "min": gc.min, "max": gc.max,
+            **_frame(since, until, step, buckets), "points": sum(1 for v in series["cpu"] if v is not None),
+            "series": series, "markers": markers}
+
+
+# -- the routes ---------------------------------------------------------------------------------
+
+class _Metrics:
+    def __init__(self, svc: Service, clock: Callable[[], float] = time.time) -> None:
+        self.svc = svc
+        self.clock = clock
+
+    def _range(self, req: Any) -> tuple[float, float, float, int]:
+        return parse_range(req.get_param, self.clock())
+
+
+class VmMetrics(_Metrics):
+    def on_get(self, req, resp, vmid: int):
+        resp.media = vm_metrics(self.svc, vmid, *self._range(req))
+
+
+class HostMetrics(_Metrics):
+    def on_get(self, req, resp, pmid: int):
+        resp.media = host_metrics(self.svc, pmid, *self._range(req))
+
+
+class GroupMetrics(_Metrics):
+    def on_get(self, req, resp, name: str):
+        resp.media = group_metrics(self.svc, name, *self._range(req))

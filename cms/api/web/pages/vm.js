@@ -1,0 +1,133 @@
+// A VM: state, host, type, image and address; CPU (and each vCPU) and memory charts with
+// ranges; migrate (placement's choice or a chosen host), resize within the maximum it was
+// defined with, destroy after a confirmation; the tail of its serial console log.
+
+import { api, Poller } from "../api.js";
+import { TimeChart } from "../charts.js";
+import { h, replace, fmt, section, dl, stateBadge, actionForm, field, select, confirmDialog,
+         rangePicker, rangeSeconds } from "../ui.js";
+
+export function vmPage(el, vmid) {
+  let range = "5m";
+  const head = h("h1", {}, `VM ${vmid}`);
+  const facts = h("div", { id: "vm-facts" });
+  const cpu = new TimeChart({ id: "vm-cpu", title: "CPU (share of its vCPUs)", unit: "pct", yMax: 1 });
+  const mem = new TimeChart({ id: "vm-memory", title: "Memory (balloon size)", unit: "mib" });
+  const consoleBox = h("pre", { id: "vm-console", class: "console", tabindex: 0, "aria-label": "Serial console log, read-only" });
+  const consoleNote = h("p", { class: "muted", id: "vm-console-note" });
+  const actions = h("div", { class: "actions", id: "vm-actions" });
+  const charts = h("div", { class: "pair" }, cpu.el, mem.el);
+  replace(el, head, section("State", facts),
+    section("Charts", rangePicker("vm-range", range, (k) => { range = k; chartPoller.now(); }), charts),
+    section("Actions", actions), section("Serial console (the last 16 KiB, read-only)", consoleNote, consoleBox));
+
+  let vm = null;
+  let hosts = [];
+  const pollers = [];
+  let built = false;
+  let destSelect = null;
+  let destFor = "";
+
+  // The migrate form's destinations: every host but the VM's own, refreshed when it moves.
+  const syncDestinations = () => {
+    const key = `${vm.host}|${hosts.map((x) => x.name).join(",")}`;
+    if (!destSelect || key === destFor) return;
+    destFor = key;
+    replace(destSelect, [["", "placement's choice"], ...hosts.filter((x) => x.name !== vm.host)
+      .map((x) => [x.pmid, `${x.name} (pmid ${x.pmid})`])].map(([v, t]) => h("option", { value: v }, t)));
+  };
+
+  const buildActions = () => {
+    destSelect = select("pmid", [], "");
+    const migrate = actionForm({
+      id: "migrate-form", title: "Migrate (live)", submit: "Migrate",
+      describe: "Moves the running VM to another host; without a choice, placement picks one.",
+      fields: [field("Destination", destSelect)],
+      run: async (fd) => {
+        const pmid = fd.get("pmid");
+        const r = await api.post(`/v1/vms/${vmid}/migrate`, pmid ? { pmid: Number(pmid) } : {});
+        poller.now();
+        return `migrated to ${r.host}`;
+      },
+    });
+    const resize = actionForm({
+      id: "resize-form", title: "Resize", submit: "Resize",
+      describe: `Within the maximum it was defined with: ${fmt.vcpu(vm.max_vcpus)}, ${fmt.mib(vm.max_memory_mib)}.`,
+      fields: [
+        field("vCPUs", h("input", { type: "number", name: "vcpus", min: 1, max: vm.max_vcpus || 1, required: true, value: vm.vcpus ?? 1 }), "vCPU"),
+        field("Memory", h("input", { type: "number", name: "memory_mib", min: 64, max: vm.max_memory_mib || 64, step: 64, required: true, value: vm.memory_mib ?? 64 }), "MiB"),
+      ],
+      run: async (fd) => {
+        const r = await api.post(`/v1/vms/${vmid}/resize`, { vcpus: Number(fd.get("vcpus")), memory_mib: Number(fd.get("memory_mib")) });
+        poller.now();
+        return `now ${fmt.vcpu(r.vcpus)}, ${fmt.mib(r.memory_mib)}`;
+      },
+    });
+    const destroy = actionForm({
+      id: "destroy-form", title: "Destroy", submit: "Destroy…", danger: true,
+      describe: "Stops the VM and deletes its disk overlay. This cannot be undone.",
+      fields: [],
+      run: async () => {
+        if (!await confirmDialog(`Destroy ${vm.name}?`, `${vm.domain} on ${vm.host} is stopped and its disk deleted.`, "Destroy")) {
+          return "cancelled";
+        }
+        await api.del(`/v1/vms/${vmid}`);
+        location.hash = "#/";
+        return "destroyed";
+      },
+    });
+    replace(actions, migrate, resize, destroy);
+  };
+
+  const poller = new Poller(async () => {
+    const [v, hs] = await Promise.all([api.get(`/v1/vms/${vmid}`), api.get("/v1/hosts")]);
+    vm = v;
+    hosts = hs.hosts;
+    el.dataset.vmid = vmid;
+    el.dataset.host = vm.host;
+    el.dataset.vcpus = vm.vcpus ?? "";
+    el.dataset.memoryMib = vm.memory_mib ?? "";
+    replace(head, `VM ${vm.name} `, h("small", { class: "muted" }, `${vm.domain} · vmid ${vm.vmid}`));
+    const t = vm.type;
+    const img = vm.image;
+    replace(facts, dl([
+      ["State", [stateBadge(vm.domain_state), ` (API record: ${vm.state})`]],
+      ["Host", vm.pmid ? h("a", { href: `#/hosts/${vm.pmid}`, id: "vm-host" }, vm.host) : h("span", { id: "vm-host" }, vm.host)],
+      ["Type", t ? `type ${t.tid}: ${fmt.vcpu(t.cpu)}, ${fmt.mib(t.ram)}, ${t.disk} GiB disk` : `type ${vm.instance_type}`],
+      ["Now", h("span", { id: "vm-size" }, `${fmt.vcpu(vm.vcpus)} of at most ${vm.max_vcpus ?? "–"}, ${fmt.mib(vm.memory_mib)} of at most ${fmt.mib(vm.max_memory_mib)}`)],
+      ["Image", img ? `${img.name} (id ${img.id}) ${img.path}` : `id ${vm.image_id}`],
+      ["Address", vm.address || "–"],
+      ["Created", fmt.datetime(vm.created)],
+    ]));
+    if (!built && vm.max_vcpus) { buildActions(); built = true; }
+    syncDestinations();
+  }, 3000);
+  pollers.push(poller.start());
+
+  const chartPoller = new Poller(async () => {
+    const span = rangeSeconds(range);
+    const now = Date.now() / 1000;
+    const step = Math.max(2, span / 300);
+    const m = await api.get(`/v1/vms/${vmid}/metrics?since=${now - span}&until=${now}&step=${step}`);
+    cpu.update(m.ts, [{ key: "cpu", label: "CPU", values: m.series.cpu, color: "#2563eb" },
+                      ...m.series.vcpu.map((values, i) => ({ key: `vcpu${i}`, label: `vCPU ${i}`, values, dash: [3, 3] }))]);
+    mem.update(m.ts, [{ key: "memory", label: "memory", values: m.series.memory_mib, color: "#16a34a" }]);
+    el.dataset.points = m.points;
+  }, 5000);
+  pollers.push(chartPoller.start());
+
+  pollers.push(new Poller(async () => {
+    const c = await api.get(`/v1/vms/${vmid}/console`);
+    consoleNote.textContent = c.reason ? c.reason : `${c.path} on ${c.host}, ${c.size} bytes`;
+    const atEnd = consoleBox.scrollTop + consoleBox.clientHeight >= consoleBox.scrollHeight - 4;
+    consoleBox.textContent = c.text || "(empty)";
+    if (atEnd) consoleBox.scrollTop = consoleBox.scrollHeight;
+  }, 5000).start());
+
+  return () => {
+    for (const p of pollers) p.stop();
+    cpu.destroy();
+    mem.destroy();
+    for (const f of actions.querySelectorAll("form")) if (f.cleanup) f.cleanup();
+  };
+}
