@@ -48,9 +48,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from client.schedule import ScheduleError, parse_schedule, total_seconds
 from cms import config as cmsconfig
 from cms.errors import CmsError, NotFound
 from cms.netutil import free_port
+from guest.cms_work import MAX_COST, MIN_COST
 
 GROUP = "demo"
 DEMO_COST = 20000
@@ -195,7 +197,7 @@ class Demo:
             "--schedule", a.schedule, "--low-rate", str(low), "--high-rate", str(high), "--cost", str(a.cost),
             "--balance", "least", "--max-conns", str(CLIENT_CONNS), "--timeout", "30", "--out", str(self.out / "loadgen.jsonl"),
             "--summary", str(self.out / "loadgen-summary.json"), "--quiet", "--no-keys", "--wait-ready", "60"])
-        total = schedule_seconds(a.schedule)
+        total = total_seconds(parse_schedule(a.schedule))
         deadline = time.monotonic() + total + 120
         last = 0.0
         while lg.poll() is None:
@@ -217,6 +219,7 @@ class Demo:
         return summary
 
     def wait_first_replica(self, timeout: float) -> dict[str, Any]:
+        from client.replicas import fetch_snapshot
         assert self.cfg is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -224,7 +227,8 @@ class Demo:
             if p is not None and p.poll() is not None:
                 raise CmsError(f"cms-autoscaler exited with {p.returncode}; see {self.out / 'autoscaler.log'}")
             with contextlib.suppress(Exception):
-                snap = fetch_snapshot(self.cfg.zmq.snapshot, timeout=1.0)
+                snap = fetch_snapshot(self.cfg.zmq.snapshot, GROUP, timeout=1.0,
+                                      curve_server_key=self.cfg.zmq.curve_public_key)
                 if snap is None:
                     continue
                 ready = [r for r in snap.groups.get(GROUP, ()) if r.state == "ready"]
@@ -293,32 +297,6 @@ class Demo:
                 f"p95 {'-' if p95 is None else f'{p95:.0f}'} ms, ready replicas {tick['ready']}")
 
 
-def fetch_snapshot(endpoint: str, timeout: float):
-    """Ask the autoscaler's snapshot socket for the current sets once (None on timeout)."""
-    import zmq
-    from cms.messages import SNAPSHOT_REQUEST, decode_snapshot
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    try:
-        s.connect(endpoint)
-        s.send_multipart([SNAPSHOT_REQUEST])
-        if not s.poll(int(timeout * 1000)):
-            return None
-        return decode_snapshot(s.recv_multipart()[-1])
-    finally:
-        s.close()
-
-
-def schedule_seconds(schedule: str) -> float:
-    total = 0.0
-    for part in schedule.split(","):
-        _, dur = part.split(":")
-        mult = 60.0 if dur.endswith("m") else 0.001 if dur.endswith("ms") else 1.0
-        total += float(dur.rstrip("ms")) * mult
-    return total
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cms-demo", description="The local autoscaling demo (see README).")
     p.add_argument("--out", default="out", help="output directory (default out/)")
@@ -338,9 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         import tomllib
         args.base = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
     try:
-        schedule_seconds(args.schedule)
-    except ValueError:
-        p.error(f"bad --schedule {args.schedule!r}: want e.g. low:30s,high:120s,low:60s")
+        parse_schedule(args.schedule)
+    except ScheduleError as exc:
+        p.error(f"bad --schedule {args.schedule!r}: {exc}")
+    if not MIN_COST <= args.cost <= MAX_COST:
+        p.error(f"--cost must be from {MIN_COST} to {MAX_COST} (what the guest accepts), not {args.cost}")
     demo = Demo(args)
 
     def on_term(_sig: int, _frm: Any) -> None:
