@@ -226,7 +226,9 @@ def _body(req: falcon.Request) -> dict[str, Any]:
         raise falcon.HTTPUnsupportedMediaType(title="Unsupported media type",
                                               description=f"send the body as application/json, not {req.content_type}")
     cap = req.context.max_body
-    raw = req.bounded_stream.read(cap + 1)
+    # a chunked body has no Content-Length, and bounded_stream would read it as empty;
+    # gunicorn's wsgi.input decodes the chunks and ends where the body ends
+    raw = (req.bounded_stream if req.content_length is not None else req.stream).read(cap + 1)
     if len(raw) > cap:
         raise _too_large(req.content_length, cap)
     if not raw.strip():

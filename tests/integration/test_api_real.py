@@ -151,16 +151,18 @@ def test_schemathesis_against_the_live_openapi(live_api):
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
 
 
-def test_schemathesis_with_a_token_on_test_hosts(tmp_path):
-    """The mutating /v1 calls fuzzed with a valid token: on libvirt test:/// hosts only (one
-    gunicorn worker, so one test driver state), where a created VM costs nothing."""
-    t1 = write_node_xml(tmp_path / "n1.xml", cpus=8, memory_kib=16 << 20)
-    t2 = write_node_xml(tmp_path / "n2.xml", cpus=8, memory_kib=16 << 20)
-    (tmp_path / "image_file").write_text("/srv/fuzz-image.qcow2\n")
-    (tmp_path / "types_file").write_text(json.dumps({"types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}]}))
+@pytest.fixture(scope="module")
+def test_hosts_api(tmp_path_factory):
+    """cms-api on two libvirt test:/// hosts (one gunicorn worker, so one test driver state),
+    where a created VM costs nothing."""
+    tmp = tmp_path_factory.mktemp("testhosts")
+    t1 = write_node_xml(tmp / "n1.xml", cpus=8, memory_kib=16 << 20)
+    t2 = write_node_xml(tmp / "n2.xml", cpus=8, memory_kib=16 << 20)
+    (tmp / "image_file").write_text("/srv/fuzz-image.qcow2\n")
+    (tmp / "types_file").write_text(json.dumps({"types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}]}))
     port = free_port()
     config = f"""
-state_db = "{tmp_path}/state.db"
+state_db = "{tmp}/state.db"
 log_level = "warning"
 [libvirt]
 domain_type = "qemu"
@@ -175,13 +177,106 @@ uri = "{t1}"
 name = "t2"
 uri = "{t2}"
 """
-    with served(tmp_path, config) as url:
-        cmd = [str(Path(sys.executable).parent / "st"), "run", f"{url}/v1/openapi.json", "--url", url,
-               "-H", f"Authorization: Bearer {TOKEN}",
-               "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
-               "--max-examples", "25", "--workers", "1"]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-        # it did reach the mutating calls with the token: VMs were made (and perhaps removed)
-        events = get(url + "/v1/events?limit=1000")["events"]
-        assert any(e["kind"] == "vm_create" for e in events), [e["kind"] for e in events][:50]
+    with served(tmp, config) as url:
+        yield {"url": url, "tmp": tmp}
+
+
+def test_schemathesis_with_a_token_on_test_hosts(test_hosts_api):
+    """The whole OpenAPI document fuzzed with a valid token, at least 1,000 cases, a quarter of
+    the calls with a body sending a hostile one instead (tests/integration/st_hooks.py): nested
+    past the JSON decoder, over api.max_body_bytes, not UTF-8. No 5xx, only documented
+    statuses and error shapes."""
+    url, tmp = test_hosts_api["url"], test_hosts_api["tmp"]
+    hostile_log = tmp / "hostile.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SCHEMATHESIS_HOOKS": "tests.integration.st_hooks",
+           "CMS_ST_HOSTILE_LOG": str(hostile_log)}
+    cmd = [str(Path(sys.executable).parent / "st"), "run", f"{url}/v1/openapi.json", "--url", url,
+           "-H", f"Authorization: Bearer {TOKEN}",
+           "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+           "--max-examples", "60", "--workers", "1", "--no-color"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp, env=env)
+    (tmp / "st.txt").write_text(r.stdout + r.stderr)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    generated = re.search(r"(\d+) generated", r.stdout)
+    assert generated and int(generated.group(1)) >= 1000, r.stdout[-2000:]
+    # the hostile bodies were sent, and each was refused by its body, not by a crash
+    sent = [json.loads(line) for line in hostile_log.read_text().splitlines()]
+    by_kind = {k: [c["status"] for c in sent if c["kind"] == k] for k in ("deep", "deep-object", "oversized", "not-utf8")}
+    for kind, statuses in by_kind.items():
+        assert len(statuses) >= 5, (kind, statuses)
+        want = 413 if kind == "oversized" else 400
+        # a few land on a wrong method or an unknown id, which is refused first
+        assert statuses.count(want) >= len(statuses) * 0.8, (kind, statuses)
+    # it did reach the mutating calls with the token: VMs were made (and perhaps removed)
+    events = get(url + "/v1/events?limit=1000")["events"]
+    assert any(e["kind"] == "vm_create" for e in events), [e["kind"] for e in events][:50]
+
+
+def _raw(url: str, request: bytes) -> tuple[int, str, bytes]:
+    """Send bytes as they are; (status, content type, body) of the answer."""
+    import socket
+    host, port = url.rsplit("/", 1)[-1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    ctype = next((ln.split(":", 1)[1].strip() for ln in lines[1:] if ln.lower().startswith("content-type:")), "")
+    return int(lines[0].split()[1]), ctype, body
+
+
+def test_every_error_of_the_server_is_json_by_url(test_hosts_api):
+    """gunicorn's own refusals (a request line past 4094 bytes, headers too large, a malformed
+    request) and the app's (unknown URL, wrong method, body too large or undecodable) are all
+    JSON: a spec URL answers its failure value, other URLs outside /v1 answer 0, /v1 a message."""
+    url = test_hosts_api["url"]
+    long = "x" * 10_000
+    cases = [
+        (f"GET /vm/create?name={long}&instance_type=1", 414, {"vmid": 0}),
+        (f"GET /vm/query?vmid=1&pad={long}", 414, {"vmid": 0}),
+        (f"GET /vm/destroy?vmid=1&pad={long}", 414, {"status": 0}),
+        (f"GET /vm/types?pad={long}", 414, {"types": []}),
+        (f"GET /image/list?pad={long}", 414, {"images": []}),
+        (f"GET /pm/list?pad={long}", 414, {"pmids": []}),
+        (f"GET /pm/query?pmid=1&pad={long}", 414, {"pmid": 0}),
+        (f"GET /pm/listvms?pmid=1&pad={long}", 414, {"vmids": 0}),
+        (f"GET /v1/events?group={long}", 414, "message"),
+        (f"GET /nowhere?{long}", 414, 0),
+        ("GET /nowhere", 404, 0),
+        ("GET /vm/unknown", 404, 0),
+        ("POST /vm/create", 405, {"vmid": 0}),
+        ("DELETE /pm/list", 405, {"pmids": []}),
+        ("GET /v1/nothing", 404, "message"),
+    ]
+    for line, status, want in cases:
+        got = _raw(url, f"{line} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        assert got[:2] == (status, "application/json"), (line[:60], got)
+        body = json.loads(got[2])
+        if want == "message":
+            assert set(body) == {"title", "description"}, (line[:60], body)
+        else:
+            assert body == want, (line[:60], body)
+    # headers past gunicorn's limits, and a request line that is not HTTP
+    got = _raw(url, b"GET /v1/vms HTTP/1.1\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n")
+    assert got[:2] == (431, "application/json") and set(json.loads(got[2])) == {"title", "description"}, got
+    got = _raw(url, b"GET /vm/query?vmid=1 HTTP/1.1\r\nNot A Header\r\n\r\n")
+    assert got[:2] == (400, "application/json") and json.loads(got[2]) == {"vmid": 0}, got
+    got = _raw(url, b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+    assert got[:2] == (400, "application/json") and json.loads(got[2]) == 0, got
+    # bodies: past api.max_body_bytes (said in the 413), nested past the decoder, not UTF-8
+    auth = f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    for body, status, needle in [(b"[" * 10_000, 400, "not valid JSON"), (b'{"name": "\xff"}', 400, "not valid JSON"),
+                                 (b"x" * 70_000, 413, "at most 65536 bytes (api.max_body_bytes)")]:
+        for path in ("/v1/vms", "/v1/groups/web/scale", "/v1/vms/1/resize", "/v1/vms/1/migrate"):
+            req = f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {len(body)}\r\n\r\n".encode() + body
+            got = _raw(url, req)
+            assert got[:2] == (status, "application/json"), (path, body[:20], got)
+            assert needle in json.loads(got[2])["description"], (path, got)
+    # the same cap holds for a chunked body, which declares no length
+    chunk = b"x" * 70_000
+    req = (f"POST /v1/vms HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n\r\n".encode()
+           + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n0\r\n\r\n")
+    got = _raw(url, req)
+    assert got[:2] == (413, "application/json") and "api.max_body_bytes" in json.loads(got[2])["description"], got
