@@ -30,7 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.engine import expected_result, make_payloads  # noqa: E402
+from client.engine import make_payloads  # noqa: E402
+from cms.netutil import free_port  # noqa: E402
+from guest.cms_work import result as expected_result  # noqa: E402
 
 COST = 1
 PAYLOADS = 8
@@ -182,14 +184,6 @@ def build_c_server(workdir: str) -> str | None:
     return exe if r.returncode == 0 else None
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def _pin(cpus) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus and shutil.which("taskset") else []
 
@@ -232,7 +226,7 @@ def main() -> int:
     server_cpus = {all_cpus[0]} if pin else None
     load_cpus = set(all_cpus[1:]) if pin else None
     load_before = os.getloadavg()[0]
-    port = _free_port()
+    port = free_port()
     servers: list = []
     kind = a.server
     tmp = tempfile.mkdtemp(prefix="cms-bench-")

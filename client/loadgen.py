@@ -1,8 +1,8 @@
 """cms-loadgen: the load client for a replica group of guest servers.
 
 It sends ``GET /work?payload=<p>&cost=<cost>`` over HTTP/1.1 keep-alive connections and
-checks every answer against ``pbkdf2_hmac("sha256", p, b"cms-guest", cost).hex()``,
-computed once at start for a small fixed pool of payloads. A wrong result, a 4xx, a 5xx
+checks every answer against ``guest.cms_work.result(p, cost)`` (the guest server's own
+definition of the work), computed once at start for a small fixed pool of payloads. A wrong result, a 4xx, a 5xx
 after its one retry, a dropped connection after its one retry, or a timeout is an error.
 
 Replicas
@@ -23,7 +23,8 @@ Load
   --concurrency N | L,H     closed loop instead: N (or L in low, H in high) requests always
                             outstanding; rates are then ignored.
   --balance rr|least        round robin, or least outstanding requests (default rr).
-  --cost N                  pbkdf2 iterations asked of the server (default 10000).
+  --cost N                  pbkdf2 iterations asked of the server (default 10000; at most
+                            what the guest accepts, guest.cms_work.MAX_COST).
   --payloads N              size of the payload pool (default 8).
   --timeout S               per request, from its intended send time (default 10). A request
                             still queued in the client after half of it is dropped unsent
@@ -84,46 +85,24 @@ import asyncio
 import json
 import os
 import re
-import signal
 import sys
 from typing import Any, Callable
 
-from client.engine import MODES, Engine, Options
+from client.balance import POLICIES
+from client.control import control_server, install_signals, keys_reader, run_schedule
+from client.engine import Engine, Options
+from client.schedule import MODES, parse_duration, parse_schedule, total_seconds
+from cms.messages import Replica
+from guest.cms_work import MAX_COST, MIN_COST
 
 DEFAULT_COST = 10000
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     pass
 
 
 # --- argument parsing ------------------------------------------------------------------------
-
-def parse_duration(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
-    if not m:
-        raise UsageError(f"bad duration {text!r} (examples: 500ms, 30s, 2m, 45)")
-    v = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-    return v
-
-
-def parse_schedule(text: str) -> list[tuple[str, float]]:
-    phases = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        mode, sep, dur = part.partition(":")
-        if not sep or mode.strip() not in MODES:
-            raise UsageError(f"bad schedule phase {part!r}: want MODE:DURATION with MODE low or high")
-        d = parse_duration(dur)
-        if d <= 0:
-            raise UsageError(f"bad schedule phase {part!r}: the duration must be positive")
-        phases.append((mode.strip(), d))
-    if not phases:
-        raise UsageError("the schedule is empty")
-    return phases
-
 
 def parse_endpoint(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
@@ -156,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--low-rate", type=float, default=10.0, metavar="R")
     p.add_argument("--high-rate", type=float, default=100.0, metavar="R")
     p.add_argument("--concurrency", metavar="N|L,H")
-    p.add_argument("--balance", choices=("rr", "least"), default="rr")
+    p.add_argument("--balance", choices=POLICIES, default="rr")
     p.add_argument("--cost", type=int, default=DEFAULT_COST)
     p.add_argument("--payloads", type=int, default=8)
     p.add_argument("--timeout", type=float, default=10.0, metavar="S")
@@ -183,7 +162,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.phases = parse_schedule(a.schedule) if a.schedule else None
         a.duration_s = parse_duration(a.duration) if a.duration else None
         if a.duration_s is None:
-            a.duration_s = sum(d for _, d in a.phases) if a.phases else 60.0
+            a.duration_s = total_seconds(a.phases) if a.phases else 60.0
         if a.duration_s <= 0:
             raise UsageError("--duration must be positive")
         a.concurrency_map = parse_concurrency(a.concurrency) if a.concurrency else None
@@ -191,7 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             v = getattr(a, name)
             if not 0 <= v <= 1_000_000:
                 raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1000000, not {v}")
-        checks = [("cost", 1, 10_000_000), ("payloads", 1, 10_000), ("max_conns", 1, 100_000)]
+        checks = [("cost", MIN_COST, MAX_COST), ("payloads", 1, 10_000), ("max_conns", 1, 100_000)]
         for name, lo, hi in checks:
             v = getattr(a, name)
             if not lo <= v <= hi:
@@ -206,7 +185,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 raise UsageError(f"{flag} {path}: its directory does not exist")
         if not a.group.replace("-", "").isalnum():
             raise UsageError(f"bad --group {a.group!r}: letters, digits and '-' only")
-    except UsageError as exc:
+    except ValueError as exc:   # UsageError, client.schedule.ScheduleError
         p.error(str(exc))
     return a
 
@@ -222,14 +201,6 @@ def engine_options(a: argparse.Namespace, share: int = 1) -> Options:
 
 
 # --- the run -----------------------------------------------------------------------------------
-
-class StaticReplica:
-    def __init__(self, host: str, port: int) -> None:
-        self.name = f"{host}:{port}"
-        self.address = host
-        self.port = port
-        self.state = "ready"
-
 
 class JsonlWriter:
     def __init__(self, path: str | None) -> None:
@@ -293,21 +264,17 @@ async def run(a: argparse.Namespace, opts: Options | None = None,
     side: list[asyncio.Task] = []
     feed = None
     restore_tty: Callable[[], None] | None = None
+    undo_signals: Callable[[], None] | None = None
     try:
         if a.replicas:
-            engine.set_replicas([StaticReplica(h, p) for h, p in a.replicas])
+            engine.set_replicas([Replica(name=f"{h}:{p}", group=a.group, host="static", address=h, port=p,
+                                         state="ready") for h, p in a.replicas])
         else:
             feed = make_feed(a, engine)
             side.append(loop.create_task(feed.run(stop)))
         if not await engine.wait_ready(a.wait_ready):
             raise RuntimeError(f"no replica of group {a.group!r} became ready within {a.wait_ready:g} s")
-        for sig, fn in ((signal.SIGUSR1, lambda: engine.toggle_mode("SIGUSR1")),
-                        (signal.SIGUSR2, lambda: engine.set_mode("low", "SIGUSR2")),
-                        (signal.SIGINT, engine.stop), (signal.SIGTERM, engine.stop)):
-            try:
-                loop.add_signal_handler(sig, fn)
-            except (RuntimeError, ValueError, NotImplementedError):
-                pass  # not the main thread (a library caller): no signals
+        undo_signals = install_signals(loop, engine)
         if a.control:
             side.append(loop.create_task(control_server(a.control, engine, stop)))
         if not a.no_keys and sys.stdin.isatty():
@@ -323,11 +290,8 @@ async def run(a: argparse.Namespace, opts: Options | None = None,
         stop.set()
         if restore_tty is not None:
             restore_tty()
-        for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.remove_signal_handler(sig)
-            except (RuntimeError, ValueError, NotImplementedError):
-                pass
+        if undo_signals is not None:
+            undo_signals()
         for t in side:
             if t.get_name() != "feed":
                 t.cancel()
@@ -355,81 +319,9 @@ def make_feed(a: argparse.Namespace, engine: Engine):  # -> ReplicaFeed
             engine.set_replicas(replicas, pub_ts=update.ts, reason=update.reason)
 
     def on_event(kind: str, info: dict[str, Any]) -> None:
-        engine._event(kind, **info)
+        engine.event(kind, **info)
 
     return ReplicaFeed(publish, snapshot, a.group, on_change, curve_server_key=key or "", on_event=on_event)
-
-
-async def run_schedule(phases: list[tuple[str, float]], engine: Engine) -> None:
-    loop = asyncio.get_running_loop()
-    t = loop.time()
-    for mode, dur in phases:
-        engine.set_mode(mode, "schedule")
-        t += dur
-        await asyncio.sleep(max(0.0, t - loop.time()))
-
-
-async def control_server(endpoint: str, engine: Engine, stop: asyncio.Event) -> None:
-    import zmq
-    import zmq.asyncio
-    ctx = zmq.asyncio.Context()
-    sock = ctx.socket(zmq.REP)
-    sock.linger = 0
-    try:
-        sock.bind(endpoint)
-        while not stop.is_set():
-            if not await sock.poll(200, zmq.POLLIN):
-                continue
-            cmd = (await sock.recv()).decode("utf-8", "replace").strip().lower()
-            if cmd in MODES:
-                engine.set_mode(cmd, "control")
-                reply = {"ok": True, "mode": engine.mode}
-            elif cmd == "toggle":
-                reply = {"ok": True, "mode": engine.toggle_mode("control")}
-            elif cmd == "status":
-                reply = {"ok": True, "mode": engine.mode, "sent": engine.sent, "completed": engine.completed,
-                         "errors": engine.errors, "outstanding": engine.outstanding,
-                         "ready": [r.name for r in engine.ready]}
-            elif cmd == "stop":
-                engine.stop()
-                reply = {"ok": True, "stopping": True}
-            else:
-                reply = {"ok": False, "error": f"unknown command {cmd!r}: low, high, toggle, status, stop"}
-            await sock.send(json.dumps(reply).encode())
-    finally:
-        sock.close(0)
-        ctx.term()
-
-
-def keys_reader(loop: asyncio.AbstractEventLoop, engine: Engine) -> Callable[[], None]:
-    import termios
-    import tty
-    fd = sys.stdin.fileno()
-    saved = termios.tcgetattr(fd)
-    tty.setcbreak(fd)
-
-    def on_key() -> None:
-        try:
-            data = os.read(fd, 32)
-        except OSError:
-            return
-        for ch in data.decode("utf-8", "replace").lower():
-            if ch == "l":
-                engine.set_mode("low", "keyboard")
-            elif ch == "h":
-                engine.set_mode("high", "keyboard")
-            elif ch == "t":
-                engine.toggle_mode("keyboard")
-            elif ch == "q":
-                engine.stop()
-
-    loop.add_reader(fd, on_key)
-
-    def restore() -> None:
-        loop.remove_reader(fd)
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-    return restore
 
 
 def write_summary(a: argparse.Namespace, summary: dict[str, Any]) -> None:

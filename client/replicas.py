@@ -1,15 +1,17 @@
-"""The live replica set: a subscriber to the autoscaler's replica feed (cms.messages).
+"""The live replica set: the one client of the autoscaler's replica feed (cms.messages).
 
-The bookkeeping (FeedState) is plain code over decoded messages; ReplicaFeed adds the
-ZeroMQ sockets on an asyncio loop:
+``fetch_snapshot`` asks the snapshot socket once (cms-demo waits for its first replica
+with it); FeedState is the subscriber's bookkeeping, plain code over decoded messages;
+ReplicaFeed follows the feed on an asyncio loop with both (cms-loadgen):
 
 1. SUB connects to ``[zmq] publish`` and subscribes to the whole ``replicas.`` prefix
    *before* anything else, so updates published while the snapshot is being fetched are
    queued, not lost. The whole prefix, because the sequence number is one per daemon
    across all groups: other groups' updates advance it and would otherwise look like gaps.
-2. A DEALER connects to ``[zmq] snapshot`` and sends ``[b"SNAPSHOT", group]``; the reply
-   is one snapshot body. No reply within ``snapshot_timeout``: the DEALER is thrown away
-   (linger 0) and a fresh one asks again, with a growing but capped pause.
+2. ``fetch_snapshot``: a DEALER connects to ``[zmq] snapshot`` and sends
+   ``[b"SNAPSHOT", group]``; the reply is one snapshot body. No reply within
+   ``snapshot_timeout``: the DEALER is thrown away (linger 0) and ReplicaFeed asks again
+   with a fresh one, after a growing but capped pause.
 3. Queued and later updates are applied only if ``seq`` is exactly one past the last one
    applied; an older ``seq`` is dropped; a jump ahead (a lost message) or a different
    ``epoch`` (the daemon restarted) sends us back to step 2.
@@ -94,6 +96,26 @@ def curve_setup(sock: zmq.Socket, server_public_key: str) -> None:
     sock.curve_secretkey = sec
 
 
+def fetch_snapshot(endpoint: str, group: str = "", *, timeout: float = 2.0, curve_server_key: str = "",
+                   context: zmq.Context | None = None) -> Snapshot | None:
+    """Ask the snapshot socket at `endpoint` once for the sets of the groups whose names start
+    with `group` ("" for all). None if no answer within `timeout` seconds; MessageError if
+    the answer is not a snapshot. Blocks: from an event loop, run it in a thread."""
+    ctx = context or zmq.Context.instance()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.linger = 0
+    try:
+        curve_setup(dealer, curve_server_key)
+        dealer.connect(endpoint)
+        dealer.send_multipart([SNAPSHOT_REQUEST, group.encode()])
+        if not dealer.poll(int(timeout * 1000), zmq.POLLIN):
+            return None
+        # a ROUTER may keep a REQ-style empty delimiter; the body is the last frame
+        return decode_snapshot(dealer.recv_multipart()[-1])
+    finally:
+        dealer.close(0)
+
+
 class ReplicaFeed:
     def __init__(self, publish: str, snapshot: str, group: str,
                  on_change: Callable[[tuple[Replica, ...], Update | None], None],
@@ -109,11 +131,10 @@ class ReplicaFeed:
         self.state = FeedState(group)
         self.synced = asyncio.Event()
         self.errors = 0
-        self._ctx: zmq.asyncio.Context | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the feed until `stop` is set. Every wait inside is bounded."""
-        ctx = self._ctx = zmq.asyncio.Context()
+        ctx = zmq.asyncio.Context()
         sub = ctx.socket(zmq.SUB)
         sub.linger = 0
         sub.rcvhwm = 100_000
@@ -134,27 +155,18 @@ class ReplicaFeed:
             ctx.term()
 
     async def _fetch_snapshot(self, stop: asyncio.Event) -> Snapshot | None:
-        assert self._ctx is not None
+        """Ask until a snapshot comes or `stop` is set, pausing longer after each miss."""
         pause = 0.1
         while not stop.is_set():
-            dealer = self._ctx.socket(zmq.DEALER)
-            dealer.linger = 0
-            curve_setup(dealer, self.curve_server_key)
-            dealer.connect(self.snapshot_endpoint)
             try:
-                await dealer.send_multipart([SNAPSHOT_REQUEST, self.group.encode()])
-                if await dealer.poll(int(self.snapshot_timeout * 1000), zmq.POLLIN):
-                    frames = await dealer.recv_multipart()
-                    try:
-                        # a ROUTER may keep a REQ-style empty delimiter; the body is the last frame
-                        return decode_snapshot(frames[-1])
-                    except MessageError as exc:
-                        self.errors += 1
-                        self.on_event("bad_snapshot", {"error": str(exc)})
-                else:
-                    self.on_event("snapshot_timeout", {"endpoint": self.snapshot_endpoint})
-            finally:
-                dealer.close(0)
+                snap = await asyncio.to_thread(fetch_snapshot, self.snapshot_endpoint, self.group,
+                                               timeout=self.snapshot_timeout, curve_server_key=self.curve_server_key)
+                if snap is not None:
+                    return snap
+                self.on_event("snapshot_timeout", {"endpoint": self.snapshot_endpoint})
+            except MessageError as exc:
+                self.errors += 1
+                self.on_event("bad_snapshot", {"error": str(exc)})
             try:
                 await asyncio.wait_for(stop.wait(), pause)
             except asyncio.TimeoutError:

@@ -4,33 +4,32 @@ Both listen on 127.0.0.1 only, on ports the OS picks, and run in a background th
 code under test keeps its own event loop.
 
 StubWorkServer answers the guest server's contract (``/work``, ``/health``, ``/status``)
-with a real pbkdf2, or misbehaves on purpose (``behaviour``): "wrong" answers a wrong
-result, "500" answers 500, "close" drops the connection, and ``delay`` slows each answer.
-It records when each request arrived.
+with the guest's own work definition (guest.cms_work), or misbehaves on purpose
+(``behaviour``): "wrong" answers a wrong result, "500" answers 500, "close" drops the
+connection, and ``delay`` slows each answer. It records when each request arrived.
 
-StubPublisher plays the autoscaler's side of cms.messages: an XPUB (a PUB that also tells
-us when a subscriber has subscribed, so tests need no sleeps) and a ROUTER answering
-snapshot requests.
+StubPublisher is the autoscaler's own Clone server (cms.autoscaler.publisher.Publisher)
+on loopback ports, with what tests need on top: changes by replica name and event,
+snapshot requests it leaves unanswered on purpose, and its own ZeroMQ context.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import socket
 import threading
 import time
-import uuid
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import zmq
 
-from cms.messages import (SNAPSHOT_REQUEST, Replica, Snapshot, Update, encode_snapshot, encode_update)
-
-GUEST_SALT = b"cms-guest"
+from cms.autoscaler.publisher import Publisher
+from cms.config import ZmqConfig
+from cms.messages import Replica, Snapshot, Update
+from guest import cms_work
 
 
 class StubWorkServer:
@@ -137,142 +136,50 @@ class StubWorkServer:
             return 500, {"error": "stub told to fail"}
         q = parse_qs(query)
         try:
-            payload = q["payload"][0]
-            cost = int(q["cost"][0])
-            if cost < 1:
-                raise ValueError
-        except (KeyError, ValueError, IndexError):
-            return 400, {"error": "need payload and a positive integer cost"}
-        result = hashlib.pbkdf2_hmac("sha256", payload.encode(), GUEST_SALT, cost).hex()
+            payload, cost = cms_work.check(q.get("payload", [None])[0], q.get("cost", [None])[0])
+        except cms_work.WorkError as exc:
+            return 400, {"error": str(exc)}
+        result = cms_work.result(payload, cost)
         if self.behaviour == "wrong":
             result = result[::-1]
         return 200, {"result": result, "cost": cost, "hostname": self.name}
 
 
-class StubPublisher:
-    """The autoscaler's replica feed for one or more groups, on loopback."""
+# the replica state each event leaves behind ("removed" leaves none)
+STATE_AFTER = {"added": "starting", "ready": "ready", "draining": "draining", "failed": "failed"}
+
+
+class StubPublisher(Publisher):
+    """The replica feed for one or more groups on loopback, for tests."""
 
     def __init__(self, curve_secret_key: str = "", epoch: str | None = None) -> None:
-        self.epoch = epoch or uuid.uuid4().hex
-        self.seq = 0
-        self.groups: dict[str, dict[str, Replica]] = {}
-        self.snapshot_requests = 0
-        self.ignore_snapshots = 0          # drop this many snapshot requests (timeouts in tests)
-        self.subscriptions: list[bytes] = []
-        self._ctx = zmq.Context()
-        self._pub = self._ctx.socket(zmq.XPUB)
-        self._router = self._ctx.socket(zmq.ROUTER)
-        for s in (self._pub, self._router):
-            s.linger = 0
-            if curve_secret_key:
-                s.curve_server = True
-                s.curve_secretkey = curve_secret_key.encode()
-        self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self._pub.bind("tcp://127.0.0.1:*")
-        self._router.bind("tcp://127.0.0.1:*")
-        self.publish_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.snapshot_endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._sub_cond = threading.Condition(self._lock)
-        self._thread = threading.Thread(target=self._main, name="stub-publisher", daemon=True)
-        self._thread.start()
+        public = zmq.curve_public(curve_secret_key.encode()).decode() if curve_secret_key else ""
+        self._own_ctx = zmq.Context()
+        super().__init__(ZmqConfig(publish="tcp://127.0.0.1:*", snapshot="tcp://127.0.0.1:*",
+                                   curve_secret_key=curve_secret_key, curve_public_key=public),
+                         epoch=epoch, context=self._own_ctx)
+        self.ignore_snapshots = 0          # leave this many snapshot requests unanswered (timeouts)
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5.0)
-        self._pub.close(0)
-        self._router.close(0)
-        self._ctx.term()
+    def update(self, group: str, event: str, name: str, port: int = 0, address: str = "127.0.0.1",
+               publish: bool = True, reason: str = "") -> Update:
+        """Announce that replica `name` of `group` had `event`; a new name is made at
+        `address`:`port`. publish=False: a message the subscribers never get."""
+        old = next((r for r in self.replicas(group) if r.name == name), None)
+        state = STATE_AFTER.get(event, old.state if old else "starting")
+        if old is None:
+            rep = Replica(name=name, group=group, host="local", address=address, port=port, state=state,
+                          created=time.time())
+        else:
+            rep = replace(old, state=state)
+        return self.announce(event, rep, reason, publish=publish)
 
-    def __enter__(self) -> "StubPublisher":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def wait_subscribed(self, prefix: bytes, timeout: float = 5.0, count: int = 1) -> bool:
-        """Block until `count` subscriptions whose prefix starts the topic have been seen."""
-        deadline = time.monotonic() + timeout
-        with self._sub_cond:
-            while sum(1 for s in self.subscriptions if prefix.startswith(s)) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._sub_cond.wait(left)
-            return True
-
-    def announce(self, group: str, event: str, name: str, port: int = 0, address: str = "127.0.0.1",
-                 publish: bool = True, reason: str = "") -> Update:
-        """Change `name` as `event` says, bump seq, and publish the update (unless publish=False,
-        which simulates a message the subscriber never got)."""
-        with self._lock:
-            reps = self.groups.setdefault(group, {})
-            if event == "removed":
-                reps.pop(name, None)
-            else:
-                state = {"added": "starting", "ready": "ready", "draining": "draining", "failed": "failed"}[event]
-                old = reps.get(name)
-                if old is None:
-                    reps[name] = Replica(name=name, group=group, host="local", address=address, port=port,
-                                         state=state, created=time.time())
-                else:
-                    reps[name] = replace(old, state=state)
-            self.seq += 1
-            u = Update(epoch=self.epoch, seq=self.seq, group=group, event=event, replica=name,
-                       replicas=tuple(reps.values()), reason=reason, ts=time.time())
-            if publish:
-                self._pub.send_multipart(encode_update(u))
-            return u
-
-    def restart(self, epoch: str | None = None) -> None:
-        """As if the daemon restarted: a new epoch, its sequence from zero, the same replicas."""
-        with self._lock:
-            self.epoch = epoch or uuid.uuid4().hex
-            self.seq = 0
-
-    def current(self, group: str) -> tuple[Replica, ...]:
-        with self._lock:
-            return tuple(self.groups.get(group, {}).values())
-
-    def _main(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._pub, zmq.POLLIN)
-        poller.register(self._router, zmq.POLLIN)
-        while not self._stop.is_set():
-            with self._lock:
-                events = dict(poller.poll(2))
-                if self._pub in events:
-                    for _ in range(1000):
-                        try:
-                            msg = self._pub.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        if msg[:1] == b"\x01":
-                            self.subscriptions.append(msg[1:])
-                    self._sub_cond.notify_all()
-                if self._router in events:
-                    for _ in range(1000):
-                        try:
-                            frames = self._router.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self._snapshot_request(frames)
-            time.sleep(0.001)
-
-    def _snapshot_request(self, frames: list[bytes]) -> None:
-        ident, rest = frames[0], frames[1:]
-        envelope = [ident]
-        if rest and rest[0] == b"":
-            envelope.append(b"")       # a REQ client's delimiter
-            rest = rest[1:]
-        if not rest or rest[0] != SNAPSHOT_REQUEST:
-            return
-        self.snapshot_requests += 1
+    def answer_snapshot(self, prefix: str) -> Snapshot | None:
         if self.ignore_snapshots > 0:
             self.ignore_snapshots -= 1
-            return
-        prefix = rest[1].decode() if len(rest) > 1 else ""
-        groups = {g: tuple(r.values()) for g, r in self.groups.items() if g.startswith(prefix)}
-        snap = Snapshot(epoch=self.epoch, seq=self.seq, groups=groups, ts=time.time())
-        self._router.send_multipart(envelope + [encode_snapshot(snap)])
+            return None
+        return super().answer_snapshot(prefix)
+
+    def close(self, timeout: float = 5.0) -> None:
+        super().close(timeout)
+        if not self._own_ctx.closed:
+            self._own_ctx.term()

@@ -1,19 +1,30 @@
-"""The replica feed: the ZeroMQ guide's Clone pattern, server side.
+"""The replica feed's server: the ZeroMQ guide's Clone pattern (clonesrv), the one there is.
 
-A PUB socket carries every change as ``encode_update`` frames with a monotonic ``seq`` and
-this run's ``epoch``; a ROUTER socket answers ``SNAPSHOT`` [group prefix] with the current
-sets and the seq they are current at. One thread owns both sockets: ``announce`` only
-updates the state under a lock and queues the frames, so any thread may call it.
+The daemon publishes through Publisher; the tests' stub (tests/doubles.py) is a thin
+subclass of it, so what the tests follow is what the daemon sends.
+
+* An XPUB socket carries every change as ``encode_update`` frames with this run's
+  ``epoch`` and a ``seq`` that grows by one per change, across all groups. An XPUB, not a
+  plain PUB, because it also reports subscriptions: ``subscribers`` counts the live ones
+  and ``wait_subscribed`` tells a caller that a subscriber is in (no sleeps).
+* A ROUTER socket answers ``SNAPSHOT`` [group prefix] with the current sets and the seq
+  they are current at (``answer_snapshot``, which a subclass may override).
+* One thread owns both sockets. ``announce`` may be called from any thread: it changes the
+  sets under a lock and hands the frames to that thread over an inproc PAIR, which wakes
+  it at once, so updates leave in seq order with no polling delay.
+
+``seq``, ``epoch``, ``subscribers`` and ``snapshot_requests`` are plain reads for a metrics
+exporter. NullPublisher keeps the sets and the sequence but sends nothing (dry runs, unit
+tests).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
-from typing import Iterable
+from typing import Any, Iterable
 
 import zmq
 
@@ -23,8 +34,13 @@ from cms.messages import SNAPSHOT_REQUEST, Replica, Snapshot, Update, encode_sna
 log = logging.getLogger(__name__)
 
 
-class FeedState:
-    """The current replica sets and the sequence; subclasses decide where updates go."""
+def _by_age(members: Iterable[Replica]) -> tuple[Replica, ...]:
+    return tuple(sorted(members, key=lambda r: (r.created, r.name)))
+
+
+class ReplicaSets:
+    """The current replica set of every group, the epoch and the sequence; no I/O.
+    Subclasses decide where the frames of each update go (``_send``)."""
 
     def __init__(self, epoch: str | None = None) -> None:
         self.epoch = epoch or uuid.uuid4().hex
@@ -32,10 +48,10 @@ class FeedState:
         self._sets: dict[str, dict[str, Replica]] = {}
         self._lock = threading.Lock()
 
-    # -- state -----------------------------------------------------------------------------
-
-    def announce(self, event: str, replica: Replica, reason: str = "") -> Update:
-        """Apply one change to the group's set and publish it; returns the update sent."""
+    def announce(self, event: str, replica: Replica, reason: str = "", *, publish: bool = True) -> Update:
+        """Apply one change to the group's set, give it the next seq and publish it; returns
+        the update. ``publish=False`` changes the state and the seq but sends nothing: a
+        lost message, for tests of the subscribers' gap handling."""
         with self._lock:
             members = self._sets.setdefault(replica.group, {})
             if event == "removed":
@@ -44,110 +60,195 @@ class FeedState:
                 members[replica.name] = replica
             self.seq += 1
             u = Update(epoch=self.epoch, seq=self.seq, group=replica.group, event=event, replica=replica.name,
-                       replicas=tuple(sorted(members.values(), key=lambda r: (r.created, r.name))),
-                       reason=reason, ts=time.time())
-            self._emit(encode_update(u))
+                       replicas=_by_age(members.values()), reason=reason, ts=time.time())
+            if publish:
+                self._send(encode_update(u))
         return u
+
+    def new_epoch(self, epoch: str | None = None) -> str:
+        """Start a new epoch: seq from zero, the same sets (what a restarted daemon that
+        rebuilt its sets looks like to subscribers: they take a new snapshot)."""
+        with self._lock:
+            self.epoch = epoch or uuid.uuid4().hex
+            self.seq = 0
+            return self.epoch
 
     def replicas(self, group: str) -> list[Replica]:
         with self._lock:
-            return sorted(self._sets.get(group, {}).values(), key=lambda r: (r.created, r.name))
+            return list(_by_age(self._sets.get(group, {}).values()))
 
     def snapshot(self, prefix: str = "") -> Snapshot:
         with self._lock:
-            groups = {g: tuple(sorted(m.values(), key=lambda r: (r.created, r.name)))
-                      for g, m in self._sets.items() if g.startswith(prefix)}
+            groups = {g: _by_age(m.values()) for g, m in self._sets.items() if g.startswith(prefix)}
             return Snapshot(self.epoch, self.seq, groups, time.time())
 
-    def _emit(self, frames: list[bytes]) -> None:
-        pass
+    def _send(self, frames: list[bytes]) -> None:
+        """Called under the lock with each update's frames; nowhere to send them here."""
 
     def close(self, timeout: float = 0.0) -> None:
         pass
 
+    def __enter__(self) -> "ReplicaSets":
+        return self
 
-class NullPublisher(FeedState):
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class NullPublisher(ReplicaSets):
     """Keeps the sets but sends nothing (dry runs)."""
 
 
-class Publisher(FeedState):
+class Publisher(ReplicaSets):
+    """The Clone server on ``zcfg.publish`` (XPUB) and ``zcfg.snapshot`` (ROUTER), CURVE when
+    the config has both keys. ``*`` ports are allowed: the bound endpoints are in
+    ``publish_endpoint`` and ``snapshot_endpoint``."""
+
     def __init__(self, zcfg: ZmqConfig, *, epoch: str | None = None, context: zmq.Context | None = None) -> None:
         super().__init__(epoch)
-        self._out: "queue.Queue[list[bytes]]" = queue.Queue()
+        self.snapshot_requests = 0
+        self._subs: dict[bytes, int] = {}          # live subscriptions by topic prefix
+        self._subs_changed = threading.Condition(threading.Lock())
         self._stop = threading.Event()
         self._ctx = context or zmq.Context.instance()
-        self._pub = self._ctx.socket(zmq.PUB)
+        self._pub = self._ctx.socket(zmq.XPUB)
         self._router = self._ctx.socket(zmq.ROUTER)
+        # the inproc pair that carries announced frames to the socket thread: unbounded, so
+        # announce never blocks while holding the lock the socket thread needs for snapshots
+        inproc = f"inproc://cms-publisher-{uuid.uuid4().hex}"
+        self._inbox = self._ctx.socket(zmq.PAIR)
+        self._outbox = self._ctx.socket(zmq.PAIR)
+        self._inbox.rcvhwm = self._outbox.sndhwm = 0
+        sockets = (self._pub, self._router, self._inbox, self._outbox)
+        for s in sockets:
+            s.linger = 0
+        self._pub.setsockopt(zmq.XPUB_VERBOSER, 1)     # every subscribe and unsubscribe, not just new topics
         for s in (self._pub, self._router):
-            s.setsockopt(zmq.LINGER, 0)
             if zcfg.curve_secret_key and zcfg.curve_public_key:
                 s.curve_secretkey = zcfg.curve_secret_key.encode()
                 s.curve_publickey = zcfg.curve_public_key.encode()
                 s.curve_server = True
         try:
+            self._inbox.bind(inproc)
+            self._outbox.connect(inproc)
             self._pub.bind(zcfg.publish)
             self._router.bind(zcfg.snapshot)
         except zmq.ZMQError:
-            self._pub.close()
-            self._router.close()
+            for s in sockets:
+                s.close(0)
             raise
         self.publish_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.snapshot_endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._thread = threading.Thread(target=self._run, name="cms-publisher", daemon=True)
         self._thread.start()
 
-    def _emit(self, frames: list[bytes]) -> None:
-        self._out.put(frames)
+    # --- what callers read and wait for ---------------------------------------------------------
 
-    # -- the socket thread -----------------------------------------------------------------
+    @property
+    def subscribers(self) -> int:
+        """Live subscriptions; each cms subscriber (cms-loadgen, the demo) makes one."""
+        with self._subs_changed:
+            return sum(self._subs.values())
+
+    def wait_subscribed(self, topic: bytes, timeout: float = 5.0, count: int = 1) -> bool:
+        """Wait (bounded) until `count` live subscriptions would receive `topic`."""
+        deadline = time.monotonic() + timeout
+        with self._subs_changed:
+            while sum(n for prefix, n in self._subs.items() if topic.startswith(prefix)) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._subs_changed.wait(left)
+            return True
+
+    def answer_snapshot(self, prefix: str) -> Snapshot | None:
+        """What a snapshot request for `prefix` gets; None leaves it unanswered."""
+        return self.snapshot(prefix)
+
+    # --- the socket thread ------------------------------------------------------------------------
+
+    def _send(self, frames: list[bytes]) -> None:
+        self._outbox.send_multipart(frames)    # under the lock: one sender at a time
 
     def _run(self) -> None:
         poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
+        for s in (self._inbox, self._pub, self._router):
+            poller.register(s, zmq.POLLIN)
         while not self._stop.is_set():
-            self._flush()
             try:
-                ready = dict(poller.poll(5))
+                ready = dict(poller.poll(1000))
             except zmq.ZMQError as exc:
                 if self._stop.is_set():
                     break
                 log.warning("publisher poll failed: %s", exc)
                 continue
+            if self._inbox in ready:
+                self._publish_queued()
+            if self._pub in ready:
+                self._read_subscriptions()
             if self._router in ready:
                 self._answer()
-        self._flush()
+        self._publish_queued()
 
-    def _flush(self) -> None:
+    def _publish_queued(self) -> None:
         while True:
             try:
-                frames = self._out.get_nowait()
-            except queue.Empty:
+                frames = self._inbox.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
                 return
+            if len(frames) < 2:
+                continue                   # close()'s wake-up
             try:
                 self._pub.send_multipart(frames)
             except zmq.ZMQError as exc:
                 log.warning("could not publish an update: %s", exc)
 
+    def _read_subscriptions(self) -> None:
+        # b"\x01" + prefix subscribes, b"\x00" + prefix unsubscribes (also when a subscriber goes away)
+        msgs = []
+        for _ in range(10_000):
+            try:
+                msgs.append(self._pub.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        with self._subs_changed:
+            for msg in msgs:
+                if msg[:1] in (b"\x00", b"\x01"):
+                    n = self._subs.get(msg[1:], 0) + (1 if msg[:1] == b"\x01" else -1)
+                    if n > 0:
+                        self._subs[msg[1:]] = n
+                    else:
+                        self._subs.pop(msg[1:], None)
+            self._subs_changed.notify_all()
+
     def _answer(self) -> None:
-        try:
-            frames = self._router.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return
-        ident, body = frames[0], frames[1:]
-        # a REQ client puts an empty delimiter frame first
-        delim = [b""] if body and body[0] == b"" else []
-        body = body[len(delim):]
-        if not body or body[0] != SNAPSHOT_REQUEST:
-            log.debug("ignored a snapshot-socket request %r", body[:1])
-            return
-        prefix = body[1].decode("utf-8", "replace") if len(body) > 1 else ""
-        self._router.send_multipart([ident, *delim, encode_snapshot(self.snapshot(prefix))])
+        for _ in range(1000):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            ident, body = frames[0], frames[1:]
+            # a REQ client puts an empty delimiter frame first
+            delim = [b""] if body and body[0] == b"" else []
+            body = body[len(delim):]
+            if not body or body[0] != SNAPSHOT_REQUEST:
+                log.debug("ignored a snapshot-socket request %r", body[:1])
+                continue
+            self.snapshot_requests += 1
+            prefix = body[1].decode("utf-8", "replace") if len(body) > 1 else ""
+            snap = self.answer_snapshot(prefix)
+            if snap is not None:
+                self._router.send_multipart([ident, *delim, encode_snapshot(snap)])
 
     def close(self, timeout: float = 2.0) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
+        with self._lock:
+            self._outbox.send(b"")             # wake the thread now rather than at its poll timeout
         self._thread.join(timeout)
-        self._pub.close(0)
-        self._router.close(0)
+        for s in (self._pub, self._router, self._inbox, self._outbox):
+            s.close(0)
 
 
 def announced(updates: Iterable[Update], group: str) -> list[tuple[str, str]]:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import zmq
 
-from client.engine import expected_result
 from client.loadgen import parse_args, run
 from tests.doubles import StubPublisher, StubWorkServer
 from cms.messages import topic
@@ -178,30 +177,30 @@ def test_replicas_follow_the_feed():
     pub = StubPublisher()
     marks = {}
     try:
-        pub.announce("web", "added", "a", port=a_srv.port)
-        pub.announce("web", "ready", "a", port=a_srv.port)
+        pub.update("web", "added", "a", port=a_srv.port)
+        pub.update("web", "ready", "a", port=a_srv.port)
 
         async def driver(engine):
             await until(lambda: engine.t0 > 0, 10.0, "start")
             assert await asyncio.to_thread(pub.wait_subscribed, topic("web"), 5.0)
             await asyncio.sleep(0.5)
-            pub.announce("web", "added", "b", port=b_srv.port)
+            pub.update("web", "added", "b", port=b_srv.port)
             await asyncio.sleep(0.3)
             assert "b" not in [r.name for r in engine.ready]      # starting: not used
-            pub.announce("web", "ready", "b", port=b_srv.port)
-            await until(lambda: engine.replicas["b"].first_sent_mono is not None, 1.0, "traffic to b")
+            pub.update("web", "ready", "b", port=b_srv.port)
+            await until(lambda: engine.replicas["b"].timeline.first_sent_mono is not None, 1.0, "traffic to b")
             await asyncio.sleep(0.5)
-            pub.announce("web", "added", "c", port=c_srv.port)
-            pub.announce("web", "ready", "c", port=c_srv.port)
+            pub.update("web", "added", "c", port=c_srv.port)
+            pub.update("web", "ready", "c", port=c_srv.port)
             await asyncio.sleep(0.5)
-            pub.announce("web", "draining", "a")
-            await until(lambda: engine.replicas["a"].unready_mono is not None, 1.0, "a draining")
+            pub.update("web", "draining", "a")
+            await until(lambda: engine.replicas["a"].timeline.unready_mono is not None, 1.0, "a draining")
             marks["a_count_at_drain"] = a_srv.count()
             await asyncio.sleep(0.5)
-            pub.announce("web", "removed", "a")
-            pub.announce("web", "failed", "c")
+            pub.update("web", "removed", "a")
+            pub.update("web", "failed", "c")
             await asyncio.sleep(0.5)
-            pub.announce("web", "removed", "c")
+            pub.update("web", "removed", "c")
             await asyncio.sleep(0.3)
             marks["counts_before_end"] = (a_srv.count(), c_srv.count())
 
@@ -217,13 +216,13 @@ def test_replicas_follow_the_feed():
     assert s["errors"] == 0
     e = s["_engine"]
     for name in "abc":
-        rep = e.replicas[name]
+        rep = e.replicas[name].timeline
         assert rep.first_sent_mono is not None
-        assert 0 <= rep.first_sent_mono - rep.announced_ready_mono <= 1.0
+        assert 0 <= rep.first_sent_mono - rep.ready_mono <= 1.0
         assert s["replicas"][name]["ready_to_first_send_s"] <= 1.0
-        assert counts[name] == rep.attempts          # the server saw exactly what the client sent
+        assert counts[name] == e.replicas[name].tally.attempts    # the server saw exactly what the client sent
     for name in "ac":
-        rep = e.replicas[name]
+        rep = e.replicas[name].timeline
         assert rep.last_sent_mono <= rep.unready_mono, name   # nothing sent after the update
         assert s["replicas"][name]["state"] == "removed"
     assert s["replicas"]["b"]["state"] == "ready"
@@ -303,7 +302,9 @@ def test_signal_and_control_socket_switch_modes(tmp_path):
 
 def test_expected_result_matches_the_guest_contract():
     import hashlib
-    assert expected_result("x", 3) == hashlib.pbkdf2_hmac("sha256", b"x", b"cms-guest", 3).hex()
+    from client.engine import Engine, Options, make_payloads
+    expected = Engine(Options(cost=3, payloads=2)).dispatch.expected
+    assert expected == [hashlib.pbkdf2_hmac("sha256", p.encode(), b"cms-guest", 3).hex() for p in make_payloads(2)]
 
 
 def test_terminal_keys(tmp_path):
@@ -355,7 +356,7 @@ def test_histogram_percentiles_are_close_to_exact():
 def test_feed_endpoints_come_from_the_cms_config(tmp_path):
     summ = tmp_path / "s.json"
     with StubPublisher() as pub, StubWorkServer() as srv:
-        pub.announce("api", "ready", "x", port=srv.port)
+        pub.update("api", "ready", "x", port=srv.port)
         cfg = tmp_path / "cms.toml"
         cfg.write_text(f'[zmq]\npublish = "{pub.publish_endpoint}"\nsnapshot = "{pub.snapshot_endpoint}"\n')
         env = dict(os.environ, CMS_CONFIG=str(cfg))

@@ -1,5 +1,5 @@
-"""The load client's subscriber to the autoscaler's replica feed (client.replicas), against a
-real ZeroMQ XPUB + ROUTER stub speaking cms.messages. Every wait is bounded."""
+"""The load client's subscriber to the autoscaler's replica feed (client.replicas), against the
+autoscaler's own Clone server on loopback (tests.doubles.StubPublisher). Every wait is bounded."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def script(pub: StubPublisher, n: int, start: int = 0) -> dict[int, list[tuple[s
     for i in range(start, start + n):
         name = f"cms-web-{i // 4}"
         event = ("added", "ready", "draining", "removed")[i % 4]
-        u = pub.announce("web", event, name, port=20000 + i // 4)
+        u = pub.update("web", event, name, port=20000 + i // 4)
         after[u.seq] = names_states(u.replicas)
     return after
 
@@ -69,10 +69,10 @@ def test_late_joiner_gets_snapshot_then_every_update_in_order():
     async def body():
         with StubPublisher() as pub:
             for k in range(5):     # history before the subscriber exists
-                pub.announce("web", "added", f"old-{k}", port=21000 + k)
-                pub.announce("web", "ready", f"old-{k}", port=21000 + k)
-            pub.announce("web", "draining", "old-0")
-            before = names_states(pub.current("web"))
+                pub.update("web", "added", f"old-{k}", port=21000 + k)
+                pub.update("web", "ready", f"old-{k}", port=21000 + k)
+            pub.update("web", "draining", "old-0")
+            before = names_states(pub.replicas("web"))
             assert pub.seq == 11
             f = Follower(pub)
             await synced(f, pub)
@@ -90,16 +90,16 @@ def test_late_joiner_gets_snapshot_then_every_update_in_order():
 def test_gap_in_seq_means_resnapshot():
     async def body():
         with StubPublisher() as pub:
-            pub.announce("web", "ready", "a", port=20001)
+            pub.update("web", "ready", "a", port=20001)
             f = Follower(pub)
             await synced(f, pub)
-            pub.announce("web", "ready", "b", port=20002)                    # seq 2: seen
-            pub.announce("web", "ready", "c", port=20003, publish=False)     # seq 3: lost
-            pub.announce("web", "draining", "a")                             # seq 4: a gap
+            pub.update("web", "ready", "b", port=20002)                    # seq 2: seen
+            pub.update("web", "ready", "c", port=20003, publish=False)     # seq 3: lost
+            pub.update("web", "draining", "a")                             # seq 4: a gap
             await until(lambda: f.feed.state.snapshots == 2 and f.feed.state.seq == 4, what="resnapshot")
-            pub.announce("web", "removed", "a")                              # seq 5: applied as usual
+            pub.update("web", "removed", "a")                              # seq 5: applied as usual
             await until(lambda: f.feed.state.seq == 5, what="update after resnapshot")
-            final = names_states(pub.current("web"))
+            final = names_states(pub.replicas("web"))
             await f.close()
         assert f.feed.state.resyncs[GAP] == 1
         assert [seq for seq, _ in f.changes] == [None, 2, None, 5]
@@ -112,16 +112,16 @@ def test_new_epoch_means_resnapshot():
     async def body():
         with StubPublisher() as pub:
             for i in range(6):
-                pub.announce("web", "ready", f"r{i}", port=20000 + i)
+                pub.update("web", "ready", f"r{i}", port=20000 + i)
             f = Follower(pub)
             await synced(f, pub)
             old_epoch = pub.epoch
-            pub.restart()                                      # seq starts again from zero
-            pub.announce("web", "removed", "r0")               # seq 1 of the new epoch: "older" than 6
+            pub.new_epoch()                                      # seq starts again from zero
+            pub.update("web", "removed", "r0")               # seq 1 of the new epoch: "older" than 6
             await until(lambda: f.feed.state.epoch == pub.epoch and f.feed.state.seq == 1, what="new epoch")
-            pub.announce("web", "draining", "r1")
+            pub.update("web", "draining", "r1")
             await until(lambda: f.feed.state.seq == 2, what="update in the new epoch")
-            final = names_states(pub.current("web"))
+            final = names_states(pub.replicas("web"))
             await f.close()
         assert pub.epoch != old_epoch
         assert f.feed.state.resyncs[NEW_EPOCH] == 1 and f.feed.state.snapshots == 2
@@ -133,7 +133,7 @@ def test_new_epoch_means_resnapshot():
 def test_unanswered_snapshot_is_asked_again():
     async def body():
         with StubPublisher() as pub:
-            pub.announce("web", "ready", "a", port=20001)
+            pub.update("web", "ready", "a", port=20001)
             pub.ignore_snapshots = 1
             f = Follower(pub, snapshot_timeout=0.3)
             await synced(f, pub)
@@ -146,8 +146,8 @@ def test_unanswered_snapshot_is_asked_again():
 def test_other_groups_sharing_the_prefix_are_ignored():
     async def body():
         with StubPublisher() as pub:
-            pub.announce("web", "ready", "a", port=20001)
-            pub.announce("web2", "ready", "x", port=20009)
+            pub.update("web", "ready", "a", port=20001)
+            pub.update("web2", "ready", "x", port=20009)
             f = Follower(pub)
             await synced(f, pub)
             await f.close()
@@ -160,10 +160,10 @@ def test_curve_encrypted_feed():
 
     async def body():
         with StubPublisher(curve_secret_key=sec_key.decode()) as pub:
-            pub.announce("web", "ready", "a", port=20001)
+            pub.update("web", "ready", "a", port=20001)
             f = Follower(pub, curve_server_key=pub_key.decode())
             await synced(f, pub)
-            pub.announce("web", "ready", "b", port=20002)
+            pub.update("web", "ready", "b", port=20002)
             await until(lambda: f.feed.state.seq == 2, what="encrypted update")
             # a subscriber with the wrong server key never gets in
             wrong, _ = zmq.curve_keypair()
@@ -193,9 +193,9 @@ def test_feed_state_rules():
 
 
 def test_interop_with_the_autoscaler_publisher():
-    """Against cms.autoscaler.publisher.Publisher (a plain PUB, so no subscription handshake):
-    whatever is lost to the slow-joiner window or skipped as another group's seq is repaired
-    by a resnapshot, and the follower ends on the publisher's set."""
+    """Against cms.autoscaler.publisher.Publisher as the daemon builds it, without waiting for
+    the subscription: whatever is lost to the slow-joiner window or skipped as another
+    group's seq is repaired by a resnapshot, and the follower ends on the publisher's set."""
     from cms.autoscaler.publisher import Publisher
     from cms.config import ZmqConfig
 
