@@ -423,10 +423,13 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     if p is None:
         return parse({})
     try:
+        mode = os.stat(p).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(mode):
+            # opening a FIFO blocks until a writer comes; /dev/zero never ends
+            raise ConfigError(f"{p}: not a regular file, so not a configuration file")
         with open(p, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                # a FIFO or /dev/zero would block or never end
-                raise ConfigError(f"{p}: not a regular file, so not a configuration file")
             raw = fh.read()
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such configuration file") from None

@@ -70,6 +70,16 @@ def test_values_are_typed():
     ("[zmq]\npublish = [1]", "zmq.publish must be a string"),
     ("libvirt = 3", "libvirt must be a table"),
     ("this is not toml", "not valid TOML"),
+    ("[groups.web.threshold]\nhigh = nan", "groups.web.threshold.high = nan is not a finite number"),
+    ("[groups.web.threshold]\nwindow_s = inf", "groups.web.threshold.window_s = inf is not a finite number"),
+    ("[placement]\ncpu_overcommit = -inf", "placement.cpu_overcommit = -inf is not a finite number"),
+    ("[[hosts]]\nname = \"a\"\nuri = \"http://hv1/\"", "hosts[0].uri = 'http://hv1/' is not a libvirt URI"),
+    ("[[hosts]]\nname = \"a\"\nuri = \"qemu+https://hv1/system\"", "hosts[0].uri"),
+    ("[[hosts]]\nname = \"a\"\nuri = \"qemu://hv1/systm\"", "a QEMU URI's path is /system or /session, not '/systm'"),
+    ("[[hosts]]\nname = \"a\"\nuri = \"test://\"", "a test URI names /default"),
+    ("[api]\nbind = \"127.0.0.1:0\"", "api.bind = '127.0.0.1:0': want HOST:PORT"),
+    ("[zmq]\nsnapshot = \"udp://1.2.3.4:5\"", "zmq.snapshot = 'udp://1.2.3.4:5': want tcp://HOST:PORT"),
+    ("state_db = \"a\\u0007b\"", "state_db = 'a\\x07b' holds a control character"),
 ])
 def test_bad_values_name_the_key_and_file(tmp_path, text, needle):
     p = tmp_path / "cms.toml"
@@ -101,3 +111,30 @@ def test_dump_masks_secrets():
     cfg = config.parse({"api": {"token": "s3cret"}, "zmq": {"curve_secret_key": "k"}})
     d = config.dump(cfg)
     assert d["api"]["token"] == "***" and d["zmq"]["curve_secret_key"] == "***"
+
+
+@pytest.mark.parametrize("uri", ["qemu:///system", "qemu:///session", "qemu+ssh://root@hv1/system",
+                                 "qemu+ssh://hv1:2222/system?keyfile=/root/.ssh/k", "qemu+tcp://10.0.0.5/system",
+                                 "qemu+tls://hv1.example.org/system", "qemu+unix:///system?socket=/run/x/sock",
+                                 "qemu+libssh://u@hv1/system", "qemu+libssh2://u@hv1/system?known_hosts=/k",
+                                 "qemu+ext:///system?command=/bin/tunnel", "qemu://hv1/system",
+                                 "test:///default", "test:///abs/node.xml", "test+tcp://localhost:5000/default"])
+def test_libvirt_uris_cms_can_use_pass(uri):
+    assert config.libvirt_uri_problem(uri) is None
+    assert config.parse({"hosts": [{"name": "a", "uri": uri}]}).hosts[0].uri == uri
+
+
+def test_not_utf8_names_the_line(tmp_path):
+    p = tmp_path / "cms.toml"
+    p.write_bytes(b'log_level = "info"\n\n# caf\xe9\n')
+    with pytest.raises(ConfigError) as ei:
+        config.load(p)
+    assert str(ei.value) == f"{p}: line 3: not UTF-8 text (byte 0xe9); a TOML file is UTF-8"
+
+
+def test_a_fifo_or_device_is_refused_without_reading(tmp_path):
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    for p in (fifo, Path("/dev/zero")):
+        with pytest.raises(ConfigError, match="not a regular file"):
+            config.load(p)
