@@ -39,6 +39,7 @@ from cms.api.service import Invalid, Service
 DEFAULT_RANGE_S = 3600.0
 DEFAULT_POINTS = 300
 MAX_POINTS = 2000
+MAX_SECONDS = 1e10        # since, until and step above this (the year 2286) are refused, not computed
 MARKER_KINDS = ("decision", "scale_override", "scale_request", "scale_out", "scale_in", "failed", "replaced")
 
 
@@ -53,8 +54,8 @@ def parse_range(get: Callable[[str], str | None], now: float) -> tuple[float, fl
         except ValueError:
             raise Invalid(f"{name} must be a number (epoch seconds for since/until, seconds for step), "
                           f"got {raw!r}") from None
-        if not math.isfinite(v) or v < 0:
-            raise Invalid(f"{name} must be a finite number >= 0, got {raw!r}")
+        if not 0 <= v <= MAX_SECONDS:      # also refuses nan and inf
+            raise Invalid(f"{name} must be a number from 0 to {MAX_SECONDS:g}, got {raw!r}")
         return v
 
     until = number("until")
@@ -68,11 +69,11 @@ def parse_range(get: Callable[[str], str | None], now: float) -> tuple[float, fl
         step = max(1.0, (until - since) / DEFAULT_POINTS)
     if step <= 0:
         raise Invalid("step must be above 0 seconds")
-    buckets = math.ceil((until - since) / step)
-    if buckets > MAX_POINTS:
-        raise Invalid(f"{buckets} points asked (range {until - since:g} s / step {step:g} s); at most {MAX_POINTS}: "
+    ratio = (until - since) / step
+    if not ratio <= MAX_POINTS:      # also catches an infinite ratio from a vanishing step
+        raise Invalid(f"range {until - since:g} s / step {step:g} s asks for more than {MAX_POINTS} points: "
                       "raise step or narrow the range")
-    return since, until, step, buckets
+    return since, until, step, max(1, math.ceil(ratio))
 
 
 def lay_out(rows: Iterable[Any], buckets: int, value: Callable[[Any], Any]) -> list[Any]:

@@ -30,7 +30,15 @@ TRIPLE = _obj({"cpu": INT, "ram": INT, "disk": INT})
 VM = _obj({"vmid": INT, "name": STR, "instance_type": INT, "pmid": INT, "host": STR, "domain": STR,
            "image_id": INT, "state": STR, "created": NUM})
 HOST = _obj({"pmid": INT, "name": STR, "uri": STR, "up": {"type": "boolean"}, "capacity": TRIPLE, "free": TRIPLE,
-             "used": _obj({"vcpus": INT, "ram": INT}), "vms": INT})
+             "used": _obj({"vcpus": INT, "ram": INT}), "vms": INT,
+             # what the console shows: every cms domain there by kind (vms above counts API VMs only),
+             # vCPUs against the host's CPUs and the overcommit, RAM, the pool, and its last CPU sample
+             "domains": _obj({"vm": INT, "replica": INT, "warm": INT, "total": INT}),
+             "vcpus": _obj({"used": INT, "cpus": INT, "overcommit": NUM, "limit": INT, "ratio": {"type": "number", "nullable": True}}),
+             "memory_mib": _obj({"total": INT, "free": INT, "given": INT, "reserve": INT}),
+             "disk_bytes": _obj({"total": INT, "free": INT}),
+             "cpu": _obj({"utilization": {"type": "number", "nullable": True}, "ts": {"type": "number", "nullable": True},
+                          "source": {"type": "string", "nullable": True, "enum": ["host", "domains", None]}})})
 REPLICA = _obj({"name": STR, "host": STR, "pmid": INT, "state": STR, "vcpus": INT, "memory_mib": INT,
                 "created": NUM, "cpu": {"type": "array", "items": NUM}})
 GROUP = _obj({"name": STR, "min": INT, "max": INT, "vcpus": INT, "memory_mib": INT,
@@ -40,6 +48,41 @@ EVENT = _obj({"id": INT, "ts": NUM, "kind": STR, "group": STR, "subject": STR, "
               "data": {"type": "object"}})
 TYPE = _obj({"tid": INT, "cpu": INT, "ram": INT, "disk": INT})
 IMAGE = _obj({"id": INT, "name": STR})
+
+# A VM as GET /v1/vms/{vmid} shows it: the stored row plus what libvirt says now (absent when its host does not answer).
+VM_DETAIL = {"allOf": [VM, {"type": "object", "required": ["domain_state", "type", "image"], "properties": {
+    "domain_state": STR, "vcpus": INT, "memory_mib": INT, "max_vcpus": INT, "max_memory_mib": INT, "address": STR,
+    "type": {"oneOf": [TYPE, {"type": "null"}]},
+    "image": {"oneOf": [_obj({"id": INT, "name": STR, "path": STR}), {"type": "null"}]}}}]}
+CONSOLE = _obj({"vmid": INT, "host": STR, "path": STR, "text": STR, "size": INT, "reason": STR},
+               ["vmid", "host", "path", "text", "size"])
+# The history routes: one shared time axis (bucket starts) and one value or null per bucket per series.
+SERIES = {"type": "array", "items": {"type": "number", "nullable": True}}
+FRAME = {"since": NUM, "until": NUM, "step": NUM, "ts": {"type": "array", "items": NUM}, "points": INT}
+VM_METRICS = _obj({"vmid": INT, "domain": STR, **FRAME, "series": _obj(
+    {"cpu": SERIES, "cpu_max": SERIES, "memory_mib": SERIES, "vcpus": SERIES, "vcpu": {"type": "array", "items": SERIES}})})
+HOST_METRICS = _obj({"pmid": INT, "host": STR, "cpus": INT, "source": {"type": "string", "enum": ["host", "domains"]}, **FRAME,
+                     "series": _obj({"cpu": SERIES, "cpu_max": SERIES, "node_cpu": SERIES, "free_memory_mib": SERIES,
+                                     "vms": SERIES, "vcpus": SERIES}),
+                     "domains": {"type": "object", "additionalProperties": SERIES}})
+GROUP_METRICS = _obj({"group": STR, "policy": STR, "thresholds": {"type": "object", "additionalProperties": NUM},
+                      "min": INT, "max": INT, **FRAME,
+                      "series": _obj({"cpu": SERIES, "replicas": SERIES,
+                                      "states": {"type": "object", "additionalProperties": SERIES}}),
+                      "markers": {"type": "array", "items": _obj({"ts": NUM, "kind": STR, "subject": STR, "message": STR})}})
+RANGE = [{"name": "since", "in": "query", "required": False, "description": "epoch seconds; default until - 3600",
+          "schema": {"type": "number", "minimum": 0, "maximum": 1e10}},
+         {"name": "until", "in": "query", "required": False, "description": "epoch seconds; default now",
+          "schema": {"type": "number", "minimum": 0, "maximum": 1e10}},
+         {"name": "step", "in": "query", "required": False,
+          "description": "seconds per point; default (until - since) / 300; at most 2000 points",
+          "schema": {"type": "number", "minimum": 0, "maximum": 1e10}}]
+
+
+def _metrics(summary: str, params: list[Any], schema: dict[str, Any]) -> dict[str, Any]:
+    return {"parameters": params, "get": {"summary": summary, "parameters": RANGE,
+                                          "responses": {"200": _json(schema), "400": ERR, "404": ERR}}}
+
 
 AUTH = [{"bearer": []}]
 MAX_ID = 2 ** 63 - 1
@@ -89,7 +132,8 @@ SPEC: dict[str, Any] = {
         },
         "/v1/vms/{vmid}": {
             "parameters": [VMID],
-            "get": {"summary": "A VM", "responses": {"200": _json(_ref("Vm")), "404": ERR}},
+            "get": {"summary": "A VM, with its live state, size, resize maximum, address, type and image",
+                    "responses": {"200": _json(_ref("VmDetail")), "404": ERR}},
             "delete": {"summary": "Destroy a VM", "security": AUTH,
                        "responses": {"200": _json(_obj({"vmid": INT, "status": INT})), **MUT_ERRS}},
         },
@@ -107,6 +151,18 @@ SPEC: dict[str, Any] = {
                          {"vcpus": {"type": "integer", "minimum": 1}, "memory_mib": {"type": "integer", "minimum": 64}}, [])}}},
                      "responses": {"200": _json(_ref("Vm")), **MUT_ERRS}},
         },
+        "/v1/vms/{vmid}/metrics": _metrics("A VM's CPU, per-vCPU and memory history, downsampled", [VMID], VM_METRICS),
+        "/v1/vms/{vmid}/console": {
+            "parameters": [VMID],
+            "get": {"summary": "The end of the VM's serial console log (read-only; only for VMs on this machine)",
+                    "parameters": [{"name": "bytes", "in": "query", "required": False,
+                                    "schema": {"type": "integer", "minimum": 1, "maximum": 1 << 20}}],
+                    "responses": {"200": _json(CONSOLE), "400": ERR, "404": ERR}},
+        },
+        "/v1/hosts/{pmid}/metrics": _metrics("A host's CPU, free RAM and VM count history, and each VM's share of it",
+                                             [PMID], HOST_METRICS),
+        "/v1/groups/{name}/metrics": _metrics("A group's mean CPU, thresholds, replicas by state and decisions",
+                                              [GNAME], GROUP_METRICS),
         "/v1/hosts": {"get": {"summary": "Machines with capacity and free room",
                               "responses": {"200": _json(_obj({"hosts": {"type": "array", "items": _ref("Host")}}))}}},
         "/v1/hosts/{pmid}": {"parameters": [PMID],
@@ -132,6 +188,11 @@ SPEC: dict[str, Any] = {
                                    {"name": "limit", "in": "query", "required": False,
                                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                                    {"name": "group", "in": "query", "required": False, "schema": STR},
+                                   {"name": "kind", "in": "query", "required": False, "schema": STR,
+                                    "description": "only these kinds (comma-separated)"},
+                                   {"name": "before_id", "in": "query", "required": False,
+                                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                                    "description": "only events older than this id (paging with order=desc)"},
                                    {"name": "order", "in": "query", "required": False,
                                     "schema": {"type": "string", "enum": ["asc", "desc"]}}],
                                "responses": {"200": _json(_obj({"events": {"type": "array", "items": _ref("Event")}})), "400": ERR}}},
@@ -140,6 +201,6 @@ SPEC: dict[str, Any] = {
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "responses": {"Error": _json(_obj({"title": STR, "description": STR}), "error")},
-        "schemas": {"Vm": VM, "Host": HOST, "Replica": REPLICA, "Group": GROUP, "Event": EVENT},
+        "schemas": {"Vm": VM, "VmDetail": VM_DETAIL, "Host": HOST, "Replica": REPLICA, "Group": GROUP, "Event": EVENT},
     },
 }

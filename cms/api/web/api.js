@@ -97,23 +97,33 @@ export class Poller {
   }
   start() { this.run(); return this; }
   stop() { this.stopped = true; clearTimeout(this.timer); Poller.all.delete(this); }
-  now() { clearTimeout(this.timer); this.run(); }
+  // Run now (after an action, or a new range): at once when idle, else right after the run in flight.
+  now() {
+    if (this.running) { this.again = true; return; }
+    clearTimeout(this.timer);
+    this.run();
+  }
   async run() {
     if (this.stopped) return;
     Poller.all.add(this);
+    this.running = true;
     let wait = this.every;
     try {
       await this.fn();
       this.backoff = 0;
+      if (this.errShown) { this.errShown = false; showPollError(null); }
     } catch (e) {
       if (e instanceof Disconnected) {
         this.backoff = Math.min(30000, this.backoff ? this.backoff * 2 : 1000);
         wait = this.backoff;
       } else {
+        this.errShown = true;
         showPollError(e);
       }
     }
+    this.running = false;
     if (this.stopped) return;
+    if (this.again && !this.backoff) { this.again = false; wait = 0; }
     this.nextAt = Date.now() + wait;
     this.timer = setTimeout(() => this.run(), wait);
   }

@@ -86,6 +86,7 @@ function connectionBox() {
 // An error a page's poll did not expect (not a lost connection): shown once at the top of the page.
 setPollErrorSink((e) => {
   let box = document.getElementById("page-error");
+  if (e === null) { if (box) box.remove(); return; }
   if (!box) {
     box = h("p", { id: "page-error", class: "form-error", role: "alert" });
     view.prepend(box);

@@ -117,7 +117,7 @@ export class TimeChart {
       legend: { show: false },
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(yMax ?? 0, max || 0, yMax ? 0 : 1) * 1.05] } },
-      axes: [{}, { values: (_u, vals) => vals.map((v) => fmt.axis(v)), size: 64 }],
+      axes: [{ space: 70 }, { values: (_u, vals) => vals.map((v) => fmt.axis(v)), size: 64 }],
       series: [{}, ...series.map((s, i) => ({
         label: s.label, stroke: s.color || PALETTE[i % PALETTE.length], width: 1.5,
         dash: s.dash, spanGaps: false, points: { show: false },

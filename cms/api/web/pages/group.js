@@ -22,7 +22,7 @@ export function groupPage(el, name) {
   let group = null;
 
   const form = actionForm({
-    id: "scale-form", title: "Scale", submit: "Scale",
+    id: "scale-form", submit: "Scale",
     describe: "Asks the autoscaler for N replicas once; it applies it on its next tick, then its policy goes on from N.",
     fields: [field("Replicas", h("input", { type: "number", name: "replicas", min: 0, required: true, value: 1 }), "replicas")],
     run: async (fd) => {

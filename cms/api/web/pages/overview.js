@@ -72,8 +72,10 @@ export function overviewPage(el) {
   const hostCards = new Map();
   const groupCards = new Map();
   const pollers = [];
+  let added = false;
 
   pollers.push(new Poller(async () => {
+    added = false;
     const [{ hosts }, { groups }, { vms }] = await Promise.all([api.get("/v1/hosts"), api.get("/v1/groups"), api.get("/v1/vms")]);
     for (const x of hosts) {
       let card = hostCards.get(x.pmid);
@@ -83,6 +85,7 @@ export function overviewPage(el) {
           h("h3", {}, h("a", { href: `#/hosts/${x.pmid}` }, x.name), " "), card.body, card.chart.el);
         hostCards.set(x.pmid, card);
         hostsBox.append(card.el);
+        added = true;
       }
       card.el.dataset.up = x.up;
       replace(card.el.querySelector("h3"), h("a", { href: `#/hosts/${x.pmid}` }, x.name), " ", stateBadge(x.up ? "up" : "down"),
@@ -98,6 +101,7 @@ export function overviewPage(el) {
           card.body, h("div", { class: "pair" }, card.charts.count.el, card.charts.cpu.el));
         groupCards.set(g.name, card);
         groupsBox.append(card.el);
+        added = true;
       }
       const n = g.replicas.length;
       card.el.dataset.replicas = n;
@@ -111,9 +115,10 @@ export function overviewPage(el) {
       h("td", {}, h("a", { href: `#/vms/${v.vmid}` }, v.name), h("small", { class: "muted" }, ` ${v.domain}`)),
       h("td", {}, v.pmid ? h("a", { href: `#/hosts/${v.pmid}` }, v.host) : v.host),
       h("td", {}, `type ${v.instance_type}`), h("td", {}, stateBadge(v.state)))), "no VMs yet"));
+    if (added) charts.now();     // new cards get their charts at once, not at the next tick
   }, 3000).start());
 
-  pollers.push(new Poller(async () => {
+  const charts = new Poller(async () => {
     const now = Date.now() / 1000;
     await Promise.all([
       ...[...hostCards.entries()].map(async ([pmid, card]) => {
@@ -131,7 +136,8 @@ export function overviewPage(el) {
         if (p) replace(p, h("strong", {}, "Last decision: "), card.lastDecision);
       }),
     ]);
-  }, 5000).start());
+  }, 5000);
+  pollers.push(charts.start());
 
   pollers.push(new Poller(async () => {
     const { events } = await api.get("/v1/events?order=desc&limit=8");

@@ -54,8 +54,8 @@ export function vmPage(el, vmid) {
       id: "resize-form", title: "Resize", submit: "Resize",
       describe: `Within the maximum it was defined with: ${fmt.vcpu(vm.max_vcpus)}, ${fmt.mib(vm.max_memory_mib)}.`,
       fields: [
-        field("vCPUs", h("input", { type: "number", name: "vcpus", min: 1, max: vm.max_vcpus || 1, required: true, value: vm.vcpus ?? 1 }), "vCPU"),
-        field("Memory", h("input", { type: "number", name: "memory_mib", min: 64, max: vm.max_memory_mib || 64, step: 64, required: true, value: vm.memory_mib ?? 64 }), "MiB"),
+        field("vCPUs", h("input", { type: "number", name: "vcpus", min: 1, max: vm.max_vcpus || 1, required: true, value: vm.vcpus ?? vm.type?.cpu ?? 1 }), "vCPU"),
+        field("Memory", h("input", { type: "number", name: "memory_mib", min: 64, max: vm.max_memory_mib || 64, step: 64, required: true, value: vm.memory_mib ?? vm.type?.ram ?? 64 }), "MiB"),
       ],
       run: async (fd) => {
         const r = await api.post(`/v1/vms/${vmid}/resize`, { vcpus: Number(fd.get("vcpus")), memory_mib: Number(fd.get("memory_mib")) });
