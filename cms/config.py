@@ -54,6 +54,8 @@ class HostConfig:
                                          "file system two daemons on one machine see; NFS, GFS2, Ceph need no setting)")
     forward_address: str = _f("", doc="address this host's replica port forwards bind (network.mode = user); "
                                       "empty: network.forward_address")
+    cpus: int = _f(0, min=0, max=65536, doc="CPUs this host counts for placement and host load; 0: what libvirt "
+                                            "reports (set it when hosts share a machine, as the lab's do)")
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,44 @@ class WarmPoolConfig:
 
 
 @dataclass(frozen=True)
+class VerticalConfig:
+    """Vertical scaling of one VM, applied by the balancer ([balancer] enabled): one vCPU more when hot,
+    one less when idle, memory through the balloon, within these maximums."""
+    enabled: bool = _f(False, doc="this group's replicas (or these VMs) are grown and shrunk live")
+    max_vcpus: int = _f(2, min=1, max=256, doc="most vCPUs; replicas are defined with this many at most")
+    max_memory_mib: int = _f(0, min=0, max=1048576, doc="most memory; 0: no memory growth")
+    high: float = _f(0.8, min=0.0, max=1.0, doc="grow when its CPU (or memory use) mean over window_s is above this")
+    low: float = _f(0.2, min=0.0, max=1.0, doc="shrink when it stays below this for window_in_s")
+    window_s: float = _f(10.0, min=0.0, max=3600.0, doc="how long it must be hot")
+    window_in_s: float = _f(60.0, min=0.0, max=86400.0, doc="how long it must be idle (longer than window_s)")
+
+
+@dataclass(frozen=True)
+class VerticalVmsConfig:
+    """Vertical scaling for VMs made through the API: by instance type (its id) or by VM name."""
+    types: dict[str, VerticalConfig] = _f({})
+    vms: dict[str, VerticalConfig] = _f({})
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    """Host balancing (cms.balance): live migrations, consolidation and vertical scaling, run by cms-autoscaler."""
+    enabled: bool = _f(False, doc="the autoscaler applies the plan each tick; off by default: migration needs "
+                                  "shared storage (the overlays and the golden image at the same paths on every host)")
+    relief: bool = _f(True, doc="a host above high for window_s sheds the VM whose move best evens the load")
+    high: float = _f(0.8, min=0.01, max=4.0, doc="host load (busy cores over its CPUs) that is too much")
+    window_s: float = _f(30.0, min=0.0, max=86400.0, doc="how long a host must stay above high")
+    consolidate: bool = _f(False, doc="empty the least-loaded host when the others can take its VMs")
+    headroom: float = _f(0.2, min=0.0, max=1.0, doc="consolidation keeps every receiver at most high - headroom")
+    consolidate_window_s: float = _f(120.0, min=0.0, max=86400.0,
+                                     doc="how long every host must stay below high - headroom first")
+    vm_cooldown_s: float = _f(120.0, min=0.0, max=86400.0, doc="a VM moved this recently stays where it is")
+    min_stay_s: float = _f(600.0, min=0.0, max=86400.0, doc="a VM never goes back to a host it left this recently")
+    max_moves: int = _f(2, min=0, max=100000, doc="most migrations started per budget_interval_s, fleet-wide")
+    budget_interval_s: float = _f(300.0, min=1.0, max=86400.0, doc="the window max_moves counts in")
+
+
+@dataclass(frozen=True)
 class GroupConfig:
     """A replica group: N copies of the guest server behind the load client."""
     min: int = _f(1, min=0, max=1000)
@@ -126,10 +166,14 @@ class GroupConfig:
     policy: str = _f("threshold", choices=("threshold", "target"))
     cooldown_s: float = _f(15.0, min=0.0, max=3600.0, doc="no scaling action for this long after one")
     warmup_s: float = _f(5.0, min=0.0, max=3600.0, doc="a new replica's CPU is left out for this long after ready")
-    scale_in_order: str = _f("newest", choices=("newest", "oldest"), doc="which replica scale-in removes")
+    scale_in_order: str = _f("newest", choices=("newest", "oldest", "consolidate"),
+                             doc="which replica scale-in removes; consolidate: the one whose removal empties, or "
+                                 "leaves emptiest, a host (cms.balance.consolidate_order)")
+    anti_affinity: bool = _f(False, doc="the balancer keeps this group's replicas on different hosts")
     threshold: ThresholdPolicyConfig = field(default_factory=ThresholdPolicyConfig)
     target: TargetPolicyConfig = field(default_factory=TargetPolicyConfig)
     warm_pool: WarmPoolConfig = field(default_factory=WarmPoolConfig)
+    vertical: VerticalConfig = field(default_factory=VerticalConfig)
 
 
 @dataclass(frozen=True)
@@ -199,6 +243,8 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    balancer: BalancerConfig = field(default_factory=BalancerConfig)
+    vertical: VerticalVmsConfig = field(default_factory=VerticalVmsConfig)
     source: str = field(default="<embedded defaults>", metadata={"internal": True})
 
     def host(self, name: str) -> HostConfig:
@@ -398,6 +444,28 @@ def _cross_checks(cfg: Config) -> None:
         if gc.threshold.low >= gc.threshold.high:
             raise ConfigError(f"{src}: groups.{g}.threshold.low ({gc.threshold.low}) must be below "
                               f"groups.{g}.threshold.high ({gc.threshold.high})")
+        vt = gc.vertical
+        if vt.enabled and vt.max_vcpus < gc.vcpus:
+            raise ConfigError(f"{src}: groups.{g}.vertical.max_vcpus ({vt.max_vcpus}) is below groups.{g}.vcpus "
+                              f"({gc.vcpus})")
+        if vt.enabled and vt.max_memory_mib and vt.max_memory_mib < gc.memory_mib:
+            raise ConfigError(f"{src}: groups.{g}.vertical.max_memory_mib ({vt.max_memory_mib}) is below "
+                              f"groups.{g}.memory_mib ({gc.memory_mib})")
+    verticals = [(f"groups.{g}.vertical", gc.vertical) for g, gc in cfg.groups.items()]
+    verticals += [(f"vertical.types.{k}", v) for k, v in cfg.vertical.types.items()]
+    verticals += [(f"vertical.vms.{k}", v) for k, v in cfg.vertical.vms.items()]
+    for key, vt in verticals:
+        if vt.low >= vt.high:
+            raise ConfigError(f"{src}: {key}.low ({vt.low}) must be below {key}.high ({vt.high})")
+        if vt.window_in_s < vt.window_s:
+            raise ConfigError(f"{src}: {key}.window_in_s ({vt.window_in_s:g}) must be at least {key}.window_s "
+                              f"({vt.window_s:g})")
+    for k in cfg.vertical.types:
+        if not k.isdigit():
+            raise ConfigError(f"{src}: vertical.types.{k}: the key is an instance type id (a number)")
+    if cfg.balancer.consolidate and cfg.balancer.headroom >= cfg.balancer.high:
+        raise ConfigError(f"{src}: balancer.headroom ({cfg.balancer.headroom}) must be below balancer.high "
+                          f"({cfg.balancer.high})")
 
 
 def parse(data: dict[str, Any], source: str = "<embedded defaults>") -> Config:
