@@ -78,6 +78,10 @@ class ImageConfig:
     initrd: str = _f("", doc="initrd for direct boot; empty: initrd.img beside the golden image if present")
     cmdline: str = _f("root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet",
                       doc="kernel command line for direct boot; cms appends systemd.hostname=<replica name>")
+    pool: str = _f("cms-images", doc="dir pool on every host that the images of image_file and POST /v1/images "
+                                     "are imported into (made where missing); VMs are backed by those copies")
+    pool_path: str = _f("/var/lib/cms/images", doc="that pool's directory, the same on every host (live migration "
+                                                   "needs the backing image at the same path)")
 
 
 @dataclass(frozen=True)
