@@ -5,12 +5,13 @@
 import { api, Poller } from "./api.js";
 import { h, fmt } from "./ui.js";
 
-const SCALING = new Set(["decision", "scale_out", "scale_in", "scale_override", "scale_request"]);
+// A scale request is the operator's own ask: the alert is the autoscaler's answer to it.
+const SCALING = new Set(["decision", "scale_out", "scale_in", "scale_override"]);
 const MAX_SHOWN = 6;
 
 export function severity(kind) {
   if (kind.includes("fail") || kind === "crashed" || kind === "lost") return "failure";
-  if (SCALING.has(kind) || kind.startsWith("scale")) return "scaling";
+  if (SCALING.has(kind)) return "scaling";
   return null;
 }
 

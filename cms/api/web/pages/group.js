@@ -20,6 +20,9 @@ export function groupPage(el, name) {
   const charts = groupCharts(name, "grp");
   let asked = null;         // what this page asked for, to follow it to "applied"
   let group = null;
+  let polls = 0;            // polls started; a poll that started before the ask cannot tell it applied
+  let trusted = false;      // the group shown was read after the ask
+  const seen = [];          // the states this page has shown, in order (data-seen)
 
   const form = actionForm({
     id: "scale-form", submit: "Scale",
@@ -28,7 +31,8 @@ export function groupPage(el, name) {
     run: async (fd) => {
       const n = Number(fd.get("replicas"));
       const r = await api.post(`/v1/groups/${g}/scale`, { replicas: n });
-      asked = { replicas: r.replicas, ts: Date.now() / 1000 };
+      asked = { replicas: r.replicas, ts: Date.now() / 1000, after: polls };
+      trusted = false;
       paintScale();
       poller.now();
       return `asked for ${r.replicas} replicas`;
@@ -45,17 +49,24 @@ export function groupPage(el, name) {
     return gr.replicas.filter((r) => r.replica_state === undefined || SERVING.has(r.replica_state)).length;
   }
 
+  function mark(state) {
+    scaleStatus.dataset.state = state;
+    if (seen.at(-1) !== state) seen.push(state);
+    scaleStatus.dataset.seen = seen.join(",");
+  }
+
   function paintScale() {
     if (!group) return;
     const n = group.replicas.length;
     const pending = group.desired_override;
-    if (pending) {
-      scaleStatus.dataset.state = "pending";
+    if (pending || (asked && !trusted)) {
+      const want = pending ? pending.replicas : asked.replicas;
+      mark("pending");
       replace(scaleStatus, h("span", { class: "badge warn" }, "pending"),
-        ` ${pending.replicas} replicas asked ${fmt.ago(pending.ts)}; the autoscaler takes it on its next tick. Now ${n}.`);
+        ` ${want} replicas asked ${fmt.ago(pending ? pending.ts : asked.ts)}; the autoscaler takes it on its next tick. Now ${n}.`);
     } else if (asked) {
       const done = n === asked.replicas;
-      scaleStatus.dataset.state = done ? "applied" : "applying";
+      mark(done ? "applied" : "applying");
       replace(scaleStatus, h("span", { class: `badge ${done ? "ok" : "warn"}` }, done ? "applied" : "applied, replicas following"),
         ` asked for ${asked.replicas}; ${n} replica${n === 1 ? "" : "s"} now.`);
     } else {
@@ -65,7 +76,9 @@ export function groupPage(el, name) {
   }
 
   const poller = new Poller(async () => {
+    const started = ++polls;
     group = await api.get(`/v1/groups/${g}`);
+    if (asked && started > asked.after) trusted = true;
     const n = group.replicas.length;
     el.dataset.replicas = n;
     el.dataset.group = name;
