@@ -14,6 +14,8 @@ image_file
     order gets id ``99 + N`` (100, 101, …, as in the spec's example); its name is the file's
     basename without its extension(s) (``/srv/Ubuntu-12.04-amd64.qcow2`` → ``Ubuntu-12.04-amd64``;
     ``.img``, ``.qcow2``, ``.raw``, ``.iso`` and a trailing ``.gz``/``.xz`` are stripped).
+    ``check`` also reads each image's header (cms.images.check); ./install then imports them
+    into every host's image pool (``python -m cms.images import``), and VMs boot from that copy.
 
 types_file
     The spec's JSON: ``{"types": [{"tid": 1, "cpu": 1, "ram": 512, "disk": 1}, …]}``, ram in
@@ -154,6 +156,16 @@ def parse_image_file(path: str | os.PathLike[str]) -> list[Image]:
     return out
 
 
+def check_images(image_file: str | os.PathLike[str], images: list[Image]) -> None:
+    """Every image readable and a disk image (cms.images.check), before anything is imported."""
+    from cms.images import ImageError, check
+    for i in images:
+        try:
+            check(i.path)
+        except ImageError as exc:
+            raise InventoryError(f"image_file {image_file}: image {i.id}: {exc}") from None
+
+
 def parse_types(data: object, where: str) -> list[VmType]:
     if not isinstance(data, dict) or not isinstance(data.get("types"), list):
         raise InventoryError(f'{where}: expected {{"types": [{{"tid", "cpu", "ram", "disk"}}, ...]}}')
@@ -205,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if len(argv) == 4 and argv[0] == "check":
             pms, imgs, types = parse_pm_file(argv[1]), parse_image_file(argv[2]), parse_types_file(argv[3])
+            check_images(argv[2], imgs)
             print(f"{len(pms)} machines, {len(imgs)} images, {len(types)} types")
             return 0
         if len(argv) == 2 and argv[0] == "hosts-toml":

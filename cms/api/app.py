@@ -41,7 +41,7 @@ from cms import errors
 from cms.config import one_line
 from cms.api import console, history, openapi, prom
 from cms.api.failures import SPEC_FAILURE, error_body
-from cms.api.service import Deps, Duplicate, Invalid, Service, Unknown, build_deps
+from cms.api.service import Deps, Duplicate, Invalid, NotImported, Service, Unknown, build_deps
 
 log = logging.getLogger("cms.api")
 SPEC_PREFIXES = ("/vm/", "/image/", "/pm/")
@@ -332,6 +332,11 @@ class V1Images:
     def on_get(self, req, resp):
         resp.media = {"images": self.svc.images(with_path=True)}
 
+    def on_post(self, req, resp):
+        body = _body(req)
+        resp.media = self.svc.register_image(body.get("name"), body.get("path"))
+        resp.status = falcon.HTTP_201
+
 
 class V1Types:
     def __init__(self, svc: Service) -> None:
@@ -438,6 +443,7 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_error_handler(Unknown, _raise(falcon.HTTP_404, "Not found"))
     app.add_error_handler(errors.NotFound, _raise(falcon.HTTP_404, "Not found"))
     app.add_error_handler(Duplicate, _raise(falcon.HTTP_409, "Already exists"))
+    app.add_error_handler(NotImported, _raise(falcon.HTTP_409, "Image not imported"))
     app.add_error_handler(errors.AlreadyExists, _raise(falcon.HTTP_409, "Already exists"))
     app.add_error_handler(errors.PlacementError, _raise(falcon.HTTP_409, "No capacity"))
     app.add_error_handler(errors.NoSpace, _raise(falcon.HTTP_409, "No capacity"))

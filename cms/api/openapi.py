@@ -48,6 +48,9 @@ EVENT = _obj({"id": INT, "ts": NUM, "kind": STR, "group": STR, "subject": STR, "
               "data": {"type": "object"}})
 TYPE = _obj({"tid": INT, "cpu": INT, "ram": INT, "disk": INT})
 IMAGE = _obj({"id": INT, "name": STR})
+NULLABLE_STR = {"type": "string", "nullable": True}
+IMAGE_V1 = _obj({"id": INT, "name": STR, "path": STR, "imported": {"type": "boolean"}, "sha256": NULLABLE_STR,
+                 "format": NULLABLE_STR, "size": {"type": "integer", "nullable": True}, "copy": NULLABLE_STR})
 
 # A VM as GET /v1/vms/{vmid} shows it: the stored row plus what libvirt says now (absent when its host does not answer).
 VM_DETAIL = {"allOf": [VM, {"type": "object", "required": ["domain_state", "type", "image"], "properties": {
@@ -167,8 +170,17 @@ SPEC: dict[str, Any] = {
                               "responses": {"200": _json(_obj({"hosts": {"type": "array", "items": _ref("Host")}}))}}},
         "/v1/hosts/{pmid}": {"parameters": [PMID],
                              "get": {"summary": "A machine", "responses": {"200": _json(_ref("Host")), "404": ERR}}},
-        "/v1/images": {"get": {"summary": "Images", "responses": {"200": _json(_obj({"images": {"type": "array", "items": _obj(
-            {"id": INT, "name": STR, "path": STR})}}))}}},
+        "/v1/images": {
+            "get": {"summary": "Images, each with its copy in the hosts' image pool (null fields: not imported)",
+                    "responses": {"200": _json(_obj({"images": {"type": "array", "items": _ref("Image")}}))}},
+            "post": {"summary": "Register an image file on the controller: checked (readable, a disk image), "
+                                "imported into every host's image pool (nothing copied when the same content is "
+                                "there already), then listed by /image/list", "security": AUTH,
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": _obj(
+                         {"name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+                          "path": {"type": "string", "pattern": "^/"}})}}},
+                     "responses": {"201": _json(_ref("Image"), "registered and imported"), **MUT_ERRS}},
+        },
         "/v1/types": {"get": {"summary": "Instance types", "responses": {"200": _json(_obj({"types": {"type": "array", "items": TYPE}}))}}},
         "/v1/groups": {"get": {"summary": "Replica groups with replicas, policy and recent CPU",
                                "responses": {"200": _json(_obj({"groups": {"type": "array", "items": _ref("Group")}}))}}},
@@ -201,6 +213,6 @@ SPEC: dict[str, Any] = {
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "responses": {"Error": _json(_obj({"title": STR, "description": STR}), "error")},
-        "schemas": {"Vm": VM, "VmDetail": VM_DETAIL, "Host": HOST, "Replica": REPLICA, "Group": GROUP, "Event": EVENT},
+        "schemas": {"Image": IMAGE_V1, "Vm": VM, "VmDetail": VM_DETAIL, "Host": HOST, "Replica": REPLICA, "Group": GROUP, "Event": EVENT},
     },
 }

@@ -6,7 +6,9 @@ plus the three below; cms.api.app maps each to an HTTP status once.
 Tables (added with Store.ensure_schema):
   api_vms     vmid ↔ name, libvirt domain, host, type, image, state (creating | active)
   api_types   the types_file, imported at start
-  api_images  the image_file, imported at start (ids 100, 101, … in file order)
+  api_images  the image_file, imported at start (ids 100, 101, … in file order), and the images
+              registered with POST /v1/images (api_images_added: ids after the highest)
+  images_imported (cms.images) where each image's copy is in every host's image pool
   api_pms     the configured hosts (pmid = position in cms.toml = line order in pm_file)
 Scale requests (POST /v1/groups/{name}/scale) go to the store's scale_requests table, which
 the autoscaler consumes on its next tick.
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cms import errors, inventory
+from cms import errors, images, inventory
 from cms.config import Config
 from cms.placement import ram_room, vcpu_room
 from cms.scheduler import Scheduler
@@ -45,6 +47,8 @@ CREATE TABLE IF NOT EXISTS api_vms (
 CREATE TABLE IF NOT EXISTS api_types (tid INTEGER PRIMARY KEY, cpu INTEGER NOT NULL, ram INTEGER NOT NULL,
     disk INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS api_images (id INTEGER PRIMARY KEY, name TEXT NOT NULL, path TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_images_added (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL UNIQUE, added REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS api_pms (pmid INTEGER PRIMARY KEY, name TEXT NOT NULL, uri TEXT NOT NULL);
 """
 
@@ -59,6 +63,10 @@ class Unknown(errors.CmsError):
 
 class Duplicate(errors.CmsError):
     """A VM of that name exists already (409)."""
+
+
+class NotImported(errors.CmsError):
+    """The image is listed but has no copy in cms's image storage (409)."""
 
 
 @dataclass
@@ -85,6 +93,7 @@ class Service:
         self.d = deps
         self.cfg, self.store, self.fleet, self.sched = deps.cfg, deps.store, deps.fleet, deps.scheduler
         self.store.ensure_schema(SCHEMA)
+        self.image_store = images.ImageStore(self.cfg, self.store, self.fleet)
         self._import_inventory()
         self.reap_stale_creates(self.cfg.api.timeout)
 
@@ -110,6 +119,18 @@ class Service:
             if images is not None:
                 c.execute("DELETE FROM api_images")
                 c.executemany("INSERT INTO api_images VALUES (?,?,?)", [(i.id, i.name, i.path) for i in images])
+                # images registered through the API stay; one whose id the file has taken since
+                # (it grew) moves past the highest id
+                taken = {i.id for i in images}
+                for r in c.execute("SELECT id, name, path FROM api_images_added ORDER BY id").fetchall():
+                    iid = r["id"]
+                    if iid in taken:
+                        iid = max(taken | {r2[0] for r2 in c.execute("SELECT id FROM api_images_added")}) + 1
+                        c.execute("UPDATE api_images_added SET id=? WHERE id=?", (iid, r["id"]))
+                        log.warning("image %s (%s) registered as id %d is now id %d: image_file took its id",
+                                    r["name"], r["path"], r["id"], iid)
+                    c.execute("INSERT INTO api_images VALUES (?,?,?)", (iid, r["name"], r["path"]))
+                    taken.add(iid)
             c.execute("DELETE FROM api_pms")
             c.executemany("INSERT INTO api_pms VALUES (?,?,?)",
                           [(i, h.name, h.uri) for i, h in enumerate(self.cfg.hosts, 1)])
@@ -124,8 +145,46 @@ class Service:
         return dict(r)
 
     def images(self, with_path: bool = False) -> list[dict[str, Any]]:
-        cols = "id, name, path" if with_path else "id, name"
-        return [dict(r) for r in self.store.connect().execute(f"SELECT {cols} FROM api_images ORDER BY id")]
+        """The spec's list ({id, name}); with_path (/v1) adds the source and its imported copy."""
+        if not with_path:
+            return [dict(r) for r in self.store.connect().execute("SELECT id, name FROM api_images ORDER BY id")]
+        return [self._image_json(dict(r)) for r in self.store.connect().execute(
+            "SELECT id, name, path FROM api_images ORDER BY id")]
+
+    def _image_json(self, img: dict[str, Any]) -> dict[str, Any]:
+        imp = self.image_store.copy_of(img["path"])
+        return {**img, "imported": imp is not None, "sha256": imp and imp["sha256"], "format": imp and imp["format"],
+                "size": imp and imp["size"], "copy": imp and imp["copy"]}
+
+    def register_image(self, name: Any, path: Any) -> dict[str, Any]:
+        """POST /v1/images: check the file, import it into every host's image pool, list it."""
+        if not isinstance(name, str) or not VM_NAME_RE.match(name):
+            raise Invalid(f"bad image name {name!r}: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit")
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+            raise Invalid(f"path must be the absolute path of an image file on the controller, not {path!r}")
+        c = self.store.connect()
+        for r in c.execute("SELECT id, name, path FROM api_images WHERE name=? OR path=?", (name, path)):
+            what = f"named {name!r}" if r["name"] == name else f"at {path}"
+            raise Duplicate(f"image {r['id']} {what} is registered already")
+        try:
+            imp = self.image_store.import_file(path, label=f"image {name}")
+        except images.ImageError as exc:
+            raise Invalid(str(exc)) from None
+        try:
+            with self.store.write() as w:
+                iid = max(99, w.execute("SELECT COALESCE(MAX(id), 0) FROM api_images").fetchone()[0],
+                          w.execute("SELECT COALESCE(MAX(id), 0) FROM api_images_added").fetchone()[0]) + 1
+                w.execute("INSERT INTO api_images_added VALUES (?,?,?,?)", (iid, name, path, time.time()))
+                w.execute("INSERT INTO api_images VALUES (?,?,?)", (iid, name, path))
+        except Exception as exc:
+            if "UNIQUE" in str(exc):
+                raise Duplicate(f"an image named {name!r} or at {path} was registered meanwhile") from None
+            raise
+        self.store.add_event("image_register", f"image {iid} {name} ({path}) imported as {imp.copy}"
+                             + (f", copied to {', '.join(imp.uploaded)}" if imp.uploaded else ", already on every host"),
+                             subject=name, data={"id": iid, "sha256": imp.sha256, "copy": imp.copy,
+                                                 "uploaded": list(imp.uploaded)})
+        return self._image_json({"id": iid, "name": name, "path": path})
 
     def image(self, image_id: int | None) -> dict[str, Any]:
         c = self.store.connect()
@@ -160,6 +219,13 @@ class Service:
             raise Invalid(f"bad VM name {name!r}: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit")
         t = self.type_of(tid)
         img = self.image(image_id)
+        imp = self.image_store.copy_of(img["path"])
+        if imp is None:
+            # the source may sit where QEMU cannot read it, or on another machine: only the copy is used
+            msg = (f"image {img['id']} ({img['path']}) has no copy in cms's image storage: run ./install "
+                   "again, or register it with POST /v1/images")
+            self.store.add_event("vm_create_failed", msg, subject=name, data={"type": tid, "image": img["id"]})
+            raise NotImported(msg)
         # Reserve the name first: the UNIQUE constraint makes a duplicate fail here, before
         # anything exists in libvirt; the row is removed again if the spawn fails.
         try:
@@ -173,8 +239,8 @@ class Service:
         domain = f"cms-vm-{vmid}"
         try:
             sp = self.sched.spawn(name=domain, vcpus=t["cpu"], memory_mib=t["ram"],
-                                  meta=OwnerMeta(role="vm", vmid=vmid, instance_type=tid, image=img["path"]),
-                                  image=img["path"], disk_bytes=t["disk"] * GIB,
+                                  meta=OwnerMeta(role="vm", vmid=vmid, instance_type=tid, image=imp["copy"]),
+                                  image=imp["copy"], disk_bytes=t["disk"] * GIB,
                                   max_vcpus=2 * t["cpu"], max_memory_mib=2 * t["ram"])
         except BaseException as exc:
             with self.store.write() as c:

@@ -34,8 +34,19 @@ def build(tmp_path, *, hosts=None, token=TOKEN, algorithm="first_fit", open_spec
                       placement={"algorithm": algorithm, "cpu_overcommit": overcommit, "ram_reserve_mib": reserve})
     store = Store(cfg.state_db)
     fleet = Fleet(cfg)
+    pretend_imported(cfg, store, IMAGES)
     deps = Deps(cfg, store, fleet, Scheduler(cfg, fleet, store), types=TYPES, images=IMAGES)
     return falcon.testing.TestClient(create_app(deps)), deps
+
+
+def pretend_imported(cfg, store, images):
+    """Record these (made-up) image paths as imported, each its own copy: what ./install's
+    import leaves behind, for tests whose test:/// hosts hold no bytes anyway."""
+    from cms.images import Facts, Imported, ImageStore
+    reg = ImageStore(cfg, store)
+    for i in images:
+        reg.record(Imported(i.path, f"{i.id:064x}", "qcow2", 1 << 20, i.path, ("pm1",), ()),
+                   Facts(i.path, 1 << 20, "qcow2", 0, 0))
 
 
 @pytest.fixture

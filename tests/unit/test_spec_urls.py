@@ -16,6 +16,7 @@ from cms.scheduler import Scheduler
 from cms.store import Store
 from cms.virt import Fleet
 from tests.support import make_config, write_node_xml
+from tests.unit.test_api import pretend_imported
 
 # the spec's own example types and image names
 SPEC_TYPES = [VmType(1, 1, 512, 1), VmType(2, 2, 1024, 2), VmType(3, 4, 2048, 3)]
@@ -39,6 +40,7 @@ def client(tmp_path, run_dir):
                       placement={"algorithm": "round_robin", "cpu_overcommit": 1.0, "ram_reserve_mib": 0})
     store = Store(cfg.state_db)
     fleet = Fleet(cfg)
+    pretend_imported(cfg, store, SPEC_IMAGES)
     deps = Deps(cfg, store, fleet, Scheduler(cfg, fleet, store), types=SPEC_TYPES, images=SPEC_IMAGES)
     yield falcon.testing.TestClient(create_app(deps))
     fleet.close()

@@ -1,0 +1,261 @@
+"""Disk images VMs boot from: checked, hashed, and imported into storage cms owns on every host.
+
+The spec's image_file names files on the controller, at any path: a user's home, a 0700
+directory. QEMU runs as its own user on each host and cannot read them there, and a remote
+host does not have the path at all. So cms imports each image: its bytes go through
+libvirt's volume upload stream (virStorageVolUpload) into the image pool of every host
+(``image.pool``, a dir pool at ``image.pool_path``, made where missing), and VMs are backed
+by that copy. The copy has the same path on every host, as live migration needs.
+
+* **Keyed by content.** The volume is named by the SHA-256 of the bytes. A volume of that
+  name as long as the source is complete (an interrupted upload leaves it shorter, and it is
+  made again), so importing the same file twice, or a copy of it under another path, copies
+  nothing. The hash of a file is kept with its size, mtime and inode, so an unchanged file
+  is not read again either.
+* **Checked before anything changes** (``check``): the file must be readable by root (the
+  installer and cms-api run as root) and must be a disk image: a qcow2, vmdk, vdi, vhdx, vpc
+  or qed header, or raw bytes with a partition table or a file system. libvirt probes the
+  uploaded volume too; its format is the one the overlays' backing format follows.
+* **Registry**: table ``images_imported`` of the state database maps a source path to its
+  hash, format and copy. The API's image ids and names stay those of image_file (and of
+  POST /v1/images); this table only says where each one's copy is.
+
+Progress (hashing and each upload) goes to ``out`` a line per tenth of a large image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, TextIO
+
+from cms.errors import CmsError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images_imported (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, format TEXT NOT NULL, copy TEXT NOT NULL, hosts TEXT NOT NULL, imported REAL NOT NULL
+);
+"""
+HEAD_BYTES = 72 * 1024          # reaches the Btrfs superblock at 64 KiB
+CHUNK = 4 * 1024 * 1024
+LARGE = 64 * 1024 * 1024            # images above this report progress
+DISK_FORMATS = ("qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc", "qed")
+
+
+class ImageError(CmsError):
+    """A file that cannot be an image (unreadable, not a disk image) or an import that failed."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    path: str
+    size: int
+    format: str
+    mtime_ns: int
+    inode: int
+
+
+@dataclass(frozen=True)
+class Imported:
+    path: str            # the source
+    sha256: str
+    format: str
+    size: int
+    copy: str            # the path of the copy, the same on every host
+    hosts: tuple[str, ...]
+    uploaded: tuple[str, ...]   # hosts that got the bytes this time (empty: all had them)
+
+
+# -- what a file is -----------------------------------------------------------------------------
+
+def format_of(head: bytes, size: int) -> str | None:
+    """The disk image format of a file from its first bytes, or None when it is none.
+
+    Formats with a header are told by their magic (as QEMU and libvirt probe them). Raw has
+    no header, so it counts as a disk only with a partition table (MBR boot signature, GPT)
+    or a file system at its usual place (ext2/3/4, XFS, Btrfs), and a size in whole sectors.
+    """
+    magics = ((b"QFI\xfb", "qcow2"), (b"KDMV", "vmdk"), (b"# Disk DescriptorFile", "vmdk"),
+              (b"vhdxfile", "vhdx"), (b"conectix", "vpc"), (b"QED\x00", "qed"))
+    for magic, fmt in magics:
+        if head.startswith(magic):
+            return fmt
+    if head[64:68] == b"\x7f\x10\xda\xbe":
+        return "vdi"
+    if size % 512 or size < 1024:
+        return None
+    if head[510:512] == b"\x55\xaa" or head[512:520] == b"EFI PART":
+        return "raw"
+    if head[1080:1082] == b"\x53\xef" or head[:4] == b"XFSB" or head[0x10040:0x10048] == b"_BHRfS_M":
+        return "raw"
+    return None
+
+
+def check(path: str) -> Facts:
+    """What the file at ``path`` is; ImageError with one line naming it when it is not an image."""
+    if not os.path.isabs(path):
+        raise ImageError(f"{path}: not an absolute path")
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            head = fh.read(HEAD_BYTES)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not an image") from None
+    except PermissionError:
+        raise ImageError(f"{path}: cannot be read, not even by root (permission denied)") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if not st.st_size:
+        raise ImageError(f"{path}: is empty, not a disk image")
+    fmt = format_of(head, st.st_size)
+    if fmt is None:
+        raise ImageError(f"{path}: not a disk image (no {', '.join(DISK_FORMATS[:1] + DISK_FORMATS[2:-1])} or "
+                         f"{DISK_FORMATS[-1]} header, and no partition table or file system for a raw disk)")
+    return Facts(path, st.st_size, fmt, st.st_mtime_ns, st.st_ino)
+
+
+# -- progress and hashing -----------------------------------------------------------------------
+
+def progress_printer(label: str, total: int, out: TextIO | None) -> Callable[[int], None]:
+    """A callback(done_bytes) that prints a line each tenth of a large image."""
+    state = {"next": 10, "t0": time.monotonic()}
+
+    def report(done: int) -> None:
+        if out is None or total < LARGE:
+            return
+        pct = done * 100 // total
+        if pct >= state["next"] or done >= total:
+            mib_s = done / 2**20 / max(time.monotonic() - state["t0"], 1e-3)
+            print(f"{label}: {pct}% ({done // 2**20} of {total // 2**20} MiB, {mib_s:.0f} MiB/s)", file=out, flush=True)
+            state["next"] = pct // 10 * 10 + 10
+    return report
+
+
+def sha256_of(path: str, progress: Callable[[int], None] | None = None) -> str:
+    h = hashlib.sha256()
+    done = 0
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                h.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    return h.hexdigest()
+
+
+def volume_name(sha256: str, fmt: str) -> str:
+    return f"cms-image-{sha256[:32]}.{'qcow2' if fmt == 'qcow2' else fmt if fmt != 'raw' else 'img'}"
+
+
+# -- the registry and the import ------------------------------------------------------------------
+
+class ImageStore:
+    """Imports images into every host's image pool and remembers where each copy is."""
+
+    def __init__(self, cfg: Any, store: Any, fleet: Any = None) -> None:
+        self.cfg, self.store, self.fleet = cfg, store, fleet
+        self.store.ensure_schema(SCHEMA)
+
+    def copy_of(self, path: str) -> dict[str, Any] | None:
+        """The import record of a source path: sha256, format, size, copy; None when not imported."""
+        r = self.store.connect().execute("SELECT * FROM images_imported WHERE path=?", (path,)).fetchone()
+        return None if r is None else {k: r[k] for k in r.keys()}
+
+    def record(self, imp: Imported, facts: Facts) -> None:
+        with self.store.write() as c:
+            c.execute("INSERT OR REPLACE INTO images_imported VALUES (?,?,?,?,?,?,?,?,?)",
+                      (imp.path, facts.size, facts.mtime_ns, facts.inode, imp.sha256, imp.format, imp.copy,
+                       json.dumps(list(imp.hosts)), time.time()))
+
+    def _known_hash(self, facts: Facts) -> str | None:
+        r = self.copy_of(facts.path)
+        if r and (r["size"], r["mtime_ns"], r["inode"]) == (facts.size, facts.mtime_ns, facts.inode):
+            return str(r["sha256"])
+        return None
+
+    def import_file(self, path: str, label: str = "", out: TextIO | None = None) -> Imported:
+        """Check, hash and upload ``path`` to every host (what is there already is kept)."""
+        facts = check(path)
+        label = label or os.path.basename(path)
+        sha = self._known_hash(facts) or sha256_of(path, progress_printer(f"{label}: hashing", facts.size, out))
+        vol = volume_name(sha, facts.format)
+        img = self.cfg.image
+        copy = os.path.join(img.pool_path, vol)
+        uploaded = []
+        for name in self.fleet.hosts:
+            host = self.fleet.host(name)
+            host.ensure_pool(img.pool, img.pool_path)
+            have = host.volume_facts(img.pool, vol)
+            if have is not None and have.physical == facts.size and have.path == copy:
+                continue
+            if have is not None and have.path != copy:
+                raise ImageError(f"host {name}: pool {img.pool} keeps its volumes in {os.path.dirname(have.path)}, "
+                                 f"not in image.pool_path {img.pool_path}; an image must be at the same path on "
+                                 "every host")
+            if have is not None:        # an upload that did not finish
+                host.delete_volume(img.pool, vol)
+            with open(path, "rb") as fh:
+                got = host.upload_volume(img.pool, vol, fh, facts.size,
+                                         progress_printer(f"{label}: copying to {name}", facts.size, out))
+            if got.path != copy:
+                host.delete_volume(img.pool, vol)
+                raise ImageError(f"host {name}: pool {img.pool} keeps its volumes in {os.path.dirname(got.path)}, "
+                                 f"not in image.pool_path {img.pool_path}; an image must be at the same path on "
+                                 "every host")
+            if got.format not in (facts.format, "") and facts.format != "raw":
+                host.delete_volume(img.pool, vol)
+                raise ImageError(f"{path}: libvirt reads the copy on {name} as {got.format}, not {facts.format}")
+            uploaded.append(name)
+        imp = Imported(path, sha, facts.format, facts.size, copy, tuple(self.fleet.hosts), tuple(uploaded))
+        self.record(imp, facts)
+        return imp
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cms.images import [--config F] IMAGE_FILE``: what ./install runs."""
+    import argparse
+
+    from cms import config as cms_config
+    from cms import inventory
+    ap = argparse.ArgumentParser(prog="python -m cms.images",
+                                 description="Import image_file's images into every host's image pool.")
+    ap.add_argument("action", choices=["import"])
+    ap.add_argument("image_file")
+    ap.add_argument("--config", help="cms.toml (default: $CMS_CONFIG, else /etc/cms/cms.toml)")
+    a = ap.parse_args(argv)
+    cfg = cms_config.load_or_exit(a.config)
+    try:
+        images = inventory.parse_image_file(a.image_file)
+    except inventory.InventoryError as exc:
+        print(f"cms: {exc}", file=sys.stderr)
+        return 2
+    from cms.store import Store
+    from cms.virt import Fleet
+    fleet = Fleet(cfg)
+    try:
+        imgs = ImageStore(cfg, Store(cfg.state_db), fleet)
+        for i in images:
+            imp = imgs.import_file(i.path, label=f"image {i.id} {i.name}", out=sys.stdout)
+            how = f"copied to {', '.join(imp.uploaded)}" if imp.uploaded else "already on every host"
+            print(f"image {i.id} {i.name}: {imp.format}, {imp.size // 2**20} MiB, sha256 {imp.sha256[:12]}: {how} "
+                  f"({imp.copy})", flush=True)
+    except CmsError as exc:
+        print(f"cms: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        fleet.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
