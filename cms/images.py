@@ -19,19 +19,28 @@ by that copy. The copy has the same path on every host, as live migration needs.
 * **Registry**: table ``images_imported`` of the state database maps a source path to its
   hash, format and copy. The API's image ids and names stay those of image_file (and of
   POST /v1/images); this table only says where each one's copy is.
+* **When**: ./install imports image_file's images (with progress, before the API starts);
+  POST /v1/images imports the one it registers; and a create from an image that has no copy
+  yet (image_file edited by hand, or a deployment by site.yml alone) imports it first. One
+  import at a time across processes (a lock file in $CMS_RUN_DIR), so two API workers never
+  upload the same volume at once.
 
 Progress (hashing and each upload) goes to ``out`` a line per tenth of a large image.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, TextIO
+from pathlib import Path
+from typing import Any, Callable, Iterator, TextIO
 
 from cms.errors import CmsError
 
@@ -159,6 +168,21 @@ def volume_name(sha256: str, fmt: str) -> str:
 
 # -- the registry and the import ------------------------------------------------------------------
 
+_thread_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _import_lock() -> Iterator[None]:
+    lock_dir = Path(os.environ.get("CMS_RUN_DIR", "/run/cms"))
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with _thread_lock, open(lock_dir / "images.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class ImageStore:
     """Imports images into every host's image pool and remembers where each copy is."""
 
@@ -185,6 +209,19 @@ class ImageStore:
 
     def import_file(self, path: str, label: str = "", out: TextIO | None = None) -> Imported:
         """Check, hash and upload ``path`` to every host (what is there already is kept)."""
+        with _import_lock():
+            return self._import(path, label, out)
+
+    def copy_or_import(self, path: str) -> dict[str, Any]:
+        """The import record of ``path``, importing it first when there is none."""
+        rec = self.copy_of(path)
+        if rec is None:
+            self.import_file(path)
+            rec = self.copy_of(path)
+            assert rec is not None
+        return rec
+
+    def _import(self, path: str, label: str, out: TextIO | None) -> Imported:
         facts = check(path)
         label = label or os.path.basename(path)
         sha = self._known_hash(facts) or sha256_of(path, progress_printer(f"{label}: hashing", facts.size, out))

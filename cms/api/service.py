@@ -66,7 +66,7 @@ class Duplicate(errors.CmsError):
 
 
 class NotImported(errors.CmsError):
-    """The image is listed but has no copy in cms's image storage (409)."""
+    """The image is listed but has no copy in cms's image storage, and cannot be imported (409)."""
 
 
 @dataclass
@@ -219,13 +219,14 @@ class Service:
             raise Invalid(f"bad VM name {name!r}: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit")
         t = self.type_of(tid)
         img = self.image(image_id)
-        imp = self.image_store.copy_of(img["path"])
-        if imp is None:
-            # the source may sit where QEMU cannot read it, or on another machine: only the copy is used
-            msg = (f"image {img['id']} ({img['path']}) has no copy in cms's image storage: run ./install "
-                   "again, or register it with POST /v1/images")
+        # The source may sit where QEMU cannot read it, or on another machine: VMs are backed
+        # by its copy in the hosts' image pool, made now if ./install or POST /v1/images did not.
+        try:
+            imp = self.image_store.copy_or_import(img["path"])
+        except images.ImageError as exc:
+            msg = f"image {img['id']} has no copy in cms's image storage, and importing it failed: {exc}"
             self.store.add_event("vm_create_failed", msg, subject=name, data={"type": tid, "image": img["id"]})
-            raise NotImported(msg)
+            raise NotImported(msg) from None
         # Reserve the name first: the UNIQUE constraint makes a duplicate fail here, before
         # anything exists in libvirt; the row is removed again if the spawn fails.
         try:
