@@ -63,7 +63,7 @@ def main() -> None:
         for i in range(CLONES):
             name = f"cms-benchboot-{int(time.time() * 1000):x}"
             t0 = time.perf_counter()
-            s = fleet.spawn("local", name, vcpus=1, memory_mib=512, meta=OwnerMeta(group="benchboot"))
+            s = fleet.build_on("local", name, vcpus=1, memory_mib=512, meta=OwnerMeta(group="benchboot"))
             spawns.append(time.perf_counter() - t0)
             deadline = t0 + BOOT_TIMEOUT_S
             while not healthy(s.port):

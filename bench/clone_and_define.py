@@ -48,7 +48,7 @@ def main() -> None:
                                    initrd=initrd, cmdline=cfg.image.cmdline, network_mode="user", host_port=0)
             h.define(spec)
             t2 = time.perf_counter()
-            h.start(name)
+            h.guest(name).start()
             t3 = time.perf_counter()
             clone.append((t1 - t0) * 1000)
             define.append((t2 - t1) * 1000)

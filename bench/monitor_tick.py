@@ -37,7 +37,7 @@ def populate(fleet: Fleet, group: str, n: int, port0: int) -> None:
                                meta=OwnerMeta(group=group, role="replica", created=float(i), port=port0 + i),
                                domain_type="test")
         h.define(spec)
-        h.start(name)
+        h.guest(name).start()
 
 
 def main() -> None:

@@ -191,10 +191,16 @@ def run(a: argparse.Namespace, c: Client) -> tuple[Any, str]:
         out = []
         for g in groups:
             ov = g.get("desired_override")
-            out.append(f"group {g['name']}: {len(g['replicas'])} replicas (min {g['min']}, max {g['max']}, "
-                       f"policy {g['policy']['name']}" + (f", asked {ov['replicas']}" if ov else "") + ")")
-            rows = [{**x, "cpu": f"{x['cpu'][-1] * 100:.0f}%" if x["cpu"] else "-"} for x in g["replicas"]]
-            out.append(table(rows, ["name", "host", "state", "vcpus", "memory_mib", "cpu"]))
+            serving = [x for x in g["replicas"] if not x.get("warm")]
+            warm = len(g["replicas"]) - len(serving)
+            pool = g.get("warm_pool") or {}
+            out.append(f"group {g['name']}: {len(serving)} replicas (min {g['min']}, max {g['max']}, "
+                       f"policy {g['policy']['name']}" + (f", asked {ov['replicas']}" if ov else "")
+                       + (f", warm pool {warm} of {pool['size']} {pool['state']}" if pool.get("size") else "") + ")")
+            rows = [{**x, "cpu": f"{x['cpu'][-1] * 100:.0f}%" if x["cpu"] else "-", "warm": "warm" if x.get("warm") else ""}
+                    for x in g["replicas"]]
+            out.append(table(rows, ["name", "host", "replica_state", "domain_state", "warm", "vcpus", "memory_mib",
+                                    "cpu"]))
         return r, "\n".join(out)
     if a.cmd == "group" and a.sub == "scale":
         r = c.call("POST", f"/v1/groups/{urllib.parse.quote(a.name, safe='')}/scale", body={"replicas": a.replicas})

@@ -123,6 +123,10 @@ class Rater:
                 dcpu = int(raw.cpu_ns or 0) - int(praw.cpu_ns or 0)
         return DomainMetrics(uuid, name, host, cpu, vcpu, raw.vcpus, raw.memory_kib, raw.state, dcpu)
 
+    def forget(self, uuid: str) -> None:
+        """Drop a domain's baseline: its next reading starts a new series (no figure that tick)."""
+        self._prev.pop(uuid, None)
+
     def forget_except(self, uuids: set[str]) -> None:
         for u in list(self._prev):
             if u not in uuids:
@@ -134,6 +138,15 @@ class Rater:
 class MetricSource(Protocol):
     def sample(self, domains: Sequence[OwnedDomain]) -> Tick:
         """One tick's figures for these domains (those it could not read are left out)."""
+
+
+def restart_baseline(source: object, uuid: str) -> None:
+    """After a resume the CPU counter's last reading predates the pause: drop it, so the first
+    figure after the resume is no figure at all rather than a dip (paused time counted as idle)
+    or a spike. Sources without baselines (test fakes) are left alone."""
+    rater = getattr(source, "rater", None)
+    if isinstance(rater, Rater):
+        rater.forget(uuid)
 
 
 class LibvirtMetrics:
@@ -217,7 +230,17 @@ class History:
         return list(self._series)
 
 
-def to_samples(tick: Tick, groups: dict[str, str], states: dict[str, str]) -> list[Sample]:
-    """The tick's figures as store rows; ``groups``/``states`` map UUID to group and state name."""
-    return [Sample(tick.ts, m.host, m.name, groups.get(u, ""), m.cpu, m.vcpus, m.memory_kib, states.get(u, ""))
-            for u, m in tick.domains.items()]
+def to_samples(tick: Tick, domains: Sequence[OwnedDomain], states: dict[str, str]) -> list[Sample]:
+    """The store rows of one tick: one per domain, with its figures when the tick has them.
+
+    ``states`` maps a domain's name to the state to record (the replica's lifecycle state);
+    a domain not in it is recorded with libvirt's domain state.
+    """
+    rows = []
+    for d in domains:
+        m = tick.domains.get(d.uuid)
+        rows.append(Sample(tick.ts, d.host, d.name, d.meta.group, m.cpu if m else None,
+                           m.vcpus if m else d.vcpus, m.memory_kib if m else d.memory_mib * 1024,
+                           states.get(d.name, d.state),
+                           tuple(v for _i, v in sorted(m.vcpu.items())) if m else ()))
+    return rows

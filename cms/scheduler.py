@@ -1,17 +1,22 @@
-"""The placement mechanism: host loads from libvirt, the spawn lock, the policy, the spawn.
+"""The placement mechanism, and the one way in to the fleet for whoever changes it.
 
 Used by the REST API and the autoscaler alike::
 
     sched = Scheduler(cfg, fleet)            # store optional: opens cfg.state_db
     spawned = sched.spawn(name="cms-web-…", vcpus=1, memory_mib=512,
                           meta=OwnerMeta(group="web"))          # -> cms.virt.Spawned
+    sched.remove("local", "cms-web-…")
     sched.migrate("cms-vm-7")                # destination chosen by the same policy
     sched.resize("cms-vm-7", vcpus=2, memory_mib=1024)
 
-``spawn`` holds ``Fleet.spawn_lock()`` (a cross-process file lock) from reading the loads
-to the define, so two gunicorn workers, or a worker and the autoscaler, never take the
-same last slot. The round-robin cursor lives in the state database (table
+``spawn`` takes the spawn lock (``Scheduler.lock``, a cross-process file lock) ONCE, from
+reading the loads to the define, so two gunicorn workers, or a worker and the autoscaler,
+never take the same last slot or port. The lock is not re-entrant: nothing below the
+scheduler takes it. The round-robin cursor lives in the state database (table
 ``placement_state``), read and written under that lock, so all processes share one cursor.
+
+A caller that has just listed the fleet (the autoscaler's tick) passes that ``Listing``:
+a spawn then reads host loads and taken ports from it and lists no domain again.
 
 A host whose capacity cannot be read is down: placement skips it, and it is not asked again
 for ``DOWN_RETRY_S`` seconds, so an unreachable machine does not slow every request.
@@ -19,15 +24,22 @@ for ``DOWN_RETRY_S`` seconds, so an unreachable machine does not slow every requ
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
+import os
 import threading
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from cms import errors
 from cms.config import Config
 from cms.placement import Choice, HostLoad, Request, Rules, choose, fits, ram_room, vcpu_room
 from cms.store import Store
-from cms.virt import Fleet, OwnedDomain, OwnerMeta, Spawned
+from cms.virt import Capacity, Fleet, Listing, OwnedDomain, OwnerMeta, Spawned
+
+log = logging.getLogger(__name__)
 
 DOWN_RETRY_S = 10.0
 
@@ -47,6 +59,28 @@ class Scheduler:
         self.rules = Rules(cfg.placement.cpu_overcommit, cfg.placement.ram_reserve_mib)
         self._down_until: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._spawn_thread_lock = threading.Lock()
+        self._own: list[tuple[float, OwnedDomain]] = []   # VMs made with a listing, and when
+        self._cpus: dict[str, int] = {}
+
+    # -- the spawn lock ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Serialise "read the loads, choose a host and a port, define" across processes and threads.
+
+        The API's gunicorn workers and the autoscaler may spawn at once; holding this from
+        the placement decision to the define means two requests never take the same last
+        slot or port. Not re-entrant: each public method here takes it once.
+        """
+        lock_dir = Path(os.environ.get("CMS_RUN_DIR", "/run/cms"))
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with self._spawn_thread_lock, open(lock_dir / "spawn.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # -- hosts ------------------------------------------------------------------------------
 
@@ -68,14 +102,20 @@ class Scheduler:
         with self._lock:
             self._down_until[name] = self.clock() + DOWN_RETRY_S
 
-    def host_state(self, name: str) -> tuple[HostLoad, list[OwnedDomain], object | None]:
-        """(load, owned domains, Capacity or None when down) of one host."""
+    def host_state(self, name: str, listing: Listing | None = None
+                   ) -> tuple[HostLoad, list[OwnedDomain], Capacity | None]:
+        """(load, owned domains, Capacity or None when down) of one host.
+
+        The domains come from `listing` when it covers the host, else from one listing call.
+        """
         hc = self.fleet.host(name)
-        if self.is_down(name):
+        if self.is_down(name) or (listing is not None and name in listing.down):
             return HostLoad(name, 0, 0, up=False), [], None
         try:
             cap = hc.capacity(self.cfg.libvirt.pool)
-            doms = hc.owned_domains()
+            doms = listing.on(name) if listing is not None else None
+            if doms is None:
+                doms = hc.owned_domains()
         except errors.VirtError:
             self._mark_down(name)
             return HostLoad(name, 0, 0, up=False), [], None
@@ -84,8 +124,21 @@ class Scheduler:
                         up=True, disk_free_bytes=cap.pool_available_bytes or None)
         return load, doms, cap
 
-    def loads(self) -> list[HostLoad]:
-        return [self.host_state(h.name)[0] for h in self.cfg.hosts]
+    def loads(self, listing: Listing | None = None) -> list[HostLoad]:
+        return [self.host_state(h.name, listing)[0] for h in self.cfg.hosts]
+
+    def host_cpus(self, name: str) -> int:
+        """A host's CPU count (read once; 0 when it cannot be read)."""
+        if name not in self._cpus:
+            try:
+                self._cpus[name] = self.fleet.host(name).capacity().cpus
+            except errors.VirtError:
+                return 0
+        return self._cpus[name]
+
+    def list_domains(self, group: str | None = None) -> Listing:
+        """What the fleet runs now (one bulk call per host); see cms.virt.Fleet.list_domains."""
+        return self.fleet.list_domains(group)
 
     # -- the round-robin cursor ---------------------------------------------------------------
 
@@ -100,27 +153,124 @@ class Scheduler:
 
     # -- decisions + actions --------------------------------------------------------------------
 
-    def choose(self, req: Request, exclude: str | None = None) -> Choice:
-        loads = self.loads()
+    def choose(self, req: Request, exclude: str | None = None, listing: Listing | None = None) -> Choice:
+        loads = self.loads(listing)
         if exclude is not None:
             loads = [HostLoad(h.name, h.cpus, h.memory_mib, h.used_vcpus, h.used_memory_mib, False)
                      if h.name == exclude else h for h in loads]
         return choose(self.cfg.placement.algorithm, loads, req, self.rules, self._cursor())
 
     def spawn(self, name: str, vcpus: int, memory_mib: int, meta: OwnerMeta, image: str = "",
-              disk_bytes: int = 0, max_vcpus: int = 0, max_memory_mib: int = 0) -> Spawned:
+              disk_bytes: int = 0, max_vcpus: int = 0, max_memory_mib: int = 0,
+              listing: Listing | None = None, avoid: frozenset[str] = frozenset()) -> Spawned:
         """Place and make one VM (all or nothing). PlacementError when no host has room.
 
         Placement charges `vcpus`/`memory_mib`; `max_*` only leave room for live vertical
         scaling (cms.virt's defaults: none). `image` defaults to the configured golden image.
+        `listing`: the caller's fresh listing of the fleet, so the spawn lists no domain again
+        (the VMs this scheduler made since that listing are added to it). `avoid`: hosts not
+        to place on this time (a warm refill keeps to one boot per host).
         """
-        with self.fleet.spawn_lock():
-            choice = self.choose(Request(vcpus, memory_mib, disk_bytes))
-            spawned = self.fleet.spawn(choice.host, name, vcpus=vcpus, memory_mib=memory_mib, meta=meta,
-                                       image=image, max_vcpus=max_vcpus, max_memory_mib=max_memory_mib)
+        with self.lock():
+            listing = self._with_own_spawns(listing)
+            loads = self.loads(listing)
+            loads = [HostLoad(h.name, h.cpus, h.memory_mib, h.used_vcpus, h.used_memory_mib, False)
+                     if h.name in avoid else h for h in loads]
+            choice = choose(self.cfg.placement.algorithm, loads, Request(vcpus, memory_mib, disk_bytes),
+                            self.rules, self._cursor())
+            spawned = self.fleet.build_on(choice.host, name, vcpus=vcpus, memory_mib=memory_mib, meta=meta,
+                                          image=image, max_vcpus=max_vcpus, max_memory_mib=max_memory_mib,
+                                          listing=listing)
             if self.cfg.placement.algorithm == "round_robin":
                 self._save_cursor(choice.next_cursor)
+            if listing is not None:
+                meta = OwnerMeta(**{**meta.__dict__, "port": spawned.port, "created": spawned.created})
+                self._own.append((time.monotonic(), OwnedDomain(spawned.host, name, spawned.uuid, "running",
+                                                                vcpus, memory_mib, meta)))
             return spawned
+
+    def _with_own_spawns(self, listing: Listing | None) -> Listing | None:
+        """The listing plus the VMs this scheduler made after it was read (a tick may spawn twice)."""
+        now = time.monotonic()
+        self._own = [(at, d) for at, d in self._own if now - at < 300]
+        if listing is None:
+            return None
+        extra = [d for at, d in self._own if at >= listing.at]
+        if not extra:
+            return listing
+        domains = {h: list(ds) for h, ds in listing.domains.items()}
+        for d in extra:
+            if d.host in domains and all(x.name != d.name for x in domains[d.host]):
+                domains[d.host].append(d)
+        return Listing(domains, listing.down, listing.at)
+
+    def remove(self, host: str, name: str, graceful_timeout: float = 0.0,
+               wait: Callable[[float], Any] = time.sleep) -> None:
+        """Remove a VM and its disk (idempotent); a graceful shutdown first when a timeout is given."""
+        self.fleet.remove(host, name, graceful_timeout, wait)
+
+    # -- the warm pool's levers (cms.virt.Guest does the libvirt part) ------------------------
+
+    def park(self, host: str, name: str, mode: str, meta: OwnerMeta, graceful_timeout: float = 0.0,
+             wait: Callable[[float], Any] = time.sleep) -> None:
+        """Tag a running replica warm in its metadata, then park it: paused (suspend), saved
+        (managed save: RAM to disk) or stopped (shut down, gracefully within the timeout)."""
+        g = self.fleet.guest(host, name)
+        g.set_owner(meta)
+        if mode == "paused":
+            g.suspend()
+        elif mode == "saved":
+            g.managed_save()
+        elif mode == "stopped":
+            g.power_off(graceful_timeout, wait)
+        else:
+            raise ValueError(f"unknown park mode {mode!r}")
+
+    def unpark(self, host: str, name: str, mode: str) -> None:
+        """Take a parked replica out of the pool: resume it, or start it (a saved one restores its RAM)."""
+        g = self.fleet.guest(host, name)
+        if mode == "paused":
+            g.resume()
+        else:
+            g.start()
+
+    def retag(self, host: str, name: str, meta: OwnerMeta) -> None:
+        """Rewrite a replica's owner metadata (a warm replica taken into service is tagged serving)."""
+        self.fleet.guest(host, name).set_owner(meta)
+
+    def lease_address(self, host: str, name: str) -> str | None:
+        """A replica's DHCP address on a libvirt network (network.mode = libvirt), once it has one."""
+        return self.fleet.guest(host, name).lease_address()
+
+    def remove_orphan_volumes(self, prefixes: tuple[str, ...], keep: set[str], dry_run: bool = False
+                              ) -> list[tuple[str, str]]:
+        """Delete volumes named ``PREFIX….qcow2`` whose domain is neither in `keep` nor defined.
+
+        Under the spawn lock: a spawn holds it from its volume to its define, so no
+        half-made VM is mistaken for an orphan. Returns (host, volume) of each one found
+        (deleted unless `dry_run`). A host without the pool yet has none.
+        """
+        pool = self.cfg.libvirt.pool
+        found: list[tuple[str, str]] = []
+        with self.lock():
+            for hname, h in self.fleet.hosts.items():
+                try:
+                    vols = h.list_volumes(pool)
+                except errors.VirtError:
+                    continue
+                for v in vols:
+                    dom = v[:-len(".qcow2")] if v.endswith(".qcow2") else ""
+                    if not dom.startswith(prefixes) or dom in keep:
+                        continue
+                    try:
+                        if h.exists(dom):
+                            continue
+                        found.append((hname, v))
+                        if not dry_run:
+                            h.delete_volume(pool, v)
+                    except errors.VirtError as exc:
+                        log.warning("could not clean volume %s/%s on %s: %s", pool, v, hname, exc)
+        return found
 
     def find(self, name: str) -> OwnedDomain:
         for h in self.cfg.hosts:
@@ -140,7 +290,7 @@ class Scheduler:
         Returns the destination host's name. libvirt's refusal (e.g. the test driver, which
         cannot migrate, or no shared storage) comes back as a VirtError.
         """
-        with self.fleet.spawn_lock():
+        with self.lock():
             d = self.find(name)
             if dest is None:
                 dest = self.choose(Request(d.vcpus, d.memory_mib), exclude=d.host).host
@@ -159,10 +309,10 @@ class Scheduler:
 
     def resize(self, name: str, vcpus: int | None = None, memory_mib: int | None = None) -> OwnedDomain:
         """Vertical scaling in place: growth must fit the host under the placement rules."""
-        with self.fleet.spawn_lock():
+        with self.lock():
             d = self.find(name)
-            h = self.fleet.host(d.host)
-            max_vcpus, max_mib = h.limits(name)
+            g = self.fleet.guest(d.host, name)
+            max_vcpus, max_mib = g.limits()
             if (vcpus or 0) > max_vcpus or (memory_mib or 0) > max_mib:
                 raise errors.BeyondMaximum(f"{name} was defined with at most {max_vcpus} vCPUs and {max_mib} MiB; "
                                            f"resize within that")
@@ -173,7 +323,7 @@ class Scheduler:
                     raise errors.PlacementError(f"host {d.host} has no room to grow {name} by "
                                                 f"{grow.vcpus} vCPU / {grow.memory_mib} MiB; migrate it first")
             if vcpus and vcpus != d.vcpus:
-                h.set_vcpus(name, vcpus)
+                g.set_vcpus(vcpus)
             if memory_mib and memory_mib != d.memory_mib:
-                h.set_memory(name, memory_mib)
+                g.set_memory(memory_mib)
             return self.find(name)

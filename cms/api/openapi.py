@@ -39,10 +39,13 @@ HOST = _obj({"pmid": INT, "name": STR, "uri": STR, "up": {"type": "boolean"}, "c
              "disk_bytes": _obj({"total": INT, "free": INT}),
              "cpu": _obj({"utilization": {"type": "number", "nullable": True}, "ts": {"type": "number", "nullable": True},
                           "source": {"type": "string", "nullable": True, "enum": ["host", "domains", None]}})})
-REPLICA = _obj({"name": STR, "host": STR, "pmid": INT, "state": STR, "vcpus": INT, "memory_mib": INT,
+REPLICA = _obj({"name": STR, "host": STR, "pmid": INT, "replica_state": STR, "domain_state": STR,
+                "warm": {"type": "boolean"}, "vcpus": INT, "memory_mib": INT,
                 "created": NUM, "cpu": {"type": "array", "items": NUM}})
+WARM_POOL = _obj({"size": INT, "state": STR, "reuse_on_scale_in": {"type": "boolean"}})
 GROUP = _obj({"name": STR, "min": INT, "max": INT, "vcpus": INT, "memory_mib": INT,
               "policy": {"type": "object"}, "replicas": {"type": "array", "items": _ref("Replica")},
+              "warm_pool": WARM_POOL,
               "desired_override": {"oneOf": [{"type": "null"}, _obj({"replicas": INT, "ts": NUM})]}})
 EVENT = _obj({"id": INT, "ts": NUM, "kind": STR, "group": STR, "subject": STR, "message": STR,
               "data": {"type": "object"}})

@@ -449,18 +449,25 @@ class Service:
         for s in self.store.samples(group=name, since=since):
             if s.cpu is not None:
                 cpu.setdefault(s.domain, []).append(round(s.cpu, 4))
+        # Two states per replica, under two names: the autoscaler's lifecycle state (starting,
+        # ready, draining, parked, ... as it recorded it in the replicas table) and libvirt's
+        # domain state (running, paused, shutoff, ...). A warm-pool member is in the list too,
+        # with warm = true; "unknown": the autoscaler has not recorded it (yet).
+        lifecycle = {r.name: r for r in self.store.replicas(name)}
         replicas = []
         for d in self.fleet.owned(name):
             if d.meta.role != "replica":
                 continue
-            replicas.append({"name": d.name, "host": d.host, "pmid": self.sched.pmid(d.host), "state": d.state,
-                             "vcpus": d.vcpus, "memory_mib": d.memory_mib, "created": d.meta.created,
-                             "cpu": cpu.get(d.name, [])[-60:]})
+            r = lifecycle.get(d.name)
+            replicas.append({"name": d.name, "host": d.host, "pmid": self.sched.pmid(d.host),
+                             "replica_state": r.state if r else "unknown", "domain_state": d.state,
+                             "warm": d.meta.warm, "vcpus": d.vcpus, "memory_mib": d.memory_mib,
+                             "created": d.meta.created, "cpu": cpu.get(d.name, [])[-60:]})
         ov = self.store.scale_requests().get(name)
         policy = {"name": gc.policy, "cooldown_s": gc.cooldown_s, "warmup_s": gc.warmup_s}
         policy.update(vars(gc.threshold) if gc.policy == "threshold" else vars(gc.target))
         return {"name": name, "min": gc.min, "max": gc.max, "vcpus": gc.vcpus, "memory_mib": gc.memory_mib,
-                "policy": policy, "replicas": replicas,
+                "policy": policy, "replicas": replicas, "warm_pool": vars(gc.warm_pool),
                 "desired_override": None if ov is None else {"replicas": ov[0], "ts": ov[1]}}
 
     def groups(self) -> list[dict[str, Any]]:

@@ -1,27 +1,34 @@
-"""The configured hypervisor hosts as one fleet, and how a replica or VM is made on one.
+"""The configured hypervisor hosts as one fleet, and how a VM is built from the config.
 
-This turns the configuration into DomainSpecs (names, ports, image paths, network mode)
-and drives cms.virt.host for the I/O. The autoscaler and the REST API both spawn through
-``Fleet.spawn`` so there is one way to make a VM.
+``Fleet`` turns the configuration into DomainSpecs (names, ports, image paths, network
+mode) and drives the Hosts for the I/O. It does not choose hosts and takes no lock: the
+one way to make a VM is ``cms.scheduler.Scheduler.spawn``, which holds the spawn lock,
+chooses the host and calls ``Fleet.build_on``. Tests and benchmarks that own a whole
+host may call ``build_on`` directly.
+
+A listing (``Fleet.list_domains``) is what one monitoring tick knows: every host's owned
+domains from one getAllDomainStats each. The scheduler passes it down, so a spawn reads
+host loads and taken ports from it instead of listing domains again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import os
 import queue
 import socket
-import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from cms import errors
 from cms.config import Config
+from cms.netutil import bindable
 from cms.virt import xml as vxml
-from cms.virt.host import DomainEvent, Host, OwnedDomain, start_event_loop
+from cms.virt.guest import Guest
+from cms.virt.host import DomainEvent, Host, is_local_uri, start_event_loop
+from cms.virt.stats import OwnedDomain
 
 SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
 
@@ -34,6 +41,22 @@ class Spawned:
     address: str
     port: int
     created: float
+    timings: dict[str, float] = field(default_factory=dict, compare=False)   # clone, define, start (s)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Owned domains per host, read once; ``down`` names hosts that did not answer (and why)."""
+    domains: dict[str, list[OwnedDomain]]
+    down: dict[str, str] = field(default_factory=dict)
+    at: float = 0.0
+
+    def all(self) -> list[OwnedDomain]:
+        return [d for ds in self.domains.values() for d in ds]
+
+    def on(self, host: str) -> list[OwnedDomain] | None:
+        """The host's domains; None when the listing does not cover it (down or not asked)."""
+        return None if host in self.down else self.domains.get(host)
 
 
 def replica_name(group: str, created: float) -> str:
@@ -53,9 +76,8 @@ class Fleet:
             for h in cfg.hosts
         }
         self._pools_ready: set[str] = set()
-        self._tls = threading.local()
-        self._thread_lock = threading.Lock()
         self._domain_types: dict[str, str] = {}
+        self._local_addresses: dict[str, bool] = {}
 
     def host(self, name: str) -> Host:
         try:
@@ -63,9 +85,42 @@ class Fleet:
         except KeyError:
             raise errors.NotFound(f"no host named {name!r} in {self.cfg.source}", name) from None
 
+    def guest(self, host_name: str, name: str) -> Guest:
+        return self.host(host_name).guest(name)
+
     def close(self) -> None:
         for h in self.hosts.values():
             h.close()
+
+    # -- reading what exists ----------------------------------------------------------------
+
+    def list_domains(self, group: str | None = None) -> Listing:
+        """Every host's owned domains (one bulk call each); unreachable hosts land in ``down``."""
+        out: dict[str, list[OwnedDomain]] = {}
+        down: dict[str, str] = {}
+        for name, h in self.hosts.items():
+            try:
+                out[name] = h.owned_domains(group)
+            except errors.VirtError as exc:
+                down[name] = str(exc)
+        return Listing(out, down, time.monotonic())
+
+    def owned(self, group: str | None = None) -> list[OwnedDomain]:
+        """Owned domains on every reachable host (an unreachable host contributes none)."""
+        return self.list_domains(group).all()
+
+    # -- where replicas answer ----------------------------------------------------------------
+
+    def forward_address(self, host_name: str) -> str:
+        """The address this host's port forwards bind: hosts[].forward_address, else network's."""
+        return self.cfg.host(host_name).forward_address or self.cfg.network.forward_address
+
+    def address_of(self, d: OwnedDomain) -> tuple[str, int] | None:
+        """Where the service in this domain answers, as seen from the controller."""
+        if self.cfg.network.mode == "user":
+            return self.forward_address(d.host), d.meta.port
+        ip = self.host(d.host).guest(d.name).lease_address()
+        return (ip, d.meta.guest_port) if ip else None
 
     # -- image ----------------------------------------------------------------------------
 
@@ -79,48 +134,59 @@ class Fleet:
 
     # -- ports (user-mode networking) ------------------------------------------------------
 
-    @contextlib.contextmanager
-    def spawn_lock(self) -> Iterator[None]:
-        """Serialise "choose a host and a port, then define" across processes and threads.
+    def _is_local_address(self, address: str) -> bool:
+        """Whether this controller has `address` (so a test-bind there means something)."""
+        if address not in self._local_addresses:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((address, 0))
+                    local = True
+                except OSError as exc:
+                    local = exc.errno != errno.EADDRNOTAVAIL
+            self._local_addresses[address] = local
+        return self._local_addresses[address]
 
-        The API's gunicorn workers and the autoscaler may spawn at once; holding this from
-        the placement decision to the define means two requests never take the same last
-        slot or port. Re-entrant within a thread, so a scheduler may hold it around spawn().
+    def _choose_port(self, host_name: str, listing: Listing | None) -> int:
+        """A free forward port on the host's forward address.
+
+        Taken: the ports of the owned domains of every host that forwards on the same
+        address, from the tick's listing (hosts it does not cover are listed here). A
+        test-bind also skips ports some other program holds, but only where it means
+        something: the address is this controller's and the host is on this machine. A
+        hypervisor in its own network namespace, or a remote one, forwards on an address
+        that cannot be bound here.
         """
-        if getattr(self._tls, "depth", 0):
-            self._tls.depth += 1
-            try:
-                yield
-            finally:
-                self._tls.depth -= 1
-            return
-        lock_dir = Path(os.environ.get("CMS_RUN_DIR", "/run/cms"))
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with self._thread_lock, open(lock_dir / "spawn.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            self._tls.depth = 1
-            try:
-                yield
-            finally:
-                self._tls.depth = 0
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-    def _free_port(self, host: Host) -> int:
         net = self.cfg.network
-        taken = {d.meta.port for h in self.hosts.values() if h.uri.startswith(("qemu:///", "test://"))
-                 for d in _quiet_owned(h)}
+        address = self.forward_address(host_name)
+        taken: set[int] = set()
+        for other in self.hosts.values():
+            if self.forward_address(other.name) != address:
+                continue
+            doms = listing.on(other.name) if listing is not None else None
+            if doms is None:
+                with contextlib.suppress(errors.VirtError):
+                    doms = other.owned_domains()
+            taken.update(d.meta.port for d in doms or [])
+        host = self.host(host_name)
+        probe = not host.is_local_test and is_local_uri(host.uri) and self._is_local_address(address)
         for port in range(net.port_min, net.port_max + 1):
             if port in taken:
                 continue
-            if host.is_local_test or _bindable(net.forward_address, port):
+            if not probe or bindable(address, port):
                 return port
-        raise errors.NoSpace(f"no free port in {net.port_min}-{net.port_max} on {net.forward_address}", host.name)
+        raise errors.NoSpace(f"no free port in {net.port_min}-{net.port_max} on {address}", host_name)
 
-    # -- spawning ------------------------------------------------------------------------
+    # -- building a VM ----------------------------------------------------------------------
 
-    def spawn(self, host_name: str, name: str, *, vcpus: int, memory_mib: int, meta: vxml.OwnerMeta,
-              max_vcpus: int = 0, max_memory_mib: int = 0, image: str = "") -> Spawned:
-        """Make one VM on one host: linked clone, define, start. All or nothing."""
+    def build_on(self, host_name: str, name: str, *, vcpus: int, memory_mib: int, meta: vxml.OwnerMeta,
+                 max_vcpus: int = 0, max_memory_mib: int = 0, image: str = "", start: bool = True,
+                 listing: Listing | None = None) -> Spawned:
+        """Make one VM on one host from the config: linked clone, define, start. All or nothing.
+
+        Callers that share hosts with other processes hold the scheduler's spawn lock (the
+        port choice and the define must not interleave with another spawn).
+        """
         host = self.host(host_name)
         lv = self.cfg.libvirt
         if host_name not in self._pools_ready:
@@ -135,53 +201,26 @@ class Fleet:
             # keep the exact image it was cloned from, so record the resolved paths.
             backing, kernel, initrd = (os.path.realpath(p) if p else p for p in (backing, kernel, initrd))
         net = self.cfg.network
-        with self.spawn_lock():
-            port = self._free_port(host) if net.mode == "user" else meta.guest_port
-            created = meta.created or time.time()
-            meta = vxml.OwnerMeta(**{**meta.__dict__, "port": port, "created": created})
-            spec = vxml.DomainSpec(
-                name=name, uuid=host.new_uuid(), vcpus=vcpus, memory_mib=memory_mib,
-                max_vcpus=max_vcpus, max_memory_mib=max_memory_mib, disk_path="", meta=meta,
-                domain_type=self._domain_types[host_name], machine=lv.machine,
-                kernel=kernel, initrd=initrd, cmdline=self.cfg.image.cmdline if kernel else "",
-                network_mode=net.mode, network=net.network, forward_address=net.forward_address,
-                host_port=port if net.mode == "user" else 0, guest_port=meta.guest_port,
-                serial_log="" if host.is_local_test else f"{SERIAL_LOG_DIR}/{name}-serial.log",
-            )
-            uuid = host.spawn(spec, lv.pool, backing)
-        address = net.forward_address if net.mode == "user" else ""
-        return Spawned(host_name, name, uuid, address, port, created)
+        address = self.forward_address(host_name)
+        port = self._choose_port(host_name, listing) if net.mode == "user" else meta.guest_port
+        created = meta.created or time.time()
+        meta = vxml.OwnerMeta(**{**meta.__dict__, "port": port, "created": created})
+        spec = vxml.DomainSpec(
+            name=name, uuid=host.new_uuid(), vcpus=vcpus, memory_mib=memory_mib,
+            max_vcpus=max_vcpus, max_memory_mib=max_memory_mib, disk_path="", meta=meta,
+            domain_type=self._domain_types[host_name], machine=lv.machine,
+            kernel=kernel, initrd=initrd, cmdline=self.cfg.image.cmdline if kernel else "",
+            network_mode=net.mode, network=net.network, forward_address=address,
+            host_port=port if net.mode == "user" else 0, guest_port=meta.guest_port,
+            serial_log="" if host.is_local_test else f"{SERIAL_LOG_DIR}/{name}-serial.log",
+        )
+        made = host.clone_and_start(spec, lv.pool, backing, start=start)
+        return Spawned(host_name, name, made.uuid, address if net.mode == "user" else "", port, created,
+                       made.timings)
 
-    def remove(self, host_name: str, name: str, graceful_timeout: float = 0.0, wait=time.sleep) -> None:
+    def remove(self, host_name: str, name: str, graceful_timeout: float = 0.0,
+               wait: Callable[[float], Any] = time.sleep) -> None:
+        """Remove a VM and its disk from one host (idempotent)."""
         self.host(host_name).remove(name, self.cfg.libvirt.pool, graceful_timeout, wait)
 
-    def owned(self, group: str | None = None) -> list[OwnedDomain]:
-        """Owned domains on every reachable host (an unreachable host contributes none)."""
-        out: list[OwnedDomain] = []
-        for h in self.hosts.values():
-            with contextlib.suppress(errors.HostUnreachable):
-                out.extend(h.owned_domains(group))
-        return out
 
-    def address_of(self, d: OwnedDomain) -> tuple[str, int] | None:
-        """Where the service in this domain answers, as seen from the controller."""
-        if self.cfg.network.mode == "user":
-            return self.cfg.network.forward_address, d.meta.port
-        ip = self.host(d.host).lease_address(d.name)
-        return (ip, d.meta.guest_port) if ip else None
-
-
-def _quiet_owned(h: Host) -> list[OwnedDomain]:
-    try:
-        return h.owned_domains()
-    except errors.VirtError:
-        return []
-
-
-def _bindable(address: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((address, port))
-            return True
-        except OSError:
-            return False

@@ -11,6 +11,7 @@ Every domain cms owns carries, in its <metadata>, one element in cms's namespace
       <vmid>0</vmid>                the API's id for the VM (0 for replicas)
       <instance-type>0</instance-type>
       <image>golden</image>
+      <warm>False</warm>            True: a warm-pool member (never announced, never counted)
     </cms:owner>
 
 That element is all cms needs to rebuild its view of the fleet from libvirt after a
@@ -41,6 +42,7 @@ class OwnerMeta:
     vmid: int = 0
     instance_type: int = 0
     image: str = ""
+    warm: bool = False
 
 
 _META_TAGS = {f.name: f.name.replace("_", "-") for f in fields(OwnerMeta)}
@@ -50,6 +52,14 @@ def render_metadata(meta: OwnerMeta) -> str:
     """The <cms:owner> element, as virDomainSetMetadata and <metadata> take it."""
     parts = [f"<{tag}>{escape(str(getattr(meta, name)))}</{tag}>" for name, tag in _META_TAGS.items()]
     return f'<{METADATA_KEY}:owner xmlns:{METADATA_KEY}="{METADATA_NS}">{"".join(parts)}</{METADATA_KEY}:owner>'
+
+
+def _parse_bool(raw: str) -> bool:
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no", ""):
+        return False
+    raise ValueError(raw)
 
 
 def parse_metadata(text: str) -> OwnerMeta:
@@ -62,7 +72,7 @@ def parse_metadata(text: str) -> OwnerMeta:
             continue
         raw = el.text.strip()
         try:
-            values[f.name] = {"int": int, "float": float}.get(str(f.type), str)(raw)
+            values[f.name] = {"int": int, "float": float, "bool": _parse_bool}.get(str(f.type), str)(raw)
         except ValueError:
             continue  # a hand-edited field that no longer parses keeps its default
     return OwnerMeta(**values)  # type: ignore[arg-type]

@@ -158,7 +158,7 @@ def test_scale_out_in_replace_restart(tmp_path, run_dir):
 
         # 4. a replica destroyed behind the daemon's back: failed at once, then replaced
         [survivor] = [d.name for d in fleet.owned(G)]
-        host.destroy(survivor)
+        host.guest(survivor).destroy()
         wait_until(lambda: ("failed", survivor) in feed.events(), 30, 0.5, "failed announced")
         wait_until(lambda: [r for r in ready(feed) if r.name != survivor], BOOT, 1.0, "replacement ready")
         ev = feed.events()

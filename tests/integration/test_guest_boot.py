@@ -60,7 +60,7 @@ def test_replica_boots_serves_and_goes_away(fleet):
     cfg = fleet.cfg
     h = fleet.host("local")
     name = f"cms-gbtest-{int(time.time() * 1000):x}"
-    s = fleet.spawn("local", name, vcpus=1, memory_mib=512, meta=OwnerMeta(group="gbtest"))
+    s = fleet.build_on("local", name, vcpus=1, memory_mib=512, meta=OwnerMeta(group="gbtest"))
     assert s.address == "127.0.0.1"
     wait_healthy(s.port, BOOT_TIMEOUT_S)
 

@@ -161,7 +161,7 @@ def guest(daemons):
                            serial_log=f"/var/log/libvirt/qemu/{name}-serial.log")
     try:
         src.ensure_pool(pool, str(TEST_DIR / pool))
-        src.spawn(spec, pool, str(golden))
+        src.clone_and_start(spec, pool, str(golden))
         yield name, spec, pool
     finally:
         for h in (dst, src):
@@ -213,7 +213,7 @@ def test_host_migrate_moves_a_running_guest_live_to_another_libvirtd(daemons, gu
     with pytest.raises(errors.VirtError, match="shared storage is unsafe") as ei:
         src.migrate(name, dst, address="127.0.0.1")
     assert "host src" in str(ei.value)
-    assert src.state(name) == "running" and not dst.exists(name) and qemu_pid("/run/libvirt", name) == src_pid
+    assert src.guest(name).state() == "running" and not dst.exists(name) and qemu_pid("/run/libvirt", name) == src_pid
 
     started = time.monotonic()
     src.migrate(name, dst, address="127.0.0.1", shared_storage=True, timeout_s=MIGRATE_TIMEOUT_S)
@@ -221,7 +221,7 @@ def test_host_migrate_moves_a_running_guest_live_to_another_libvirtd(daemons, gu
     after_ticks = ticks(dst, name)
 
     # it runs on the destination, defined there for good, and is gone from the source
-    assert dst.state(name) == "running"
+    assert dst.guest(name).state() == "running"
     dom = dst.conn().lookupByName(name)
     assert dom.state() == [libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATED]
     assert dom.isPersistent() and dom.UUIDString() == spec.uuid

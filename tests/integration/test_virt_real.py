@@ -22,7 +22,7 @@ def fleet(tmp_path, run_dir):
 def test_clone_define_boot_destroy_leaves_nothing(fleet):
     cfg = fleet.cfg
     h = fleet.host("local")
-    s = fleet.spawn("local", "cms-itest-boot", vcpus=1, memory_mib=128,
+    s = fleet.build_on("local", "cms-itest-boot", vcpus=1, memory_mib=128,
                     meta=OwnerMeta(group="itest", role="replica"))
     [d] = fleet.owned("itest")
     assert d.name == "cms-itest-boot" and d.uuid == s.uuid and d.state == "running"
@@ -57,9 +57,9 @@ def _drain_for(fleet, name, event):
 
 
 def test_name_clash_on_real_host_leaves_first_intact(fleet):
-    fleet.spawn("local", "cms-itest-clash", vcpus=1, memory_mib=128, meta=OwnerMeta(group="itest"))
+    fleet.build_on("local", "cms-itest-clash", vcpus=1, memory_mib=128, meta=OwnerMeta(group="itest"))
     with pytest.raises(errors.AlreadyExists, match="cms-itest-clash"):
-        fleet.spawn("local", "cms-itest-clash", vcpus=1, memory_mib=128, meta=OwnerMeta(group="itest"))
+        fleet.build_on("local", "cms-itest-clash", vcpus=1, memory_mib=128, meta=OwnerMeta(group="itest"))
     assert [d.name for d in fleet.owned("itest")] == ["cms-itest-clash"]
     assert fleet.host("local").list_volumes(fleet.cfg.libvirt.pool) == ["cms-itest-clash.qcow2"]
 
@@ -69,7 +69,7 @@ def test_missing_golden_image_names_host_and_path(tmp_path, run_dir):
     f = Fleet(cfg)
     try:
         with pytest.raises(errors.ImageMissing) as ei:
-            f.spawn("local", "cms-itest-nogold", vcpus=1, memory_mib=128, meta=OwnerMeta(group="itest"))
+            f.build_on("local", "cms-itest-nogold", vcpus=1, memory_mib=128, meta=OwnerMeta(group="itest"))
         assert "no-such-golden.qcow2" in str(ei.value) and "host local" in str(ei.value)
         assert f.owned("itest") == [] and f.host("local").list_volumes(cfg.libvirt.pool) == []
     finally:
@@ -91,7 +91,7 @@ def test_start_failure_rolls_back(fleet):
         spec = vxml.DomainSpec(name="cms-itest-fail", uuid=h.new_uuid(), vcpus=1, memory_mib=128, disk_path="",
                                meta=OwnerMeta(group="itest", port=port), domain_type="qemu", host_port=port)
         with pytest.raises(errors.VirtError) as ei:
-            h.spawn(spec, fleet.cfg.libvirt.pool, fleet.cfg.image.golden)
+            h.clone_and_start(spec, fleet.cfg.libvirt.pool, fleet.cfg.image.golden)
         assert "cms-itest-fail" in str(ei.value)
         assert not h.exists("cms-itest-fail")
         assert h.list_volumes(fleet.cfg.libvirt.pool) == []

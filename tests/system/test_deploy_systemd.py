@@ -143,7 +143,7 @@ def guest(tmp_path: Path):
         # the test with both serial logs.
         failures = []
         for attempt in (1, 2):
-            spawned = fleet.spawn("local", name, vcpus=2, memory_mib=1536,
+            spawned = fleet.build_on("local", name, vcpus=2, memory_mib=1536,
                                   meta=OwnerMeta(group="", role="vm", guest_port=22, image="deploytest"))
             g = Guest(spawned.port, key)
             t0 = time.monotonic()

@@ -159,7 +159,7 @@ def test_destroyed_replica_is_failed_then_replaced(env):
     s = new()
     run_until(s, lambda: len(ready_names(s)) == 1, what="ready")
     [victim] = ready_names(s)
-    fleet.host("n1").destroy(victim)
+    fleet.host("n1").guest(victim).destroy()
     run_until(s, lambda: len(ready_names(s)) == 1 and victim not in s.tracks, what="replacement ready")
     ev = s.publisher.events()
     i_failed = ev.index(("failed", victim))
@@ -210,8 +210,8 @@ def test_restart_cleans_leftovers(env):
     [keep] = [d.name for d in fleet.owned(G)]
     # a half-made replica (defined, never started) and an orphan overlay with no domain
     from cms.virt import OwnerMeta
-    fleet.spawn("n1", f"cms-{G}-1", vcpus=1, memory_mib=128, meta=OwnerMeta(group=G))
-    h.destroy(f"cms-{G}-1")
+    fleet.build_on("n1", f"cms-{G}-1", vcpus=1, memory_mib=128, meta=OwnerMeta(group=G))
+    h.guest(f"cms-{G}-1").destroy()
     h.create_overlay(cfg.libvirt.pool, f"cms-{G}-2.qcow2", cfg.image.golden)
     b = new()
     run_until(b, lambda: ready_names(b) == [keep] and len(fleet.owned(G)) == 1, what="cleanup")

@@ -79,7 +79,7 @@ def test_libvirt_source_one_bulk_call_per_host(node_uri, run_dir, monkeypatch):
     fleet = Fleet(cfg)
     try:
         for i in range(3):
-            fleet.spawn("n1", f"cms-m-{i}", vcpus=2, memory_mib=128, meta=OwnerMeta(group="m"))
+            fleet.build_on("n1", f"cms-m-{i}", vcpus=2, memory_mib=128, meta=OwnerMeta(group="m"))
         owned = fleet.owned("m")
         host = fleet.host("n1")
         calls = []
@@ -99,7 +99,7 @@ def test_libvirt_source_one_bulk_call_per_host(node_uri, run_dir, monkeypatch):
         assert all(m.cpu is None for m in t1.domains.values())
         assert [round(m.cpu, 3) for m in t2.domains.values()] == [0.25] * 3    # 1 s CPU / (2 s x 2 vCPUs)
         assert t2.hosts["n1"].cpu == pytest.approx(3 * S / (2.0 * S * 4))      # node.xml has 4 CPUs
-        rows = metrics.to_samples(t2, {d.uuid: "m" for d in owned}, {})
+        rows = metrics.to_samples(t2, owned, {})
         assert {r.group for r in rows} == {"m"} and len(rows) == 3
     finally:
         fleet.close()
@@ -111,7 +111,7 @@ def test_a_tick_over_listed_domains_reuses_the_listings_stats_call(node_uri, run
     from tests.support import make_config
     fleet = Fleet(make_config(hosts=[{"name": "n1", "uri": node_uri}], libvirt={"domain_type": "qemu"}))
     try:
-        fleet.spawn("n1", "cms-m-0", vcpus=1, memory_mib=128, meta=OwnerMeta(group="m"))
+        fleet.build_on("n1", "cms-m-0", vcpus=1, memory_mib=128, meta=OwnerMeta(group="m"))
         host = fleet.host("n1")
         conn = host.conn()
         calls = []

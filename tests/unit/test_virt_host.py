@@ -67,7 +67,7 @@ def test_capacity_is_read_through_libvirt(tmp_path):
 
 def test_spawn_list_stats_remove(node_uri):
     h = Host("h1", node_uri)
-    uuid = h.spawn(spec(), "cms", "/var/lib/cms/images/golden.qcow2")
+    uuid = h.clone_and_start(spec(), "cms", "/var/lib/cms/images/golden.qcow2").uuid
     assert h.list_volumes("cms") == ["cms-web-1.qcow2"]
     [d] = h.owned_domains()
     assert (d.name, d.uuid, d.state, d.meta.group, d.meta.port, d.meta.created) == \
@@ -76,7 +76,7 @@ def test_spawn_list_stats_remove(node_uri):
     stats = h.bulk_stats()
     assert stats[uuid]["name"] == "cms-web-1" and stats[uuid]["state.state"] == 1
     assert h.bulk_stats({"nope"}) == {}
-    h.set_vcpus("cms-web-1", 1)
+    h.guest("cms-web-1").set_vcpus(1)
     h.remove("cms-web-1", "cms")
     assert h.owned_domains() == [] and h.list_volumes("cms") == []
     h.remove("cms-web-1", "cms")  # idempotent
@@ -84,9 +84,9 @@ def test_spawn_list_stats_remove(node_uri):
 
 def test_name_clash_leaves_nothing_half_made(node_uri):
     h = Host("h1", node_uri)
-    h.spawn(spec(), "cms", "/g.qcow2")
+    h.clone_and_start(spec(), "cms", "/g.qcow2")
     with pytest.raises(errors.AlreadyExists) as ei:
-        h.spawn(spec(uuid="2b4e28ba-2fa1-11d2-883f-0016d3cca427"), "cms", "/g.qcow2")
+        h.clone_and_start(spec(uuid="2b4e28ba-2fa1-11d2-883f-0016d3cca427"), "cms", "/g.qcow2")
     assert "h1" in str(ei.value) and "cms-web-1" in str(ei.value)
     # the first domain is intact, and the failed spawn left no second volume
     assert [d.name for d in h.owned_domains()] == ["cms-web-1"]
@@ -96,7 +96,7 @@ def test_name_clash_leaves_nothing_half_made(node_uri):
 def test_failed_define_removes_the_volume(node_uri):
     h = Host("h1", node_uri)
     with pytest.raises(errors.VirtError):
-        h.spawn(spec(domain_type="nonsense"), "cms", "/g.qcow2")
+        h.clone_and_start(spec(domain_type="nonsense"), "cms", "/g.qcow2")
     assert h.list_volumes("cms") == [] and h.owned_domains() == []
 
 
@@ -104,12 +104,12 @@ def test_full_pool_is_no_space(tmp_path):
     uri = write_node_xml(tmp_path / "n.xml")
     h = Host("small", uri)
     # fill the pool to 100 MiB short of full
-    with h._call() as c:
+    with h._call("test") as c:
         p = c.storagePoolLookupByName("cms")
         free = p.info()[3] - 100 * 2**20
         p.createXML(f"<volume><name>filler</name><capacity>{free}</capacity><allocation>{free}</allocation></volume>", 0)
     with pytest.raises(errors.NoSpace) as ei:
-        h.spawn(spec(), "cms", "/g.qcow2")
+        h.clone_and_start(spec(), "cms", "/g.qcow2")
     assert "small" in str(ei.value) and "storage pool cms has 100 MiB free" in str(ei.value)
     assert h.owned_domains() == [] and h.list_volumes("cms") == ["filler"]
 
@@ -119,7 +119,7 @@ def test_unknown_pool_and_domain_are_not_found(node_uri):
     with pytest.raises(errors.NotFound, match="h1"):
         h.create_overlay("nopool", "v.qcow2", "/g.qcow2")
     with pytest.raises(errors.NotFound, match="domain ghost"):
-        h.destroy("ghost")
+        h.guest("ghost")
     assert not h.exists("ghost")
 
 
@@ -146,16 +146,16 @@ def test_missing_golden_image_on_local_qemu_host_is_named(run_dir, node_uri):
     assert "/nonexistent/golden.qcow2" in str(ei.value) and "local" in str(ei.value)
 
 
-def test_fleet_spawn_picks_ports_and_remove_cleans(run_dir, tmp_path):
+def test_fleet_build_on_picks_ports_and_remove_cleans(run_dir, tmp_path):
     uri = write_node_xml(tmp_path / "n.xml")
     cfg = make_config(hosts=[{"name": "t", "uri": uri}], libvirt={"domain_type": "qemu"},
                       network={"port_min": 21000, "port_max": 21001})
     fleet = Fleet(cfg)
-    a = fleet.spawn("t", "cms-web-a", vcpus=1, memory_mib=256, meta=OwnerMeta(group="web"))
-    b = fleet.spawn("t", "cms-web-b", vcpus=1, memory_mib=256, meta=OwnerMeta(group="web"))
+    a = fleet.build_on("t", "cms-web-a", vcpus=1, memory_mib=256, meta=OwnerMeta(group="web"))
+    b = fleet.build_on("t", "cms-web-b", vcpus=1, memory_mib=256, meta=OwnerMeta(group="web"))
     assert {a.port, b.port} == {21000, 21001} and a.address == "127.0.0.1"
     with pytest.raises(errors.NoSpace, match="no free port"):
-        fleet.spawn("t", "cms-web-c", vcpus=1, memory_mib=256, meta=OwnerMeta(group="web"))
+        fleet.build_on("t", "cms-web-c", vcpus=1, memory_mib=256, meta=OwnerMeta(group="web"))
     assert [d.name for d in fleet.owned("web")] == ["cms-web-a", "cms-web-b"]
     assert fleet.address_of(fleet.owned("web")[0]) == ("127.0.0.1", a.port)
     fleet.remove("t", "cms-web-a")
@@ -199,7 +199,7 @@ def test_migration_past_its_timeout_is_aborted(monkeypatch):
     import time
     src, dst = Host("src", "test:///default"), Host("dst", "test:///default")
     stuck = _StuckMigration()
-    monkeypatch.setattr(Host, "_dom", lambda self, c, name: stuck)
+    monkeypatch.setattr(Host, "_lookup_for_migration", lambda self, c, name: stuck)
     t0 = time.monotonic()
     with pytest.raises(errors.VirtError, match=r"migration aborted after 0.3 s \(it still runs here\)") as ei:
         src.migrate("vm1", dst, timeout_s=0.3)

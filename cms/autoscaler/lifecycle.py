@@ -1,0 +1,114 @@
+"""The replica lifecycle: its states and the transitions allowed between them, in one place.
+
+Serving path (what clients see; PUBLISHED gives the state announced for each)::
+
+    SPAWNING ──> STARTING ──> READY ──> DRAINING ──> (removed)
+        │            │          │           │
+        └──(gone)    └──────────┴───────────┴──> FAILED ──> (removed)
+
+Warm pool (issue 13; never announced, never counted by the policy)::
+
+    WARMING ──> PARKING ──> PARKED(paused | saved | stopped) ──> UNPARKING ──> READY
+                   ^                                                 │
+    READY/DRAINING─┘ (reuse_on_scale_in)                             └──> FAILED
+
+* SPAWNING: the name is reserved and the domain is being cloned, defined and started.
+* STARTING: the domain runs and is announced ("added"); cms waits for /health.
+* READY: /health answered; announced ready; clients use it; the policy counts its CPU.
+* DRAINING: announced draining; in-flight work gets ``drain_s``; then removed or parked.
+* FAILED: announced failed (when it was announced at all); removed next.
+* WARMING: a warm-pool member booting to /health (spawned tagged warm in its metadata).
+* PARKING: being suspended / managed-saved / shut down.
+* PARKED: parked in the pool's state, waiting for a scale-out or a replacement.
+* UNPARKING: being resumed / restored / started, then probed at once and every 20-50 ms.
+
+``Track`` is the daemon's record of one replica; ``Track.move`` is the only way its state
+changes, and it refuses a transition not listed in TRANSITIONS.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from cms.messages import Replica
+
+
+class State(str, enum.Enum):
+    SPAWNING = "spawning"
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+    WARMING = "warming"
+    PARKING = "parking"
+    PARKED = "parked"
+    UNPARKING = "unparking"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+S = State
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    S.SPAWNING: frozenset({S.STARTING, S.WARMING, S.FAILED}),
+    S.STARTING: frozenset({S.READY, S.DRAINING, S.FAILED}),
+    S.READY: frozenset({S.DRAINING, S.FAILED, S.PARKING}),
+    S.DRAINING: frozenset({S.FAILED, S.PARKING}),
+    S.FAILED: frozenset(),
+    S.WARMING: frozenset({S.PARKING, S.FAILED}),
+    S.PARKING: frozenset({S.PARKED, S.FAILED}),
+    S.PARKED: frozenset({S.UNPARKING, S.PARKING, S.FAILED}),
+    S.UNPARKING: frozenset({S.READY, S.FAILED}),
+}
+
+# The replica count the policy sees: what serves or is about to.
+COUNTING = frozenset({S.SPAWNING, S.STARTING, S.READY, S.UNPARKING})
+# Members of the warm pool: capacity held back, never announced.
+WARM = frozenset({S.WARMING, S.PARKING, S.PARKED})
+# The state a subscriber is told, for states that are announced at all.
+PUBLISHED = {S.STARTING: "starting", S.READY: "ready", S.DRAINING: "draining", S.FAILED: "failed"}
+PARK_MODES = ("paused", "saved", "stopped")
+
+
+class IllegalTransition(RuntimeError):
+    """A bug: some code tried a move the lifecycle does not allow."""
+
+
+def allowed(src: State, dst: State) -> bool:
+    return dst in TRANSITIONS[src]
+
+
+@dataclass
+class Track:
+    """What the daemon knows about one replica."""
+    name: str
+    group: str
+    created: float
+    state: State = S.SPAWNING
+    host: str = ""
+    uuid: str = ""
+    address: str = ""
+    port: int = 0
+    ready_at: float | None = None
+    fails: int = 0
+    busy: bool = False                  # a worker owns it now
+    checking: bool = False              # a health check is in flight
+    announced: bool = False             # subscribers know it (so its end is announced too)
+    park_mode: str = ""                 # paused | saved | stopped while in the pool
+    resumed_at: float | None = None     # wall clock of its last unpark (the CPU figure restarts there)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def move(self, dst: State) -> None:
+        if not allowed(self.state, dst):
+            raise IllegalTransition(f"{self.name}: {self.state} -> {dst} is not a lifecycle transition")
+        self.state = dst
+
+    @property
+    def warm(self) -> bool:
+        return self.state in WARM
+
+    def replica(self, state: str | None = None) -> Replica:
+        return Replica(self.name, self.group, self.host, self.address, self.port,
+                       state or PUBLISHED.get(self.state, str(self.state)), self.created)

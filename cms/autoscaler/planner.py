@@ -1,0 +1,321 @@
+"""The reconcile loop's planner: pure. What exists and what is wanted in, actions out.
+
+``plan`` takes one tick's view (the replica domains libvirt listed, the daemon's tracked
+replicas, the wanted counts, the lifecycle events seen) and the group policy, and returns
+a ``Plan``: the actions to take, each with its reason, and the decisions made. It does no
+I/O and changes nothing; ``cms.autoscaler.executor`` performs the actions.
+
+The steps, in order:
+ 1. adopt or clean what libvirt has and the daemon does not track (all of it on the first
+    tick after a start: the restart path);
+ 2. compare each tracked replica with its domain: a vanished or dead domain fails it; a
+    removal that did not finish is finished; a parked warm replica found running is parked
+    again, one destroyed from outside is forgotten (the pool refill replaces it);
+ 3. per group: the policy decides when the count equals the wanted count; a gap is closed
+    by unparking warm replicas first, then cold spawns; a surplus is drained (newest first
+    by default), and parked back into the warm pool when ``reuse_on_scale_in`` wants it;
+ 4. per group with a warm pool: refill it, one boot at a time per host, never letting
+    serving plus warm exceed ``max``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from cms import policy
+from cms.autoscaler.lifecycle import COUNTING, WARM, State, Track
+from cms.config import GroupConfig
+from cms.virt import OwnedDomain
+
+S = State
+
+
+# --- the actions ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Action:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Adopt(Action):
+    """An untracked running replica: track it as starting, announce it, check its health."""
+    domain: OwnedDomain
+
+
+@dataclass(frozen=True)
+class AdoptWarm(Action):
+    """An untracked warm-pool member: track it parked (as found), or park it again."""
+    domain: OwnedDomain
+    mode: str            # paused | saved | stopped: how it is parked now; "" = running: park it
+
+
+@dataclass(frozen=True)
+class Cleanup(Action):
+    """A leftover domain of ours, not running, found at start: remove it quietly."""
+    domain: OwnedDomain
+
+
+@dataclass(frozen=True)
+class CleanOrphanVolumes(Action):
+    """Delete volumes of our groups whose domain does not exist."""
+    groups: tuple[str, ...]
+    keep: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Fail(Action):
+    """Announce it failed at once; then remove it (remove=False: its domain is gone already)."""
+    name: str
+    remove: bool = True
+
+
+@dataclass(frozen=True)
+class FinishRemoval(Action):
+    """A draining or failed replica nobody is removing: remove it (or just forget a gone one)."""
+    name: str
+    gone: bool
+
+
+@dataclass(frozen=True)
+class Spawn(Action):
+    """Place and make a new replica; ``warm``: a warm-pool member, parked once healthy."""
+    group: str
+    warm: bool = False
+    avoid_hosts: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Unpark(Action):
+    """Take a parked warm replica into service."""
+    name: str
+
+
+@dataclass(frozen=True)
+class Drain(Action):
+    """Announce draining, give in-flight work drain_s, then remove it (or park it: ``park``)."""
+    name: str
+    park: str = ""       # the pool's park mode when it goes back to the pool
+
+
+@dataclass(frozen=True)
+class Park(Action):
+    """Park a warm replica (again) in the pool's state."""
+    name: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class Forget(Action):
+    """A warm replica whose domain is gone (destroyed from outside): drop it from the pool."""
+    name: str
+
+
+@dataclass(frozen=True)
+class Discard(Action):
+    """A warm replica the pool does not need or cannot use: remove it quietly."""
+    name: str
+
+
+@dataclass(frozen=True)
+class GroupDecision:
+    """What the plan decided for one group: the wanted count after this tick and why."""
+    group: str
+    desired: int
+    decision: policy.Decision | None     # the policy's decision when it was asked; None otherwise
+    current: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    groups: dict[str, GroupDecision] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()          # what the plan saw but did not act on (logged at debug)
+
+
+# --- the input ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class View:
+    """One tick's world, as plain data."""
+    groups: Mapping[str, GroupConfig]
+    observed: Mapping[str, OwnedDomain]          # replica domains of our groups, by name
+    tracks: tuple[Track, ...]                    # copies: the planner reads, never writes
+    desired: Mapping[str, int]                   # wanted serving counts so far (a group may be missing)
+    first: bool = False                          # the first tick since the daemon started
+    dead: frozenset[str] = frozenset()           # names a lifecycle event said stopped or crashed
+    spawn_paused: frozenset[str] = frozenset()   # groups backing off after failed spawns
+    hosts: frozenset[str] = frozenset()          # hosts that are up (warm refills: one boot per host)
+
+
+Decide = Callable[[str, tuple[Track, ...]], policy.Decision]
+
+
+def clamp(gc: GroupConfig, n: int) -> int:
+    """A replica count within the group's min..max (the one place it is written)."""
+    return max(gc.min, min(gc.max, n))
+
+
+def warm_mode(d: OwnedDomain) -> str:
+    """How a warm domain is parked as found in libvirt; "" when it runs (or is broken)."""
+    if d.state == "paused":
+        return "paused"
+    if d.state == "shutoff":
+        return "saved" if d.saved else "stopped"
+    return ""
+
+
+def pool_target(gc: GroupConfig, desired: int) -> int:
+    """Warm replicas the group keeps: its pool size, but never past max with the serving ones."""
+    return max(0, min(gc.warm_pool.size, gc.max - desired))
+
+
+def victims(gc: GroupConfig, counting: list[Track], n: int) -> list[Track]:
+    """Which replicas a scale-in removes: ones not yet serving first, then by age as configured."""
+    order = sorted(counting, key=lambda t: (t.created, t.name), reverse=gc.scale_in_order == "newest")
+    order.sort(key=lambda t: t.state == S.READY)
+    return [t for t in order if not t.busy][:n]
+
+
+# --- the plan -------------------------------------------------------------------------------
+
+def plan(v: View, decide: Decide) -> Plan:
+    actions: list[Action] = []
+    notes: list[str] = []
+    state = {t.name: t.state for t in v.tracks}
+    tracked = {t.name: t for t in v.tracks}
+
+    # 1. what libvirt has and we do not track
+    for name, d in v.observed.items():
+        if name in tracked:
+            continue
+        when = "found at daemon start" if v.first else "appeared in libvirt"
+        if d.meta.warm:
+            mode = warm_mode(d)
+            if mode or d.alive:
+                actions.append(AdoptWarm(f"warm replica {when} ({d.state})", d, mode))
+                state[name] = S.PARKED if mode else S.WARMING
+            elif v.first:
+                actions.append(Cleanup(f"leftover warm domain in state {d.state}: removing", d))
+        elif d.alive:
+            actions.append(Adopt(f"{when}; checking its health", d))
+            state[name] = S.STARTING
+        elif v.first:
+            actions.append(Cleanup(f"leftover domain in state {d.state}: removing", d))
+    if v.first:
+        actions.append(CleanOrphanVolumes("volumes of our groups with no domain", tuple(v.groups),
+                                          frozenset(v.observed)))
+
+    # 2. tracked replicas against their domains
+    for t in v.tracks:
+        d = v.observed.get(t.name)
+        if t.state in (S.SPAWNING, S.WARMING, S.PARKING, S.UNPARKING):
+            continue  # a worker owns it and ends it either way
+        if t.state in (S.DRAINING, S.FAILED):
+            if not t.busy:
+                actions.append(FinishRemoval("gone from libvirt" if d is None else "finishing an earlier removal",
+                                             t.name, gone=d is None))
+                state[t.name] = S.FAILED
+        elif t.state == S.PARKED:
+            if t.busy:
+                continue
+            if d is None:
+                actions.append(Forget("warm replica destroyed from outside; the pool refills", t.name))
+                del state[t.name]
+            elif warm_mode(d) == "" and d.alive:
+                actions.append(Park(f"warm replica found {d.state}, not parked: parking it again", t.name,
+                                    t.park_mode or v.groups[t.group].warm_pool.state))
+            elif warm_mode(d) != t.park_mode:
+                actions.append(Discard(f"warm replica found {d.state}, not {t.park_mode}: replacing it", t.name))
+                state[t.name] = S.FAILED
+        elif d is None:
+            actions.append(Fail("domain vanished from libvirt", t.name, remove=False))
+            state[t.name] = S.FAILED
+        elif not d.alive:
+            seen = " (lifecycle event)" if t.name in v.dead else ""
+            actions.append(Fail(f"domain is {d.state}{seen}", t.name))
+            state[t.name] = S.FAILED
+
+    # 3. per group: the serving count
+    groups: dict[str, GroupDecision] = {}
+    refill_planned = False
+    for g, gc in v.groups.items():
+        members = [t for t in v.tracks if t.group == g and state.get(t.name) in COUNTING]
+        members += [_adopted(d, state[n]) for n, d in v.observed.items()
+                    if n not in tracked and d.meta.group == g and state.get(n) in COUNTING]
+        n = len(members)
+        desired = v.desired.get(g)
+        if desired is None:
+            desired = clamp(gc, n)
+        decision = None
+        if n == desired:
+            decision = decide(g, tuple(members))
+            if decision.action != policy.NONE:
+                desired = decision.desired
+        elif n < desired:
+            notes.append(f"group {g}: {n} of {desired} replicas: closing the gap")
+        groups[g] = GroupDecision(g, desired, decision, n)
+        gap = desired - n
+        parked = sorted((t for t in v.tracks if t.group == g and state.get(t.name) == S.PARKED and not t.busy),
+                        key=lambda t: (_unpark_speed(t.park_mode), t.created, t.name))
+        if gap > 0:
+            why = f"group {g} has {n} of {desired} wanted replicas"
+            for t in parked[:gap]:
+                actions.append(Unpark(f"{why}: from the warm pool ({t.park_mode})", t.name))
+                state[t.name] = S.UNPARKING
+            cold = gap - min(gap, len(parked))
+            if cold and g in v.spawn_paused:
+                notes.append(f"group {g}: spawns back off after a failure")
+            elif cold:
+                empty = " (warm pool empty)" if gc.warm_pool.size else ""
+                actions.extend(Spawn(why + empty, g) for _ in range(cold))
+        elif gap < 0:
+            pool = sum(1 for t in v.tracks if t.group == g and state.get(t.name) in WARM)
+            room = pool_target(gc, desired) - pool if gc.warm_pool.reuse_on_scale_in else 0
+            for t in victims(gc, [m for m in members if m.name in tracked], -gap):
+                park = gc.warm_pool.state if room > 0 and t.state == S.READY else ""
+                room -= bool(park)
+                actions.append(Drain(f"scale in: group {g} wants {desired}, has {n}", t.name, park))
+                state[t.name] = S.DRAINING
+
+        # 4. the warm pool: refill one boot at a time per host
+        if gc.warm_pool.size:
+            pool = [t for t in v.tracks if t.group == g and state.get(t.name) in WARM]
+            pool += [_adopted(d, state[n]) for n, d in v.observed.items()
+                     if n not in tracked and d.meta.group == g and state.get(n) in WARM]
+            pool += [t for t in v.tracks if t.group == g and t.state == S.SPAWNING and t.park_mode]
+            target = pool_target(gc, desired)
+            if len(pool) < target and g not in v.spawn_paused:
+                booting = None if refill_planned else _warm_boots(v, state)
+                if booting is not None:
+                    actions.append(Spawn(f"warm pool of {g} has {len(pool)} of {target}", g, warm=True,
+                                         avoid_hosts=booting))
+                    refill_planned = True  # one new warm boot per tick: its host is known next tick
+            elif len(pool) > target:
+                spare = [t for t in pool if t.state == S.PARKED and not t.busy and t.name in tracked]
+                for t in sorted(spare, key=lambda t: (t.created, t.name), reverse=True)[:len(pool) - target]:
+                    actions.append(Discard(f"warm pool of {g} holds {len(pool)}, wants {target}", t.name))
+                    state[t.name] = S.FAILED
+    return Plan(tuple(actions), groups, tuple(notes))
+
+
+def _warm_boots(v: View, state: dict[str, State]) -> frozenset[str] | None:
+    """Hosts already booting a warm replica (of any group), or None when no host is free for
+    another: a warm spawn is still being placed (its host is not known yet), or every host
+    that is up boots one already."""
+    if any(t.state == S.SPAWNING and t.park_mode for t in v.tracks):
+        return None
+    busy = frozenset(t.host for t in v.tracks if state.get(t.name) == S.WARMING and t.host)
+    if busy and (not v.hosts or busy >= v.hosts):
+        return None
+    return busy
+
+
+def _adopted(d: OwnedDomain, st: State) -> Track:
+    return Track(d.name, d.meta.group, d.meta.created, st, host=d.host, uuid=d.uuid)
+
+
+def _unpark_speed(mode: str) -> int:
+    """Fastest first: a paused replica resumes in ms, a saved one restores in ~1 s, a stopped one boots."""
+    return {"paused": 0, "saved": 1, "stopped": 2}.get(mode, 3)

@@ -1,0 +1,104 @@
+"""Domains on one host: define, clone-and-start (all or nothing), remove.
+
+Mixed into ``cms.virt.host.Host``. One domain's own operations are on ``Guest``
+(``host.guest(name)``); what is here spans a domain and its disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import libvirt
+
+from cms import errors
+from cms.virt import xml as vxml
+from cms.virt.guest import Guest
+
+
+@dataclass(frozen=True)
+class Made:
+    """A domain made by ``clone_and_start``, and how long each stage took (seconds)."""
+    uuid: str
+    disk: str
+    timings: dict[str, float] = field(default_factory=dict)   # clone, define, start
+
+
+class Domains:
+    """Domain lifecycle across domain and disk (a mixin of Host)."""
+
+    name: str
+    _call: Any
+
+    def guest(self, name: str) -> Guest:
+        """The domain named so; NotFound when there is none."""
+        with self._call("virDomainLookupByName", f"domain {name}") as c:
+            return Guest(self, c.lookupByName(name))  # type: ignore[arg-type]
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.guest(name)
+            return True
+        except errors.NotFound:
+            return False
+
+    def define(self, spec: vxml.DomainSpec) -> str:
+        """Define a domain from its spec; AlreadyExists when the name is taken. Returns its UUID."""
+        with self._call("virDomainDefineXML", f"domain {spec.name}") as c:
+            with contextlib.suppress(libvirt.libvirtError):
+                c.lookupByName(spec.name)
+                raise errors.AlreadyExists(f"a domain named {spec.name} exists already", self.name,
+                                           f"domain {spec.name}")
+            dom = c.defineXML(vxml.render_domain(spec))
+            return dom.UUIDString()
+
+    def clone_and_start(self, spec: vxml.DomainSpec, pool: str, backing_path: str, start: bool = True) -> Made:
+        """Linked clone of the image, define, start. On any failure everything made so far is removed."""
+        vol_name = spec.name + ".qcow2"
+        made_volume = defined = False
+        timings: dict[str, float] = {}
+        try:
+            t0 = time.monotonic()
+            disk = self.create_overlay(pool, vol_name, backing_path)  # type: ignore[attr-defined]
+            made_volume = True
+            t1 = time.monotonic()
+            uuid = self.define(replace(spec, disk_path=disk))
+            defined = True
+            t2 = time.monotonic()
+            timings.update(clone=t1 - t0, define=t2 - t1)
+            if start:
+                self.guest(spec.name).start()
+                timings["start"] = time.monotonic() - t2
+            return Made(uuid, disk, timings)
+        except BaseException:
+            if defined:
+                with contextlib.suppress(errors.VirtError):
+                    g = self.guest(spec.name)
+                    g.destroy()
+                    g.undefine()
+            if made_volume:
+                with contextlib.suppress(errors.VirtError):
+                    self.delete_volume(pool, vol_name)  # type: ignore[attr-defined]
+            raise
+
+    def remove(self, name: str, pool: str, graceful_timeout: float = 0.0,
+               wait: Callable[[float], Any] = time.sleep) -> None:
+        """Shut down (gracefully first if a timeout is given), destroy, undefine, delete the disk.
+
+        Idempotent: parts already gone are skipped. `wait` lets a daemon pass its stop
+        event's wait so a SIGTERM is not held up by a slow guest.
+        """
+        disks: list[str] = []
+        try:
+            g = self.guest(name)
+            disks = g.disk_paths()
+            g.power_off(graceful_timeout, wait)
+            g.undefine()
+        except errors.NotFound:
+            pass
+        vol_names = {os.path.basename(d) for d in disks} | {name + ".qcow2"}
+        for v in sorted(vol_names):
+            self.delete_volume(pool, v)  # type: ignore[attr-defined]

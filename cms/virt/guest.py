@@ -1,0 +1,195 @@
+"""``Guest``: one libvirt domain and what can be done to it (like Nova's ``Guest``).
+
+A Guest is got from ``Host.guest(name)`` (a lookup), used for a few calls and dropped: it
+holds the domain handle, never a state of its own. Every call goes through its Host's
+``_call``, so errors are translated and calls observed in the one place.
+
+Parking a booted guest (the warm pool) uses three of libvirt's levers:
+  ``suspend`` / ``resume``        RAM stays resident, no CPU used while paused;
+  ``managed_save`` / ``start``    RAM goes to disk; the next start restores it;
+  ``shutdown`` / ``start``        a plain power-off; the next start is a cold boot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import libvirt
+
+from cms import errors
+from cms.virt import xml as vxml
+
+if TYPE_CHECKING:
+    from cms.virt.host import Host
+
+STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+ALIVE_STATES = {"running", "blocked", "paused"}
+SHUTOFF = libvirt.VIR_DOMAIN_SHUTOFF
+SHUTOFF_SAVED = libvirt.VIR_DOMAIN_SHUTOFF_SAVED
+
+
+class Guest:
+    def __init__(self, host: "Host", dom: Any) -> None:
+        self.host = host
+        self._dom = dom
+        self.name: str = dom.name()
+
+    def __repr__(self) -> str:
+        return f"Guest({self.host.name!r}, {self.name!r})"
+
+    @contextlib.contextmanager
+    def _call(self, op: str) -> Iterator[Any]:
+        with self.host._call(op, f"domain {self.name}"):
+            yield self._dom
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def uuid(self) -> str:
+        with self._call("virDomainGetUUIDString") as d:
+            return d.UUIDString()
+
+    def state(self) -> str:
+        with self._call("virDomainGetState") as d:
+            st, _reason = d.state()
+        return STATE_NAMES.get(st, "nostate")
+
+    def is_active(self) -> bool:
+        with self._call("virDomainIsActive") as d:
+            return bool(d.isActive())
+
+    def xml(self) -> str:
+        with self._call("virDomainGetXMLDesc") as d:
+            return d.XMLDesc(0)
+
+    def disk_paths(self) -> list[str]:
+        return vxml.domain_disk_paths(self.xml())
+
+    # -- power ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start it: a cold boot, or a restore when it has a managed-save image."""
+        with self._call("virDomainCreate") as d:
+            d.create()
+
+    def shutdown(self) -> None:
+        """Ask the guest to power off (ACPI); returns at once."""
+        with self._call("virDomainShutdown") as d:
+            d.shutdown()
+
+    def power_off(self, graceful_timeout: float = 0.0, wait: Callable[[float], Any] = time.sleep) -> None:
+        """Shut it down: by ACPI first when a timeout is given (waiting with `wait`, which a
+        daemon makes its stop event's), then pull the plug if it still runs."""
+        if graceful_timeout > 0 and self.is_active():
+            with contextlib.suppress(errors.VirtError):
+                self.shutdown()
+            deadline = time.monotonic() + graceful_timeout
+            while self.is_active() and time.monotonic() < deadline:
+                wait(0.2)
+        self.destroy()
+
+    def destroy(self) -> None:
+        """Pull the plug. Not an error if it is already off."""
+        with self._call("virDomainDestroy") as d:
+            if d.isActive():
+                d.destroy()
+
+    def undefine(self) -> None:
+        """Forget its definition, with any managed-save image and snapshot metadata."""
+        with self._call("virDomainUndefineFlags") as d:
+            flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            try:
+                d.undefineFlags(flags)
+            except libvirt.libvirtError:
+                d.undefine()
+
+    # -- parking ----------------------------------------------------------------------------
+
+    def suspend(self) -> None:
+        with self._call("virDomainSuspend") as d:
+            d.suspend()
+
+    def resume(self) -> None:
+        with self._call("virDomainResume") as d:
+            d.resume()
+
+    def managed_save(self) -> None:
+        """Save its RAM to disk and stop it; the next ``start`` restores it."""
+        with self._call("virDomainManagedSave") as d:
+            d.managedSave(0)
+
+    def has_managed_save(self) -> bool:
+        with self._call("virDomainHasManagedSaveImage") as d:
+            return bool(d.hasManagedSaveImage(0))
+
+    def remove_managed_save(self) -> None:
+        with self._call("virDomainManagedSaveRemove") as d:
+            if d.hasManagedSaveImage(0):
+                d.managedSaveRemove(0)
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def set_owner(self, meta: vxml.OwnerMeta) -> None:
+        """Rewrite cms's <metadata> element, live (when running) and in the persistent config."""
+        with self._call("virDomainSetMetadata") as d:
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if d.isActive() else 0)
+            d.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, vxml.render_metadata(meta), vxml.METADATA_KEY,
+                          vxml.METADATA_NS, flags)
+            self.host.forget_owner(d.UUIDString())
+
+    # -- vertical scaling -------------------------------------------------------------------
+
+    def limits(self) -> tuple[int, int]:
+        """The most vCPUs and MiB the domain was defined with: a live resize stays within them."""
+        with self._call("virDomainGetVcpusFlags") as d:
+            vmax = d.vcpusFlags(libvirt.VIR_DOMAIN_VCPU_MAXIMUM | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+            return int(vmax), int(d.maxMemory()) // 1024
+
+    def _live_then_config(self, op: str, setter: str, value: int, live: bool) -> None:
+        """Apply a change to the running domain (when it runs), then to its persistent config.
+
+        Two calls rather than AFFECT_LIVE | AFFECT_CONFIG in one: some drivers (the test
+        driver among them) refuse the two flags together. The live change goes first, as it
+        is the one that can be refused (the guest's balloon, hot-plug limits); the config is
+        then made to match it.
+        """
+        with self._call(op) as d:
+            if live and d.isActive():
+                getattr(d, setter)(value, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            getattr(d, setter)(value, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    def set_vcpus(self, vcpus: int, live: bool = True) -> None:
+        """Change the vCPU count, live when running (up to the domain's maximum) and in its config."""
+        self._live_then_config("virDomainSetVcpusFlags", "setVcpusFlags", vcpus, live)
+
+    def set_memory(self, memory_mib: int, live: bool = True) -> None:
+        """Change the current memory through the balloon (up to the domain's maximum)."""
+        self._live_then_config("virDomainSetMemoryFlags", "setMemoryFlags", memory_mib * 1024, live)
+
+    # -- networking -------------------------------------------------------------------------
+
+    def lease_address(self) -> str | None:
+        """The IPv4 address a libvirt network's DHCP gave the domain, if any yet."""
+        with self._call("virDomainInterfaceAddresses") as d:
+            try:
+                ifaces = d.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                    return None  # not running
+                raise
+        for iface in (ifaces or {}).values():
+            for addr in iface.get("addrs") or []:
+                if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
+                    return str(addr["addr"])
+        return None

@@ -1,0 +1,82 @@
+"""Live migration of one domain between two hosts (mixed into ``cms.virt.host.Host``)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import TYPE_CHECKING, Any
+
+import libvirt
+
+from cms import errors
+
+if TYPE_CHECKING:
+    from cms.virt.host import Host
+
+
+class Migration:
+    """Live migration (a mixin of Host)."""
+
+    name: str
+    _call: Any
+
+    def migrate(self, name: str, dest: "Host", live: bool = True, *, address: str = "",
+                shared_storage: bool = False, timeout_s: float = 0.0) -> None:
+        """Live-migrate a domain to another host, keeping it defined only there.
+
+        The disk overlay and its golden image must be reachable at the same paths on the
+        destination (shared storage), as with any libvirt migration without storage copy.
+
+        `address` is where the destination takes the migration stream: its QEMU listens
+        there and the source's QEMU connects to ``tcp://address`` (libvirt's default is
+        the destination's hostname, listened for on every address). libvirt refuses a
+        loopback address in qemu.conf but not per call, so this is also how two libvirt
+        daemons on one machine migrate over 127.0.0.1.
+
+        `shared_storage` says the disks are on storage the two hosts share although
+        libvirt cannot tell: libvirt decides from the file system type (NFS, GFS2, Ceph,
+        ... are shared; ext4 or xfs never are), so a local file system seen by two daemons
+        on one machine, or a cluster file system libvirt does not know, is refused with
+        "Migration without shared storage is unsafe". True passes VIR_MIGRATE_UNSAFE,
+        which skips only libvirt's storage safety check (file system type, cache mode);
+        QEMU still flushes the image on the source before the destination takes it over.
+
+        `timeout_s` (> 0) bounds the whole migration: past it the job is aborted
+        (virDomainAbortJob from a timer thread), the guest keeps running on the source, and
+        the call raises a VirtError that says so. A guest dirtying memory faster than the
+        link copies it would otherwise never converge, and hold its caller forever.
+        """
+        flags = (libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+                 | (libvirt.VIR_MIGRATE_LIVE if live else 0)
+                 | (libvirt.VIR_MIGRATE_UNSAFE if shared_storage else 0))
+        params: dict[str, Any] = {}
+        if address:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://[{address}]" if ":" in address else f"tcp://{address}"
+            params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = address
+        dconn = dest.conn()
+        aborted = threading.Event()
+        with self._call("virDomainMigrate3", f"domain {name} to host {dest.name}") as c:
+            dom = self._lookup_for_migration(c, name)
+
+            def abort() -> None:
+                aborted.set()
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.abortJob()
+
+            timer = threading.Timer(timeout_s, abort) if timeout_s > 0 else None
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            try:
+                dom.migrate3(dconn, params, flags)
+            except libvirt.libvirtError as exc:
+                if aborted.is_set():
+                    raise errors.VirtError(f"migration aborted after {timeout_s:g} s (it still runs here): "
+                                           f"{exc.get_error_message() or exc}", self.name, f"domain {name}") from None
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+    def _lookup_for_migration(self, c: Any, name: str) -> Any:
+        return c.lookupByName(name)
