@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# A multi-host cms lab on this one machine (cms/lab/hosts.py says what it makes):
+#   scripts/lab.sh up N      N hypervisors, each in its own network + mount namespace with its own
+#                            libvirtd on 169.254.90.(10+i), reached over qemu+tcp; prints a cms.toml fragment
+#   scripts/lab.sh down      removes all of it (also what a crashed run left)
+#   scripts/lab.sh status    what of it exists
+# Options before the command: --name NAME (default cmslab), --subnet S (169.254.S.0/24, default 90).
+# Env: CMS_VENV (default .venv). Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${CMS_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "lab: $VENV/bin/python is missing; run scripts/bootstrap.sh first" >&2
+  exit 1
+fi
+exec "$VENV/bin/python" -m cms.lab.hosts "$@"

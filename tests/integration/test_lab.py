@@ -1,0 +1,163 @@
+"""The multi-host lab itself (cms.lab.hosts, scripts/lab.sh): what `up` makes, and that `down` leaves nothing.
+
+Every test uses the lab name "cmstest" on 169.254.93.0/24, apart from the operator's default
+lab (cmslab, 169.254.90.0/24) and from the balancing tests' labs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import tomllib
+
+import pytest
+
+from cms import config
+from cms.lab.hosts import Lab, LabError, running
+from cms.virt import Host
+from tests.support import ROOT
+
+pytestmark = pytest.mark.real
+
+NAME, SUBNET = "cmstest", 93
+LINK_LOCAL = ipaddress.ip_network("169.254.0.0/16")
+
+
+def netns_pids(ns: str) -> set[int]:
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10).stdout
+    return {int(p) for p in out.split()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def leftovers(lab: Lab) -> dict:
+    return {"netns": lab._our_netns(), "links": lab._our_links(), "root": lab.root.exists()}
+
+
+def assert_gone(lab: Lab, pids) -> None:
+    assert leftovers(lab) == {"netns": [], "links": [], "root": False}
+    assert [p for p in pids if alive(p)] == []
+
+
+def test_up_makes_hosts_each_in_its_namespaces_with_its_own_libvirtd_and_down_removes_all():
+    lab = Lab(NAME, SUBNET)
+    hosts = lab.up(2)
+    pids = [h.pid for h in hosts]
+    try:
+        assert [h.name for h in hosts] == ["hv1", "hv2"]
+        assert lab._our_netns() == ["cmstest-hv1", "cmstest-hv2"]
+        assert sorted(lab._our_links()) == ["cmstest1", "cmstest2", "cmstestbr"]
+        own_net, own_mnt = os.readlink("/proc/self/ns/net"), os.readlink("/proc/self/ns/mnt")
+        seen_uuids = set()
+        for h in hosts:
+            addr = ipaddress.ip_address(h.address)
+            assert addr in LINK_LOCAL and not any(addr in ipaddress.ip_network(n) for n in
+                                                  ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+            assert h.uri == f"qemu+tcp://{h.address}/system"
+            # its libvirtd runs in the host's network namespace and in a mount namespace of its own,
+            # where the libvirt state directories are the lab's
+            assert h.pid in netns_pids(h.netns)
+            assert os.readlink(f"/proc/{h.pid}/ns/net") != own_net
+            assert os.readlink(f"/proc/{h.pid}/ns/mnt") != own_mnt
+            mounts = open(f"/proc/{h.pid}/mountinfo").read()
+            for path in ("/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt"):
+                assert f" {path} " in mounts, path
+            assert os.path.exists(f"/proc/{h.pid}/root/run/libvirt/libvirtd.pid") is False  # its pidfile is the lab's
+            assert os.path.exists(f"{h.root}/libvirtd.pid")
+            # reached from here over qemu+tcp at its own address; its own host UUID; the images pool
+            conn = Host(h.name, h.uri)
+            try:
+                assert conn.ping()
+                caps = conn.capabilities()
+                assert f"<uuid>{h.host_uuid}</uuid>" in caps
+                seen_uuids.add(h.host_uuid)
+                assert "golden.qcow2" in conn.list_volumes("cms-images")
+                assert conn.list_volumes(lab.pool) == []
+            finally:
+                conn.close()
+        assert len(seen_uuids) == 2
+        # the shared storage: a file in the lab's pool directory is a volume on every host
+        open(os.path.join(lab.pool_path, "shared-probe.qcow2"), "wb").close()
+        for h in hosts:
+            conn = Host(h.name, h.uri)
+            try:
+                assert "shared-probe.qcow2" in conn.list_volumes(lab.pool)
+            finally:
+                conn.close()
+        # the fragment makes a valid cms configuration of these hosts
+        cfg = config.parse(lab.config_data(hosts, cpus=1), "<lab>")
+        assert [(h.name, h.uri, h.migration_address, h.forward_address, h.shared_storage, h.cpus)
+                for h in cfg.hosts] == [(h.name, h.uri, h.address, h.address, True, 1) for h in hosts]
+        assert cfg.libvirt.pool_path == lab.pool_path
+    finally:
+        removed = lab.down()
+    assert any(r.startswith("processes") for r in removed) and "netns cmstest-hv1" in removed
+    assert_gone(lab, pids)
+    assert lab.down() == []     # nothing left to remove
+
+
+def test_up_reaps_what_a_crashed_run_left():
+    first = Lab(NAME, SUBNET).up(1)
+    # the run "crashes": nobody calls down; a new run of the same lab starts over
+    lab = Lab(NAME, SUBNET)
+    try:
+        again = lab.up(1)
+        assert not alive(first[0].pid)
+        assert alive(again[0].pid) and netns_pids(again[0].netns) == {again[0].pid}
+    finally:
+        lab.down()
+    assert_gone(lab, [first[0].pid, again[0].pid])
+
+
+def test_running_cleans_up_after_a_failing_block():
+    pids = []
+    with pytest.raises(RuntimeError, match="the test failed"):
+        with running(1, name=NAME, subnet=SUBNET) as (lab, hosts):
+            pids = [h.pid for h in hosts]
+            assert alive(pids[0])
+            raise RuntimeError("the test failed")
+    assert_gone(Lab(NAME, SUBNET), pids)
+
+
+def test_lab_sh_up_prints_a_fragment_cms_reads_and_down_cleans_up():
+    sh = str(ROOT / "scripts" / "lab.sh")
+    up = subprocess.run([sh, "--name", NAME, "--subnet", str(SUBNET), "up", "2"], capture_output=True, text=True,
+                        timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr
+        head, frag = up.stdout.split("cms.toml fragment", 1)
+        assert "hv1: netns cmstest-hv1, address 169.254.93.11" in head
+        assert "hv2: netns cmstest-hv2, address 169.254.93.12" in head
+        frag = frag.split("\n", 1)[1].lstrip("\n")
+        cfg = config.parse(tomllib.loads(frag), "<fragment>")
+        assert [h.uri for h in cfg.hosts] == ["qemu+tcp://169.254.93.11/system", "qemu+tcp://169.254.93.12/system"]
+        assert all(h.shared_storage and h.cpus == max(1, (os.cpu_count() or 1) // 2) for h in cfg.hosts)
+        assert frag == (Lab(NAME, SUBNET).root / "cms.toml").read_text()
+    finally:
+        down = subprocess.run([sh, "--name", NAME, "--subnet", str(SUBNET), "down"], capture_output=True, text=True,
+                              timeout=120)
+    assert down.returncode == 0 and down.stdout.startswith("lab cmstest: removed processes")
+    assert_gone(Lab(NAME, SUBNET), [])
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["up", "0"], "a lab has 1 to 200 hosts, not 0"),
+    (["--name", "Bad-Name", "up", "1"], "lab name 'Bad-Name': at most 10 lowercase letters and digits"),
+    (["--subnet", "300", "up", "1"], "subnet 300: 0 to 255 (the lab uses 169.254.SUBNET.0/24)"),
+])
+def test_lab_sh_refuses_bad_input_in_one_line(argv, needle):
+    p = subprocess.run([str(ROOT / "scripts" / "lab.sh"), *argv], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr == f"lab: {needle}\n"
+
+
+def test_lab_refuses_a_name_that_would_not_fit_an_interface_name():
+    with pytest.raises(LabError, match="at most 10"):
+        Lab("averylongname")
