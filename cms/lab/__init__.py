@@ -2,4 +2,6 @@
 
 - cms.lab.realstack: the local libvirtd as a test host: a config with a private pool, the
   golden image's path, cleanup of pools, bounded waits and process stops.
+- cms.lab.hosts: a multi-host lab: N hypervisors in network + mount namespaces, each with its
+  own libvirtd on a link-local address (``scripts/lab.sh up N``, ``running(n)`` for fixtures).
 """
