@@ -1,10 +1,10 @@
 """Benchmark: replica boot time and golden image build time, on the real stack.
 
 Prints one JSON line:
-  boot_s            min/median/max seconds from Fleet.spawn (linked clone, define, start)
+  boot_s            min/median/max seconds from Fleet.build_on (linked clone, define, start)
                     to the first good /health through the 127.0.0.1 port forward, for 3
                     clones booted one after another (each removed before the next)
-  spawn_s           the part of that spent in Fleet.spawn itself
+  spawn_s           the part of that spent in Fleet.build_on itself
   build_cold_s      the cold image build time, from the image's manifest
   build_cached_s    wall time of a second scripts/build-image.sh (inputs unchanged)
   image_bytes       golden.qcow2 size on disk; kernel_bytes, initrd_bytes
