@@ -90,9 +90,14 @@ def analyse(out: Path, group: str) -> dict[str, Any]:
         ready = first("ready", scale_out.ts, new_replica) if new_replica else None
         if added is not None:
             stages["decision_to_defined_and_started_s"] = round(added.ts - scale_out.ts, 3)
+            for k in ("clone_s", "define_s", "start_s", "unpark_s"):
+                if added.data.get(k) is not None:
+                    stages[f"spawn_{k}"] = added.data[k]
         if ready is not None:
             ready_ts = ready.ts
             stages["started_to_health_ok_and_published_s"] = round(ready.ts - (added.ts if added else scale_out.ts), 3)
+            if ready.data.get("boot_s") is not None:
+                stages["spawn_boot_to_health_s"] = ready.data["boot_s"]
         rep = (lg_summary.get("replicas") or {}).get(new_replica, {})
         if rep.get("announced_ready_at") and ready is not None:
             stages["published_to_client_heard_s"] = round(rep["announced_ready_at"] - ready.ts, 3)
@@ -182,6 +187,18 @@ def plot(a: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def spawn_stages(events: list[Any]) -> list[dict[str, Any]]:
+    """Each replica the autoscaler added: clone, define and start times (its "added" event)
+    and boot to /health (its "ready" event), in seconds."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e.kind == "added" and "define_s" in e.data:
+            out[e.subject] = {"replica": e.subject, **{k: e.data.get(k) for k in ("clone_s", "define_s", "start_s")}}
+        elif e.kind == "ready" and e.subject in out and e.data.get("boot_s") is not None:
+            out[e.subject]["boot_s"] = e.data["boot_s"]
+    return list(out.values())
+
+
 def build_report(out: Path, group: str, **params: Any) -> dict[str, Any]:
     a = analyse(out, group)
     lg = a["lg_summary"]
@@ -198,6 +215,7 @@ def build_report(out: Path, group: str, **params: Any) -> dict[str, Any]:
         "before_scale_out": a["before"],
         "after_scale_out": a["after"],
         "reaction": a["stages"],
+        "spawns": spawn_stages(a["events"]),
         "new_replica": a["new_replica"],
         "requests": {k: lg.get(k) for k in ("sent", "completed", "errors", "outstanding", "accounted", "retries")},
         "events": [{"ts": e.ts, "kind": e.kind, "subject": e.subject, "message": e.message} for e in a["events"]

@@ -116,6 +116,7 @@ class Demo:
         self.procs: dict[str, subprocess.Popen] = {}
         self.cfg: cmsconfig.Config | None = None
         self.bin = Path(sys.executable).parent
+        self._seen_event = 0
 
     # -- processes -----------------------------------------------------------------------
 
@@ -187,6 +188,7 @@ class Demo:
         say("waiting for the first replica to boot and answer /health (TCG: ~10-20 s)")
         first = self.wait_first_replica(timeout=a.boot_timeout)
         say(f"replica {first['name']} is ready at {first['address']}:{first['port']}")
+        self.say_spawn_stages()
 
         c1 = a.capacity or self.calibrate(f"{first['address']}:{first['port']}")
         low, high = round(LOW_FACTOR * c1, 2), round(HIGH_FACTOR * c1, 2)
@@ -206,6 +208,7 @@ class Demo:
             if time.monotonic() - last > 10:
                 last = time.monotonic()
                 say(self.progress_line())
+            self.say_spawn_stages()
             time.sleep(0.5)
         self.procs.pop("loadgen", None)
         if lg.returncode != 0:
@@ -280,6 +283,26 @@ class Demo:
         if rate <= 0:
             raise CmsError("calibration got no answer from the first replica")
         return rate
+
+    def say_spawn_stages(self) -> None:
+        """A line per replica the autoscaler added (clone, define, start times) and per replica
+        that became ready (boot to /health), from its events, as they happen."""
+        from cms.store import Store
+        try:
+            events = Store(self.out / "state.db").events(since_id=self._seen_event, group=GROUP,
+                                                         kinds=["added", "ready", "warm_used", "warm_prepared"])
+        except Exception:  # noqa: BLE001 - the daemon may not have made the file yet
+            return
+        for e in events:
+            self._seen_event = e.id
+            d = e.data
+            if e.kind == "added" and "define_s" in d:
+                say(f"{e.subject} defined and started on {d.get('host', '?')}: clone {d.get('clone_s', 0):.2f} s, "
+                    f"define {d['define_s']:.2f} s, start {d.get('start_s', 0):.2f} s")
+            elif e.kind == "ready" and "boot_s" in d:
+                say(f"{e.subject} ready: boot to /health {d['boot_s']:.1f} s")
+            elif e.kind in ("warm_used", "warm_prepared"):
+                say(f"{e.subject}: {e.message}")
 
     def progress_line(self) -> str:
         path = self.out / "loadgen.jsonl"
