@@ -6,6 +6,9 @@ Runs the reconcile loop (cms.autoscaler.reconcile) every ``autoscaler.tick_s`` u
 SIGTERM or SIGINT, speaking systemd's notify protocol when NOTIFY_SOCKET is set.
 Exit codes: 0 normal stop, 1 could not start (e.g. the ZeroMQ endpoint is taken), 2 bad
 configuration.
+
+Prometheus' /metrics is served on ``autoscaler.metrics_listen`` (cms.autoscaler.exporter),
+except with --once. A metrics port that cannot be bound is logged, and the daemon runs on.
 """
 
 from __future__ import annotations
@@ -58,11 +61,14 @@ def main(argv: list[str] | None = None, *, stop: threading.Event | None = None, 
         return 1
     log.info("autoscaler up: groups %s, tick %gs, epoch %s%s", ", ".join(scaler.groups), cfg.autoscaler.tick_s,
              scaler.publisher.epoch, " (dry run)" if args.dry_run else "")
+    from cms.autoscaler import exporter
+    metrics = exporter.attach(scaler, "" if args.once else cfg.autoscaler.metrics_listen)
     sdnotify.ready()
     wd = sdnotify.watchdog_interval()
     last_wd = [0.0]
 
     def on_tick() -> None:
+        metrics.on_tick()
         if wd and time.monotonic() - last_wd[0] >= wd:
             sdnotify.watchdog()
             last_wd[0] = time.monotonic()
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None, *, stop: threading.Event | None = None, 
         sdnotify.stopping()
         log.info("autoscaler stopping")
         scaler.close(timeout=0.5 if not args.once else 5.0)
+        exporter.detach(scaler, metrics)
     return 0
 
 

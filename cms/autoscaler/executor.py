@@ -322,8 +322,10 @@ class Executor(WarmPool):
             self._park(t, t.park_mode, "booted to /health", prepared=True)
         elif ok:
             since = "spawn" if "spawn" in t.timings else "adoption"
+            decided = t.timings.get("decided")    # absent for an adopted replica
             self._announce(t, "ready", f"/health answered {time.monotonic() - began:.1f}s after {since}",
-                           boot_s=round(boot, 3))
+                           boot_s=round(boot, 3),
+                           decision_to_ready_s=None if decided is None else round(time.monotonic() - decided, 3))
         else:
             why = f"no healthy answer within {self.cfg.autoscaler.health_timeout_s:g}s"
             if self._mark_failed(t, why, (S.STARTING, S.WARMING)):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from cms.store import ReplicaRow, Store
 
@@ -26,12 +26,20 @@ class Journal:
         self._pending: list[tuple[float, str, str, str, str, dict[str, Any]]] = []
         self._lock = threading.Lock()
         self._written: dict[str, tuple[str, str, str, str, int]] = {}
+        # Called with (kind, group, subject, data) as each event happens, on the caller's
+        # thread (the metrics exporter counts decisions, failures and spawn timings here).
+        self.listeners: list[Callable[[str, str, str, dict[str, Any]], None]] = []
 
     def event(self, kind: str, group: str, subject: str, message: str, *, level: int = logging.INFO,
               **data: Any) -> None:
         log.log(level, "%s %s%s: %s", kind, group, f" {subject}" if subject else "", message)
         with self._lock:
             self._pending.append((time.time(), kind, group, subject, message, data))
+        for fn in self.listeners:
+            try:
+                fn(kind, group, subject, data)
+            except Exception:  # noqa: BLE001 - a listener must never break the daemon
+                log.exception("event listener failed on %s", kind)
 
     def flush(self) -> None:
         """Write the events recorded since the last flush (a failure keeps them for the next)."""

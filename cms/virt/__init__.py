@@ -13,9 +13,9 @@
 
 from cms.virt.fleet import Fleet, Listing, Spawned, replica_name
 from cms.virt.guest import Guest
-from cms.virt.host import Capacity, DomainEvent, Host, set_call_observer, start_event_loop
+from cms.virt.host import Capacity, DomainEvent, Host, error_name, set_call_observer, start_event_loop
 from cms.virt.stats import OwnedDomain
 from cms.virt.xml import DomainSpec, OwnerMeta
 
 __all__ = ["Fleet", "Listing", "Spawned", "replica_name", "Guest", "Capacity", "DomainEvent", "Host",
-           "OwnedDomain", "set_call_observer", "start_event_loop", "DomainSpec", "OwnerMeta"]
+           "OwnedDomain", "error_name", "set_call_observer", "start_event_loop", "DomainSpec", "OwnerMeta"]

@@ -87,6 +87,17 @@ def translate(exc: "libvirt.libvirtError", host: str, obj: str) -> errors.VirtEr
     return errors.VirtError(msg, host, obj)
 
 
+# libvirt's symbolic error names (VIR_ERR_NO_DOMAIN), without its error levels, which reuse 0-2.
+_ERROR_NAMES = {v: k for k, v in vars(libvirt).items()
+                if k.startswith("VIR_ERR_") and isinstance(v, int) and k not in ("VIR_ERR_NONE", "VIR_ERR_WARNING",
+                                                                                 "VIR_ERR_ERROR")}
+
+
+def error_name(code: int) -> str:
+    """libvirt's name for an error code, e.g. for a metric label; the number when unknown."""
+    return _ERROR_NAMES.get(code, str(code))
+
+
 # --- the call observer: one per process ------------------------------------------------
 
 CallObserver = Callable[[str, float, "int | None"], None]
