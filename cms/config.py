@@ -228,7 +228,7 @@ class HistoryConfig:
     """How long the state database keeps history (the console's charts and /v1/.../metrics)."""
     retention_s: float = _f(86400.0, min=60.0, max=31536000.0,
                             doc="per-domain and per-host samples older than this are deleted (one row per domain "
-                                "per tick: about 6 MB per domain and day at tick_s = 1)")
+                                "per tick: about 11 MB per domain and day at tick_s = 1)")
     events_retention_s: float = _f(2592000.0, min=60.0, max=315360000.0, doc="events older than this are deleted")
     prune_interval_s: float = _f(60.0, min=1.0, max=86400.0, doc="how often the autoscaler deletes what is past them")
 

@@ -497,4 +497,4 @@ def _kind(d: Any) -> str:
     """An owned domain's kind for the host figures: an API VM, a serving replica, or a warm one."""
     if d.meta.role == "vm":
         return "vm"
-    return "warm" if d.meta.role.startswith("warm") else "replica"
+    return "warm" if d.meta.warm else "replica"

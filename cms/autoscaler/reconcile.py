@@ -82,6 +82,7 @@ class Autoscaler:
         self._tick_info: dict[str, Any] = {"seq": 0, "duration_s": None, "overruns": 0,
                                            "tick_s": cfg.autoscaler.tick_s}
         self._status: dict[str, Any] = {}
+        self._pruned_at = float("-inf")
 
     # The tracked replicas and their lock are the executor's; these names are for readers.
     @property
@@ -148,8 +149,11 @@ class Autoscaler:
 
     def measure(self, observed: dict[str, OwnedDomain], now: float) -> None:
         alive = [d for d in observed.values() if d.alive]
+        # The API's VMs are sampled in the same pass, from the same listing, so the console has
+        # their history too (and the host figures count them); the policy never sees them.
+        vms = [d for d in (self._listing.all() if self._listing else []) if d.alive and d.meta.role == "vm"]
         try:
-            tick = self.metrics.sample(alive)
+            tick = self.metrics.sample(alive + vms)
         except Exception as exc:  # noqa: BLE001 - a metric failure is a tick without figures
             log.warning("metrics failed this tick: %s", exc)
             tick = Tick(ts=now)
@@ -160,6 +164,7 @@ class Autoscaler:
         with self.lock:
             states = {t.name: str(t.state) for t in self.tracks.values()}
         self._samples.extend(to_samples(tick, alive, states))
+        self._samples.extend(to_samples(tick, vms, {}))
 
     def take_scale_requests(self, now: float) -> None:
         """Apply replica counts asked through the API (POST /v1/groups/{name}/scale).
@@ -236,6 +241,7 @@ class Autoscaler:
             except Exception as exc:  # noqa: BLE001
                 log.warning("could not store samples: %s", exc)
         self.journal.flush()
+        self._prune(now)
         tracks = self.executor.snapshot()
         if not self.dry_run and self.started:
             self.journal.replicas(ReplicaRow(t.name, t.group, t.host, str(t.state), t.address, t.port, now)
@@ -249,6 +255,21 @@ class Autoscaler:
             now=now, groups=self.groups, tracks=tracks, desired=self.desired, decisions=self.last_decision,
             tick=self.last_tick, listing=self._listing, capacities=self._capacities(), tick_info=info,
             feed_seq=int(getattr(self.publisher, "seq", 0)), hosts=tuple(self.fleet.hosts))
+
+    def _prune(self, now: float) -> None:
+        """Keep the state database bounded: samples and events past [history]'s retention go,
+        at most every prune_interval_s."""
+        hc = self.cfg.history
+        if self.dry_run or now - self._pruned_at < hc.prune_interval_s:
+            return
+        self._pruned_at = now
+        try:
+            gone = self.store.prune_history(now - hc.retention_s, now - hc.events_retention_s)
+        except Exception as exc:  # noqa: BLE001 - history is not worth a tick
+            log.warning("could not prune the state database: %s", exc)
+            return
+        if any(gone.values()):
+            log.info("pruned history past retention: %s", ", ".join(f"{n} {t}" for t, n in gone.items() if n))
 
     def _capacities(self) -> dict[str, Capacity]:
         """Each host's capacity, re-read at most every CAPACITY_REFRESH_S (it hardly changes)."""

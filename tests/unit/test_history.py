@@ -235,3 +235,50 @@ def test_every_module_the_page_imports_is_served(api):
                 elif p not in (".", ""):
                     out.append(p)
             assert "/".join(out) in assets, f"{path} imports {spec}"
+
+
+# -- what the autoscaler records ------------------------------------------------------------------
+
+def test_the_autoscaler_samples_the_api_vms_and_prunes_past_retention(tmp_path, run_dir):
+    """The daemon samples every VM cms owns, not only its replicas (so a VM made through the
+    API has charts), keeps them out of the policy, and deletes history past retention."""
+    import dataclasses
+    import time
+
+    from cms.autoscaler.reconcile import Autoscaler
+    from cms.config import HistoryConfig
+    from cms.scheduler import Scheduler
+    from cms.virt import Fleet, OwnerMeta
+    from tests.support import write_node_xml
+    from tests.unit.test_autoscaler import G, FakeHealth, FakeMetrics, Recorder, cfg_for
+
+    cfg = dataclasses.replace(cfg_for(tmp_path, write_node_xml(tmp_path / "node.xml")),
+                              history=HistoryConfig(retention_s=60, events_retention_s=120, prune_interval_s=1))
+    fleet = Fleet(cfg)
+    fleet.host("n1").conn()   # a test:///file URI starts fresh at each open: keep this one
+    store = Store(cfg.state_db)
+    now = time.time()
+    store.add_samples([Sample(now - 1000, "n1", "cms-vm-old", "", 0.1, 1, 1024, "running")])
+    store.add_host_samples([HostSample(now - 1000, "n1", 0.1, 4, 1, 1, 100)])
+    store.add_event("decision", "long ago", group=G, ts=now - 1000)
+    store.add_event("decision", "recent enough", group=G, ts=now - 90)
+    Scheduler(cfg, fleet, store).spawn("cms-vm-7", vcpus=1, memory_mib=256, meta=OwnerMeta(role="vm", vmid=7))
+    metrics = FakeMetrics()
+    metrics.per_name["cms-vm-7"] = 0.42
+    s = Autoscaler(cfg, fleet=fleet, metrics=metrics, health=FakeHealth(), publisher=Recorder(), store=store)
+    try:
+        from cms.lab.realstack import wait_until
+
+        def tick():
+            s.tick()
+            return store.samples(group=G)
+        wait_until(tick, 10, interval=cfg.autoscaler.tick_s, what="the group's first replica sampled")
+        vm = store.samples(domain="cms-vm-7")
+        assert len(vm) >= 1 and {x.cpu for x in vm} == {0.42} and {x.group for x in vm} == {""}
+        assert {x.state for x in vm} == {"running"}
+        assert "cms-vm-7" not in s.history.names()            # the policy never sees it
+        assert store.samples(domain="cms-vm-old") == [] and store.host_samples() == []
+        assert [e.message for e in store.events(kinds=["decision"])] == ["recent enough"]
+    finally:
+        s.close()
+        fleet.close()
