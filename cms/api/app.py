@@ -263,8 +263,9 @@ class V1Vms:
         name = body.get("name")
         tid = _opt_int(body, "instance_type")
         if not isinstance(name, str) or tid is None:
-            raise Invalid('expected {"name": string, "instance_type": integer, "image_id": integer (optional)}')
-        resp.media = self.svc.create_vm(name, tid, _opt_int(body, "image_id", 0))
+            raise Invalid('expected {"name": string, "instance_type": integer, "image_id": integer (optional), '
+                          '"pmid": integer (optional)}')
+        resp.media = self.svc.create_vm(name, tid, _opt_int(body, "image_id", 0), _opt_int(body, "pmid"))
         resp.status = falcon.HTTP_201
 
 

@@ -133,7 +133,9 @@ SPEC: dict[str, Any] = {
                      "requestBody": {"required": True, "content": {"application/json": {"schema": _obj(
                          {"name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
                           "instance_type": {"type": "integer", "minimum": 1},
-                          "image_id": {"type": "integer", "minimum": 0}}, ["name", "instance_type"])}}},
+                          "image_id": {"type": "integer", "minimum": 0},
+                          "pmid": {"type": "integer", "minimum": 1, "description": "this machine, not placement's choice"}},
+                         ["name", "instance_type"])}}},
                      "responses": {"201": _json(_ref("Vm"), "created"), **MUT_ERRS}},
         },
         "/v1/vms/{vmid}": {

@@ -214,11 +214,19 @@ class Service:
             raise Unknown(f"no VM {vmid}")
         return r
 
-    def create_vm(self, name: str, tid: int, image_id: int | None = None) -> dict[str, Any]:
+    def create_vm(self, name: str, tid: int, image_id: int | None = None, pmid: int | None = None) -> dict[str, Any]:
+        """Make a VM; on the host placement picks, or on machine `pmid` when given (409 when it
+        has no room: placement's rules still apply there)."""
         if not isinstance(name, str) or not VM_NAME_RE.match(name):
             raise Invalid(f"bad VM name {name!r}: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit")
         t = self.type_of(tid)
         img = self.image(image_id)
+        avoid: frozenset[str] = frozenset()
+        if pmid is not None:
+            only = self.sched.host_name(pmid)
+            if only is None:
+                raise Unknown(f"no machine {pmid}")
+            avoid = frozenset(h.name for h in self.cfg.hosts if h.name != only)
         # The source may sit where QEMU cannot read it, or on another machine: VMs are backed
         # by its copy in the hosts' image pool, made now if ./install or POST /v1/images did not.
         try:
@@ -242,7 +250,7 @@ class Service:
             sp = self.sched.spawn(name=domain, vcpus=t["cpu"], memory_mib=t["ram"],
                                   meta=OwnerMeta(role="vm", vmid=vmid, instance_type=tid, image=imp["copy"]),
                                   image=imp["copy"], disk_bytes=t["disk"] * GIB,
-                                  max_vcpus=2 * t["cpu"], max_memory_mib=2 * t["ram"])
+                                  max_vcpus=2 * t["cpu"], max_memory_mib=2 * t["ram"], avoid=avoid)
         except BaseException as exc:
             with self.store.write() as c:
                 c.execute("DELETE FROM api_vms WHERE vmid=?", (vmid,))

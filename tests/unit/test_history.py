@@ -282,3 +282,14 @@ def test_the_autoscaler_samples_the_api_vms_and_prunes_past_retention(tmp_path, 
     finally:
         s.close()
         fleet.close()
+
+
+def test_a_vm_can_be_created_on_a_chosen_host(api):
+    c, deps = api
+    r = c.simulate_post("/v1/vms", json={"name": "on2", "instance_type": 1, "pmid": 2}, headers=AUTH)
+    assert r.status_code == 201 and r.json["pmid"] == 2 and r.json["host"] == "pm2", r.text
+    r = c.simulate_post("/v1/vms", json={"name": "on9", "instance_type": 1, "pmid": 9}, headers=AUTH)
+    assert r.status_code == 404 and "no machine 9" in r.json["description"]
+    # pm2 has 2 CPUs and 2 GiB: a type-3 VM (4 vCPUs) does not fit there, although pm1 has room
+    r = c.simulate_post("/v1/vms", json={"name": "big", "instance_type": 3, "pmid": 2}, headers=AUTH)
+    assert r.status_code == 409, r.text
