@@ -3,23 +3,34 @@ bookkeeping, the alert rules (promtool), and the autoscaler's families after scr
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import falcon.testing
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cms import errors
 from cms.api import prom
 from cms.api.app import create_app
 from cms.api.service import Deps
+from cms.autoscaler import exporter
+from cms.autoscaler.reconcile import Autoscaler
+from cms.config import HostConfig
 from cms.inventory import VmType
+from cms.lab.realstack import wait_until
 from cms.scheduler import Scheduler
 from cms.store import Store
 from cms.virt import Fleet
 from tests.support import ROOT, make_config, write_node_xml
+# how the daemon is driven with fakes on test:/// hosts
+from tests.unit.test_autoscaler import G, FakeHealth, FakeMetrics, Recorder, cfg_for, ready_names
 
 RULES = ROOT / "etc" / "prometheus" / "cms-rules.yml"
 TOKEN = "t0ken"
@@ -164,3 +175,231 @@ def test_rules_unit_tests_pass():
     r = subprocess.run(["promtool", "test", "rules", "cms-rules.test.yml"], cwd=RULES.parent,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
+# --- cms-autoscaler --------------------------------------------------------------------------
+
+AUTOSCALER_FAMILIES = {
+    "cms_replica_cpu_utilization_ratio": "gauge", "cms_group_replicas": "gauge",
+    "cms_group_desired_replicas": "gauge", "cms_group_min_replicas": "gauge", "cms_group_max_replicas": "gauge",
+    "cms_group_cpu_mean_ratio": "gauge", "cms_group_threshold_ratio": "gauge", "cms_group_warm_pool_size": "gauge",
+    "cms_group_warm_pool_target_replicas": "gauge", "cms_group_warm_replicas": "gauge",
+    "cms_host_up": "gauge", "cms_host_cpu_utilization_ratio": "gauge", "cms_host_cpus": "gauge",
+    "cms_host_vms": "gauge", "cms_host_vcpus": "gauge", "cms_host_memory_bytes": "gauge",
+    "cms_host_memory_free_bytes": "gauge", "cms_autoscaler_tick_overruns": "counter",
+    "cms_autoscaler_tick_interval_seconds": "gauge", "cms_autoscaler_last_tick_timestamp_seconds": "gauge",
+    "cms_feed_sequence": "gauge", "cms_group_decisions": "counter", "cms_replica_failures": "counter",
+    "cms_spawn_failures": "counter", "cms_spawn_stage_duration_seconds": "histogram",
+    "cms_decision_to_ready_seconds": "histogram", "cms_libvirt_call_duration_seconds": "histogram",
+    "cms_libvirt_errors": "counter", "cms_autoscaler_tick_duration_seconds": "histogram",
+}
+
+
+@pytest.fixture
+def scaler(tmp_path, run_dir):
+    cfg = cfg_for(tmp_path, write_node_xml(tmp_path / "node.xml"))
+    fleet = Fleet(cfg)
+    fleet.host("n1").conn()  # a test:///file URI starts fresh at each open: keep this one
+    s = Autoscaler(cfg, fleet=fleet, metrics=FakeMetrics(), health=FakeHealth(), publisher=Recorder(),
+                   store=Store(cfg.state_db))
+    ex = exporter.attach(s)
+    yield s, ex, fleet
+    exporter.detach(s, ex)
+    s.close()
+    fleet.close()
+
+
+def scrape(ex: exporter.Exporter) -> tuple[str, dict]:
+    text = generate_latest(ex.registry).decode()
+    return text, families(text)
+
+
+def test_autoscaler_families_and_labels_after_scripted_ticks(scaler):
+    """min 1 -> overload -> 2 -> a replica fails /health and is replaced, whose first spawn
+    fails -> underload -> 1; then every family holds what the daemon did, by its labels."""
+    s, ex, fleet = scaler
+    ticks = [0]
+
+    def step(pred, what):
+        def one():
+            s.tick()
+            ex.on_tick()
+            ticks[0] += 1
+            return pred()
+        return wait_until(one, 10, interval=s.cfg.autoscaler.tick_s, what=what)
+
+    step(lambda: len(ready_names(s)) == 1, "first replica ready")
+    s.metrics.load = 0.95
+    step(lambda: len(ready_names(s)) == 2, "scale out to 2")
+    s.metrics.load = 0.5
+    victim = ready_names(s)[0]
+    port = s.tracks[victim].port
+    real_spawn, failed_once = s.scheduler.spawn, []
+
+    def spawn_failing_once(*a, **kw):
+        if not failed_once:
+            failed_once.append(1)
+            raise errors.PlacementError("no host has room (scripted)")
+        return real_spawn(*a, **kw)
+
+    s.scheduler.spawn = spawn_failing_once
+    s.health.down_ports.add(port)
+    step(lambda: victim not in s.tracks, "the unhealthy replica removed")
+    s.health.down_ports.discard(port)
+    s.executor.spawn_backoff.clear()            # retry the failed spawn now, not in 2 s
+    step(lambda: len(ready_names(s)) == 2, "replacement ready")
+    s.metrics.load = 0.05
+    step(lambda: len(s.status()["groups"][G]["replicas"]) == 1 and s.status()["hosts"]["n1"]["vms"] == 1,
+         "scale in to 1, seen by a whole tick")
+    with pytest.raises(errors.NotFound):
+        fleet.host("n1").guest("cms-no-such-domain")    # one libvirt error, by its code
+
+    calls_before = sum(samples(scrape(ex)[1], "cms_libvirt_call_duration_seconds", "_count").values())
+    text, fams = scrape(ex)
+    calls_after = sum(samples(fams, "cms_libvirt_call_duration_seconds", "_count").values())
+    assert calls_after == calls_before, "a scrape made libvirt calls"
+    assert {n: f.type for n, f in fams.items() if n.startswith("cms_")} == AUTOSCALER_FAMILIES
+    r = promtool("check", "metrics", stdin=text)
+    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+
+    st = s.status()
+    events = s.store.events(group=G, limit=100000)
+    kinds = [e.kind for e in events]
+    # per replica: CPU with group, replica, host, state
+    [ready] = [r for r in st["groups"][G]["replicas"] if r["state"] == "ready"]
+    assert samples(fams, "cms_replica_cpu_utilization_ratio") == {
+        (("group", G), ("host", "n1"), ("replica", ready["name"]), ("state", "ready")): 0.05}
+    # per group: replicas by state (every state present), desired, bounds, policy
+    by_state = samples(fams, "cms_group_replicas")
+    assert by_state[(("group", G), ("state", "ready"))] == 1.0
+    assert {dict(k)["state"] for k in by_state} == set(exporter.STATES)
+    assert samples(fams, "cms_group_desired_replicas") == {(("group", G),): 1.0}
+    assert samples(fams, "cms_group_max_replicas") == {(("group", G),): 3.0}
+    assert samples(fams, "cms_group_threshold_ratio") == {(("bound", "high"), ("group", G)): 0.75,
+                                                          (("bound", "low"), ("group", G)): 0.25}
+    assert samples(fams, "cms_group_cpu_mean_ratio")[(("group", G),)] == pytest.approx(st["groups"][G]["policy"]["mean"])
+    # decisions, failures, spawn failures: exactly what the journal recorded
+    decisions = samples(fams, "cms_group_decisions", "_total")
+    for action in ("scale_out", "scale_in"):
+        n = sum(1 for e in events if e.kind == "decision" and e.data["action"] == action)
+        assert n >= 1 and decisions[(("action", action), ("group", G))] == n
+    assert samples(fams, "cms_replica_failures", "_total") == {(("group", G),): kinds.count("failed")} \
+        and kinds.count("failed") == 1
+    assert samples(fams, "cms_spawn_failures", "_total") == {(("group", G),): 1.0} == {(("group", G),):
+                                                                                       kinds.count("spawn_failed")}
+    # spawn stages and decision -> ready: one observation per cold spawn
+    cold = [e for e in events if e.kind == "added" and "clone_s" in e.data]
+    stages = samples(fams, "cms_spawn_stage_duration_seconds", "_count")
+    for stage in ("clone", "define", "start", "boot"):
+        assert stages[(("group", G), ("stage", stage))] == len(cold) == 3   # the first, the scale-out, the replacement
+    to_ready = samples(fams, "cms_decision_to_ready_seconds", "_count")
+    assert to_ready == {(("group", G), ("path", "cold")): len(cold)}
+    # libvirt: the one bulk stats call per tick, and the error by its libvirt name
+    calls = samples(fams, "cms_libvirt_call_duration_seconds", "_count")
+    assert calls[(("call", "virConnectGetAllDomainStats"),)] >= ticks[0]
+    assert samples(fams, "cms_libvirt_errors", "_total") == {
+        (("call", "virDomainLookupByName"), ("code", "VIR_ERR_NO_DOMAIN")): 1.0}
+    # hosts, the tick, the feed
+    assert samples(fams, "cms_host_up") == {(("host", "n1"),): 1.0}
+    assert samples(fams, "cms_host_vms") == {(("host", "n1"),): 1.0}
+    assert samples(fams, "cms_host_memory_bytes") == {(("host", "n1"),): 8 * 1024 ** 3}
+    assert samples(fams, "cms_autoscaler_tick_duration_seconds", "_count") == {(): ticks[0]}
+    assert samples(fams, "cms_autoscaler_tick_overruns", "_total") == {(): st["tick"]["overruns"]}
+    assert samples(fams, "cms_feed_sequence") == {(): s.publisher.seq} and s.publisher.seq > 0
+
+
+def test_collector_maps_a_snapshot_warm_pool_and_target_policy():
+    """The collector is a pure function of the snapshot: a target policy's thresholds are where
+    it acts, warm members count by state and mode, figures not known yet are left out."""
+    st = {"ts": 1000.0, "tick": {"seq": 5, "duration_s": 0.02, "overruns": 2, "tick_s": 1.0}, "feed_seq": 9,
+          "groups": {"api": {
+              "desired": 2, "min": 1, "max": 4, "serving": 2,
+              "replicas": [{"name": "r1", "state": "ready", "host": "h1", "cpu": 0.4},
+                           {"name": "r2", "state": "starting", "host": "h2", "cpu": None}],
+              "policy": {"name": "target", "mean": None, "target": 0.6, "tolerance": 0.1},
+              "warm_pool": {"size": 2, "state": "saved", "target": 2,
+                            "members": [{"name": "w1", "state": "parked", "mode": "saved", "host": "h1", "cpu": None},
+                                        {"name": "w2", "state": "warming", "mode": "saved", "host": "h2",
+                                         "cpu": 0.9}]}}},
+          "hosts": {"h1": {"up": True, "cpu": 0.3, "cpus": 8, "vms": 2, "vcpus": 2, "memory_mib": 1024,
+                           "free_memory_mib": 512},
+                    "h2": {"up": False, "cpu": None, "cpus": None, "vms": 0, "vcpus": 0, "memory_mib": None,
+                           "free_memory_mib": None}}}
+    ex = exporter.Exporter(lambda: st, ["api"], publisher=type("P", (), {"seq": 11, "subscribers": 3})(),
+                           process=False)
+    text, fams = scrape(ex)
+    assert samples(fams, "cms_replica_cpu_utilization_ratio") == {
+        (("group", "api"), ("host", "h1"), ("replica", "r1"), ("state", "ready")): 0.4,
+        (("group", "api"), ("host", "h2"), ("replica", "w2"), ("state", "warming")): 0.9}
+    bounds = samples(fams, "cms_group_threshold_ratio")
+    assert bounds == {(("bound", "high"), ("group", "api")): pytest.approx(0.66),
+                      (("bound", "low"), ("group", "api")): pytest.approx(0.54),
+                      (("bound", "target"), ("group", "api")): 0.6}
+    assert samples(fams, "cms_group_cpu_mean_ratio") == {}
+    assert samples(fams, "cms_group_warm_pool_size") == {(("group", "api"), ("mode", "saved")): 2.0}
+    assert samples(fams, "cms_group_warm_replicas") == {
+        (("group", "api"), ("mode", "saved"), ("state", "parked")): 1.0,
+        (("group", "api"), ("mode", "saved"), ("state", "warming")): 1.0}
+    replicas = samples(fams, "cms_group_replicas")
+    assert [replicas[(("group", "api"), ("state", s))] for s in ("ready", "starting", "parked", "warming", "failed")] \
+        == [1.0, 1.0, 1.0, 1.0, 0.0]
+    assert samples(fams, "cms_host_up") == {(("host", "h1"),): 1.0, (("host", "h2"),): 0.0}
+    assert samples(fams, "cms_host_memory_free_bytes") == {(("host", "h1"),): 512 * 1024 * 1024}
+    assert samples(fams, "cms_host_cpu_utilization_ratio") == {(("host", "h1"),): 0.3}
+    assert samples(fams, "cms_feed_sequence") == {(): 11.0}             # the publisher's own, when it has one
+    assert samples(fams, "cms_feed_subscribers") == {(): 3.0}
+    assert samples(fams, "cms_autoscaler_tick_overruns", "_total") == {(): 2.0}
+    assert samples(fams, "cms_autoscaler_last_tick_timestamp_seconds") == {(): 1000.0}
+    ex.on_tick()
+    ex.on_tick()                          # the same tick again: observed once
+    assert samples(scrape(ex)[1], "cms_autoscaler_tick_duration_seconds", "_count") == {(): 1.0}
+    r = promtool("check", "metrics", stdin=text)
+    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+
+
+def test_a_host_that_does_not_answer_is_down(tmp_path, run_dir):
+    cfg = cfg_for(tmp_path, write_node_xml(tmp_path / "node.xml"))
+    cfg = dataclasses.replace(cfg, hosts=[*cfg.hosts, HostConfig(name="gone", uri="qemu+tcp://127.0.0.1:1/system")])
+    fleet = Fleet(cfg)
+    fleet.host("n1").conn()
+    s = Autoscaler(cfg, fleet=fleet, metrics=FakeMetrics(), health=FakeHealth(), publisher=Recorder(),
+                   store=Store(cfg.state_db))
+    ex = exporter.attach(s)
+    try:
+        s.tick()
+        fams = scrape(ex)[1]
+        assert samples(fams, "cms_host_up") == {(("host", "n1"),): 1.0, (("host", "gone"),): 0.0}
+        assert dict(samples(fams, "cms_libvirt_errors", "_total"))[
+            (("call", "virConnectOpen"), ("code", "VIR_ERR_SYSTEM_ERROR"))] >= 1
+    finally:
+        exporter.detach(s, ex)
+        s.close()
+        fleet.close()
+
+
+def test_endpoint_serves_and_a_taken_port_does_not_stop_the_daemon(scaler, caplog):
+    s, ex, _fleet = scaler
+    host, port = ex.serve("127.0.0.1:0")
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as r:
+            assert "cms_group_desired_replicas" in r.read().decode()
+        caplog.set_level("ERROR", logger="cms.autoscaler.exporter")
+        second = exporter.attach(s, f"127.0.0.1:{port}")          # taken: logged, no exception
+        assert second.address is None
+        assert any("cannot serve Prometheus metrics" in m for m in caplog.messages)
+        exporter.detach(s, second)
+    finally:
+        ex.close()
+    with socket.socket() as sock:                  # closed: nothing listens there any more
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)    # (TIME_WAIT of the scrape is fine)
+        sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("listen", ["9481", "localhost", "1.2.3.4:70000", "[::1]", "a b:1"])
+def test_a_bad_metrics_listen_is_one_line_and_exit_2(tmp_path, listen):
+    cfg = tmp_path / "cms.toml"
+    cfg.write_text(f'[autoscaler]\nmetrics_listen = "{listen}"\n')
+    r = subprocess.run([sys.executable, "-m", "cms.autoscaler.daemon", "--config", str(cfg), "--once"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and "autoscaler.metrics_listen" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
