@@ -5,7 +5,10 @@ Standard library only (the golden image's python3, 3.11). Pre-fork: the main pro
 one listening socket and forks one worker per vCPU (or CMS_GUEST_WORKERS); every worker
 accepts on that inherited socket and serves HTTP/1.1 with keep-alive, one thread per
 connection. The main process only supervises: it restarts a worker that dies and, on
-SIGTERM, stops them all.
+SIGTERM, stops them all. Without CMS_GUEST_WORKERS it follows the vCPUs it may run on
+(sched_getaffinity, which tracks CPUs going online and offline): a vCPU hot-added by
+vertical scaling, once the image's udev rule has put it online, gets a worker of its own
+within a second, and a removed one's worker finishes its work and goes.
 
 Contract (the load client and the autoscaler depend on it):
   GET  /work?payload=<str>&cost=<int>
@@ -16,7 +19,7 @@ Contract (the load client and the autoscaler depend on it):
       The work itself (PBKDF2, its salt and limits) is defined once, in cms_work.py beside
       this file, which the image installs with it.
   GET /health  200 {"status": "ok"} once every worker is up; 503 before that and while stopping
-  GET /status  {"served", "in_flight", "uptime_s", "hostname", "unit", "workers", "pid"}
+  GET /status  {"served", "in_flight", "uptime_s", "hostname", "unit", "workers", "cpus", "pid"}
   Unknown path: 404; known path, wrong method: 405; both JSON.
 Every response carries X-Worker-Pid, the pid of the worker that answered.
 
@@ -48,19 +51,35 @@ ROUTES = {"/work": ("GET", "POST"), "/health": ("GET",), "/status": ("GET",)}
 
 # Shared counters live in an anonymous shared mapping inherited across fork. Each worker
 # writes only its own slot, so no lock spans processes; readers add the slots up.
-# Header: stopping flag. Slot per worker: served, in_flight, busy (connections accepted
+# Header: stopping flag, active workers (slots 0..active-1 serve; there are slots for every
+# CPU the machine could have), usable CPUs as the supervisor last saw them. Slot per worker: served, in_flight, busy (connections accepted
 # and not yet read, or running /work), ready (the worker's pid once it accepts).
-_HEADER_FIELDS = 1
+_HEADER_FIELDS = 3
 _SLOT_FIELDS = 4
 _SERVED, _IN_FLIGHT, _BUSY, _READY = range(_SLOT_FIELDS)
 
 
 class SharedState:
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        size = 8 * (_HEADER_FIELDS + _SLOT_FIELDS * workers)
+    def __init__(self, workers: int, slots: int = 0) -> None:
+        self.slots = max(workers, slots)
+        size = 8 * (_HEADER_FIELDS + _SLOT_FIELDS * self.slots)
         self._mm = mmap.mmap(-1, size)
         self._q = memoryview(self._mm).cast("q")
+        self.set_workers(workers)
+
+    @property
+    def workers(self) -> int:
+        return self._q[1]
+
+    def set_workers(self, n: int) -> None:
+        self._q[1] = n
+
+    @property
+    def cpus(self) -> int:
+        return self._q[2]
+
+    def set_cpus(self, n: int) -> None:
+        self._q[2] = n
 
     def _i(self, slot: int, f: int) -> int:
         return _HEADER_FIELDS + slot * _SLOT_FIELDS + f
@@ -72,7 +91,7 @@ class SharedState:
         self._q[self._i(slot, f)] = value
 
     def total(self, f: int) -> int:
-        return sum(self.get(s, f) for s in range(self.workers))
+        return sum(self.get(s, f) for s in range(self.slots))
 
     @property
     def stopping(self) -> bool:
@@ -123,12 +142,19 @@ class Worker:
         self.idle = threading.Condition(self.lock)
         self.stop = threading.Event()
         self.connections = 0
+        self.answering = 0      # requests between their request line and their reply, cheap ones too
         self.all_busy_since: float | None = None
 
     def add(self, f: int, delta: int) -> None:
         with self.lock:
             self.state.set(self.slot, f, self.state.get(self.slot, f) + delta)
             if f == _BUSY and self.state.get(self.slot, _BUSY) == 0:
+                self.idle.notify_all()
+
+    def answered(self, delta: int) -> None:
+        with self.lock:
+            self.answering += delta
+            if self.answering == 0:
                 self.idle.notify_all()
 
     def should_accept(self) -> bool:
@@ -204,7 +230,7 @@ class Worker:
         grace = float(os.environ.get("CMS_GUEST_GRACE_S", "5") or 5)
         deadline = time.monotonic() + grace
         with self.lock:
-            while self.state.get(self.slot, _BUSY) > 0 and time.monotonic() < deadline:
+            while (self.state.get(self.slot, _BUSY) > 0 or self.answering > 0) and time.monotonic() < deadline:
                 self.idle.wait(min(0.1, max(0.0, deadline - time.monotonic())))
         sys.stdout.flush()
         os._exit(0)
@@ -291,7 +317,11 @@ class Handler:
             self.body = self.read_body()
         except BadRequest as exc:
             return self.fail(exc.status, exc.message)
-        self.dispatch()
+        self.worker.answered(1)   # a retiring worker's exit waits for this reply, however cheap
+        try:
+            self.dispatch()
+        finally:
+            self.worker.answered(-1)
         return True
 
     def fail(self, code: int, message: str) -> bool:
@@ -393,7 +423,7 @@ class Handler:
 
     def health(self) -> None:
         state = self.worker.state
-        if state.stopping or self.worker.stop.is_set():
+        if state.stopping:    # the server stops (a worker retired with its CPU answers for the server)
             return self.reply(503, {"status": "stopping"})
         if not state.all_ready():
             return self.reply(503, {"status": "starting"})
@@ -408,6 +438,7 @@ class Handler:
             "hostname": info["hostname"],
             "unit": info["unit"],
             "workers": state.workers,
+            "cpus": state.cpus,
             "pid": info["pid"],
         })
 
@@ -427,17 +458,38 @@ def sd_notify(message: str) -> None:
         pass
 
 
-def worker_count() -> int:
+def fixed_workers() -> int:
+    """CMS_GUEST_WORKERS, or 0: one worker per usable CPU, following them."""
     raw = os.environ.get("CMS_GUEST_WORKERS", "").strip()
     if raw and raw != "0":
         n = int(raw)
         if n < 1 or n > 256:
             raise ValueError(f"CMS_GUEST_WORKERS must be from 1 to 256, not {n}")
         return n
+    return 0
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on now: online ones within its affinity."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def possible_cpus() -> int:
+    """CPUs this machine could ever have online (a VM's maximum vCPUs), at most 256."""
+    try:
+        with open("/sys/devices/system/cpu/possible", encoding="ascii") as fh:
+            spans = [p.split("-") for p in fh.read().strip().split(",") if p]
+        n = sum(int(b[-1]) - int(b[0]) + 1 for b in spans)
+    except (OSError, ValueError):
+        n = os.cpu_count() or 1
+    return max(1, min(256, n))
+
+
+def worker_count() -> int:
+    return fixed_workers() or usable_cpus()
 
 
 def listen(bind: str, port: int) -> socket.socket:
@@ -450,16 +502,53 @@ def listen(bind: str, port: int) -> socket.socket:
     return sock
 
 
+def follow_cpus(state: SharedState, children: dict[int, int], spawn, stop: threading.Event) -> None:
+    """One worker per usable CPU: start workers for CPUs that came online, retire the extra ones.
+
+    New workers count (for /health and the spreading of connections) only once they accept,
+    so /health never answers 503 for a growing server. A retired worker gets SIGTERM and
+    finishes its in-flight work (CMS_GUEST_GRACE_S) like on a stop.
+    """
+    cpus = usable_cpus()
+    state.set_cpus(cpus)
+    want = min(state.slots, cpus)
+    have = state.workers
+    if want > have:
+        if any(slot in children.values() for slot in range(have, want)):
+            return  # a retired worker still holds the slot (finishing its work): grow a round later
+        for slot in range(have, want):
+            spawn(slot)
+        deadline = time.monotonic() + 10
+        while not all(state.get(s, _READY) for s in range(have, want)) and time.monotonic() < deadline \
+                and not stop.is_set():
+            time.sleep(0.005)
+        state.set_workers(want)
+    elif want < have:
+        state.set_workers(want)
+        for pid, slot in children.items():
+            if slot >= want:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+    else:
+        return
+    print(f"cms-guest: {cpus} CPU(s) usable: {want} worker(s), {have} before", flush=True)
+    sd_notify(f"STATUS=serving with {want} worker(s)")
+
+
 def main() -> int:
     try:
         port = int(os.environ.get("CMS_GUEST_PORT", "8080") or 8080)
         bind = os.environ.get("CMS_GUEST_BIND", "0.0.0.0") or "0.0.0.0"
-        workers = worker_count()
+        fixed = fixed_workers()
+        workers = fixed or usable_cpus()
         sock = listen(bind, port)
     except (ValueError, OSError) as exc:
         print(f"cms-guest: cannot start: {exc}", file=sys.stderr)
         return 1
-    state = SharedState(workers)
+    state = SharedState(workers, workers if fixed else max(workers, possible_cpus()))
+    state.set_cpus(usable_cpus())
     info = {"hostname": socket.gethostname(), "unit": systemd_unit(), "pid": os.getpid(),
             "started": time.monotonic()}
     stop = threading.Event()
@@ -487,6 +576,8 @@ def main() -> int:
     restarts: list[float] = []
     while not stop.is_set():
         stop.wait(0.2)
+        if not fixed:
+            follow_cpus(state, children, spawn, stop)
         while children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -496,11 +587,11 @@ def main() -> int:
                 break
             slot = children.pop(pid)
             state.set(slot, _READY, 0)
-            if stop.is_set():
-                continue
+            if stop.is_set() or slot >= state.workers:
+                continue  # stopping, or a worker retired because its CPU went away
             now = time.monotonic()
             restarts = [t for t in restarts if now - t < 10] + [now]
-            if len(restarts) > 10 * workers:
+            if len(restarts) > 10 * state.workers:
                 print("cms-guest: workers keep dying; giving up", file=sys.stderr, flush=True)
                 stop.set()
                 break

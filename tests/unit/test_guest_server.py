@@ -216,7 +216,8 @@ def test_status_counts_served_work(server):
     assert after["hostname"] == socket.gethostname()
     assert isinstance(after["unit"], str)
     assert after["uptime_s"] >= before["uptime_s"] > 0
-    assert set(after) == {"served", "in_flight", "uptime_s", "hostname", "unit", "workers", "pid"}
+    assert set(after) == {"served", "in_flight", "uptime_s", "hostname", "unit", "workers", "cpus", "pid"}
+    assert after["cpus"] == len(os.sched_getaffinity(server.proc.pid))
 
 
 def test_health_ok(server):
