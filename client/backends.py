@@ -4,7 +4,10 @@
 ``--replica`` list) and says what changed, in order; the engine then does the I/O
 (connects to a replica that became ready, closes idle connections to one that left, sends
 its queued requests elsewhere) and records the events. A replica is used from the moment
-it is listed "ready" and never again once it is listed otherwise or is absent.
+it is listed "ready" and never again once it is listed otherwise or is absent. A ready
+replica listed at another address has moved (a live migration): its new requests go to
+the new address at once, the ones in flight finish on their old connections, which then
+close (one lost with its old host is retried, and the retry goes to the new address).
 """
 
 from __future__ import annotations
@@ -58,15 +61,20 @@ class Backends:
     def apply(self, replicas: Iterable[Any], now: float, wall: float,
               pub_ts: float | None = None) -> list[tuple[Backend, str]]:
         """Take the whole current set (objects with name/address/port/state); returns
-        (backend, what happened) in order: "ready", "unready" (its ``state`` says to what)
-        or "state" (a change between states that are not ready)."""
+        (backend, what happened) in order: "ready", "unready" (its ``state`` says to what),
+        "state" (a change between states that are not ready) or "moved" (a ready one at a
+        new address)."""
         changes: list[tuple[Backend, str]] = []
         seen = set()
         for r in replicas:
             seen.add(r.name)
             b = self.all.get(r.name)
-            if b is not None and b.endpoint != f"{r.address}:{int(r.port)}" and not b.ready:
-                b = None  # same name at a new address: a fresh record
+            if b is not None and b.endpoint != f"{r.address}:{int(r.port)}":
+                if not b.ready:
+                    b = None  # same name at a new address: a fresh record
+                elif r.state == "ready":
+                    self._move(b, r.address, int(r.port))
+                    changes.append((b, "moved"))
             if b is None:
                 b = self.all[r.name] = Backend(r.name, r.address, int(r.port), self.paths)
             if r.state == "ready" and not b.ready:
@@ -88,6 +96,14 @@ class Backends:
                     b.state = "removed"
                     changes.append((b, "state"))
         return changes
+
+    def _move(self, b: Backend, address: str, port: int) -> None:
+        old, b.pool = b.pool, ConnPool(address, port, self.paths)
+        b.endpoint = f"{address}:{port}"
+        for c in old.conns:
+            c.closing = True          # its request, if any, finishes there; then it closes
+        b.pool.conns |= old.conns     # still swept for timeouts and settled at the end
+        old.close_idle()
 
     def _ready(self, b: Backend, now: float, wall: float, pub_ts: float | None) -> None:
         b.ready = True

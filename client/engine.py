@@ -134,9 +134,11 @@ class Engine:
         """Apply the group's whole current set (objects with name/address/port/state);
         see client.backends. `pub_ts` and `reason` come from the update that said so."""
         for b, change in self.backends.apply(replicas, self._now(), time.time(), pub_ts):
-            if change == "ready" and self.loop is not None and not b.pool.conns and not b.pool.connecting:
+            fresh = not b.pool.conns if change == "ready" else change == "moved" and not b.pool.idle
+            if fresh and self.loop is not None and not b.pool.connecting:
                 self.dispatch.open(b)   # connect now so its first request does not wait for it
-            self.event(f"replica_{b.state}", replica=b.name, endpoint=b.endpoint, pub_ts=pub_ts, reason=reason)
+            self.event("replica_moved" if change == "moved" else f"replica_{b.state}", replica=b.name,
+                       endpoint=b.endpoint, pub_ts=pub_ts, reason=reason)
             if change == "unready":
                 b.pool.close_idle()
                 self.dispatch.redispatch(b.queue)

@@ -36,7 +36,10 @@ Replica::
 
 ``state`` is one of STATES. A client sends work only to replicas whose state is "ready".
 A removed replica does not appear in ``replicas``; the update that removes it has
-``event == "removed"`` and names it in ``replica``.
+``event == "removed"`` and names it in ``replica``. ``event == "moved"``: a ready replica
+was live-migrated and answers at the new ``host``/``address``/``port`` (announced when its
+old host pauses it for the switch-over, before the old address goes away); requests in
+flight at the old address finish there or fail over.
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ SNAPSHOT_REQUEST = b"SNAPSHOT"
 
 # Lifecycle of a replica as subscribers see it.
 STATES = ("starting", "ready", "draining", "failed")
-# What an update says happened; "added" announces a replica in state "starting".
-EVENTS = ("added", "ready", "draining", "removed", "failed")
+# What an update says happened; "added" announces a replica in state "starting", "moved" a
+# ready one at a new address.
+EVENTS = ("added", "ready", "draining", "removed", "failed", "moved")
 
 
 @dataclass(frozen=True)
