@@ -17,7 +17,34 @@ Rules both share:
   above/below" run and never leads to a scale-in;
 * after an action nothing happens for ``cooldown_s``, and the windows restart from the
   action, so oscillating load gives at most one action per cooldown;
-* no policy action while a replica is still starting (its capacity is not in yet).
+* no policy action while a replica is still starting (its capacity is not in yet);
+* no policy action while a replica is in its warm-up either, and the windows restart when
+  the last warm-up ends (below: new capacity).
+
+New capacity (issue 17): a replica that has just become ready counts in ``current`` (its
+capacity), but for ``warmup_s`` neither its CPU nor any decision does: the policy holds
+as it does for a starting replica, and when the warm-up ends the windows start again,
+so no decision reads a sample taken before the new capacity served.
+
+Decision: AWS EC2 Auto Scaling's rule (target tracking counts a warming instance's
+capacity but not its metrics, and does not scale out again on metrics the warming
+capacity has not yet had a chance to move), not Kubernetes HPA's (an unready pod counts
+at 0 % for a scale-up). Why:
+
+* A window of samples is a record of the past. Samples from before the new replica served
+  describe a group that no longer exists: with a boot longer than the window (a 6-11 s boot
+  under TCG, a 4 s window) the whole window was measured on the old replicas alone, and
+  HPA's 0 % only dilutes those stale figures; it does not replace them. It would scale out
+  again whenever the old replicas ran above 2 x high, however much the new one relieves them.
+* Right after ready, a replica's own figures are boot noise (hence ``warmup_s``); counting
+  it at 0 % instead would make the group look idle and invite a scale-in after every
+  scale-out in the target policy.
+* Holding until the warm-up ends costs at most ``warmup_s`` + one window before a second
+  scale-out that is really needed, and the cooldown already spans much of that.
+
+Both policies apply it: ``threshold`` and ``target`` hold while any counted replica is
+starting or warming up, and read their samples only from the later of the last action and
+the end of the newest replica's warm-up (``settled_since``).
 """
 
 from __future__ import annotations
@@ -102,6 +129,19 @@ def window_values(series: list[tuple[float, float | None]], now: float, window_s
     return [v for _, v in pts if v is not None]
 
 
+def warming(replicas: tuple[ReplicaSeries, ...], warmup_s: float, now: float) -> int:
+    """Replicas ready but still in their warm-up: their capacity counts, their CPU not yet."""
+    return sum(1 for r in replicas if r.ready_at is not None and now < r.ready_at + warmup_s)
+
+
+def settled_since(gc: GroupConfig, inp: PolicyInput) -> float | None:
+    """Where the windows start: the last action, or the end of the newest replica's warm-up
+    if that is later. Samples before it describe capacity the group no longer has."""
+    ends = [r.ready_at + gc.warmup_s for r in inp.replicas if r.ready_at is not None]
+    points = [p for p in (inp.last_action_at, max(ends) if ends else None) if p is not None]
+    return max(points) if points else None
+
+
 def _clamp(gc: GroupConfig, inp: PolicyInput) -> Decision | None:
     if inp.current < gc.min:
         return Decision(SCALE_OUT, gc.min, f"below minimum: {inp.current} replicas < min {gc.min}")
@@ -116,6 +156,10 @@ def _hold(gc: GroupConfig, inp: PolicyInput) -> str | None:
         return f"cooldown: {left:.1f}s of {gc.cooldown_s:g}s left"
     if inp.starting:
         return f"waiting for {inp.starting} starting replica(s)"
+    n = warming(inp.replicas, gc.warmup_s, inp.now)
+    if n:
+        return (f"waiting for {n} replica(s) in their {gc.warmup_s:g}s warm-up: their capacity counts, "
+                f"their CPU not yet")
     return None
 
 
@@ -127,7 +171,7 @@ def threshold(gc: GroupConfig, inp: PolicyInput) -> Decision:
     c = _clamp(gc, inp)
     if c:
         return c
-    series = group_series(inp.replicas, gc.warmup_s, since=inp.last_action_at)
+    series = group_series(inp.replicas, gc.warmup_s, since=settled_since(gc, inp))
     mean = series[-1][1] if series else None
     hold = _hold(gc, inp)
     if hold:
@@ -170,7 +214,7 @@ def target(gc: GroupConfig, inp: PolicyInput) -> Decision:
     if c:
         return c
     t = gc.target
-    series = group_series(inp.replicas, gc.warmup_s)
+    series = group_series(inp.replicas, gc.warmup_s, since=settled_since(gc, inp))
     mean = series[-1][1] if series else None
     if mean is None:
         return Decision(NONE, inp.current, "cpu mean n/a (missing or warming-up samples): holding", mean)

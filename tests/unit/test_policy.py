@@ -56,8 +56,13 @@ THRESHOLD_CASES = [
     ("missing sample never scales in", {},
      inp(rep("a", LOW), rep("b", LOW[:-1] + [None])), "none", 2, ["n/a"]),
     ("missing whole series never scales in", {}, inp(rep("a", []), rep("b", [])), "none", 2, ["n/a"]),
-    ("warming replica left out", {"warmup_s": 30},
-     inp(rep("a", HIGH), rep("b", [0.0] * 7, ready_at=NOW - 5)), "scale_out", 3, []),
+    # issue 17: a replica in warm-up counts as capacity, not in the mean, and holds the policy
+    ("warming replica holds the policy like a starting one", {"warmup_s": 30},
+     inp(rep("a", HIGH), rep("b", [0.0] * 7, ready_at=NOW - 5)), "none", 2, ["warm-up", "capacity counts"]),
+    ("after the warm-up the window restarts at its end", {"warmup_s": 3},
+     inp(rep("a", [0.9] * 20), rep("b", [0.9] * 20, ready_at=NOW - 6)), "none", 2, []),
+    ("a whole window after the warm-up decides", {"warmup_s": 3},
+     inp(rep("a", [0.9] * 20), rep("b", [0.9] * 20, ready_at=NOW - 9)), "scale_out", 3, ["> high"]),
     ("warming replica does not count towards scale in", {"warmup_s": 30},
      inp(rep("a", [0.5] * 12), rep("b", LOW, ready_at=NOW - 5)), "none", 2, []),
     ("not-ready replica left out", {},
@@ -102,6 +107,58 @@ def test_oscillating_load_at_most_one_action_per_cooldown():
             current, last = d.desired, float(t)
     gaps = [b - a for a, b in zip(actions, actions[1:])]
     assert actions and all(g >= 20 for g in gaps), actions
+
+
+def overshoot_run(gc, *, boot_s: float, stay_high: bool, policy_name: str = "threshold") -> list[tuple[float, str, int]]:
+    """One step of load on one replica, tick by tick (1 s): the policy scales out; the new
+    replica boots for `boot_s`, is ready, then warms up. After it is ready the old replica
+    works off the backlog queued during the overload for 4 more ticks, then its CPU falls
+    to 0.5 (the client has moved half the load), unless `stay_high` (the load needs a
+    third). Returns the actions (t, action, desired)."""
+    samples: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
+    current, last, starting, b_ready, actions = 1, None, 0, None, []
+    for t in range(0, 60):
+        now = float(t)
+        if b_ready is None and last is not None and now >= last + boot_s:
+            b_ready, starting = now, 0
+        after_ready = b_ready is not None and now >= b_ready + 4
+        samples["a"].append((now, 0.93 if stay_high or not after_ready else 0.5))
+        if b_ready is not None and now >= b_ready:
+            samples["b"].append((now, 0.93 if stay_high else 0.5))
+        reps = [ReplicaSeries("a", -100.0, tuple(samples["a"]))]
+        if current >= 2:
+            reps.append(ReplicaSeries("b", b_ready, tuple(samples["b"])))
+        d = policy.decide(gc, PolicyInput(now=now, current=current, starting=starting, replicas=tuple(reps),
+                                          last_action_at=last))
+        if d.action != "none":
+            actions.append((now, d.action, d.desired))
+            if d.action == "scale_out" and current == 1:
+                starting = 1
+            current, last = d.desired, now
+    return actions
+
+
+@pytest.mark.parametrize("boot_s, cooldown_s", [(11, 15), (3, 1)],
+                         ids=["boot longer than the window, shorter than the cooldown",
+                              "boot shorter than the window, longer than the cooldown"])
+def test_no_second_scale_out_on_samples_from_before_the_new_capacity(boot_s, cooldown_s):
+    gc = group(max=3, cooldown_s=cooldown_s, warmup_s=3, threshold={"window_s": 4, "window_in_s": 600})
+    actions = overshoot_run(gc, boot_s=boot_s, stay_high=False)
+    assert [(a, d) for _t, a, d in actions] == [("scale_out", 2)], actions
+    # not "never again": when both replicas stay hot after the warm-up, the third comes
+    actions = overshoot_run(gc, boot_s=boot_s, stay_high=True)
+    assert [(a, d) for _t, a, d in actions] == [("scale_out", 2), ("scale_out", 3)], actions
+    second = actions[1][0]
+    ready = actions[0][0] + boot_s
+    assert second >= ready + gc.warmup_s + gc.threshold.window_s, "decided on samples from before the warm-up ended"
+
+
+@pytest.mark.parametrize("boot_s, cooldown_s", [(11, 15), (3, 1)])
+def test_target_policy_holds_through_the_warm_up_too(boot_s, cooldown_s):
+    gc = make_config(groups={"g": {"min": 1, "max": 3, "policy": "target", "cooldown_s": cooldown_s, "warmup_s": 3,
+                                   "target": {"target": 0.6, "tolerance": 0.1, "max_step": 1}}}).groups["g"]
+    actions = overshoot_run(gc, boot_s=boot_s, stay_high=False)
+    assert [(a, d) for _t, a, d in actions] == [("scale_out", 2)], actions
 
 
 def test_group_series_aligns_ticks_and_marks_missing():
