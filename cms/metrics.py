@@ -39,6 +39,14 @@ def per_vcpu(prev: dict[int, int], cur: dict[int, int], dwall_s: float) -> dict[
     return {i: utilization(prev.get(i), ns, dwall_s, 1) for i, ns in sorted(cur.items())}
 
 
+def node_utilization(prev: tuple[int, int] | None, cur: tuple[int, int] | None) -> float | None:
+    """The node's busy share between two (busy ns, total ns) readings of virNodeGetCPUStats;
+    None for no baseline, a reset or no time passed."""
+    if prev is None or cur is None or cur[1] <= prev[1] or cur[0] < prev[0]:
+        return None
+    return min(1.0, (cur[0] - prev[0]) / (cur[1] - prev[1]))
+
+
 def host_utilization(domain_dcpu_ns: Iterable[int], dwall_s: float, host_cpus: int) -> float | None:
     """The host's CPU taken by these domains: ΣΔcpu / (Δwall × host CPUs).
 
@@ -159,11 +167,30 @@ class LibvirtMetrics:
         self.rater = Rater()
         self._host_cpus: dict[str, int] = {}
         self._host_prev: dict[str, float] = {}
+        self._node_prev: dict[str, tuple[int, int]] = {}
 
     def host_cpus(self, name: str) -> int:
+        """The CPUs a host's load is counted against: its ``cpus`` setting, else libvirt's count."""
         if name not in self._host_cpus:
-            self._host_cpus[name] = self.fleet.host(name).capacity().cpus
+            self._host_cpus[name] = self.fleet.cfg.host(name).cpus or self.fleet.host(name).capacity().cpus
         return self._host_cpus[name]
+
+    def node_cpu(self, hosts: Iterable[str]) -> dict[str, float | None]:
+        """Each host's own busy share since the last call (virNodeGetCPUStats, one call per
+        host); None where libvirt has no node figures or there is no baseline yet. Hosts that
+        share one kernel (the lab's) all report that kernel's figure."""
+        out: dict[str, float | None] = {}
+        for h in hosts:
+            try:
+                cur = self.fleet.host(h).node_cpu_times()
+            except errors.VirtError:
+                cur = None
+            out[h] = node_utilization(self._node_prev.get(h), cur)
+            if cur is None:
+                self._node_prev.pop(h, None)
+            else:
+                self._node_prev[h] = cur
+        return out
 
     def sample(self, domains: Sequence[OwnedDomain]) -> Tick:
         by_host: dict[str, list[OwnedDomain]] = collections.defaultdict(list)

@@ -119,7 +119,7 @@ class Scheduler:
         except errors.VirtError:
             self._mark_down(name)
             return HostLoad(name, 0, 0, up=False), [], None
-        load = HostLoad(name, cap.cpus, cap.memory_mib,
+        load = HostLoad(name, self.cfg.host(name).cpus or cap.cpus, cap.memory_mib,
                         used_vcpus=sum(d.vcpus for d in doms), used_memory_mib=sum(d.memory_mib for d in doms),
                         up=True, disk_free_bytes=cap.pool_available_bytes or None)
         return load, doms, cap
@@ -128,7 +128,9 @@ class Scheduler:
         return [self.host_state(h.name, listing)[0] for h in self.cfg.hosts]
 
     def host_cpus(self, name: str) -> int:
-        """A host's CPU count (read once; 0 when it cannot be read)."""
+        """A host's CPU count: its ``cpus`` setting, else libvirt's (read once; 0 when it cannot be read)."""
+        if self.cfg.host(name).cpus:
+            return self.cfg.host(name).cpus
         if name not in self._cpus:
             try:
                 self._cpus[name] = self.fleet.host(name).capacity().cpus
@@ -284,11 +286,20 @@ class Scheduler:
                 self._mark_down(h.name)
         raise errors.NotFound(f"no cms domain named {name!r} on any reachable host", obj=name)
 
-    def migrate(self, name: str, dest: str | None = None) -> str:
+    def migrate(self, name: str, dest: str | None = None, *, listing: Listing | None = None,
+                on_switchover: Callable[[str, str, int], None] | None = None) -> str:
         """Live-migrate a domain; the destination is chosen by the placement policy when not given.
 
         Returns the destination host's name. libvirt's refusal (e.g. the test driver, which
-        cannot migrate, or no shared storage) comes back as a VirtError.
+        cannot migrate, or no shared storage) comes back as a VirtError, and the domain
+        stays where it was.
+
+        With user-mode networking the domain's port forward moves to the destination's
+        forward address, on a port free there. `on_switchover(dest, address, port)` is
+        called once with where the domain then answers: when the source pauses it for the
+        switch-over (before the old address goes away), or after the migration if that
+        moment was missed. A caller that heard it and then gets an error knows the domain
+        stayed where it was after all.
         """
         with self.lock():
             d = self.find(name)
@@ -302,9 +313,20 @@ class Scheduler:
                     raise errors.PlacementError(f"host {dest} has no room for {name} "
                                                 f"({d.vcpus} vCPU / {d.memory_mib} MiB) or is down")
             to = self.cfg.host(dest)
+            forward = self.fleet.new_forward(dest, listing) if self.cfg.network.mode == "user" else None
+            where = forward or ("", d.meta.guest_port)
+            told: list[bool] = []
+
+            def switched() -> None:
+                if on_switchover is not None and not told:
+                    told.append(True)
+                    on_switchover(dest, *where)
+
             self.fleet.host(d.host).migrate(name, self.fleet.host(dest), address=to.migration_address,
                                             shared_storage=to.shared_storage,
-                                            timeout_s=self.cfg.libvirt.migrate_timeout_s)
+                                            timeout_s=self.cfg.libvirt.migrate_timeout_s, forward=forward,
+                                            on_paused=switched if on_switchover else None)
+            switched()
             return dest
 
     def resize(self, name: str, vcpus: int | None = None, memory_mib: int | None = None) -> OwnedDomain:

@@ -177,6 +177,11 @@ class Fleet:
                 return port
         raise errors.NoSpace(f"no free port in {net.port_min}-{net.port_max} on {address}", host_name)
 
+    def new_forward(self, host_name: str, listing: Listing | None = None) -> tuple[str, int]:
+        """Where a VM arriving on this host (a live migration) has its port forward: the host's
+        forward address and a port free there (mode = user)."""
+        return self.forward_address(host_name), self._choose_port(host_name, listing)
+
     # -- building a VM ----------------------------------------------------------------------
 
     def build_on(self, host_name: str, name: str, *, vcpus: int, memory_mib: int, meta: vxml.OwnerMeta,

@@ -336,6 +336,20 @@ class Host(Storage, Domains, Stats, Migration):
                         free_memory_mib=int(free) // (1024 * 1024), pool_capacity_bytes=int(cap),
                         pool_available_bytes=int(avail), hostname=hostname)
 
+    def node_cpu_times(self) -> tuple[int, int] | None:
+        """The node's CPU time, busy and total ns over all CPUs (virNodeGetCPUStats), or None
+        where libvirt has no such figures (the test driver; some hosts refuse it)."""
+        try:
+            with self._call("virNodeGetCPUStats") as c:
+                st = c.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS, 0)
+        except errors.HostUnreachable:
+            raise
+        except errors.VirtError:
+            return None
+        busy = sum(int(st.get(k, 0)) for k in ("kernel", "user"))
+        total = busy + sum(int(st.get(k, 0)) for k in ("idle", "iowait"))
+        return (busy, total) if total > 0 else None
+
     def capabilities(self) -> str:
         with self._call("virConnectGetCapabilities") as c:
             return c.getCapabilities()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import libvirt
 
 from cms import errors
+from cms.virt import xml as vxml
 
 if TYPE_CHECKING:
     from cms.virt.host import Host
@@ -21,7 +22,8 @@ class Migration:
     _call: Any
 
     def migrate(self, name: str, dest: "Host", live: bool = True, *, address: str = "",
-                shared_storage: bool = False, timeout_s: float = 0.0) -> None:
+                shared_storage: bool = False, timeout_s: float = 0.0, forward: tuple[str, int] | None = None,
+                on_paused: Callable[[], None] | None = None) -> None:
         """Live-migrate a domain to another host, keeping it defined only there.
 
         The disk overlay and its golden image must be reachable at the same paths on the
@@ -45,6 +47,14 @@ class Migration:
         (virDomainAbortJob from a timer thread), the guest keeps running on the source, and
         the call raises a VirtError that says so. A guest dirtying memory faster than the
         link copies it would otherwise never converge, and hold its caller forever.
+
+        `forward` (address, port): the domain's user-mode port forward listens there on the
+        destination (a destination XML with the forward and the owner record's port
+        rewritten), as each host's forwards listen on its own address.
+
+        `on_paused` is called once, from a watcher thread, when the source pauses the guest
+        for the switch-over (polled every 20 ms): the moment to tell clients the new address,
+        before the old one goes away. It is not called if the pause was missed.
         """
         flags = (libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
                  | (libvirt.VIR_MIGRATE_LIVE if live else 0)
@@ -57,6 +67,13 @@ class Migration:
         aborted = threading.Event()
         with self._call("virDomainMigrate3", f"domain {name} to host {dest.name}") as c:
             dom = self._lookup_for_migration(c, name)
+            if forward is not None:
+                params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = vxml.retarget_forward(
+                    dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), *forward)
+            done = threading.Event()
+            if on_paused is not None:
+                threading.Thread(target=_watch_pause, args=(dom, done, on_paused), daemon=True,
+                                 name=f"cms-migrate-watch-{name}").start()
 
             def abort() -> None:
                 aborted.set()
@@ -75,8 +92,22 @@ class Migration:
                                            f"{exc.get_error_message() or exc}", self.name, f"domain {name}") from None
                 raise
             finally:
+                done.set()
                 if timer is not None:
                     timer.cancel()
 
     def _lookup_for_migration(self, c: Any, name: str) -> Any:
         return c.lookupByName(name)
+
+
+def _watch_pause(dom: Any, done: threading.Event, on_paused: Callable[[], None]) -> None:
+    """Call on_paused once when the migrating domain is paused for the switch-over."""
+    while not done.wait(0.02):
+        try:
+            paused = dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+        except libvirt.libvirtError:
+            return        # gone from the source: the switch-over is over
+        if paused:
+            with contextlib.suppress(Exception):
+                on_paused()
+            return

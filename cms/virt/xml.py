@@ -186,6 +186,20 @@ def qcow2_virtual_size(header: bytes) -> int:
     return int.from_bytes(header[24:32], "big")
 
 
+_HOSTFWD_RE = re.compile(r"(hostfwd=tcp:)[^,'\"]*?:(\d+)(-:\d+)")
+_OWNER_PORT_RE = re.compile(r"(<(?:\w+:)?owner\b[^>]*>.*?<port>)\d+(</port>)", re.S)
+
+
+def retarget_forward(domain_xml: str, address: str, port: int) -> str:
+    """The domain's XML with its user-mode port forward on `address`:`port` (and its owner
+    record's port to match): the destination XML of a live migration to a host whose
+    forwards listen elsewhere. An XML without a forward is returned unchanged."""
+    out = _HOSTFWD_RE.sub(lambda m: f"{m.group(1)}{address}:{port}{m.group(3)}", domain_xml)
+    if out != domain_xml:
+        out = _OWNER_PORT_RE.sub(lambda m: f"{m.group(1)}{port}{m.group(2)}", out, count=1)
+    return out
+
+
 def domain_disk_paths(domain_xml: str) -> list[str]:
     root = ET.fromstring(domain_xml)
     return [src.get("file", "") for src in root.findall("./devices/disk/source") if src.get("file")]

@@ -363,3 +363,50 @@ def test_plan_serialises_to_json_ready_data():
     p = plan(M([H("a", 0.95), H("b", 0.0)], [V("a1", "a", 1.0), V("a2", "a", 0.8)]))
     d = json.loads(json.dumps(p.to_dict()))
     assert d["actions"][0]["kind"] == "migrate" and d["actions"][0]["vm"] == "a1" and d["notes"] == []
+
+
+# -- the mechanisms balancing uses: a migration's new port forward, node CPU --------------------
+
+def test_retarget_forward_moves_the_port_forward_and_the_owner_port():
+    from cms.virt import xml as vxml
+    spec = vxml.DomainSpec(name="cms-web-1", uuid="u", vcpus=1, memory_mib=64, disk_path="/d",
+                           meta=vxml.OwnerMeta(group="web", port=20000), network_mode="user",
+                           forward_address="169.254.90.11", host_port=20000)
+    xml = vxml.render_domain(spec)
+    # libvirt's own dump puts the metadata on its own lines and quotes with "
+    for src in (xml, xml.replace("<cms:owner", "\n    <cms:owner").replace("'", '"')):
+        out = vxml.retarget_forward(src, "169.254.90.12", 20007)
+        assert "hostfwd=tcp:169.254.90.12:20007-:8080" in out and "169.254.90.11" not in out
+        assert "<port>20007</port>" in out and "<port>20000</port>" not in out
+        assert "<guest-port>8080</guest-port>" in out
+    assert vxml.retarget_forward("<domain><metadata/></domain>", "a", 1) == "<domain><metadata/></domain>"
+
+
+def test_node_utilization_between_two_readings():
+    from cms.metrics import node_utilization
+    assert node_utilization((100, 1000), (400, 2000)) == pytest.approx(0.3)
+    assert node_utilization(None, (400, 2000)) is None
+    assert node_utilization((100, 1000), (400, 1000)) is None      # no time passed
+    assert node_utilization((500, 1000), (400, 2000)) is None      # a counter reset
+
+
+def test_the_cpus_setting_is_what_placement_and_host_load_count(tmp_path, run_dir):
+    from cms import config
+    from cms.metrics import LibvirtMetrics
+    from cms.scheduler import Scheduler
+    from cms.virt import Fleet
+    from tests.support import write_node_xml
+    uri = write_node_xml(tmp_path / "node.xml", cpus=4)
+    cfg = config.parse({"hosts": [{"name": "a", "uri": uri, "cpus": 1}, {"name": "b", "uri": uri}],
+                        "state_db": str(tmp_path / "s.db")}, "<t>")
+    fleet = Fleet(cfg)
+    try:
+        sched = Scheduler(cfg, fleet)
+        assert [h.cpus for h in sched.loads()] == [1, 4]
+        assert (sched.host_cpus("a"), sched.host_cpus("b")) == (1, 4)
+        m = LibvirtMetrics(fleet)
+        assert (m.host_cpus("a"), m.host_cpus("b")) == (1, 4)
+        first = m.node_cpu(["a", "b"])
+        assert first == {"a": None, "b": None}        # no baseline yet
+    finally:
+        fleet.close()
