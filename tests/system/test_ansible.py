@@ -16,8 +16,10 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -32,10 +34,12 @@ PLAYBOOK = VENV_BIN / "ansible-playbook"
 LINT = VENV_BIN / "ansible-lint"
 PLAYBOOKS = sorted((ROOT / "playbooks").glob("*.yml"))
 # The roles this file's author owns; roles/golden_image is linted by its own tests.
-OWN_LINT_PATHS = ["playbooks/site.yml", "roles/libvirt_host", "roles/cms_controller", "inventory"]
-# cms's runtime dependencies (pyproject's list without ansible and pytest, which a
-# controller does not need: installing ansible in a TCG VM takes many minutes).
-RUNTIME_DEPS = ["libvirt-python>=9.0", "falcon>=4,<5", "gunicorn>=21", "pyzmq>=25"]
+OWN_LINT_PATHS = ["playbooks/site.yml", "roles/libvirt_host", "roles/cms_controller", "roles/service_manager",
+                  "inventory"]
+# cms's runtime dependencies: pyproject's list without ansible and pytest, which a
+# controller does not need (installing ansible in a TCG VM takes many minutes).
+RUNTIME_DEPS = [d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+                if not d.startswith(("ansible", "pytest"))]
 WHEEL_CACHE = Path("/var/cache/cms/wheelhouse")
 
 
@@ -274,34 +278,56 @@ def test_local_path_deploys_idempotently(local_deploy):
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _virsh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, timeout=60)
+
+
+# The hypervisor play in these tests leaves /dev/kvm alone (tests/system/test_kvm_device.py
+# runs that step on a stand-in node): tests change the real device only through bootstrap.
+KEEP_KVM_DEVICE = {"libvirt_host_kvm_device": ""}
+
+
 @pytest.mark.real
 @pytest.mark.timeout(600)
 def test_hypervisor_play_on_this_machine(tmp_path: Path):
     """The hypervisor play against localhost: no systemd here, so the daemons are probed (and
-    started directly when down); a pool of its own is defined, started and made autostart.
-    The network stays off (inventory/local.yml): private address ranges are off limits here."""
+    started directly when down); two pools of its own are defined, started and made
+    autostart, one from the role's template and one from a template of the test's own.
+    No network (inventory/local.yml): private address ranges are off limits here."""
     name = f"cms-deploytest-{os.getpid()}"
-    extra = {"libvirt_host_pool_name": name, "libvirt_host_pool_path": f"/var/lib/cms/test/{name}/pool",
-             "libvirt_host_images_dir": f"/var/lib/cms/test/{name}/images"}
+    work = Path(f"/var/lib/cms/test/{name}")
+    # a template of the test's own, using a key of its own in the item
+    own_template = tmp_path / "my-pool.xml.j2"
+    own_template.write_text("<pool type='dir'><name>{{ libvirt_host_pool.name }}</name>"
+                            "<uuid>{{ libvirt_host_pool.uuid }}</uuid><target><path>{{ libvirt_host_pool.path }}</path>"
+                            "</target></pool>\n")
+    own_uuid = str(uuid.uuid4())
+    pools = [{"name": name, "path": str(work / "pool")},
+             {"name": f"{name}-own", "path": str(work / "own"), "template": str(own_template), "uuid": own_uuid}]
+    extra = {**KEEP_KVM_DEVICE, "libvirt_host_pools": pools, "libvirt_host_images_dir": str(work / "images")}
     args = ["playbooks/site.yml", "--tags", "hypervisor", "-e", json.dumps(extra)]
     try:
         out, counts = run_playbook(args, timeout=600)
         assert counts["localhost"]["failed"] == 0
-        pools = subprocess.run(["virsh", "-c", "qemu:///system", "pool-info", name], capture_output=True,
-                               text=True, timeout=60)
-        assert "State:          running" in pools.stdout and re.search(r"Autostart:\s+yes", pools.stdout), pools.stdout
+        for pool in pools:
+            info = _virsh("pool-info", pool["name"])
+            assert "State:          running" in info.stdout and re.search(r"Autostart:\s+yes", info.stdout), info.stdout
+            assert ET.fromstring(_virsh("pool-dumpxml", pool["name"]).stdout).findtext("target/path") == pool["path"]
+        assert _virsh("pool-uuid", f"{name}-own").stdout.strip() == own_uuid
         assert_changes_nothing(args)
     finally:
-        for cmd in ("pool-destroy", "pool-undefine"):
-            subprocess.run(["virsh", "-c", "qemu:///system", cmd, name], capture_output=True, timeout=60, check=False)
-        shutil.rmtree(f"/var/lib/cms/test/{name}", ignore_errors=True)
+        for pool in (p["name"] for p in pools):
+            for cmd in ("pool-destroy", "pool-undefine"):
+                _virsh(cmd, pool)
+        shutil.rmtree(work, ignore_errors=True)
+    assert all(_virsh("pool-info", p["name"]).returncode != 0 for p in pools), "a test pool is still defined"
 
 
 # --- the libvirt network ----------------------------------------------------------------
 
 def render_network_xml(tmp_path: Path, overrides: dict) -> str:
-    """roles/libvirt_host's network template rendered by Ansible with the role's defaults
-    (plus overrides), as the role renders it."""
+    """roles/libvirt_host's network template rendered by Ansible for the role's default
+    network with `overrides` merged into it, as the role renders each item."""
     out = tmp_path / "network.xml"
     playbook = tmp_path / "render.yml"
     playbook.write_text(json.dumps([{
@@ -309,20 +335,22 @@ def render_network_xml(tmp_path: Path, overrides: dict) -> str:
         "hosts": "localhost",
         "gather_facts": False,
         "vars_files": [str(ROOT / "roles" / "libvirt_host" / "defaults" / "main.yml")],
-        "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}"},
+        "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                 "libvirt_host_network": "{{ libvirt_host_networks[0] | combine(network_overrides) }}"},
         "tasks": [{"name": "Render", "ansible.builtin.template": {
             "src": str(ROOT / "roles" / "libvirt_host" / "templates" / "network.xml.j2"),
             "dest": str(out), "mode": "0644"}}],
     }]))
-    run_playbook(["-i", "localhost,", "-c", "local", str(playbook), "-e", json.dumps(overrides)], timeout=120)
+    run_playbook(["-i", "localhost,", "-c", "local", str(playbook), "-e",
+                  json.dumps({"network_overrides": overrides})], timeout=120)
     return out.read_text()
 
 
 @pytest.mark.parametrize("overrides, forward, ips", [
     # the shipped default: NAT with DHCP on 192.168.150.0/24 (only parsed here, never started)
     ({}, "nat", [("192.168.150.1", "255.255.255.0", ("192.168.150.10", "192.168.150.250"))]),
-    ({"libvirt_host_network_forward": "isolated", "libvirt_host_network_address": ""}, None, []),
-    ({"libvirt_host_network_forward": "route", "libvirt_host_network_dhcp_start": ""}, "route",
+    ({"forward": "isolated", "address": ""}, None, []),
+    ({"forward": "route", "dhcp_start": ""}, "route",
      [("192.168.150.1", "255.255.255.0", None)]),
 ], ids=["default-nat", "isolated", "route-no-dhcp"])
 def test_network_template_parses_in_libvirt(tmp_path: Path, overrides: dict, forward, ips):
@@ -348,10 +376,6 @@ def test_network_template_parses_in_libvirt(tmp_path: Path, overrides: dict, for
     assert got == ips
 
 
-def _virsh(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, timeout=60)
-
-
 @pytest.mark.real
 @pytest.mark.timeout(600)
 def test_hypervisor_play_defines_an_isolated_network(tmp_path: Path):
@@ -363,11 +387,9 @@ def test_hypervisor_play_defines_an_isolated_network(tmp_path: Path):
     tag = f"{os.getpid() % 100000:05d}"
     name, bridge = f"cms-nettest-{tag}", f"cmsnt{tag}"
     work = Path(f"/var/lib/cms/test/{name}")
-    extra = {"libvirt_host_pool_name": name, "libvirt_host_pool_path": str(work / "pool"),
+    extra = {**KEEP_KVM_DEVICE, "libvirt_host_pools": [{"name": name, "path": str(work / "pool")}],
              "libvirt_host_images_dir": str(work / "images"),
-             "libvirt_host_network_enabled": True, "libvirt_host_network_name": name,
-             "libvirt_host_network_bridge": bridge, "libvirt_host_network_forward": "isolated",
-             "libvirt_host_network_address": ""}
+             "libvirt_host_networks": [{"name": name, "bridge": bridge, "forward": "isolated"}]}
     args = ["playbooks/site.yml", "--tags", "hypervisor", "-e", json.dumps(extra)]
     try:
         out, counts = run_playbook(args, timeout=600)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.test_ansible import (_virsh, api_get, assert_changes_nothing, build_wheelhouse, controller_vars,
-                                http_answers, run_playbook, stop_local_services, wait_for)
+from tests.system.test_ansible import (KEEP_KVM_DEVICE, _virsh, api_get, assert_changes_nothing, build_wheelhouse,
+                                       controller_vars, http_answers, run_playbook, stop_local_services, wait_for)
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(900)]
 
@@ -33,8 +33,8 @@ def test_site_yml_every_play_on_localhost(tmp_path: Path):
     extra = controller_vars(prefix, build_wheelhouse(tmp_path / "wheelhouse"))
     extra.update({
         # hypervisor play: a pool of the test's own, the images dir under the prefix
-        "libvirt_host_pool_name": name,
-        "libvirt_host_pool_path": str(prefix / "pool"),
+        **KEEP_KVM_DEVICE,
+        "libvirt_host_pools": [{"name": name, "path": str(prefix / "pool")}],
         "libvirt_host_images_dir": str(prefix / "images"),
         # image play: the shared cache (a hit), published under the prefix
         "golden_image_output_dir": str(prefix / "images"),

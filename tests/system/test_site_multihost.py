@@ -29,8 +29,9 @@ from pathlib import Path
 import pytest
 
 from cms.lab.realstack import wait_until
-from tests.system.test_ansible import (_virsh, api_get, build_wheelhouse, changed_tasks, controller_vars,
-                                free_port, http_answers, run_playbook, stop_local_services, wait_for)
+from tests.system.test_ansible import (KEEP_KVM_DEVICE, _virsh, api_get, build_wheelhouse, changed_tasks,
+                                       controller_vars, free_port, http_answers, run_playbook, stop_local_services,
+                                       wait_for)
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(900)]
 
@@ -120,12 +121,13 @@ def test_two_hypervisors_over_qemu_ssh(loopback_sshd, tmp_path: Path):
             "libvirt_host_name": hv,
             "libvirt_host_uri": (f"qemu+ssh://root@127.0.0.1:{port}/system"
                                  f"?keyfile={key}&no_verify=1&command={loopback_sshd['ssh']}"),
-            "libvirt_host_pool_name": pools[hv],
-            "libvirt_host_pool_path": str(prefix / hv / "pool"),
+            # the replicas' pool and a pool over the images directory, as on a real host
+            "libvirt_host_pools": [{"name": pools[hv], "path": str(prefix / hv / "pool")},
+                                   {"name": images_pools[hv], "path": str(prefix / hv / "images")}],
             "libvirt_host_images_dir": str(prefix / hv / "images"),
-            "libvirt_host_images_pool_name": images_pools[hv],
             # private address ranges are off limits here
-            "libvirt_host_network_enabled": False,
+            "libvirt_host_networks": [],
+            **KEEP_KVM_DEVICE,
         }
 
     controller = controller_vars(prefix / "controller", build_wheelhouse(tmp_path / "wheelhouse"))
