@@ -141,10 +141,11 @@ def host_checks(run: HostRun, cfg: cms_config.Config, skip: set[str], files: lis
         run.out.append(Check("libvirt", OK, run.name, f"{run.uri} answers: libvirt {v.library} here, daemon "
                              f"{v.daemon}, hypervisor {v.hypervisor}, host {v.hostname}"))
         run.step = "domain-type"
-        dcheck, dtype = check_domain_type(host, cfg.libvirt.domain_type, local)
-        run.out.append(dcheck)
         if host.is_local_test:
-            dtype = "test"
+            dcheck, dtype = Check("domain-type", OK, run.name, "libvirt's test driver: its domains are of type test"), "test"
+        else:
+            dcheck, dtype = check_domain_type(host, cfg.libvirt.domain_type, local)
+        run.out.append(dcheck)
         if "define" not in skip:
             run.step = "define"
             run.out.append(check_define(host, dtype, local, progress))
@@ -155,9 +156,13 @@ def host_checks(run: HostRun, cfg: cms_config.Config, skip: set[str], files: lis
             run.step = "image"
             run.out.extend(check_remote_image(host, files))
     except errors.VirtError as exc:
-        check = "libvirt" if not run.out else run.step
-        run.out.append(Check(check, FAIL, run.name, f"{run.uri}: {exc}", _unreachable_fix(run.uri)
-                             if isinstance(exc, errors.HostUnreachable) else "see libvirtd's log on the host"))
+        if not run.out:     # the connection itself
+            reason = str(exc).replace(f"cannot connect to {run.uri}: ", "")
+            run.out.append(Check("libvirt", FAIL, run.name, f"{run.uri} does not answer: {reason}",
+                                 _unreachable_fix(run.uri)))
+        else:
+            run.out.append(Check(run.step, FAIL, run.name, f"{run.uri}: {exc}", _unreachable_fix(run.uri)
+                                 if isinstance(exc, errors.HostUnreachable) else "see libvirtd's log on the host"))
     finally:
         host.close()
 
