@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from client.accounting import RunTotals
 from client.backends import Backend, Backends
-from client.http1 import Conn
+from client.http1 import Conn, scratch_buffer
 
 # Error kinds retried once on another replica.
 RETRYABLE = frozenset({"connect", "connection", "http_5xx"})
@@ -59,6 +59,7 @@ class Dispatcher:
         self.closed = False             # tearing down: no retries, no connection reuse
         self.backlog: collections.deque[Request] = collections.deque()   # no replica was ready
         self.n_issued = 0
+        self.scratch = scratch_buffer()    # what every connection reads into
 
     def _now(self) -> float:
         return self.loop.time() if self.loop is not None else time.monotonic()
@@ -119,7 +120,7 @@ class Dispatcher:
         pool = b.pool
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: Conn(self, b), pool.address, pool.port),  # type: ignore[union-attr]
+                self.loop.create_connection(lambda: Conn(self, b, self.scratch), pool.address, pool.port),  # type: ignore[union-attr]
                 self.opts.connect_timeout)
         except (OSError, asyncio.TimeoutError):
             pool.connecting -= 1
