@@ -98,6 +98,9 @@ class HostView:
     migrating: bool = False                   # a migration from or to it is running
     last_move_at: float | None = None         # its last migration in or out ended then
     disk_free_bytes: int | None = None
+    # what placement charges it now (cms.scheduler's HostLoad); None: the sum of its VMs here
+    used_vcpus: int | None = None
+    used_memory_mib: int | None = None
 
 
 @dataclass(frozen=True)
@@ -191,8 +194,9 @@ class _State:
         for hv in m.hosts:
             lst = on[hv.name]
             self.cores[hv.name] = hv.other_cores + sum([(v.cpu or 0.0) * v.vcpus for v in lst])
-            hl = HostLoad(hv.name, hv.cpus, hv.memory_mib, sum([v.vcpus for v in lst]),
-                          sum([v.memory_mib for v in lst]), hv.up, hv.disk_free_bytes)
+            used_v = hv.used_vcpus if hv.used_vcpus is not None else sum([v.vcpus for v in lst])
+            used_m = hv.used_memory_mib if hv.used_memory_mib is not None else sum([v.memory_mib for v in lst])
+            hl = HostLoad(hv.name, hv.cpus, hv.memory_mib, used_v, used_m, hv.up, hv.disk_free_bytes)
             self.room[hv.name] = [vcpu_room(hl, m.rules), ram_room(hl, m.rules)]
         self.groups: dict[tuple[str, str], int] = {}    # (group, host) -> replicas, for anti-affine groups
         for v in m.vms:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from cms import policy
+from cms.balance import consolidate_order
 from cms.autoscaler.lifecycle import COUNTING, WARM, State, Track
 from cms.config import GroupConfig
 from cms.virt import OwnedDomain
@@ -147,6 +148,8 @@ class View:
     dead: frozenset[str] = frozenset()           # names a lifecycle event said stopped or crashed
     spawn_paused: frozenset[str] = frozenset()   # groups backing off after failed spawns
     hosts: frozenset[str] = frozenset()          # hosts that are up (warm refills: one boot per host)
+    # host -> (running cms domains, load): what scale_in_order = "consolidate" weighs
+    occupancy: Mapping[str, tuple[int, float]] = field(default_factory=dict)
 
 
 Decide = Callable[[str, tuple[Track, ...]], policy.Decision]
@@ -171,9 +174,14 @@ def pool_target(gc: GroupConfig, desired: int) -> int:
     return max(0, min(gc.warm_pool.size, gc.max - desired))
 
 
-def victims(gc: GroupConfig, counting: list[Track], n: int) -> list[Track]:
-    """Which replicas a scale-in removes: ones not yet serving first, then by age as configured."""
+def victims(gc: GroupConfig, counting: list[Track], n: int,
+            occupancy: Mapping[str, tuple[int, float]] | None = None) -> list[Track]:
+    """Which replicas a scale-in removes: ones not yet serving first, then by age as configured,
+    or (``consolidate``) the one whose removal empties, or leaves emptiest, a host."""
     order = sorted(counting, key=lambda t: (t.created, t.name), reverse=gc.scale_in_order == "newest")
+    if gc.scale_in_order == "consolidate":
+        rank = consolidate_order([(t.name, t.host, t.created) for t in counting], occupancy or {})
+        order.sort(key=lambda t: rank.index(t.name))
     order.sort(key=lambda t: t.state == S.READY)
     return [t for t in order if not t.busy][:n]
 
@@ -273,7 +281,7 @@ def plan(v: View, decide: Decide) -> Plan:
         elif gap < 0:
             pool = sum(1 for t in v.tracks if t.group == g and state.get(t.name) in WARM)
             room = pool_target(gc, desired) - pool if gc.warm_pool.reuse_on_scale_in else 0
-            for t in victims(gc, [m for m in members if m.name in tracked], -gap):
+            for t in victims(gc, [m for m in members if m.name in tracked], -gap, v.occupancy):
                 park = gc.warm_pool.state if room > 0 and t.state == S.READY else ""
                 room -= bool(park)
                 actions.append(Drain(f"scale in: group {g} wants {desired}, has {n}", t.name, park))

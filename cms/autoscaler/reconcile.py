@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from cms import errors, policy
 from cms.autoscaler import planner, status
+from cms.autoscaler.balancing import Balancer
 from cms.autoscaler.executor import Executor
 from cms.autoscaler.health import HealthChecker, HttpHealth
 from cms.autoscaler.journal import Journal
@@ -68,6 +69,10 @@ class Autoscaler:
         self.executor = Executor(cfg, self.scheduler, self.health, self.publisher, self.journal, self.history,
                                  stop=self.stop, clock=clock, dry_run=dry_run,
                                  on_unpark=lambda t: restart_baseline(self.metrics, t.uuid))
+        # host balancing (cms.balance): host load each tick; the plan applied when [balancer] enabled
+        self.balancer = Balancer(cfg, self.scheduler, self.executor, self.journal, self.publisher, self.metrics,
+                                 stop=self.stop, dry_run=dry_run, on_moved=lambda u: restart_baseline(self.metrics, u))
+        self._host_samples: list = []
         self.desired: dict[str, int] = {}
         self.last_action: dict[str, float] = {}
         self.last_decision: dict[str, tuple[float, policy.Decision]] = {}
@@ -110,7 +115,8 @@ class Autoscaler:
             view = planner.View(self.groups, observed, self.executor.snapshot(), dict(self.desired),
                                 first=not self.started, dead=frozenset(self._dead),
                                 spawn_paused=self.executor.spawn_paused(),
-                                hosts=frozenset(h for h in self.fleet.hosts if h not in self.unhealthy_hosts))
+                                hosts=frozenset(h for h in self.fleet.hosts if h not in self.unhealthy_hosts),
+                                occupancy=self.balancer.occupancy(self._listing, self.last_tick))
             plan = planner.plan(view, lambda g, members: self.decide(g, members, now))
             self.apply(plan, now)
             self.executor.execute(plan, self._listing)
@@ -118,6 +124,8 @@ class Autoscaler:
             self.started = True
             self._dead.clear()
         self.publish(now, t0)
+        if observed is not None:
+            self.balancer.step(now, self._listing)
 
     def observe(self) -> dict[str, OwnedDomain] | None:
         """This tick's replica domains by name; None when a host did not answer."""
@@ -165,6 +173,7 @@ class Autoscaler:
             states = {t.name: str(t.state) for t in self.tracks.values()}
         self._samples.extend(to_samples(tick, alive, states))
         self._samples.extend(to_samples(tick, vms, {}))
+        self._host_samples.extend(self.balancer.observe(tick, self._listing, self._capacities()))
 
     def take_scale_requests(self, now: float) -> None:
         """Apply replica counts asked through the API (POST /v1/groups/{name}/scale).
@@ -235,9 +244,11 @@ class Autoscaler:
 
     def publish(self, now: float, t0: float) -> None:
         samples, self._samples = self._samples, []
-        if samples:
+        host_samples, self._host_samples = self._host_samples, []
+        if samples or host_samples:
             try:
                 self.store.add_samples(samples)
+                self.store.add_host_samples(host_samples)
             except Exception as exc:  # noqa: BLE001
                 log.warning("could not store samples: %s", exc)
         self.journal.flush()
@@ -308,5 +319,6 @@ class Autoscaler:
     def close(self, timeout: float = 1.0) -> None:
         self.stop.set()
         self.executor.close(timeout)
+        self.balancer.wait(timeout)
         self.journal.flush()
         self.publisher.close()

@@ -1,0 +1,279 @@
+"""Host balancing as a step of the autoscaler's reconcile loop: host load in, the plan applied.
+
+Each tick the daemon calls ``observe`` (after its metrics: one host-load row per host, the
+figures the planner reads back) and, at the end of the tick, ``step``:
+
+* the model comes from cms.autoscaler.balance_model (the same the API's plan is built from)
+  plus what only the daemon knows (its running migrations, replica states, memory use);
+* cms.balance plans; with ``[balancer] enabled`` (or once, when ``cms balance run`` asked)
+  the plan is applied, each action on a worker thread, every change through the Scheduler;
+* a migration of a ready replica keeps it serving: it stays READY and ``busy`` (so no other
+  worker drains or checks it meanwhile), and its new address is announced ("moved") when
+  the source pauses it for the switch-over, before the old address disappears. A failed or
+  aborted migration leaves the VM where it was: the event says why, and if the new address
+  was announced already the old one is announced again;
+* a resize grows (or shrinks) a VM in place, after its migration when the plan says so;
+* "host X is empty and could be powered off" is an event, once per host until it has VMs again.
+
+Events (kind: balance_migrate, migrated, migrate_failed, resized, resize_failed,
+power_off_hint, balance_run) carry the planner's reason in words and the action's figures.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from cms import balance, errors
+from cms.autoscaler import balance_model
+from cms.autoscaler.journal import Journal
+from cms.autoscaler.lifecycle import State
+from cms.config import Config
+from cms.metrics import Tick
+from cms.scheduler import Scheduler
+from cms.store import HostSample, Store
+from cms.virt import Capacity, Listing
+
+log = logging.getLogger("cms.autoscaler")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS balance_requests (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL);
+"""
+
+
+def request_run(store: Store) -> float:
+    """Ask the daemon to apply one plan on its next tick (``cms balance run``), enabled or not."""
+    store.ensure_schema(SCHEMA)
+    ts = time.time()
+    with store.write() as c:
+        c.execute("INSERT INTO balance_requests (ts) VALUES (?)", (ts,))
+    return ts
+
+
+def take_run(store: Store) -> bool:
+    store.ensure_schema(SCHEMA)
+    with store.write() as c:
+        return c.execute("DELETE FROM balance_requests").rowcount > 0
+
+
+def current_plan(cfg: Config, scheduler: Scheduler, store: Store, now: float | None = None,
+                 extra: balance_model.Extra | None = None, listing: Listing | None = None) -> balance.Plan:
+    """What the planner would do now (the API's and the CLI's ``balance plan``)."""
+    now = time.time() if now is None else now
+    listing = listing or scheduler.list_domains()
+    model = balance_model.build(cfg, listing, scheduler.loads(listing), store, now, extra)
+    return balance.plan(model, balance_model.limits(cfg))
+
+
+class Balancer:
+    def __init__(self, cfg: Config, scheduler: Scheduler, executor: Any, journal: Journal, publisher: Any,
+                 metrics: Any, *, stop: threading.Event, dry_run: bool = False,
+                 on_moved: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.scheduler = scheduler
+        self.executor = executor
+        self.journal = journal
+        self.publisher = publisher
+        self.metrics = metrics
+        self.stop = stop
+        self.dry_run = dry_run
+        self.on_moved = on_moved or (lambda _uuid: None)
+        self.store = scheduler.store
+        self.store.ensure_schema(SCHEMA)
+        self.migrating: dict[str, tuple[str, str]] = {}
+        self.mem: dict[str, collections.deque] = {}
+        self.empty_told: set[str] = set()
+        self.workers: list[threading.Thread] = []
+        self.last_plan: balance.Plan | None = None
+        self._lock = threading.Lock()
+
+    # -- observing: host load, memory use --------------------------------------------------
+
+    def observe(self, tick: Tick, listing: Listing | None, caps: dict[str, Capacity]) -> list[HostSample]:
+        """One host-load row per host for this tick: its cms VMs' CPU over its CPUs, and the
+        node's own figure where libvirt has one. Also keeps the guests' memory use."""
+        if listing is None:
+            return []
+        up = [h for h in self.scheduler.fleet.hosts if h not in listing.down]
+        node = self.metrics.node_cpu(up) if hasattr(self.metrics, "node_cpu") else {}
+        rows = []
+        for h in self.scheduler.fleet.hosts:
+            doms = [d for d in listing.domains.get(h, []) if d.alive]
+            hm = tick.hosts.get(h)
+            cpus = self.scheduler.host_cpus(h) if h in up else 0
+            cpu = hm.cpu if hm is not None else (0.0 if h in up and not doms else None)
+            cap = caps.get(h)
+            rows.append(HostSample(tick.ts, h, cpu, cpus, len(doms), sum(d.vcpus for d in doms),
+                                   cap.free_memory_mib if cap and h in up else None, node.get(h)))
+            for d in doms:
+                use = balance_model.mem_use(d.stats)
+                if use is not None:
+                    self.mem.setdefault(d.name, collections.deque(maxlen=600)).append((tick.ts, use))
+        alive = {d.name for d in listing.all() if d.alive}
+        for name in [n for n in self.mem if n not in alive]:
+            del self.mem[name]
+        return rows
+
+    def occupancy(self, listing: Listing | None, tick: Tick | None) -> dict[str, tuple[int, float]]:
+        """Host -> (running cms domains, load): what scale_in_order = "consolidate" weighs."""
+        if listing is None:
+            return {}
+        out = {}
+        for h, doms in listing.domains.items():
+            hm = tick.hosts.get(h) if tick else None
+            out[h] = (sum(1 for d in doms if d.alive), (hm.cpu or 0.0) if hm else 0.0)
+        return out
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def extra(self) -> balance_model.Extra:
+        with self.executor.lock:
+            tracks = list(self.executor.tracks.values())
+        with self._lock:
+            migrating = dict(self.migrating)
+        return balance_model.Extra(migrating=migrating, states={t.name: str(t.state) for t in tracks},
+                                   busy=frozenset(t.name for t in tracks if t.busy),
+                                   mem_series={n: tuple(s) for n, s in self.mem.items()})
+
+    def step(self, now: float, listing: Listing | None) -> balance.Plan | None:
+        """Plan, and apply the plan when enabled (or asked once); None when nothing was planned."""
+        self.workers = [w for w in self.workers if w.is_alive()]
+        if listing is None or listing.down or self.dry_run:
+            return None
+        asked = take_run(self.store)
+        if not (self.cfg.balancer.enabled or asked):
+            return None
+        try:
+            p = current_plan(self.cfg, self.scheduler, self.store, now, self.extra(), listing)
+        except Exception:  # noqa: BLE001 - balancing must never stop the reconcile loop
+            log.exception("balancing: planning failed; the next tick plans again")
+            return None
+        self.last_plan = p
+        if asked:
+            self.journal.event("balance_run", "", "", f"asked once: {len(p.actions)} action(s)",
+                               actions=len(p.actions), notes=p.notes)
+        self.apply(p)
+        return p
+
+    def apply(self, p: balance.Plan) -> None:
+        by_vm: dict[str, list[balance.Action]] = collections.defaultdict(list)
+        for a in p.actions:
+            if a.kind == balance.POWER_OFF:
+                self._empty_host(a)
+            elif a.kind in (balance.MIGRATE, balance.RESIZE):
+                by_vm[a.vm].append(a)
+        hosts_with_vms = {a.dst for acts in by_vm.values() for a in acts}
+        self.empty_told -= hosts_with_vms
+        for vm, acts in by_vm.items():
+            with self._lock:
+                if vm in self.migrating:
+                    continue
+                if acts[0].kind == balance.MIGRATE:
+                    self.migrating[vm] = (acts[0].src, acts[0].dst)
+            w = threading.Thread(target=self._run, args=(acts,), name=f"cms-balance-{vm}", daemon=True)
+            self.workers.append(w)
+            w.start()
+
+    def _empty_host(self, a: balance.Action) -> None:
+        if a.src in self.empty_told:
+            return
+        self.empty_told.add(a.src)
+        self.journal.event("power_off_hint", "", a.src, a.reason, host=a.src)
+
+    # -- actions (worker threads) -------------------------------------------------------------
+
+    def _run(self, acts: list[balance.Action]) -> None:
+        try:
+            for a in acts:
+                ok = self._migrate(a) if a.kind == balance.MIGRATE else self._resize(a)
+                if not ok:
+                    return     # a resize planned after a failed migration does not happen
+        except Exception:  # noqa: BLE001 - a worker's failure is logged, the loop goes on
+            log.exception("balancing: action on %s failed", acts[0].vm)
+        finally:
+            with self._lock:
+                self.migrating.pop(acts[0].vm, None)
+
+    def _track(self, name: str) -> Any:
+        """The replica's track, held busy for the move; None for an API VM. False: not movable now."""
+        with self.executor.lock:
+            t = self.executor.tracks.get(name)
+            if t is None:
+                return None
+            if t.busy or t.state != State.READY:
+                return False
+            t.busy = True
+            return t
+
+    def _migrate(self, a: balance.Action) -> bool:
+        t = self._track(a.vm)
+        group = t.group if t else ""
+        if t is False:
+            self.journal.event("migrate_failed", "", a.vm, f"not migrated: it is no longer a ready replica "
+                               f"({a.reason})", **{"from": a.src, "to": a.dst, "strategy": a.strategy})
+            return False
+        self.journal.event("balance_migrate", group, a.vm, a.reason, strategy=a.strategy,
+                           **{"from": a.src, "to": a.dst}, **a.data)
+        old = (t.host, t.address, t.port) if t else None
+        told: list[float] = []
+
+        def switched(dest: str, address: str, port: int) -> None:
+            if t:
+                with self.executor.lock:
+                    t.host, t.port = dest, port
+                    t.address = address or t.address
+                self.publisher.announce("moved", t.replica("ready"),
+                                        f"live-migrated from {a.src} to {dest} ({a.strategy})")
+            told.append(time.monotonic())
+
+        started = time.monotonic()
+        try:
+            self.scheduler.migrate(a.vm, a.dst, on_switchover=switched)
+        except errors.CmsError as exc:
+            if t and told and old:
+                with self.executor.lock:
+                    t.host, t.address, t.port = old
+                self.publisher.announce("moved", t.replica("ready"), f"migration failed: stays on {a.src}")
+            self.journal.event("migrate_failed", group, a.vm, f"{exc}; it stays on {a.src}", error=str(exc),
+                               strategy=a.strategy, **{"from": a.src, "to": a.dst})
+            if t:
+                t.busy = False
+            return False
+        took = time.monotonic() - started
+        switch = round(told[0] - started, 3) if told else None
+        if t:
+            self.on_moved(t.uuid)
+            t.busy = False
+        self.journal.event("migrated", group, a.vm, f"from {a.src} to {a.dst} in {took:.1f}s ({a.strategy})",
+                           took_s=round(took, 3), switchover_s=switch, strategy=a.strategy,
+                           address=t.address if t else "", port=t.port if t else 0, **{"from": a.src, "to": a.dst})
+        if not t:
+            self._api_vm_moved(a.vm, a.dst)
+        return True
+
+    def _api_vm_moved(self, domain: str, host: str) -> None:
+        """An API VM's row says where it runs (the spec's /pm/listvms reads it)."""
+        try:
+            with self.store.write() as c:
+                c.execute("UPDATE api_vms SET host=? WHERE domain=?", (host, domain))
+        except Exception as exc:  # noqa: BLE001 - no API table: nothing to update
+            log.debug("no api_vms row updated for %s: %s", domain, exc)
+
+    def _resize(self, a: balance.Action) -> bool:
+        try:
+            d = self.scheduler.resize(a.vm, vcpus=a.vcpus or None, memory_mib=a.memory_mib or None)
+        except errors.CmsError as exc:
+            self.journal.event("resize_failed", "", a.vm, f"{exc} ({a.reason})", error=str(exc),
+                               vcpus=a.vcpus, memory_mib=a.memory_mib)
+            return False
+        self.journal.event("resized", d.meta.group, a.vm, a.reason, host=d.host, vcpus=d.vcpus,
+                           memory_mib=d.memory_mib)
+        return True
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for w in list(self.workers):
+            w.join(max(0.0, deadline - time.monotonic()))
