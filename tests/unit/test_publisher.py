@@ -1,4 +1,6 @@
-"""The Clone-pattern feed: a late joiner gets the snapshot, then every newer update in order."""
+"""The one Clone-pattern server (cms.autoscaler.publisher): a late joiner gets the snapshot,
+then every newer update in order; subscriptions are counted; the test hooks (a message
+dropped on purpose, a new epoch, a snapshot left unanswered) do what the doubles need."""
 
 from __future__ import annotations
 
@@ -125,3 +127,82 @@ def test_null_publisher_keeps_state():
     u = p.announce("ready", rep("cms-web-1"))
     assert u.seq == 2 and [r.state for r in u.replicas] == ["ready"]
     assert p.announce("removed", rep("cms-web-1")).replicas == ()
+
+
+def test_subscribers_are_counted_and_waited_for():
+    pub = Publisher(zcfg())
+    ctx = zmq.Context()
+    subs = []
+    try:
+        assert pub.subscribers == 0
+        assert not pub.wait_subscribed(topic("web"), timeout=0.2)
+        for prefix in (b"replicas.", b"replicas.web"):
+            s = ctx.socket(zmq.SUB)
+            s.linger = 0
+            s.connect(pub.publish_endpoint)
+            s.subscribe(prefix)
+            subs.append(s)
+        assert pub.wait_subscribed(topic("web"), timeout=5.0, count=2)
+        assert not pub.wait_subscribed(topic("api"), timeout=0.2, count=2)   # only b"replicas." covers api
+        assert pub.subscribers == 2
+        subs.pop().close(0)                        # a subscriber that goes away is no longer counted
+        deadline = time.monotonic() + 5
+        while pub.subscribers != 1:
+            assert time.monotonic() < deadline, pub.subscribers
+            time.sleep(0.01)
+    finally:
+        for s in subs:
+            s.close(0)
+        pub.close()
+        ctx.destroy(0)
+
+
+def test_a_message_dropped_on_purpose_advances_the_seq_only():
+    pub = Publisher(zcfg())
+    ctx = zmq.Context()
+    try:
+        sub = ctx.socket(zmq.SUB)
+        sub.subscribe(topic("web"))
+        sub.connect(pub.publish_endpoint)
+        assert pub.wait_subscribed(topic("web"))
+        pub.announce("ready", rep("cms-web-1"))
+        lost = pub.announce("ready", rep("cms-web-2"), publish=False)
+        pub.announce("draining", rep("cms-web-1", "draining"))
+        seqs = []
+        while len(seqs) < 2:
+            assert sub.poll(5000)
+            seqs.append(decode_update(sub.recv_multipart()).seq)
+        assert lost.seq == 2 and seqs == [1, 3] and pub.seq == 3
+        assert [r.name for r in pub.replicas("web")] == ["cms-web-1", "cms-web-2"]   # the state has it
+    finally:
+        pub.close()
+        ctx.destroy(0)
+
+
+def test_new_epoch_and_a_snapshot_left_unanswered():
+    """Through the one snapshot client (client.replicas.fetch_snapshot)."""
+    from client.replicas import fetch_snapshot
+
+    class Deaf(Publisher):
+        ignore = 1
+
+        def answer_snapshot(self, prefix):
+            if self.ignore:
+                self.ignore -= 1
+                return None
+            return super().answer_snapshot(prefix)
+
+    pub = Deaf(zcfg(), epoch="e1")
+    try:
+        pub.announce("ready", rep("cms-web-1"))
+        pub.announce("ready", rep("cms-api-2", group="api"))
+        assert fetch_snapshot(pub.snapshot_endpoint, "web", timeout=0.3) is None
+        snap = fetch_snapshot(pub.snapshot_endpoint, "web", timeout=5.0)
+        assert (snap.epoch, snap.seq, set(snap.groups)) == ("e1", 2, {"web"})
+        assert pub.snapshot_requests == 2
+        assert pub.new_epoch() == pub.epoch != "e1"
+        snap = fetch_snapshot(pub.snapshot_endpoint, timeout=5.0)
+        assert snap.seq == 0 and set(snap.groups) == {"web", "api"}     # same sets, a new sequence
+        assert pub.announce("removed", rep("cms-web-1")).seq == 1
+    finally:
+        pub.close()
