@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -81,6 +82,8 @@ pool = "{pool}"
 pool_path = "/var/lib/cms/test/{pool}"
 [image]
 golden = "{golden}"
+pool = "{pool}-images"
+pool_path = "/var/lib/cms/test/{pool}-images"
 [api]
 bind = "127.0.0.1:{port}"
 workers = 2
@@ -92,12 +95,13 @@ ram_reserve_mib = 512
 {hosts_toml(parse_pm_file(tmp / "pm_file"))}
 """
     with served(tmp, config) as url:
-        yield {"url": url, "tmp": tmp, "pool": pool}
+        yield {"url": url, "tmp": tmp, "pool": pool, "image_pool": f"{pool}-images"}
     h = Host("local", "qemu:///system")
     for d in h.owned_domains():
         if d.meta.role == "vm" and pool in "".join(h.conn().lookupByName(d.name).XMLDesc(0).split()):
             h.remove(d.name, pool)
     drop_pool(h, pool)
+    drop_pool(h, f"{pool}-images")
     h.close()
 
 
@@ -120,6 +124,11 @@ def test_spec_calls_end_to_end_on_the_real_host(live_api):
         q = get(f"{url}/pm/query?pmid=3")
         assert q["capacity"]["cpu"] >= 1 and q["vms"] >= 1
         assert f"cms-vm-{vmid}.qcow2" in h.list_volumes(live_api["pool"])
+        # the image was imported on the first create (no ./install here): the overlay is backed
+        # by the copy in the image pool
+        (copy,) = h.list_volumes(live_api["image_pool"])
+        vol_xml = h.conn().storagePoolLookupByName(live_api["pool"]).storageVolLookupByName(f"cms-vm-{vmid}.qcow2").XMLDesc(0)
+        assert f"/var/lib/cms/test/{live_api['image_pool']}/{copy}" in vol_xml
         assert get(f"{url}/vm/destroy?vmid={vmid}") == {"status": 1}
         assert not h.exists(f"cms-vm-{vmid}")
         assert f"cms-vm-{vmid}.qcow2" not in h.list_volumes(live_api["pool"])
@@ -280,3 +289,63 @@ def test_every_error_of_the_server_is_json_by_url(test_hosts_api):
            + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n0\r\n\r\n")
     got = _raw(url, req)
     assert got[:2] == (413, "application/json") and "api.max_body_bytes" in json.loads(got[2])["description"], got
+
+
+def test_register_an_image_with_post(live_api, tmp_path):
+    """POST /v1/images: checked, imported into every host's image pool, then listed; the same
+    bytes again under another name copy nothing; bad files are a 400 that names them."""
+    url = live_api["url"]
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+    def post(body: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(url + "/v1/images", data=json.dumps(body).encode(), headers=auth, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    img = home / "Fedora-17-x86_64.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), "32M"], check=True, timeout=60)
+    img.chmod(0o600)
+    status, got = post({"name": "Fedora-17-x86_64", "path": str(img)})
+    assert status == 201, got
+    pool = live_api["image_pool"]
+    assert got["name"] == "Fedora-17-x86_64" and got["path"] == str(img) and got["imported"] is True
+    assert got["format"] == "qcow2" and got["size"] == img.stat().st_size and len(got["sha256"]) == 64
+    assert got["copy"] == f"/var/lib/cms/test/{pool}/cms-image-{got['sha256'][:32]}.qcow2"
+    assert Path(got["copy"]).read_bytes() == img.read_bytes()
+    h = Host("local", "qemu:///system")
+    vols = h.list_volumes(pool)
+    listed = get(url + "/image/list")["images"]
+    assert {"id": got["id"], "name": "Fedora-17-x86_64"} in listed and got["id"] > 100
+    # the same bytes under another name: a new id, the same copy
+    twin = home / "twin.qcow2"
+    twin.write_bytes(img.read_bytes())
+    status, again = post({"name": "twin", "path": str(twin)})
+    assert status == 201 and again["copy"] == got["copy"] and again["id"] == got["id"] + 1
+    events = [e for e in get(url + "/v1/events?limit=1000")["events"] if e["kind"] == "image_register"]
+    # (pm1 and pm2 are test:/// hosts, whose volumes live in each worker's connection only)
+    assert "pm3" not in events[-1]["data"]["uploaded"] and "pm3" in events[-2]["data"]["uploaded"]
+    assert h.list_volumes(pool) == vols
+    h.close()
+    # refused, with the reason
+    text = home / "notes.qcow2"
+    text.write_text("not a disk\n" * 100)
+    for body, status_want, needle in [
+            ({"name": "Fedora-17-x86_64", "path": str(img)}, 409, "registered already"),
+            ({"name": "other", "path": str(img)}, 409, "registered already"),
+            ({"name": "notes", "path": str(text)}, 400, f"{text}: not a disk image"),
+            ({"name": "gone", "path": str(home / "gone.qcow2")}, 400, "no such file"),
+            ({"name": "dir", "path": str(home)}, 400, "is a directory"),
+            ({"name": "rel", "path": "img.qcow2"}, 400, "absolute path"),
+            ({"name": "bad name!", "path": str(img)}, 400, "bad image name"),
+            ({"path": str(img)}, 400, "bad image name")]:
+        status, err = post(body)
+        assert status == status_want and needle in err["description"], (body, status, err)
+    # a VM from the registered image
+    vmid = get(f"{url}/vm/create?name=from-post-{uuid.uuid4().hex[:4]}&instance_type=1&image_id={got['id']}")["vmid"]
+    assert vmid > 0
+    assert get(f"{url}/vm/destroy?vmid={vmid}") == {"status": 1}

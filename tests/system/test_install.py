@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -24,10 +25,10 @@ from tests.system.test_ansible import build_wheelhouse
 TYPES = {"types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}, {"tid": 2, "cpu": 2, "ram": 512, "disk": 1}]}
 
 
-def run_install(args, env_extra, timeout=600):
+def run_install(args, env_extra, timeout=600, prefix=()):
     env = {**os.environ, "CMS_SKIP_BOOTSTRAP": "1", "CMS_VENV": str(Path(sys.executable).parent.parent), **env_extra}
     env.pop("CMS_CONFIG", None)
-    return subprocess.run([str(ROOT / "install"), *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([*prefix, str(ROOT / "install"), *map(str, args)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -43,34 +44,67 @@ def prefix_env(d: Path) -> dict[str, str]:
             "CMS_LOG_DIR": str(d / "log")}
 
 
-@pytest.mark.parametrize("case", ["no-args", "two-args", "missing", "bad-json", "bad-type", "bad-pm", "bad-mode"])
-def test_bad_input_prints_usage_and_why_and_changes_nothing(tmp_path, case):
+@pytest.mark.parametrize("case", ["no-args", "two-args"])
+def test_wrong_arguments_print_usage_and_why(tmp_path, case):
+    files = good_files(tmp_path, [write_node_xml(tmp_path / "n.xml")])
+    args, want = ([], "expected 3 arguments, got 0") if case == "no-args" else (files[:2], "expected 3 arguments, got 2")
+    r = run_install(args, prefix_env(tmp_path), timeout=120)
+    assert r.returncode == 2 and r.stderr.splitlines() == [f"usage: {ROOT / 'install'} pm_file image_file types_file",
+                                                           f"install: {want}"], r.stderr
+    assert not (tmp_path / "etc").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "bad-json", "bad-type", "bad-pm", "http-uri", "bad-mode", "image-missing",
+                                  "image-not-a-disk", "image-a-directory", "image-unreadable-by-root"])
+def test_bad_input_is_one_line_naming_the_file_and_changes_nothing(tmp_path, case):
+    """Every bad input: exit 2, one line on stderr that names the file, nothing written."""
     files = good_files(tmp_path, [write_node_xml(tmp_path / "n.xml")])
     env = prefix_env(tmp_path)
     args: list = files
-    want = ""
-    if case == "no-args":
-        args, want = [], "expected 3 arguments, got 0"
-    elif case == "two-args":
-        args, want = files[:2], "expected 3 arguments, got 2"
-    elif case == "missing":
-        args, want = [files[0], tmp_path / "nope", files[2]], "nope: no such file"
+    prefix: list[str] = []
+    if case == "missing":
+        args, want = [files[0], tmp_path / "nope", files[2]], f"{tmp_path / 'nope'}: no such file"
     elif case == "bad-json":
         files[2].write_text("{not json")
-        want = "types_file"
+        want = f"types_file {files[2]}: not valid JSON"
     elif case == "bad-type":
         files[2].write_text(json.dumps({"types": [{"tid": 1, "cpu": 0, "ram": 256, "disk": 1}]}))
-        want = "cpu"
+        want = f"types_file {files[2]}: types[0].cpu"
     elif case == "bad-pm":
         files[0].write_text("qemu:///system\nnot a uri with spaces\n")
-        want = "pm_file"
+        want = f"pm_file {files[0]}:2"
+    elif case == "http-uri":
+        files[0].write_text("http://hv1.example.org/\n")
+        want = f"pm_file {files[0]}:1: 'http://hv1.example.org/' is not a libvirt URI"
     elif case == "bad-mode":
         env["CMS_INSTALL_MODE"] = "magic"
-        want = "CMS_INSTALL_MODE must be ansible or direct"
-    r = run_install(args, env, timeout=120)
+        want = "CMS_INSTALL_MODE must be ansible or direct, not 'magic'"
+    else:
+        home = tmp_path / "home"
+        home.mkdir(mode=0o700)
+        img = home / "Ubuntu-12.04-amd64.qcow2"
+        if case == "image-not-a-disk":
+            img.write_text("this is a text file, not a disk\n" * 100)
+            why = "not a disk image"
+        elif case == "image-a-directory":
+            img.mkdir()
+            why = "is a directory"
+        elif case == "image-missing":
+            why = "no such file"
+        else:
+            # root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH, as on an NFS home with
+            # root_squash: a 0000 file cannot be read by anyone
+            shutil.copyfile(blank_golden(), img)
+            img.chmod(0)
+            prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+                      "-dac_override,-dac_read_search"]
+            why = "cannot be read, not even by root (permission denied)"
+        files[1].write_text(f"{blank_golden()}\n{img}\n")
+        want = f"image_file {files[1]}: image 101: {img}: {why}"
+    r = run_install(args, env, timeout=120, prefix=prefix)
     assert r.returncode == 2, (r.stdout, r.stderr)
-    assert r.stderr.startswith("usage: ") and want in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == [r.stderr.strip()] and r.stderr.startswith("install: ") and want in r.stderr, \
+        (want, r.stderr)
     assert not (tmp_path / "etc").exists(), "nothing may be written before the inputs are checked"
 
 
