@@ -38,11 +38,12 @@ from dataclasses import asdict
 from typing import Callable
 
 from cms import config as cms_config
-from cms.doctor.check import FAIL, OK, WARN, Check, is_local
+from cms.doctor.check import FAIL, OK, WARN, Check
 from cms.doctor import hosts
 from cms.doctor.machine import (KVM_DEVICE, api_url, check_api, check_image, check_kvm_device, check_ports,
                                 check_state_db, check_zmq)
 from cms.virt.fleet import Fleet
+from cms.virt.host import is_local_uri
 
 CHECKS = ("config", "kvm-device", "libvirt", "domain-type", "define", "pool", "image", "ports", "zmq",
           "state-db", "api")
@@ -60,7 +61,7 @@ def run(cfg: cms_config.Config, *, skip: set[str] = frozenset(), timeout: float 
         for h in cfg.hosts:
             runs.append(hosts.start(h.name, h.uri, cfg, skip, files, progress))
     out = [Check("config", OK, cfg.source, f"{len(cfg.hosts)} host(s): {', '.join(h.name for h in cfg.hosts)}")]
-    if any(h.uri.startswith("qemu") and is_local(h.uri) for h in cfg.hosts):
+    if any(h.uri.startswith("qemu") and is_local_uri(h.uri) for h in cfg.hosts):
         out.append(check_kvm_device(kvm_device))
     for r in runs:
         out.extend(hosts.collect(r, start, timeout))

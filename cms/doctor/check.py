@@ -22,9 +22,5 @@ class Check:
         return f"{label:<4}  {self.check} {self.subject}: {self.detail}{fix}"
 
 
-def is_local(uri: str) -> bool:
-    return "://" in uri and uri.split("://", 1)[1].startswith("/")
-
-
 def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"

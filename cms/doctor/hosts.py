@@ -15,10 +15,10 @@ from typing import Callable
 
 from cms import config as cms_config
 from cms import errors
-from cms.doctor.check import FAIL, FIX_KVM_LOCAL, OK, WARN, Check, gib, is_local
+from cms.doctor.check import FAIL, FIX_KVM_LOCAL, OK, WARN, Check, gib
 from cms.doctor.machine import KVM_DEVICE, this_machine_is_a_vm, writable_dir
 from cms.virt import probe
-from cms.virt.host import Host
+from cms.virt.host import Host, is_local_uri
 
 DEFINE_SLOW_S = 2.0
 # After the connection, what a host's checks may take: two defines of a minute each at worst.
@@ -132,7 +132,7 @@ def _unreachable_fix(uri: str) -> str:
 def host_checks(run: HostRun, cfg: cms_config.Config, skip: set[str], files: list[str],
                  progress: Callable[[str], None]) -> None:
     host = Host(run.name, run.uri, keepalive_interval=0)
-    local = is_local(run.uri)
+    local = is_local_uri(run.uri)
     try:
         try:
             v = probe.versions(host)
@@ -142,7 +142,7 @@ def host_checks(run: HostRun, cfg: cms_config.Config, skip: set[str], files: lis
                              f"{v.daemon}, hypervisor {v.hypervisor}, host {v.hostname}"))
         run.step = "domain-type"
         if host.is_local_test:
-            dcheck, dtype = Check("domain-type", OK, run.name, "libvirt's test driver: its domains are of type test"), "test"
+            dcheck, dtype = Check("domain-type", OK, run.name, "libvirt's test driver: domains of type test"), "test"
         else:
             dcheck, dtype = check_domain_type(host, cfg.libvirt.domain_type, local)
         run.out.append(dcheck)
