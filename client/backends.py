@@ -16,7 +16,7 @@ import collections
 from typing import Any, Iterable
 
 from client.accounting import ReplicaTally, ReplicaTimeline
-from client.balance import Balancer
+from client.balance import ReplicaPicker
 from client.http1 import ConnPool
 
 
@@ -50,13 +50,13 @@ class Backend:
 
 class Backends:
     """Every replica seen (``all``, by name), the ready ones in the order they became ready,
-    and the balancer that picks among them."""
+    and the picker that chooses among them."""
 
     def __init__(self, paths: list[bytes], balance: str) -> None:
         self.paths = paths
         self.all: dict[str, Backend] = {}
         self.ready: list[Backend] = []
-        self.balancer = Balancer(balance)
+        self.picker = ReplicaPicker(balance)
 
     def apply(self, replicas: Iterable[Any], now: float, wall: float,
               pub_ts: float | None = None) -> list[tuple[Backend, str]]:
@@ -114,15 +114,15 @@ class Backends:
             tl.ready_at, tl.ready_mono, tl.ready_pub_ts = wall, now, pub_ts
         self.ready.append(b)
         if tl.first_sent_mono is None:
-            self.balancer.add_fresh(b)
+            self.picker.add_fresh(b)
 
     def _unready(self, b: Backend, state: str, now: float, wall: float) -> None:
         b.ready = False
         b.state = state
         b.timeline.unready_at, b.timeline.unready_mono = wall, now
         self.ready.remove(b)
-        self.balancer.not_fresh(b)
+        self.picker.not_fresh(b)
 
     def pick(self, now: float, exclude: Backend | None = None) -> Backend | None:
-        return self.balancer.pick(self.ready, now, exclude)
+        return self.picker.pick(self.ready, now, exclude)
 

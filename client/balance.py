@@ -23,7 +23,7 @@ from typing import Any, Sequence
 POLICIES = ("rr", "least")
 
 
-class Balancer:
+class ReplicaPicker:
     __slots__ = ("policy", "turn", "fresh")
 
     def __init__(self, policy: str = "rr") -> None:

@@ -1,6 +1,6 @@
 """Where each request goes and how it ends.
 
-An arrival becomes a Request; the balancer (through Backends) picks a replica; the request
+An arrival becomes a LoadRequest; client.balance (through Backends) picks a replica; the request
 is written to an idle keep-alive connection of that replica, or waits in the replica's
 queue while a connection opens, or in the backlog while no replica is ready. The
 connections (client.http1) call back here with the outcome, which is checked against the
@@ -30,7 +30,7 @@ RETRYABLE = frozenset({"connect", "connection", "http_5xx"})
 SHED_AFTER = 0.5
 
 
-class Request:
+class LoadRequest:
     __slots__ = ("idx", "intended", "mode", "tries")
 
     def __init__(self, idx: int, intended: float, mode: str) -> None:
@@ -57,7 +57,7 @@ class Dispatcher:
         self.mode = opts.start_mode     # stamped on each new request
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False             # tearing down: no retries, no connection reuse
-        self.backlog: collections.deque[Request] = collections.deque()   # no replica was ready
+        self.backlog: collections.deque[LoadRequest] = collections.deque()   # no replica was ready
         self.n_issued = 0
         self.scratch = scratch_buffer()    # what every connection reads into
 
@@ -70,14 +70,14 @@ class Dispatcher:
         """A new request meant to be sent at loop time `intended`."""
         idx = self.n_issued % len(self.expected)
         self.n_issued += 1
-        req = Request(idx, intended, self.mode)
+        req = LoadRequest(idx, intended, self.mode)
         self.totals.issued(req.mode)
         if self.totals.outstanding > self.opts.max_backlog:
             self._error(req, "overload")
             return
         self.dispatch(req)
 
-    def dispatch(self, req: Request, exclude: Backend | None = None) -> None:
+    def dispatch(self, req: LoadRequest, exclude: Backend | None = None) -> None:
         b = self.backends.pick(self._now(), exclude)
         if b is None:
             self.backlog.append(req)
@@ -89,7 +89,7 @@ class Dispatcher:
         if b.pool.should_open(len(b.queue), self.opts.max_conns):
             self.open(b)
 
-    def redispatch(self, waiting: collections.deque[Request]) -> None:
+    def redispatch(self, waiting: collections.deque[LoadRequest]) -> None:
         """Send requests that waited for a replica (or for one that left) elsewhere;
         they were never sent, so this is not a retry."""
         reqs = list(waiting)
@@ -97,7 +97,7 @@ class Dispatcher:
         for req in reqs:
             self.dispatch(req)
 
-    def _send(self, conn: Conn, req: Request) -> None:
+    def _send(self, conn: Conn, req: LoadRequest) -> None:
         b: Backend = conn.peer
         now = self.loop.time()  # type: ignore[union-attr]
         b.in_flight += 1
@@ -106,7 +106,7 @@ class Dispatcher:
         if tl.first_sent_mono is None:
             tl.first_sent_mono = now
             tl.first_sent_at = time.time()
-            self.backends.balancer.not_fresh(b)
+            self.backends.picker.not_fresh(b)
         tl.last_sent_mono = now
         conn.send(req, b.pool.requests[req.idx])
 
@@ -118,10 +118,11 @@ class Dispatcher:
 
     async def _connect(self, b: Backend) -> None:
         pool = b.pool
+        loop = self.loop
+        assert loop is not None
         try:
-            await asyncio.wait_for(
-                self.loop.create_connection(lambda: Conn(self, b, self.scratch), pool.address, pool.port),  # type: ignore[union-attr]
-                self.opts.connect_timeout)
+            await asyncio.wait_for(loop.create_connection(lambda: Conn(self, b, self.scratch), pool.address, pool.port),
+                                   self.opts.connect_timeout)
         except (OSError, asyncio.TimeoutError):
             pool.connecting -= 1
             b.backoff_until = self._now() + self.opts.backoff
@@ -155,7 +156,7 @@ class Dispatcher:
         conn.peer.pool.conns.add(conn)
         self._conn_free(conn)
 
-    def connection_closed(self, conn: Conn, req: Request | None) -> None:
+    def connection_closed(self, conn: Conn, req: LoadRequest | None) -> None:
         b: Backend = conn.peer
         b.pool.forget(conn)
         if req is not None:
@@ -167,12 +168,12 @@ class Dispatcher:
 
     # --- outcomes ---------------------------------------------------------------------------
 
-    def bad_response(self, conn: Conn, req: Request) -> None:
+    def bad_response(self, conn: Conn, req: LoadRequest) -> None:
         b: Backend = conn.peer
         b.in_flight -= 1
         self._attempt_failed(req, b, "bad_response")
 
-    def response(self, conn: Conn, req: Request, status: int, body: bytes) -> None:
+    def response(self, conn: Conn, req: LoadRequest, status: int, body: bytes) -> None:
         b: Backend = conn.peer
         b.in_flight -= 1
         # free the connection first, so the next request (closed loop, retry) can reuse it
@@ -197,7 +198,7 @@ class Dispatcher:
             b.tally.fail()
             self._error(req, f"http_{status}")
 
-    def _attempt_failed(self, req: Request, b: Backend, kind: str) -> None:
+    def _attempt_failed(self, req: LoadRequest, b: Backend, kind: str) -> None:
         b.tally.fail()
         if kind in RETRYABLE and req.tries == 0 and not self.closed:
             req.tries = 1
@@ -206,7 +207,7 @@ class Dispatcher:
         else:
             self._error(req, kind)
 
-    def _error(self, req: Request, kind: str) -> None:
+    def _error(self, req: LoadRequest, kind: str) -> None:
         self.totals.error(req.mode, kind)
         self.on_settled()
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from client.accounting import ReplicaTally, RunTotals
-from client.balance import Balancer
+from client.balance import ReplicaPicker
 from client.http1 import Conn, dechunk
 from client.schedule import ScheduleError, parse_duration, parse_schedule, total_seconds
 
@@ -25,7 +25,7 @@ class R:
 
 def picks(policy: str, ready: list[R], n: int, now: float = 10.0, exclude: R | None = None,
           fresh: tuple[R, ...] = ()) -> list[str]:
-    b = Balancer(policy)
+    b = ReplicaPicker(policy)
     for r in fresh:
         b.add_fresh(r)
     return [b.pick(ready, now, exclude).name for _ in range(n)]
@@ -61,7 +61,7 @@ def test_balancer_table(policy, ready, kw, want):
 
 
 def test_balancer_no_ready_replica_and_fresh_bookkeeping():
-    b = Balancer("rr")
+    b = ReplicaPicker("rr")
     assert b.pick([], 0.0) is None
     b.add_fresh(A)
     b.add_fresh(A)
@@ -70,7 +70,7 @@ def test_balancer_no_ready_replica_and_fresh_bookkeeping():
     b.not_fresh(A)
     assert b.fresh == []
     with pytest.raises(ValueError, match="unknown balance policy"):
-        Balancer("random")
+        ReplicaPicker("random")
 
 
 # --- the response parser ------------------------------------------------------------------
