@@ -11,6 +11,9 @@ Capacity rules, the same for every policy:
 - Disk: when a request names disk bytes and the host reports its pool's free bytes, the
   request must fit in them (overlays are thin, so this is a floor, not a reservation).
 - A host that is down (``up=False``) is never chosen.
+- A warm-pool replica is charged as its parked state holds the host (``charge_of``): a
+  paused one holds its RAM but no CPU; a saved or stopped one holds only its disk; one
+  booting or running counts in full like any VM.
 
 Policies:
 
@@ -68,6 +71,15 @@ class Choice:
     host: str
     index: int          # position of the host in the list given
     next_cursor: int    # where round_robin starts next time
+
+
+def charge_of(state: str, warm: bool, vcpus: int, memory_mib: int) -> tuple[int, int]:
+    """(vCPUs, MiB) a domain takes from its host: in full, except a parked warm replica."""
+    if not warm or state in ("running", "blocked"):
+        return vcpus, memory_mib
+    if state == "paused":
+        return 0, memory_mib
+    return 0, 0
 
 
 def vcpu_room(h: HostLoad, rules: Rules) -> int:

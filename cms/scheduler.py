@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator
 
 from cms import errors
 from cms.config import Config
-from cms.placement import Choice, HostLoad, Request, Rules, choose, fits, ram_room, vcpu_room
+from cms.placement import Choice, HostLoad, Request, Rules, charge_of, choose, fits, ram_room, vcpu_room
 from cms.store import Store
 from cms.virt import Capacity, Fleet, Listing, OwnedDomain, OwnerMeta, Spawned
 
@@ -119,8 +119,9 @@ class Scheduler:
         except errors.VirtError:
             self._mark_down(name)
             return HostLoad(name, 0, 0, up=False), [], None
+        charges = [charge_of(d.state, d.meta.warm, d.vcpus, d.memory_mib) for d in doms]
         load = HostLoad(name, self.cfg.host(name).cpus or cap.cpus, cap.memory_mib,
-                        used_vcpus=sum(d.vcpus for d in doms), used_memory_mib=sum(d.memory_mib for d in doms),
+                        used_vcpus=sum(v for v, _m in charges), used_memory_mib=sum(m for _v, m in charges),
                         up=True, disk_free_bytes=cap.pool_available_bytes or None)
         return load, doms, cap
 

@@ -58,7 +58,7 @@ class Executor(WarmPool):
         self.lock = threading.RLock()
         self.workers: list[threading.Thread] = []
         self.checks = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="cms-health")
-        self.spawn_backoff: dict[str, tuple[float, int]] = {}
+        self.spawn_backoff: dict[tuple[str, bool], tuple[float, int]] = {}   # (group, warm) -> (until, n)
         self.handlers: dict[type, Callable[[Any, Listing | None], None]] = {
             P.Adopt: self._adopt, P.AdoptWarm: self._adopt_warm, P.Cleanup: self._cleanup,
             P.CleanOrphanVolumes: self._clean_orphans, P.Fail: self._fail_action,
@@ -84,9 +84,17 @@ class Executor(WarmPool):
         with self.lock:
             return tuple(Track(**{**t.__dict__, "timings": dict(t.timings)}) for t in self.tracks.values())
 
-    def spawn_paused(self) -> frozenset[str]:
+    def spawn_paused(self, warm: bool = False) -> frozenset[str]:
+        """Groups whose serving spawns (or warm refills) back off after a failure."""
         now = time.monotonic()
-        return frozenset(g for g, (until, _n) in self.spawn_backoff.items() if now < until)
+        return frozenset(g for (g, w), (until, _n) in self.spawn_backoff.items() if w == warm and now < until)
+
+    def back_off(self, group: str, warm: bool) -> float:
+        """Pause the group's spawns (or refills): 2 s, doubling per failure in a row, at most 60 s."""
+        _until, n = self.spawn_backoff.get((group, warm), (0.0, 0))
+        delay = min(60.0, 2.0 * 2 ** n)
+        self.spawn_backoff[(group, warm)] = (time.monotonic() + delay, n + 1)
+        return delay
 
     # -- announcing -------------------------------------------------------------------------
 
@@ -254,7 +262,7 @@ class Executor(WarmPool):
             t = self.tracks[name] = Track(name, a.group, created, park_mode=gc.warm_pool.state if a.warm else "")
         if a.warm:
             self.journal.event("warm_refill", a.group, name, f"{a.reason}: booting a warm replica")
-        elif gc.warm_pool.size:
+        elif a.pool_empty:
             self.journal.event("warm_empty", a.group, name, f"{a.reason}: no parked replica to take, so a cold "
                                "boot (clone, define, start, boot)")
         t.timings["decided"] = time.monotonic()
@@ -269,13 +277,12 @@ class Executor(WarmPool):
                                                     guest_port=gc.port, warm=a.warm),
                                      listing=listing, avoid=a.avoid_hosts)
         except errors.CmsError as exc:
-            _until, n = self.spawn_backoff.get(t.group, (0.0, 0))
-            delay = min(60.0, 2.0 * 2 ** n)
-            self.spawn_backoff[t.group] = (time.monotonic() + delay, n + 1)
+            delay = self.back_off(t.group, a.warm)
             self.journal.event("spawn_failed", t.group, t.name, f"{exc}; retrying in {delay:.0f}s", error=str(exc))
             self._forget(t)
             return
-        self.spawn_backoff.pop(t.group, None)
+        if not a.warm:
+            self.spawn_backoff.pop((t.group, False), None)
         t.timings["started"] = time.monotonic()
         stages = {k: round(v, 3) for k, v in s.timings.items()}
         with self.lock:
@@ -328,6 +335,8 @@ class Executor(WarmPool):
                            decision_to_ready_s=None if decided is None else round(time.monotonic() - decided, 3))
         else:
             why = f"no healthy answer within {self.cfg.autoscaler.health_timeout_s:g}s"
+            if t.state == S.WARMING:
+                self.back_off(t.group, True)
             if self._mark_failed(t, why, (S.STARTING, S.WARMING)):
                 self._remove(t, why)
 
@@ -343,6 +352,7 @@ class Executor(WarmPool):
                 return
             was_ready = t.state == S.READY
             t.move(S.DRAINING)
+            t.park_mode = a.park          # back into the pool after the drain (planner.role)
         self.journal.event("scale_in", t.group, t.name, a.reason)
         self._announce(t, "draining", a.reason)
         self._start_worker(self._drain_worker, t, a.reason, was_ready, a.park)

@@ -81,10 +81,12 @@ class FinishRemoval(Action):
 
 @dataclass(frozen=True)
 class Spawn(Action):
-    """Place and make a new replica; ``warm``: a warm-pool member, parked once healthy."""
+    """Place and make a new replica; ``warm``: a warm-pool member, parked once healthy.
+    ``pool_empty``: a serving replica booted cold because the group's pool had none parked."""
     group: str
     warm: bool = False
     avoid_hosts: frozenset[str] = frozenset()
+    pool_empty: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ class View:
     first: bool = False                          # the first tick since the daemon started
     dead: frozenset[str] = frozenset()           # names a lifecycle event said stopped or crashed
     spawn_paused: frozenset[str] = frozenset()   # groups backing off after failed spawns
+    refill_paused: frozenset[str] = frozenset()  # groups whose warm refills back off after a failure
     hosts: frozenset[str] = frozenset()          # hosts that are up (warm refills: one boot per host)
     # host -> (running cms domains, load): what scale_in_order = "consolidate" weighs
     occupancy: Mapping[str, tuple[int, float]] = field(default_factory=dict)
@@ -246,12 +249,14 @@ def plan(v: View, decide: Decide) -> Plan:
             state[t.name] = S.FAILED
 
     # 3. per group: the serving count
+    everyone = list(v.tracks) + [_adopted(d, state[n]) for n, d in v.observed.items()
+                                 if n not in tracked and n in state]
     groups: dict[str, GroupDecision] = {}
     refill_planned = False
     for g, gc in v.groups.items():
-        members = [t for t in v.tracks if t.group == g and state.get(t.name) in COUNTING]
-        members += [_adopted(d, state[n]) for n, d in v.observed.items()
-                    if n not in tracked and d.meta.group == g and state.get(n) in COUNTING]
+        mine = [t for t in everyone if t.group == g]
+        members = [t for t in mine if role(t, state.get(t.name)) == "serving"]
+        pool = [t for t in mine if role(t, state.get(t.name)) == "pool"]
         n = len(members)
         desired = v.desired.get(g)
         if desired is None:
@@ -265,47 +270,53 @@ def plan(v: View, decide: Decide) -> Plan:
             notes.append(f"group {g}: {n} of {desired} replicas: closing the gap")
         groups[g] = GroupDecision(g, desired, decision, n)
         gap = desired - n
-        parked = sorted((t for t in v.tracks if t.group == g and state.get(t.name) == S.PARKED and not t.busy),
-                        key=lambda t: (_unpark_speed(t.park_mode), t.created, t.name))
         if gap > 0:
             why = f"group {g} has {n} of {desired} wanted replicas"
+            parked = sorted((t for t in pool if state.get(t.name) == S.PARKED and not t.busy and t.name in tracked),
+                            key=lambda t: (_unpark_speed(t.park_mode), t.created, t.name))
             for t in parked[:gap]:
                 actions.append(Unpark(f"{why}: from the warm pool ({t.park_mode})", t.name))
                 state[t.name] = S.UNPARKING
+                pool.remove(t)
             cold = gap - min(gap, len(parked))
             if cold and g in v.spawn_paused:
                 notes.append(f"group {g}: spawns back off after a failure")
             elif cold:
-                empty = " (warm pool empty)" if gc.warm_pool.size else ""
-                actions.extend(Spawn(why + empty, g) for _ in range(cold))
+                actions.extend(Spawn(why, g, pool_empty=gc.warm_pool.size > 0) for _ in range(cold))
         elif gap < 0:
-            pool = sum(1 for t in v.tracks if t.group == g and state.get(t.name) in WARM)
-            room = pool_target(gc, desired) - pool if gc.warm_pool.reuse_on_scale_in else 0
+            room = pool_target(gc, desired) - len(pool) if gc.warm_pool.reuse_on_scale_in else 0
             for t in victims(gc, [m for m in members if m.name in tracked], -gap, v.occupancy):
                 park = gc.warm_pool.state if room > 0 and t.state == S.READY else ""
                 room -= bool(park)
                 actions.append(Drain(f"scale in: group {g} wants {desired}, has {n}", t.name, park))
                 state[t.name] = S.DRAINING
+                if park:
+                    pool.append(t)
 
-        # 4. the warm pool: refill one boot at a time per host
-        if gc.warm_pool.size:
-            pool = [t for t in v.tracks if t.group == g and state.get(t.name) in WARM]
-            pool += [_adopted(d, state[n]) for n, d in v.observed.items()
-                     if n not in tracked and d.meta.group == g and state.get(n) in WARM]
-            pool += [t for t in v.tracks if t.group == g and t.state == S.SPAWNING and t.park_mode]
-            target = pool_target(gc, desired)
-            if len(pool) < target and g not in v.spawn_paused:
-                booting = None if refill_planned else _warm_boots(v, state)
-                if booting is not None:
-                    actions.append(Spawn(f"warm pool of {g} has {len(pool)} of {target}", g, warm=True,
-                                         avoid_hosts=booting))
-                    refill_planned = True  # one new warm boot per tick: its host is known next tick
-            elif len(pool) > target:
-                spare = [t for t in pool if t.state == S.PARKED and not t.busy and t.name in tracked]
-                for t in sorted(spare, key=lambda t: (t.created, t.name), reverse=True)[:len(pool) - target]:
-                    actions.append(Discard(f"warm pool of {g} holds {len(pool)}, wants {target}", t.name))
-                    state[t.name] = S.FAILED
+        # 4. the warm pool: refill one boot at a time per host; shrink to the target
+        if not gc.warm_pool.size and not pool:
+            continue
+        target = pool_target(gc, desired)
+        if len(pool) < target and g not in v.refill_paused:
+            booting = None if refill_planned else _warm_boots(v, state)
+            if booting is not None:
+                actions.append(Spawn(f"warm pool of {g} has {len(pool)} of {target}", g, warm=True,
+                                     avoid_hosts=booting))
+                refill_planned = True  # one new warm boot per tick: its host is known next tick
+        elif len(pool) > target:
+            spare = [t for t in pool if state.get(t.name) == S.PARKED and not t.busy and t.name in tracked]
+            for t in sorted(spare, key=lambda t: (t.created, t.name), reverse=True)[:len(pool) - target]:
+                actions.append(Discard(f"warm pool of {g} holds {len(pool)}, wants {target}", t.name))
+                state[t.name] = S.FAILED
     return Plan(tuple(actions), groups, tuple(notes))
+
+
+def role(t: Track, st: State | None) -> str:
+    """"serving" (counted by the policy), "pool" (a warm-pool member, or about to be one:
+    a warm spawn, a replica draining into the pool) or "" (on its way out)."""
+    if st in WARM or (st in (S.SPAWNING, S.DRAINING) and t.park_mode):
+        return "pool"
+    return "serving" if st in COUNTING else ""
 
 
 def _warm_boots(v: View, state: dict[str, State]) -> frozenset[str] | None:

@@ -115,6 +115,7 @@ class Autoscaler:
             view = planner.View(self.groups, observed, self.executor.snapshot(), dict(self.desired),
                                 first=not self.started, dead=frozenset(self._dead),
                                 spawn_paused=self.executor.spawn_paused(),
+                                refill_paused=self.executor.spawn_paused(warm=True),
                                 hosts=frozenset(h for h in self.fleet.hosts if h not in self.unhealthy_hosts),
                                 occupancy=self.balancer.occupancy(self._listing, self.last_tick))
             plan = planner.plan(view, lambda g, members: self.decide(g, members, now))

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from cms import policy
 from cms.autoscaler import planner
-from cms.autoscaler.lifecycle import COUNTING, WARM, Track
+from cms.autoscaler.lifecycle import Track
 from cms.config import GroupConfig
 from cms.metrics import Tick
 from cms.virt import Capacity, Listing
@@ -38,8 +38,9 @@ def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track,
     out_groups: dict[str, Any] = {}
     for g, gc in groups.items():
         members = sorted((t for t in tracks if t.group == g), key=lambda t: (t.created, t.name))
-        serving = [t for t in members if t.state not in WARM]
-        want = desired.get(g, planner.clamp(gc, sum(1 for t in members if t.state in COUNTING)))
+        pool = [t for t in members if planner.role(t, t.state) == "pool"]
+        serving = [t for t in members if t not in pool]
+        want = desired.get(g, planner.clamp(gc, sum(1 for t in serving if planner.role(t, t.state) == "serving")))
         last = decisions.get(g)
         pol: dict[str, Any] = {"name": gc.policy, "mean": None, "cooldown_s": gc.cooldown_s, "warmup_s": gc.warmup_s}
         pol.update(asdict(gc.threshold) if gc.policy == "threshold" else asdict(gc.target))
@@ -47,7 +48,7 @@ def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track,
             pol["mean"] = last[1].mean
         out_groups[g] = {
             "desired": want, "min": gc.min, "max": gc.max,
-            "serving": sum(1 for t in members if t.state in COUNTING),
+            "serving": sum(1 for t in serving if planner.role(t, t.state) == "serving"),
             "replicas": [_replica(t, cpu) for t in serving],
             "last_decision": None if last is None else {
                 "ts": last[0], "action": last[1].action, "desired": last[1].desired, "reason": last[1].reason},
@@ -56,7 +57,7 @@ def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track,
                 "size": gc.warm_pool.size, "state": gc.warm_pool.state,
                 "reuse_on_scale_in": gc.warm_pool.reuse_on_scale_in,
                 "target": planner.pool_target(gc, want) if gc.warm_pool.size else 0,
-                "members": [{**_replica(t, cpu), "mode": t.park_mode} for t in members if t.state in WARM]},
+                "members": [{**_replica(t, cpu), "mode": t.park_mode} for t in pool]},
         }
     out_hosts: dict[str, Any] = {}
     for h in hosts:

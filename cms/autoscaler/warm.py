@@ -54,6 +54,7 @@ class WarmPool:
             self.scheduler.park(t.host, t.name, mode, self._meta(t, warm=True),
                                 graceful_timeout=self.cfg.autoscaler.shutdown_timeout_s, wait=self.stop.wait)
         except errors.CmsError as exc:
+            self.back_off(t.group, True)
             if self._mark_failed(t, f"could not park ({mode}): {exc}", (S.PARKING,)):
                 self._remove(t, f"could not park: {exc}")
             return
@@ -64,6 +65,7 @@ class WarmPool:
             t.ready_at = None
         took = time.monotonic() - t0
         if prepared:
+            self.spawn_backoff.pop((t.group, True), None)
             boot = time.monotonic() - t.timings.get("spawn", t0)
             cpu = self._boot_cpu(t)
             self.journal.event("warm_prepared", t.group, t.name,

@@ -144,7 +144,8 @@ class Guest:
         """Rewrite cms's <metadata> element, live (when running) and in the persistent config."""
         with self._call("virDomainSetMetadata") as d:
             flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if d.isActive() else 0)
-            d.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, vxml.render_metadata(meta), vxml.METADATA_KEY,
+            d.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, vxml.render_metadata(meta, prefixed=False),
+                          vxml.METADATA_KEY,
                           vxml.METADATA_NS, flags)
             self.host.forget_owner(d.UUIDString())
 

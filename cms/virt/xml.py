@@ -48,10 +48,13 @@ class OwnerMeta:
 _META_TAGS = {f.name: f.name.replace("_", "-") for f in fields(OwnerMeta)}
 
 
-def render_metadata(meta: OwnerMeta) -> str:
-    """The <cms:owner> element, as virDomainSetMetadata and <metadata> take it."""
-    parts = [f"<{tag}>{escape(str(getattr(meta, name)))}</{tag}>" for name, tag in _META_TAGS.items()]
-    return f'<{METADATA_KEY}:owner xmlns:{METADATA_KEY}="{METADATA_NS}">{"".join(parts)}</{METADATA_KEY}:owner>'
+def render_metadata(meta: OwnerMeta, prefixed: bool = True) -> str:
+    """The <cms:owner> element as a domain's <metadata> holds it; ``prefixed=False``: the bare
+    <owner> element virDomainSetMetadata takes (it adds the namespace from its own arguments)."""
+    parts = "".join(f"<{tag}>{escape(str(getattr(meta, name)))}</{tag}>" for name, tag in _META_TAGS.items())
+    if not prefixed:
+        return f"<owner>{parts}</owner>"
+    return f'<{METADATA_KEY}:owner xmlns:{METADATA_KEY}="{METADATA_NS}">{parts}</{METADATA_KEY}:owner>'
 
 
 def _parse_bool(raw: str) -> bool:

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from cms.errors import PlacementError
-from cms.placement import HostLoad, Placer, Request, Rules, charge, choose
+from cms.placement import HostLoad, Placer, Request, Rules, charge, charge_of, choose
 
 NO_RULES = Rules(cpu_overcommit=1.0, ram_reserve_mib=0)
 
@@ -137,3 +137,13 @@ def test_placer_release_gives_room_back():
     assert c.host == "a" and p.place(Request(1, 1024)).host == "b"
     p.release(c.index, Request(1, 1024))
     assert p.place(Request(1, 1024)).host == "a"
+
+
+@pytest.mark.parametrize("state, warm, want", [
+    ("running", False, (2, 1024)), ("shutoff", False, (2, 1024)),     # any other VM: in full, as before
+    ("running", True, (2, 1024)),                                       # a warm replica booting
+    ("paused", True, (0, 1024)),                                        # parked paused: RAM held, no CPU
+    ("shutoff", True, (0, 0)),                                          # parked saved or stopped: disk only
+])
+def test_a_warm_replica_is_charged_as_its_state_holds_the_host(state, warm, want):
+    assert charge_of(state, warm, 2, 1024) == want
