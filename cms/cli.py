@@ -2,7 +2,7 @@
 
     cms [--config F] [--url URL] [--token T] [--timeout S] [--json] COMMAND
       vm create NAME TYPE [--image ID] | vm query VMID | vm destroy VMID | vm list
-      types | images | pm list | pm query PMID | pm listvms PMID | group status [NAME] | group scale NAME N
+      types | images [add NAME PATH] | pm list | pm query PMID | pm listvms PMID | group status [NAME] | group scale NAME N
       doctor [--config F] [--json] [--skip CHECK,...] [--timeout S]   (needs no API; see cms.doctor)
 
 The URL comes from --url, else $CMS_URL, else http://<api.bind of the configuration>.
@@ -118,7 +118,10 @@ def _parser() -> argparse.ArgumentParser:
         vm.add_parser(n).add_argument("vmid", type=int)
     vm.add_parser("list")
     sub.add_parser("types", help="instance types")
-    sub.add_parser("images", help="images")
+    im = sub.add_parser("images", help="images (no subcommand: list them)").add_subparsers(dest="sub")
+    p = im.add_parser("add", help="register an image file on the controller; it is imported into every host")
+    p.add_argument("name")
+    p.add_argument("path", help="absolute path on the controller")
     pm = sub.add_parser("pm", help="physical machines").add_subparsers(dest="sub", required=True)
     pm.add_parser("list")
     pm.add_parser("query").add_argument("pmid", type=int)
@@ -165,6 +168,9 @@ def run(a: argparse.Namespace, c: Client) -> tuple[Any, str]:
     if a.cmd == "types":
         r = c.call("GET", "/vm/types")
         return r, table(r["types"], ["tid", "cpu", "ram", "disk"])
+    if a.cmd == "images" and a.sub == "add":
+        r = c.call("POST", "/v1/images", body={"name": a.name, "path": a.path})
+        return r, f"image {r['id']} {r['name']}: {r['format']}, {r['size'] // 2**20} MiB, imported as {r['copy']}"
     if a.cmd == "images":
         r = c.call("GET", "/image/list")
         return r, table(r["images"], ["id", "name"])

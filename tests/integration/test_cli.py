@@ -39,11 +39,16 @@ def test_cli_against_the_running_api(live_api):  # noqa: F811
     assert vmid > 0
     r = cms("--json", "vm", "query", str(vmid), url=url)
     assert json.loads(r.stdout)["name"] == name
+    pmid = json.loads(r.stdout)["pmid"]
     assert name in cms("vm", "list", url=url).stdout
     r = cms("vm", "create", name, "1", url=url)
     assert r.returncode == 1 and "not created" in r.stderr and "Traceback" not in r.stderr
     r = cms("pm", "query", "1", url=url)
     assert r.returncode == 0 and "capacity" in r.stdout
+    r = cms("--json", "pm", "listvms", str(pmid), url=url)
+    assert r.returncode == 0 and vmid in json.loads(r.stdout)["vmids"]
+    r = cms("pm", "listvms", "9", url=url)
+    assert r.returncode == 1 and r.stderr == "cms: no machine 9\n"
     assert cms("vm", "destroy", str(vmid), url=url).stdout.strip() == f"destroyed VM {vmid}"
     r = cms("vm", "destroy", str(vmid), url=url)
     assert r.returncode == 1 and "not destroyed" in r.stderr
@@ -67,3 +72,17 @@ def test_cli_usage_and_unreachable_server():
     r = cms("types", url="http://127.0.0.1:9")
     assert r.returncode == 1 and r.stderr.startswith("cms: cannot reach the API at http://127.0.0.1:9")
     assert "Traceback" not in r.stderr
+
+
+def test_cli_registers_an_image(live_api, tmp_path):  # noqa: F811
+    url = live_api["url"]
+    img = tmp_path / "cli-image.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), "8M"], check=True, timeout=60)
+    name = f"cli-img-{uuid.uuid4().hex[:6]}"
+    r = cms("images", "add", name, str(img), url=url)
+    assert r.returncode == 1 and "401" in r.stderr
+    r = cms("images", "add", name, str(img), url=url, token=TOKEN)
+    assert r.returncode == 0 and r.stdout.startswith(f"image ") and "imported as /var/lib/cms/test/" in r.stdout, r.stderr
+    assert name in cms("images", url=url).stdout
+    r = cms("images", "add", "notes", str(tmp_path), url=url, token=TOKEN)
+    assert r.returncode == 1 and r.stderr == f"cms: POST /v1/images: HTTP 400: {tmp_path}: is a directory, not an image\n"

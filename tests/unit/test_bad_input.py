@@ -104,7 +104,7 @@ def test_every_entry_point_refuses_every_malformed_config_in_one_line(tmp_path):
 
 # -- the CLI against servers that are not the cms API --------------------------------------------
 
-SUBCOMMANDS = [["types"], ["images"], ["vm", "create", "web1", "1"], ["vm", "create", "web1", "1", "--image", "100"],
+SUBCOMMANDS = [["types"], ["images"], ["images", "add", "img", "/srv/img.qcow2"], ["vm", "create", "web1", "1"], ["vm", "create", "web1", "1", "--image", "100"],
                ["vm", "query", "1"], ["vm", "destroy", "1"], ["vm", "list"], ["pm", "list"], ["pm", "query", "1"],
                ["pm", "listvms", "1"], ["group", "status"], ["group", "status", "web"], ["group", "scale", "web", "2"]]
 
