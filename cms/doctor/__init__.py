@@ -66,7 +66,7 @@ def run(cfg: cms_config.Config, *, skip: set[str] = frozenset(), timeout: float 
     for r in runs:
         out.extend(hosts.collect(r, start, timeout))
     out.extend(check_image(cfg))
-    out.append(check_ports(cfg))
+    out.extend(check_ports(cfg))
     out.extend(check_zmq(k, getattr(cfg.zmq, k.split(".")[1])) for k in ("zmq.publish", "zmq.snapshot"))
     out.append(check_state_db(cfg.state_db))
     out.append(check_api(url or api_url(cfg.api.bind), explicit=bool(url)))

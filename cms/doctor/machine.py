@@ -19,6 +19,7 @@ from cms import config as cms_config
 from cms.doctor.check import FAIL, FIX_KVM_LOCAL, OK, WARN, Check
 from cms.netutil import bindable
 from cms.virt.fleet import Fleet
+from cms.virt.host import is_local_uri
 from cms.virt.xml import qcow2_virtual_size
 
 KVM_DEVICE = "/dev/kvm"
@@ -141,17 +142,28 @@ def check_image(cfg: cms_config.Config) -> list[Check]:
     return out
 
 
-def check_ports(cfg: cms_config.Config) -> Check:
+def check_ports(cfg: cms_config.Config) -> list[Check]:
+    """The forward ports on each address the hypervisors of this machine bind them on (a
+    remote host's or another namespace's cannot be tried from here)."""
     net = cfg.network
-    span = f"{net.forward_address}:{net.port_min}-{net.port_max}"
     if net.mode != "user":
-        return Check("ports", OK, "forward", f"network.mode = {net.mode}: replicas need no host ports")
-    if not bindable(net.forward_address, 0):
-        return Check("ports", FAIL, span, f"{net.forward_address} is not an address of this machine",
-                     "set network.forward_address to one (127.0.0.1 on a single machine)")
-    free = sum(1 for p in range(net.port_min, net.port_max + 1) if bindable(net.forward_address, p))
+        return [Check("ports", OK, "forward", f"network.mode = {net.mode}: replicas need no host ports")]
+    fleet = Fleet(cfg)
+    addresses = sorted({fleet.forward_address(h.name) for h in cfg.hosts
+                        if is_local_uri(h.uri) and not h.uri.startswith("test:")})
+    if not addresses:
+        return [Check("ports", OK, "forward", "no hypervisor on this machine: its ports cannot be tried from here")]
     need = sum(g.max for g in cfg.groups.values())
-    detail = f"{free} of {net.port_max - net.port_min + 1} free to bind; the groups' max adds up to {need}"
+    return [_port_range(address, net.port_min, net.port_max, need) for address in addresses]
+
+
+def _port_range(address: str, low: int, high: int, need: int) -> Check:
+    span = f"{address}:{low}-{high}"
+    if not bindable(address, 0):
+        return Check("ports", FAIL, span, f"{address} is not an address of this machine",
+                     "set network.forward_address (or the host's forward_address) to one: 127.0.0.1 on one machine")
+    free = sum(1 for p in range(low, high + 1) if bindable(address, p))
+    detail = f"{free} of {high - low + 1} free to bind; the groups' max adds up to {need}"
     if free == 0:
         return Check("ports", FAIL, span, detail, "stop what holds them, or move network.port_min/port_max")
     if free < need:

@@ -204,8 +204,8 @@ def test_state_db(tmp_path: Path):
 
 
 def test_ports(tmp_path: Path, node_uri: str):
-    cfg = config(tmp_path, node_uri, network={"forward_address": "192.0.2.1"})
-    c = machine.check_ports(cfg)
+    local = [{"name": "here", "uri": "qemu:///system"}]      # no connection: only its ports are tried
+    [c] = machine.check_ports(config(tmp_path, node_uri, hosts=local, network={"forward_address": "192.0.2.1"}))
     assert c.status == FAIL and "192.0.2.1 is not an address of this machine" in c.detail
     taken = []
     try:
@@ -213,12 +213,20 @@ def test_ports(tmp_path: Path, node_uri: str):
             s = socket.socket()
             s.bind(("127.0.0.1", p))
             taken.append(s)
-        c = machine.check_ports(config(tmp_path, node_uri, network={"port_min": 40000, "port_max": 40001}))
+        [c] = machine.check_ports(config(tmp_path, node_uri, hosts=local, network={"port_min": 40000, "port_max": 40001}))
         assert c.status == FAIL and c.detail.startswith("0 of 2 free to bind")
+        [c] = machine.check_ports(config(tmp_path, node_uri, hosts=local, network={"port_min": 40000, "port_max": 40003}))
+        assert (c.status, c.subject) == (WARN, "127.0.0.1:40000-40003")     # 2 free, the groups may want 3
     finally:
         for s in taken:
             s.close()
-    c = machine.check_ports(config(tmp_path, node_uri, network={"mode": "libvirt"}))
+    # a host with its own forward address; one that is not on this machine is not tried
+    two = [{"name": "here", "uri": "qemu:///system", "forward_address": "127.0.0.2"},
+           {"name": "far", "uri": "qemu+ssh://root@hv2.example.org/system"}]
+    assert [c.subject for c in machine.check_ports(config(tmp_path, node_uri, hosts=two))] == ["127.0.0.2:40000-40099"]
+    [c] = machine.check_ports(config(tmp_path, node_uri))                # only a test:/// host
+    assert c.status == OK and "cannot be tried from here" in c.detail
+    [c] = machine.check_ports(config(tmp_path, node_uri, network={"mode": "libvirt"}))
     assert c.status == OK and "need no host ports" in c.detail
 
 
