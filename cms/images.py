@@ -35,6 +35,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import sys
 import threading
 import time
@@ -110,6 +111,10 @@ def check(path: str) -> Facts:
     if not os.path.isabs(path):
         raise ImageError(f"{path}: not an absolute path")
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            # a FIFO would block the reader; a device has no size to copy
+            raise ImageError(f"{path}: not a regular file, so not an image file")
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
             head = fh.read(HEAD_BYTES)

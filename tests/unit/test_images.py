@@ -180,3 +180,13 @@ def test_not_an_image_is_refused_before_any_host_is_touched(tmp_path, two_hosts)
         store.import_file(str(src))
     with pytest.raises(Exception):
         fleet.host("pm1").list_volumes("imgs")      # the pool was not even made
+
+
+def test_a_fifo_or_device_is_refused_without_opening_it(tmp_path):
+    import os
+    fifo = tmp_path / "pipe.qcow2"
+    os.mkfifo(fifo)
+    for p in (str(fifo), "/dev/zero", "/dev/null"):
+        with pytest.raises(ImageError) as ei:
+            check(p)
+        assert str(ei.value) == f"{p}: not a regular file, so not an image file"
