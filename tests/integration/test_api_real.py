@@ -167,7 +167,9 @@ def test_hosts_api(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("testhosts")
     t1 = write_node_xml(tmp / "n1.xml", cpus=8, memory_kib=16 << 20)
     t2 = write_node_xml(tmp / "n2.xml", cpus=8, memory_kib=16 << 20)
-    (tmp / "image_file").write_text("/srv/fuzz-image.qcow2\n")
+    # a real (small) image: creates import it first, into test:/// pools that keep metadata only
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp / "fuzz-image.qcow2"), "8M"], check=True, timeout=60)
+    (tmp / "image_file").write_text(f"{tmp / 'fuzz-image.qcow2'}\n")
     (tmp / "types_file").write_text(json.dumps({"types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}]}))
     port = free_port()
     config = f"""

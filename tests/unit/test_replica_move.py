@@ -11,7 +11,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from client.backends import Backends
-from client.balance import Balancer
 from cms.messages import EVENTS, Replica, Update, decode_update, encode_update
 
 
@@ -50,7 +49,7 @@ def test_a_ready_replica_at_a_new_address_moves_and_keeps_its_record():
     assert busy in b.pool.conns and b.pool.idle == []
     assert b.in_flight == 1 and b.tally.summary()["sent"] == 1
     # a retry of a request lost with the old host goes to this replica, at its new address
-    assert Balancer("rr").pick(bs.ready, 2.0, exclude=b) is b
+    assert bs.pick(2.0, exclude=b) is b
 
 
 def test_the_same_address_again_changes_nothing_and_a_not_ready_one_starts_afresh():
