@@ -127,11 +127,11 @@ class FakeServer:
                 c, _ = self.sock.accept()
             except OSError:
                 continue
-            if self.mode == "banner":          # as sshd: its banner, then it reads one line and gives up
+            if self.mode == "banner":          # as sshd: its banner, then it reads what comes and gives up
                 c.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n")
                 c.settimeout(5)
                 try:
-                    c.recv(65536)
+                    self._read_request(c)
                 except OSError:
                     pass
                 c.close()
@@ -142,7 +142,7 @@ class FakeServer:
             else:
                 c.settimeout(5)
                 try:
-                    c.recv(65536)
+                    self._read_request(c)
                     c.sendall({"html": b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>hello</html>",
                                "deep": b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + b"[" * 100_000,
                                "html-error": b"HTTP/1.0 502 Bad Gateway\r\nContent-Type: text/html\r\n\r\n<h1>x</h1>",
@@ -151,6 +151,25 @@ class FakeServer:
                 except OSError:
                     pass
                 c.close()
+
+    @staticmethod
+    def _read_request(c: socket.socket) -> None:
+        """The whole request, body included: closing on unread bytes would reset the
+        connection, and the client would see a hang-up rather than the answer."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(ln.split(b":", 1)[1]) for ln in head.split(b"\r\n")
+                       if ln.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            chunk = c.recv(65536)
+            if not chunk:
+                return
+            body += chunk
 
     def close(self) -> None:
         self.stop.set()
