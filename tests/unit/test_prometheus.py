@@ -403,3 +403,36 @@ def test_a_bad_metrics_listen_is_one_line_and_exit_2(tmp_path, listen):
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "autoscaler.metrics_listen" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_warm_pool_members_and_a_warm_scale_out(tmp_path, run_dir):
+    """A paused warm replica shows in the pool's families; the scale-out that takes it is
+    timed on the warm path and its unpark as a stage."""
+    cfg = cfg_for(tmp_path, write_node_xml(tmp_path / "node.xml"), max=2, warm_pool={"size": 1, "state": "paused"})
+    fleet = Fleet(cfg)
+    fleet.host("n1").conn()
+    s = Autoscaler(cfg, fleet=fleet, metrics=FakeMetrics(), health=FakeHealth(), publisher=Recorder(),
+                   store=Store(cfg.state_db))
+    ex = exporter.attach(s)
+    try:
+        def run(pred, what):
+            return wait_until(lambda: (s.tick(), pred())[1], 10, interval=cfg.autoscaler.tick_s, what=what)
+
+        def fams():
+            return scrape(ex)[1]
+
+        run(lambda: samples(fams(), "cms_group_warm_replicas") == {
+            (("group", G), ("mode", "paused"), ("state", "parked")): 1.0}, "a parked warm replica")
+        f = fams()
+        assert samples(f, "cms_group_warm_pool_size") == {(("group", G), ("mode", "paused")): 1.0}
+        assert samples(f, "cms_group_warm_pool_target_replicas") == {(("group", G),): 1.0}
+        assert samples(f, "cms_group_replicas")[(("group", G), ("state", "parked"))] == 1.0
+        s.metrics.load = 0.95
+        run(lambda: len(ready_names(s)) == 2, "scale out from the pool")
+        f = fams()
+        assert samples(f, "cms_decision_to_ready_seconds", "_count")[(("group", G), ("path", "warm"))] == 1.0
+        assert samples(f, "cms_spawn_stage_duration_seconds", "_count")[(("group", G), ("stage", "unpark"))] == 1.0
+    finally:
+        exporter.detach(s, ex)
+        s.close()
+        fleet.close()
