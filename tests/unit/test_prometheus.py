@@ -1,5 +1,8 @@
 """Prometheus metrics without a daemon or a VM: cms-api's /metrics in-process, the multiprocess
-bookkeeping, the alert rules (promtool), and the autoscaler's families after scripted ticks."""
+bookkeeping, the alert rules (promtool), and the autoscaler's families after scripted ticks.
+
+One file for both endpoints and the rules (a little over 400 lines): they share the scrape and
+promtool helpers, and the rules are only meaningful against the names both endpoints expose."""
 
 from __future__ import annotations
 
