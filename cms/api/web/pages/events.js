@@ -37,6 +37,7 @@ export function eventsPage(el) {
     replace(pager, newer, ` page ${pages.length} `, older);
   }
   filters.addEventListener("submit", (ev) => { ev.preventDefault(); pages = [null]; load(null).catch(showFail); });
+  for (const s of [kind, group]) s.addEventListener("change", () => filters.requestSubmit());
   const showFail = (e) => replace(list, h("p", { class: "form-error", role: "alert" }, `Could not load events: ${e.message}`));
   api.get("/v1/groups").then(({ groups }) => {
     for (const gr of groups) group.append(h("option", { value: gr.name }, gr.name));
