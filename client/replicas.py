@@ -116,21 +116,27 @@ def fetch_snapshot(endpoint: str, group: str = "", *, timeout: float = 2.0, curv
         dealer.close(0)
 
 
+@dataclass(eq=False)
 class ReplicaFeed:
-    def __init__(self, publish: str, snapshot: str, group: str,
-                 on_change: Callable[[tuple[Replica, ...], Update | None], None],
-                 curve_server_key: str = "", snapshot_timeout: float = 2.0,
-                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
-        self.publish = publish
-        self.snapshot_endpoint = snapshot
-        self.group = group
-        self.on_change = on_change
-        self.curve_server_key = curve_server_key
-        self.snapshot_timeout = snapshot_timeout
-        self.on_event = on_event or (lambda kind, info: None)
-        self.state = FeedState(group)
-        self.synced = asyncio.Event()
-        self.errors = 0
+    """Follows one group on the feed at `publish` / `snapshot` (see the module docstring).
+
+    on_change(replicas, update): the group's whole set after each change (update None: a
+    snapshot); on_event(kind, info): snapshot, snapshot_timeout, bad_snapshot, bad_update,
+    resync."""
+
+    publish: str
+    snapshot: str
+    group: str
+    on_change: Callable[[tuple[Replica, ...], Update | None], None]
+    curve_server_key: str = ""
+    snapshot_timeout: float = 2.0
+    on_event: Callable[[str, dict[str, Any]], None] = lambda kind, info: None
+    state: FeedState = field(init=False)
+    synced: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    errors: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.state = FeedState(self.group)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the feed until `stop` is set. Every wait inside is bounded."""
@@ -159,11 +165,11 @@ class ReplicaFeed:
         pause = 0.1
         while not stop.is_set():
             try:
-                snap = await asyncio.to_thread(fetch_snapshot, self.snapshot_endpoint, self.group,
+                snap = await asyncio.to_thread(fetch_snapshot, self.snapshot, self.group,
                                                timeout=self.snapshot_timeout, curve_server_key=self.curve_server_key)
                 if snap is not None:
                     return snap
-                self.on_event("snapshot_timeout", {"endpoint": self.snapshot_endpoint})
+                self.on_event("snapshot_timeout", {"endpoint": self.snapshot})
             except MessageError as exc:
                 self.errors += 1
                 self.on_event("bad_snapshot", {"error": str(exc)})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import zmq
 
 from cms.autoscaler.publisher import NullPublisher, Publisher
@@ -23,9 +24,22 @@ def zcfg(**kw):
     return make_config(zmq={"publish": "tcp://127.0.0.1:*", "snapshot": "tcp://127.0.0.1:*", **kw}).zmq
 
 
-def test_late_joiner_gets_snapshot_then_every_update_in_order():
-    pub = Publisher(zcfg())
-    ctx = zmq.Context()
+@pytest.fixture
+def pub():
+    with Publisher(zcfg()) as p:
+        yield p
+
+
+@pytest.fixture
+def ctx():
+    c = zmq.Context()
+    # sockets a test leaves to the garbage collector must not hold term() up with unsent messages
+    c.setsockopt(zmq.LINGER, 0)
+    yield c
+    c.destroy(0)
+
+
+def test_late_joiner_gets_snapshot_then_every_update_in_order(pub, ctx):
     stop = threading.Event()
     try:
         for i in range(20):                       # history before the subscriber exists
@@ -75,36 +89,26 @@ def test_late_joiner_gets_snapshot_then_every_update_in_order():
         assert sorted(state) == sorted(r.name for r in pub.replicas("web"))
     finally:
         stop.set()
-        pub.close()
-        ctx.destroy(0)
 
 
-def test_req_client_and_group_prefix():
-    pub = Publisher(zcfg())
-    ctx = zmq.Context()
-    try:
-        pub.announce("ready", rep("cms-web-1"))
-        pub.announce("ready", rep("cms-api-2", group="api"))
-        req = ctx.socket(zmq.REQ)
-        req.connect(pub.snapshot_endpoint)
-        req.send(SNAPSHOT_REQUEST)
-        assert req.poll(5000)
-        snap = decode_snapshot(req.recv())
-        assert set(snap.groups) == {"web", "api"} and snap.seq == 2
-        req.send_multipart([SNAPSHOT_REQUEST, b"api"])
-        assert req.poll(5000)
-        assert set(decode_snapshot(req.recv()).groups) == {"api"}
-    finally:
-        pub.close()
-        ctx.destroy(0)
+def test_req_client_and_group_prefix(pub, ctx):
+    pub.announce("ready", rep("cms-web-1"))
+    pub.announce("ready", rep("cms-api-2", group="api"))
+    req = ctx.socket(zmq.REQ)
+    req.connect(pub.snapshot_endpoint)
+    req.send(SNAPSHOT_REQUEST)
+    assert req.poll(5000)
+    snap = decode_snapshot(req.recv())
+    assert set(snap.groups) == {"web", "api"} and snap.seq == 2
+    req.send_multipart([SNAPSHOT_REQUEST, b"api"])
+    assert req.poll(5000)
+    assert set(decode_snapshot(req.recv()).groups) == {"api"}
 
 
-def test_curve():
+def test_curve(ctx):
     pk, sk = zmq.curve_keypair()
     cpk, csk = zmq.curve_keypair()
-    pub = Publisher(zcfg(curve_public_key=pk.decode(), curve_secret_key=sk.decode()))
-    ctx = zmq.Context()
-    try:
+    with Publisher(zcfg(curve_public_key=pk.decode(), curve_secret_key=sk.decode())) as pub:
         pub.announce("ready", rep("cms-web-1"))
         d = ctx.socket(zmq.DEALER)
         d.curve_serverkey, d.curve_publickey, d.curve_secretkey = pk, cpk, csk
@@ -116,9 +120,6 @@ def test_curve():
         plain.connect(pub.snapshot_endpoint)
         plain.send(SNAPSHOT_REQUEST)
         assert not plain.poll(500), "a client without the server key must not be answered"
-    finally:
-        pub.close()
-        ctx.destroy(0)
 
 
 def test_null_publisher_keeps_state():
@@ -129,54 +130,39 @@ def test_null_publisher_keeps_state():
     assert p.announce("removed", rep("cms-web-1")).replicas == ()
 
 
-def test_subscribers_are_counted_and_waited_for():
-    pub = Publisher(zcfg())
-    ctx = zmq.Context()
+def test_subscribers_are_counted_and_waited_for(pub, ctx):
+    assert pub.subscribers == 0
+    assert not pub.wait_subscribed(topic("web"), timeout=0.2)
     subs = []
-    try:
-        assert pub.subscribers == 0
-        assert not pub.wait_subscribed(topic("web"), timeout=0.2)
-        for prefix in (b"replicas.", b"replicas.web"):
-            s = ctx.socket(zmq.SUB)
-            s.linger = 0
-            s.connect(pub.publish_endpoint)
-            s.subscribe(prefix)
-            subs.append(s)
-        assert pub.wait_subscribed(topic("web"), timeout=5.0, count=2)
-        assert not pub.wait_subscribed(topic("api"), timeout=0.2, count=2)   # only b"replicas." covers api
-        assert pub.subscribers == 2
-        subs.pop().close(0)                        # a subscriber that goes away is no longer counted
-        deadline = time.monotonic() + 5
-        while pub.subscribers != 1:
-            assert time.monotonic() < deadline, pub.subscribers
-            time.sleep(0.01)
-    finally:
-        for s in subs:
-            s.close(0)
-        pub.close()
-        ctx.destroy(0)
+    for prefix in (b"replicas.", b"replicas.web"):
+        s = ctx.socket(zmq.SUB)
+        s.connect(pub.publish_endpoint)
+        s.subscribe(prefix)
+        subs.append(s)
+    assert pub.wait_subscribed(topic("web"), timeout=5.0, count=2)
+    assert not pub.wait_subscribed(topic("api"), timeout=0.2, count=2)   # only b"replicas." covers api
+    assert pub.subscribers == 2
+    subs.pop().close(0)                            # a subscriber that goes away is no longer counted
+    deadline = time.monotonic() + 5
+    while pub.subscribers != 1:
+        assert time.monotonic() < deadline, pub.subscribers
+        time.sleep(0.01)
 
 
-def test_a_message_dropped_on_purpose_advances_the_seq_only():
-    pub = Publisher(zcfg())
-    ctx = zmq.Context()
-    try:
-        sub = ctx.socket(zmq.SUB)
-        sub.subscribe(topic("web"))
-        sub.connect(pub.publish_endpoint)
-        assert pub.wait_subscribed(topic("web"))
-        pub.announce("ready", rep("cms-web-1"))
-        lost = pub.announce("ready", rep("cms-web-2"), publish=False)
-        pub.announce("draining", rep("cms-web-1", "draining"))
-        seqs = []
-        while len(seqs) < 2:
-            assert sub.poll(5000)
-            seqs.append(decode_update(sub.recv_multipart()).seq)
-        assert lost.seq == 2 and seqs == [1, 3] and pub.seq == 3
-        assert [r.name for r in pub.replicas("web")] == ["cms-web-1", "cms-web-2"]   # the state has it
-    finally:
-        pub.close()
-        ctx.destroy(0)
+def test_a_message_dropped_on_purpose_advances_the_seq_only(pub, ctx):
+    sub = ctx.socket(zmq.SUB)
+    sub.subscribe(topic("web"))
+    sub.connect(pub.publish_endpoint)
+    assert pub.wait_subscribed(topic("web"))
+    pub.announce("ready", rep("cms-web-1"))
+    lost = pub.announce("ready", rep("cms-web-2"), publish=False)
+    pub.announce("draining", rep("cms-web-1", "draining"))
+    seqs = []
+    while len(seqs) < 2:
+        assert sub.poll(5000)
+        seqs.append(decode_update(sub.recv_multipart()).seq)
+    assert lost.seq == 2 and seqs == [1, 3] and pub.seq == 3
+    assert [r.name for r in pub.replicas("web")] == ["cms-web-1", "cms-web-2"]   # the state has it
 
 
 def test_new_epoch_and_a_snapshot_left_unanswered():
@@ -192,8 +178,7 @@ def test_new_epoch_and_a_snapshot_left_unanswered():
                 return None
             return super().answer_snapshot(prefix)
 
-    pub = Deaf(zcfg(), epoch="e1")
-    try:
+    with Deaf(zcfg(), epoch="e1") as pub:
         pub.announce("ready", rep("cms-web-1"))
         pub.announce("ready", rep("cms-api-2", group="api"))
         assert fetch_snapshot(pub.snapshot_endpoint, "web", timeout=0.3) is None
@@ -204,5 +189,3 @@ def test_new_epoch_and_a_snapshot_left_unanswered():
         snap = fetch_snapshot(pub.snapshot_endpoint, timeout=5.0)
         assert snap.seq == 0 and set(snap.groups) == {"web", "api"}     # same sets, a new sequence
         assert pub.announce("removed", rep("cms-web-1")).seq == 1
-    finally:
-        pub.close()
