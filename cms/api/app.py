@@ -39,7 +39,7 @@ import falcon
 from cms import config as cms_config
 from cms import errors
 from cms.config import one_line
-from cms.api import console, history, openapi, prom
+from cms.api import balancing, console, history, openapi, prom
 from cms.api.failures import SPEC_FAILURE, error_body
 from cms.api.service import Deps, Duplicate, Invalid, NotImported, Service, Unknown, build_deps
 
@@ -432,6 +432,8 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_route("/v1/groups/{name}", V1Group(svc))
     app.add_route("/v1/groups/{name}/scale", V1GroupScale(svc))
     app.add_route("/v1/events", V1Events(svc))
+    app.add_route("/v1/balance/plan", balancing.BalancePlan(svc))
+    app.add_route("/v1/balance/run", balancing.BalanceRun(svc))
     app.add_route("/v1/openapi.json", OpenApi())
     console.add_routes(app)    # / and /static/<version>/...: the operator console
     app.add_route("/metrics", prom.MetricsResource(metrics))

@@ -50,6 +50,12 @@ GROUP = _obj({"name": STR, "min": INT, "max": INT, "vcpus": INT, "memory_mib": I
 EVENT = _obj({"id": INT, "ts": NUM, "kind": STR, "group": STR, "subject": STR, "message": STR,
               "data": {"type": "object"}})
 TYPE = _obj({"tid": INT, "cpu": INT, "ram": INT, "disk": INT})
+BALANCE_ACTION = _obj({"kind": {"type": "string", "enum": ["migrate", "resize", "power_off"]},
+                       "strategy": {"type": "string", "enum": ["relief", "anti_affinity", "vertical", "consolidation"]},
+                       "vm": STR, "src": STR, "dst": STR, "reason": STR, "vcpus": INT, "memory_mib": INT, "after": STR,
+                       "data": {"type": "object"}})
+BALANCE_PLAN = _obj({"ts": NUM, "enabled": {"type": "boolean"}, "limits": {"type": "object"},
+                     "actions": {"type": "array", "items": BALANCE_ACTION}, "notes": {"type": "array", "items": STR}})
 IMAGE = _obj({"id": INT, "name": STR})
 NULLABLE_STR = {"type": "string", "nullable": True}
 IMAGE_V1 = _obj({"id": INT, "name": STR, "path": STR, "imported": {"type": "boolean"}, "sha256": NULLABLE_STR,
@@ -213,11 +219,21 @@ SPEC: dict[str, Any] = {
                                    {"name": "order", "in": "query", "required": False,
                                     "schema": {"type": "string", "enum": ["asc", "desc"]}}],
                                "responses": {"200": _json(_obj({"events": {"type": "array", "items": _ref("Event")}})), "400": ERR}}},
+        "/v1/balance/plan": {"get": {"summary": "What host balancing would do now (migrations, resizes, hosts that "
+                                                "could be powered off), each with its reason; nothing is done",
+                                     "responses": {"200": _json(_ref("BalancePlan")), "503": ERR}}},
+        "/v1/balance/run": {"post": {"summary": "Apply one balancing plan: cms-autoscaler applies a fresh one on its "
+                                                "next tick; the answer shows the plan as it stands now",
+                                     "security": AUTH,
+                                     "responses": {"202": _json(_obj({"pending": {"type": "boolean"}, "requested_at": NUM,
+                                                                      "event_id": INT, "plan": _ref("BalancePlan")}),
+                                                                "recorded"), **MUT_ERRS}}},
         "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}},
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "responses": {"Error": _json(_obj({"title": STR, "description": STR}), "error")},
-        "schemas": {"Image": IMAGE_V1, "Vm": VM, "VmDetail": VM_DETAIL, "Host": HOST, "Replica": REPLICA, "Group": GROUP, "Event": EVENT},
+        "schemas": {"Image": IMAGE_V1, "Vm": VM, "VmDetail": VM_DETAIL, "Host": HOST, "Replica": REPLICA, "Group": GROUP, "Event": EVENT,
+                    "BalancePlan": BALANCE_PLAN},
     },
 }
