@@ -156,3 +156,37 @@ def test_mem_use_from_balloon_stats():
     assert mem_use({"balloon.available": 1000, "balloon.usable": 250}) == 0.75
     assert mem_use({"balloon.current": 524288}) is None          # the guest reports nothing
     assert balance.Limits().max_moves == 2
+
+
+def test_the_api_shows_the_plan_and_records_a_run(tmp_path, run_dir):
+    from cms.store import HostSample, Sample
+    from tests.unit.test_api import AUTH, build
+    hosts = [write_node_xml(tmp_path / "a.xml", cpus=2, memory_kib=4 * 1024 * 1024),
+             write_node_xml(tmp_path / "b.xml", cpus=4, memory_kib=4 * 1024 * 1024)]
+    c, deps = build(tmp_path, hosts=hosts, overcommit=4.0)
+    try:
+        for name in ("v1", "v2"):
+            assert c.simulate_post("/v1/vms", json={"name": name, "instance_type": 1}, headers=AUTH).status_code == 201
+        doms = sorted(d.name for d in deps.fleet.owned())
+        assert doms == ["cms-vm-1", "cms-vm-2"] and all(d.host == "pm1" for d in deps.fleet.owned())
+        now = time.time()
+        deps.store.add_host_samples([HostSample(now - 40 + i, h, load, 2, 2, 2, 1000)
+                                     for i in range(41) for h, load in (("pm1", 0.9), ("pm2", 0.0))])
+        deps.store.add_samples([Sample(now - 40 + i, "pm1", d, "", 0.9, 1, 524288, "running")
+                                for i in range(41) for d in doms])
+        plan = c.simulate_get("/v1/balance/plan").json
+        assert plan["enabled"] is False and plan["limits"]["high"] == 0.8 and plan["notes"] == []
+        [a] = plan["actions"]
+        assert (a["kind"], a["strategy"], a["src"], a["dst"]) == ("migrate", "relief", "pm1", "pm2")
+        assert a["reason"].startswith("host pm1 at 90% over 30s (> high 80%): moving cms-vm-")
+        assert a["data"]["to_load_after"] == 0.225
+        assert c.simulate_post("/v1/balance/run").status_code == 401
+        r = c.simulate_post("/v1/balance/run", headers=AUTH)
+        assert r.status_code == 202 and r.json["pending"] is True and r.json["plan"]["actions"][0]["vm"] == a["vm"]
+        [ev] = deps.store.events(kinds=["balance_request"])
+        assert ev.id == r.json["event_id"] and "1 action(s) now" in ev.message
+        assert balancing.take_run(deps.store) is True
+        spec = c.simulate_get("/v1/openapi.json").json
+        assert "/v1/balance/plan" in spec["paths"] and "BalancePlan" in spec["components"]["schemas"]
+    finally:
+        deps.fleet.close()
