@@ -3,6 +3,7 @@
     cms [--config F] [--url URL] [--token T] [--timeout S] [--json] COMMAND
       vm create NAME TYPE [--image ID] | vm query VMID | vm destroy VMID | vm list
       types | images [add NAME PATH] | pm list | pm query PMID | pm listvms PMID | group status [NAME] | group scale NAME N
+      balance plan | balance run [--wait S]
       doctor [--config F] [--json] [--skip CHECK,...] [--timeout S]   (needs no API; see cms.doctor)
 
 The URL comes from --url, else $CMS_URL, else http://<api.bind of the configuration>.
@@ -131,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     p = g.add_parser("scale")
     p.add_argument("name")
     p.add_argument("replicas", type=int)
+    b = sub.add_parser("balance", help="host balancing: live migrations, consolidation, vertical scaling"
+                       ).add_subparsers(dest="sub", required=True)
+    b.add_parser("plan", help="what balancing would do now, and why (nothing is done)")
+    p = b.add_parser("run", help="apply one plan (cms-autoscaler does it on its next tick)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds for its migrations and resizes to end, and show them")
     # Own dests: a subcommand's defaults would overwrite the same options given before it.
     p = sub.add_parser("doctor", help="check this machine and every configured host (needs no API)")
     p.add_argument("--config", dest="doctor_config", help="cms.toml (as the global --config)")
@@ -212,7 +219,53 @@ def run(a: argparse.Namespace, c: Client) -> tuple[Any, str]:
         r = c.call("POST", f"/v1/groups/{urllib.parse.quote(a.name, safe='')}/scale", body={"replicas": a.replicas})
         return r, f"asked group {a.name} for {a.replicas} replicas (event {r['event_id']}); the autoscaler applies it on its " \
                   "next tick, and its policy goes on scaling from there"
+    if a.cmd == "balance":
+        return balance_command(a, c)
     raise Failure("unknown command")
+
+
+BALANCE_OUTCOMES = ("migrated", "migrate_failed", "resized", "resize_failed")
+
+
+def render_plan(p: dict[str, Any]) -> str:
+    mode = ("cms-autoscaler applies plans each tick" if p["enabled"]
+            else "[balancer] enabled = false: `cms balance run` applies one plan")
+    out = [f"balancing ({mode}): {len(p['actions'])} action(s)"]
+    rows = [{"kind": x["kind"], "strategy": x["strategy"], "vm": x["vm"] or "-", "from": x["src"],
+             "to": x["dst"] if x["kind"] == "migrate" else "-",
+             "size": f"{x['vcpus'] or ''} vCPU {x['memory_mib'] or ''} MiB".replace("  ", " ").strip()
+             if x["kind"] == "resize" else "-"} for x in p["actions"]]
+    if rows:
+        out.append(table(rows, ["kind", "strategy", "vm", "from", "to", "size"]))
+    out += [f"  why: {x['reason']}" for x in p["actions"]]
+    out += [f"  held back: {n}" for n in p["notes"]]
+    return "\n".join(out)
+
+
+def balance_command(a: argparse.Namespace, c: Client) -> tuple[Any, str]:
+    if a.sub == "plan":
+        r = c.call("GET", "/v1/balance/plan")
+        return r, render_plan(r)
+    r = c.call("POST", "/v1/balance/run")
+    human = render_plan(r["plan"]) + f"\nasked cms-autoscaler to apply one plan on its next tick (event {r['event_id']})"
+    if a.wait <= 0:
+        return r, human
+    import time
+    deadline = time.monotonic() + a.wait
+    kinds = ",".join(("balance_run", "power_off_hint") + BALANCE_OUTCOMES)
+    seen: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        seen = c.call("GET", "/v1/events", {"since_id": r["event_id"], "kind": kinds, "limit": 1000})["events"]
+        run = next((e for e in seen if e["kind"] == "balance_run"), None)
+        ends = sum(1 for e in seen if e["kind"] in BALANCE_OUTCOMES)
+        if run is not None and ends >= run["data"].get("migrations", 0) + run["data"].get("resizes", 0):
+            break
+        time.sleep(0.5)
+    else:
+        raise Failure(f"no outcome within {a.wait:g}s (is cms-autoscaler running?); "
+                      f"`cms balance plan` and the events show where it stands")
+    r["outcome"] = seen
+    return r, human + "\n" + "\n".join(f"{e['kind']} {e['subject']}: {e['message']}" for e in seen)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,7 +154,9 @@ class Balancer:
         self.last_plan = p
         if asked:
             self.journal.event("balance_run", "", "", f"asked once: {len(p.actions)} action(s)",
-                               actions=len(p.actions), notes=p.notes)
+                               actions=len(p.actions), notes=p.notes,
+                               migrations=sum(1 for x in p.actions if x.kind == balance.MIGRATE),
+                               resizes=sum(1 for x in p.actions if x.kind == balance.RESIZE))
         self.apply(p)
         return p
 
