@@ -190,3 +190,43 @@ def test_the_api_shows_the_plan_and_records_a_run(tmp_path, run_dir):
         assert "/v1/balance/plan" in spec["paths"] and "BalancePlan" in spec["components"]["schemas"]
     finally:
         deps.fleet.close()
+
+
+def test_cli_balance_plan_and_run_against_the_api(tmp_path, run_dir, capsys):
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from cms import cli
+    from cms.store import HostSample, Sample
+    from tests.unit.test_api import AUTH, TOKEN, build
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    hosts = [write_node_xml(tmp_path / "a.xml", cpus=2, memory_kib=4 * 1024 * 1024),
+             write_node_xml(tmp_path / "b.xml", cpus=4, memory_kib=4 * 1024 * 1024)]
+    client, deps = build(tmp_path, hosts=hosts, overcommit=4.0)
+    for name in ("v1", "v2"):
+        assert client.simulate_post("/v1/vms", json={"name": name, "instance_type": 1}, headers=AUTH).status_code == 201
+    now = time.time()
+    deps.store.add_host_samples([HostSample(now - 40 + i, "pm1", 0.9, 2, 2, 2, 1000) for i in range(41)])
+    deps.store.add_samples([Sample(now - 40 + i, "pm1", d, "", 0.9, 1, 524288, "running")
+                            for i in range(41) for d in ("cms-vm-1", "cms-vm-2")])
+    srv = make_server("127.0.0.1", 0, client.app, handler_class=Quiet)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_port}"
+    try:
+        assert cli.main(["--url", url, "balance", "plan"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("balancing ([balancer] enabled = false: `cms balance run` applies one plan): 1 action(s)")
+        assert "migrate  relief    cms-vm-" in out and "  why: host pm1 at 90% over 30s (> high 80%)" in out
+        assert cli.main(["--url", url, "--token", TOKEN, "balance", "run"]) == 0
+        assert "asked cms-autoscaler to apply one plan on its next tick (event " in capsys.readouterr().out
+        # --wait with no daemon to apply it: one line, exit 1
+        assert cli.main(["--url", url, "--token", TOKEN, "balance", "run", "--wait", "1"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("cms: no outcome within 1s (is cms-autoscaler running?)") and err.count("\n") == 1
+    finally:
+        srv.shutdown()
+        deps.fleet.close()
