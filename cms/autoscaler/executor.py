@@ -272,9 +272,12 @@ class Executor(WarmPool):
         gc = self.cfg.groups[t.group]
         t.timings["spawn"] = time.monotonic()
         try:
+            vt = gc.vertical    # a group that scales vertically: defined with room to grow live
             s = self.scheduler.spawn(t.name, vcpus=gc.vcpus, memory_mib=gc.memory_mib,
                                      meta=OwnerMeta(group=t.group, role="replica", created=t.created,
                                                     guest_port=gc.port, warm=a.warm),
+                                     max_vcpus=vt.max_vcpus if vt.enabled else 0,
+                                     max_memory_mib=vt.max_memory_mib if vt.enabled else 0,
                                      listing=listing, avoid=a.avoid_hosts)
         except errors.CmsError as exc:
             delay = self.back_off(t.group, a.warm)
