@@ -168,7 +168,7 @@ def sha256_of(path: str, progress: Callable[[int], None] | None = None) -> str:
 
 
 def volume_name(sha256: str, fmt: str) -> str:
-    return f"cms-image-{sha256[:32]}.{'qcow2' if fmt == 'qcow2' else fmt if fmt != 'raw' else 'img'}"
+    return f"cms-image-{sha256[:32]}.{'img' if fmt == 'raw' else fmt}"
 
 
 # -- the registry and the import ------------------------------------------------------------------
@@ -226,6 +226,11 @@ class ImageStore:
             assert rec is not None
         return rec
 
+    def _elsewhere(self, host: str, vol_path: str) -> ImageError:
+        img = self.cfg.image
+        return ImageError(f"host {host}: pool {img.pool} keeps its volumes in {os.path.dirname(vol_path)}, not in "
+                          f"image.pool_path {img.pool_path}; an image must be at the same path on every host")
+
     def _import(self, path: str, label: str, out: TextIO | None) -> Imported:
         facts = check(path)
         label = label or os.path.basename(path)
@@ -241,9 +246,7 @@ class ImageStore:
             if have is not None and have.physical == facts.size and have.path == copy:
                 continue
             if have is not None and have.path != copy:
-                raise ImageError(f"host {name}: pool {img.pool} keeps its volumes in {os.path.dirname(have.path)}, "
-                                 f"not in image.pool_path {img.pool_path}; an image must be at the same path on "
-                                 "every host")
+                raise self._elsewhere(name, have.path)
             if have is not None:        # an upload that did not finish
                 host.delete_volume(img.pool, vol)
             with open(path, "rb") as fh:
@@ -251,9 +254,7 @@ class ImageStore:
                                          progress_printer(f"{label}: copying to {name}", facts.size, out))
             if got.path != copy:
                 host.delete_volume(img.pool, vol)
-                raise ImageError(f"host {name}: pool {img.pool} keeps its volumes in {os.path.dirname(got.path)}, "
-                                 f"not in image.pool_path {img.pool_path}; an image must be at the same path on "
-                                 "every host")
+                raise self._elsewhere(name, got.path)
             if got.format not in (facts.format, "") and facts.format != "raw":
                 host.delete_volume(img.pool, vol)
                 raise ImageError(f"{path}: libvirt reads the copy on {name} as {got.format}, not {facts.format}")
