@@ -332,12 +332,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="one replica's req/s at that cost; 0 measures it (default)")
     p.add_argument("--api-port", type=int, default=0, help="port for cms-api (default: a free one)")
     p.add_argument("--boot-timeout", type=float, default=180.0, help="seconds for the first replica (default 180)")
+    p.add_argument("--scenario", choices=("autoscale", "balance"), default="autoscale",
+                   help="autoscale: 1 -> 2 -> 1 replicas (default); balance: a replica live-migrates between two "
+                        "lab hosts while serving (cms.demo.balance)")
     args = p.parse_args(argv)
     args.base = {}
     if args.config:
         cmsconfig.load_or_exit(args.config)      # a bad file: one line naming it, exit 2
         import tomllib
         args.base = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+    if args.scenario == "balance":
+        from cms.demo import balance
+        golden = args.golden or args.base.get("image", {}).get("golden") or cmsconfig.ImageConfig().golden
+        return balance.main(Path(args.out).resolve(), golden)
     try:
         parse_schedule(args.schedule)
     except ScheduleError as exc:

@@ -50,6 +50,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+from cms.errors import CmsError
+
 LIBVIRTD = "/usr/sbin/libvirtd"
 BASE = Path("/var/lib/cms/lab")
 IMAGES_POOL = "cms-images"
@@ -59,7 +61,7 @@ LIBVIRT_PORT = 16509
 MAX_HOSTS = 200
 
 
-class LabError(Exception):
+class LabError(CmsError):
     """The lab cannot be made or removed; the text says why, in one line."""
 
 
