@@ -239,10 +239,10 @@ class Balancer:
                 with self.executor.lock:
                     t.host, t.address, t.port = old
                 self.publisher.announce("moved", t.replica("ready"), f"migration failed: stays on {a.src}")
-            self.journal.event("migrate_failed", group, a.vm, f"{exc}; it stays on {a.src}", error=str(exc),
-                               strategy=a.strategy, **{"from": a.src, "to": a.dst})
             if t:
                 t.busy = False
+            self.journal.event("migrate_failed", group, a.vm, f"{exc}; it stays on {a.src}", error=str(exc),
+                               strategy=a.strategy, **{"from": a.src, "to": a.dst})
             return False
         took = time.monotonic() - started
         switch = round(told[0] - started, 3) if told else None
