@@ -43,12 +43,14 @@ from __future__ import annotations
 
 import bisect
 import gc
+import operator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Mapping, Sequence
 
 from cms.placement import HostLoad, Request, Rules, ram_room, vcpu_room
 
 MIGRATE, RESIZE, POWER_OFF = "migrate", "resize", "power_off"
+_TS = operator.itemgetter(0)
 CANDIDATES = 8     # destinations tried per VM, least loaded first (exact for hosts of one size)
 
 
@@ -159,7 +161,7 @@ def window(series: Sequence[tuple[float, float | None]], now: float, window_s: f
     """The values of the last window_s, or None unless samples taken after `since` cover the
     whole window with no missing figure (cms.policy.window_values' rule; the series is in
     time order, so this bisects instead of scanning a long history)."""
-    ts = lambda p: p[0]  # noqa: E731
+    ts = _TS
     lo = bisect.bisect_right(series, since, key=ts) if since is not None else 0
     i = bisect.bisect_right(series, now - window_s - 1e-9, key=ts, lo=lo)       # the window: series[i:]
     j = bisect.bisect_right(series, now - window_s + 1e-9, key=ts, lo=lo)       # reaching back: series[lo:j]
@@ -282,7 +284,7 @@ class _State:
         base = self.load(s) ** 2 - self.load(s, -c) ** 2
         best, tried = None, 0
         busy = self.busy
-        if self.claimed > 64:
+        if self.claimed > 256:
             self.order = [h for h in self.order if h not in busy]
             self.head, self.claimed = 0, 0
         order = self.order
