@@ -8,7 +8,7 @@ planner's room is placement's room), and the state database's history:
 * host load per tick (``host_samples``, written by the daemon each tick);
 * each VM's CPU per tick (``samples``);
 * the moves and resizes of the last while (``events``: ``balance_migrate`` when one
-  starts, ``migrated`` / ``migrate_failed`` when it ends, ``resized``), for the cooldown,
+  starts, ``migrated`` / ``migrate_failed`` when it ends, ``resized`` / ``resize_failed``), for the cooldown,
   the minimum stay, the move budget and migrations still running;
 * replica states (``replicas``), as only a ready replica is moved.
 
@@ -29,7 +29,7 @@ from cms.placement import HostLoad
 from cms.store import Store
 from cms.virt import Listing, OwnedDomain
 
-MOVE_KINDS = ("balance_migrate", "migrated", "migrate_failed", "resized")
+MOVE_KINDS = ("balance_migrate", "migrated", "migrate_failed", "resized", "resize_failed")
 
 
 def limits(cfg: Config) -> balance.Limits:
@@ -122,8 +122,8 @@ def build(cfg: Config, listing: Listing, loads: Iterable[HostLoad], store: Store
             if e.kind == "migrated":
                 left[e.subject].append((src, e.ts))
                 host_moved[src] = host_moved[dst] = e.ts
-        elif e.kind == "resized":
-            resized[e.subject] = e.ts
+        elif e.kind in ("resized", "resize_failed"):
+            resized[e.subject] = e.ts      # a failed one too: its windows start again, no retry each tick
     running.update(extra.migrating)
     busy_hosts = {x for pair in running.values() for x in pair}
 
