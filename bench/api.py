@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parent.parent
 NODE = """<node><cpu><mhz>2000</mhz><model>i686</model><active>8</active><nodes>1</nodes><sockets>1</sockets>
 <cores>8</cores><threads>1</threads></cpu><memory>16777216</memory>
 <pool type='dir'><name>cms</name><uuid>35bb2ad9-388a-cdfe-461a-b8907f6e53fe</uuid><capacity>107374182400</capacity>
