@@ -22,6 +22,7 @@ power_off_hint, balance_run) carry the planner's reason in words and the action'
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -268,12 +269,32 @@ class Balancer:
         try:
             d = self.scheduler.resize(a.vm, vcpus=a.vcpus or None, memory_mib=a.memory_mib or None)
         except errors.CmsError as exc:
-            self.journal.event("resize_failed", "", a.vm, f"{exc} ({a.reason})", error=str(exc),
-                               vcpus=a.vcpus, memory_mib=a.memory_mib)
-            return False
+            d = self._late_unplug(a, exc)
+            if d is None:
+                self.journal.event("resize_failed", "", a.vm, f"{exc} ({a.reason})", error=str(exc),
+                                   vcpus=a.vcpus, memory_mib=a.memory_mib)
+                return False
+            self.journal.event("resized", d.meta.group, a.vm, f"{a.reason} (the guest let its vCPU go after "
+                               "libvirt stopped waiting; its definition keeps the old count)", host=d.host,
+                               vcpus=d.vcpus, memory_mib=d.memory_mib)
+            return True
         self.journal.event("resized", d.meta.group, a.vm, a.reason, host=d.host, vcpus=d.vcpus,
                            memory_mib=d.memory_mib)
         return True
+
+    def _late_unplug(self, a: balance.Action, exc: Exception) -> Any:
+        """A vCPU unplug libvirt gave up waiting for (5 s; a guest under TCG may take longer):
+        the domain once its guest has let the vCPU go, or None if it does not within 30 s."""
+        if not a.vcpus or "unplug" not in str(exc):
+            return None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not self.stop.is_set():
+            with contextlib.suppress(errors.CmsError):
+                d = self.scheduler.find(a.vm)
+                if d.vcpus == a.vcpus:
+                    return d
+            self.stop.wait(1.0)
+        return None
 
     def wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
