@@ -29,6 +29,7 @@ from cms.placement import HostLoad
 from cms.store import Store
 from cms.virt import Listing, OwnedDomain
 
+BOOT_SETTLE_S = 30.0   # a VM's CPU in its first seconds is its boot: vertical scaling waits this long
 MOVE_KINDS = ("balance_migrate", "migrated", "migrate_failed", "resized", "resize_failed")
 
 
@@ -47,6 +48,7 @@ class Extra:
     migrating: Mapping[str, tuple[str, str]] = field(default_factory=dict)   # VM -> (from, to), running now
     states: Mapping[str, str] | None = None          # replica -> lifecycle state (None: the replicas table)
     busy: frozenset[str] = frozenset()               # replicas a worker of the daemon holds
+    ready_at: Mapping[str, float] = field(default_factory=dict)   # replica -> when it became ready
     mem_series: Mapping[str, tuple[tuple[float, float | None], ...]] = field(default_factory=dict)
 
 
@@ -160,8 +162,20 @@ def build(cfg: Config, listing: Listing, loads: Iterable[HostLoad], store: Store
             last_moved_at=last_moved.get(d.name), left=tuple(left.get(d.name, ())), vertical=vertical,
             min_vcpus=base_vcpus, min_memory_mib=base_mib, cpu_series=series if vertical else (),
             mem_series=tuple(extra.mem_series.get(d.name, ())) if vertical else (),
-            last_resized_at=resized.get(d.name)))
+            last_resized_at=_settled(cfg, d, resized.get(d.name), extra.ready_at.get(d.name))))
     return balance.Model(now, tuple(hosts), tuple(vms), recent_moves=tuple(started), rules=_rules(cfg))
+
+
+def _settled(cfg: Config, d: OwnedDomain, resized: float | None, ready_at: float | None) -> float | None:
+    """From when a VM's CPU counts for vertical scaling: after its last resize, and after its
+    boot (a replica: its group's warmup_s after it became ready; else BOOT_SETTLE_S after it
+    was made), as a booting guest is busy whatever its load."""
+    gc = cfg.groups.get(d.meta.group) if d.meta.role == "replica" else None
+    if ready_at is not None and gc is not None:
+        boot = ready_at + gc.warmup_s
+    else:
+        boot = d.meta.created + max(BOOT_SETTLE_S, gc.warmup_s if gc else 0.0)
+    return max(boot, resized) if resized is not None else boot
 
 
 def _rules(cfg: Config):

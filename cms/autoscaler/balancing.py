@@ -136,6 +136,7 @@ class Balancer:
         with self._lock:
             migrating = dict(self.migrating)
         return balance_model.Extra(migrating=migrating, states={t.name: str(t.state) for t in tracks},
+                                   ready_at={t.name: t.ready_at for t in tracks if t.ready_at is not None},
                                    busy=frozenset(t.name for t in tracks if t.busy),
                                    mem_series={n: tuple(s) for n, s in self.mem.items()})
 
