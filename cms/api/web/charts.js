@@ -21,12 +21,17 @@ const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2
 
 export const UNITS = {
   pct: { axis: (v) => `${Math.round(v * 100)} %`, text: (v) => `${(v * 100).toFixed(1)} %` },
-  mib: { axis: (v) => `${Math.round(v)} MiB`, text: (v) => `${Math.round(v)} MiB` },
+  mib: { axis: (v) => (v >= 1024 ? `${+(v / 1024).toFixed(1)} GiB` : `${Math.round(v)} MiB`), text: (v) => `${Math.round(v)} MiB` },
   count: { axis: (v) => `${+v.toFixed(1)}`, text: (v) => `${+v.toFixed(2)}` },
 };
 
+// The series' value now: its last point, if that is one of the last RECENT points (a VM that
+// left the host or stopped shows "no recent data", not its last figure from minutes ago).
+const RECENT = 3;
 function latest(values) {
-  for (let i = values.length - 1; i >= 0; i--) if (values[i] !== null && values[i] !== undefined) return values[i];
+  for (let i = values.length - 1; i >= Math.max(0, values.length - RECENT); i--) {
+    if (values[i] !== null && values[i] !== undefined) return values[i];
+  }
   return null;
 }
 
@@ -97,7 +102,7 @@ export class TimeChart {
       this.el.dataset[`latest${s.key.replace(/(^|[-_])(\w)/g, (_, _d, c) => c.toUpperCase())}`] = v === null ? "" : v;
       return h("li", { dataset: { key: s.key, latest: v === null ? "" : v } },
         h("span", { class: "swatch", style: `background:${s.color || PALETTE[i % PALETTE.length]}` }),
-        `${s.label}: `, h("strong", {}, v === null ? "no data" : this.unit.text(v)));
+        `${s.label}: `, h("strong", {}, v === null ? "no recent data" : this.unit.text(v)));
     }));
     this.note.textContent = points ? "" : "No samples in this range yet.";
     if (!uPlot) { this.note.textContent = loadError; return; }

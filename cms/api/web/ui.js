@@ -166,8 +166,9 @@ export function confirmDialog(title, text, confirmLabel) {
   });
 }
 
-// Range buttons (5 min, 1 h, 24 h) as a radio group.
-export const RANGES = [["5m", "5 min", 300], ["1h", "1 h", 3600], ["24h", "24 h", 86400]];
+// Range buttons (5 min, 1 h, 24 h) as a radio group. A longer range is polled less often: its
+// points are further apart (300 points a range), and its read costs the server more.
+export const RANGES = [["5m", "5 min", 300, 5000], ["1h", "1 h", 3600, 15000], ["24h", "24 h", 86400, 60000]];
 export function rangePicker(name, current, onPick) {
   return h("fieldset", { class: "ranges" }, h("legend", {}, "Range"),
     RANGES.map(([key, label]) => {
@@ -177,3 +178,4 @@ export function rangePicker(name, current, onPick) {
     }));
 }
 export function rangeSeconds(key) { return (RANGES.find((r) => r[0] === key) || RANGES[0])[2]; }
+export function rangePollMs(key) { return (RANGES.find((r) => r[0] === key) || RANGES[0])[3]; }

@@ -3,7 +3,7 @@
 // settings, the warm pool when there is one, charts with ranges, and the decision log.
 
 import { api, Poller } from "../api.js";
-import { h, replace, fmt, section, table, dl, stateBadge, actionForm, field, rangePicker, rangeSeconds } from "../ui.js";
+import { h, replace, fmt, section, table, dl, stateBadge, actionForm, field, rangePicker, rangeSeconds, rangePollMs } from "../ui.js";
 import { groupCharts, DECISION_KINDS } from "./overview.js";
 
 const SERVING = new Set(["spawning", "starting", "ready"]);
@@ -41,7 +41,7 @@ export function groupPage(el, name) {
 
   replace(el, h("h1", {}, `Group ${name}`), section("Now", summary, scaleStatus),
     section("Replicas", replicasBox), section("Scale", form),
-    section("Charts", rangePicker("grp-range", range, (k) => { range = k; chartPoller.now(); }),
+    section("Charts", rangePicker("grp-range", range, (k) => { range = k; chartPoller.every = rangePollMs(k); chartPoller.now(); }),
       h("div", { class: "pair" }, charts.count.el, charts.cpu.el)),
     section("Policy", policyBox), section("Warm pool", warmBox), section("Decision log", logBox));
 

@@ -3,7 +3,7 @@
 
 import { api, Poller } from "../api.js";
 import { TimeChart } from "../charts.js";
-import { h, replace, section, table, stateBadge, rangePicker, rangeSeconds } from "../ui.js";
+import { h, replace, section, table, stateBadge, rangePicker, rangeSeconds, rangePollMs } from "../ui.js";
 import { hostSummary, hostCpuSeries } from "./overview.js";
 
 export function hostPage(el, pmid) {
@@ -16,7 +16,7 @@ export function hostPage(el, pmid) {
   const count = new TimeChart({ id: "host-vms-count", title: "cms VMs running", unit: "count", height: 140 });
   const source = h("p", { class: "muted", id: "host-source" });
   replace(el, head, section("Figures", figures), section("VMs on this host", vmsBox),
-    section("Charts", rangePicker("host-range", range, (k) => { range = k; charts.now(); }), source,
+    section("Charts", rangePicker("host-range", range, (k) => { range = k; charts.every = rangePollMs(k); charts.now(); }), source,
       h("div", { class: "pair" }, cpu.el, ram.el), count.el));
 
   const pollers = [];

@@ -5,7 +5,7 @@
 import { api, Poller } from "../api.js";
 import { TimeChart } from "../charts.js";
 import { h, replace, fmt, section, dl, stateBadge, actionForm, field, select, confirmDialog,
-         rangePicker, rangeSeconds } from "../ui.js";
+         rangePicker, rangeSeconds, rangePollMs } from "../ui.js";
 
 export function vmPage(el, vmid) {
   let range = "5m";
@@ -18,7 +18,7 @@ export function vmPage(el, vmid) {
   const actions = h("div", { class: "actions", id: "vm-actions" });
   const charts = h("div", { class: "pair" }, cpu.el, mem.el);
   replace(el, head, section("State", facts),
-    section("Charts", rangePicker("vm-range", range, (k) => { range = k; chartPoller.now(); }), charts),
+    section("Charts", rangePicker("vm-range", range, (k) => { range = k; chartPoller.every = rangePollMs(k); chartPoller.now(); }), charts),
     section("Actions", actions), section("Serial console (the last 16 KiB, read-only)", consoleNote, consoleBox));
 
   let vm = null;
