@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 
 from cms import balance
 from cms.config import Config, VerticalConfig
-from cms.placement import HostLoad
+from cms.placement import HostLoad, Rules
 from cms.store import Store
 from cms.virt import Listing, OwnedDomain
 
@@ -178,8 +178,7 @@ def _settled(cfg: Config, d: OwnedDomain, resized: float | None, ready_at: float
     return max(boot, resized) if resized is not None else boot
 
 
-def _rules(cfg: Config):
-    from cms.placement import Rules
+def _rules(cfg: Config) -> Rules:
     return Rules(cfg.placement.cpu_overcommit, cfg.placement.ram_reserve_mib)
 
 
