@@ -38,7 +38,9 @@ HOST = _obj({"pmid": INT, "name": STR, "uri": STR, "up": {"type": "boolean"}, "c
              "memory_mib": _obj({"total": INT, "free": INT, "given": INT, "reserve": INT}),
              "disk_bytes": _obj({"total": INT, "free": INT}),
              "cpu": _obj({"utilization": {"type": "number", "nullable": True}, "ts": {"type": "number", "nullable": True},
-                          "source": {"type": "string", "nullable": True, "enum": ["host", "domains", None]}})})
+                          "source": {"type": "string", "nullable": True, "enum": ["host", "domains", None]},
+                          # the node's own busy share (virNodeGetCPUStats), where libvirt has it
+                          "node": {"type": "number", "nullable": True}})})
 REPLICA = _obj({"name": STR, "host": STR, "pmid": INT, "replica_state": STR, "domain_state": STR,
                 "warm": {"type": "boolean"}, "vcpus": INT, "memory_mib": INT,
                 "created": NUM, "cpu": {"type": "array", "items": NUM}})

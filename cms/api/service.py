@@ -415,7 +415,7 @@ class Service:
         kinds = {"vm": 0, "replica": 0, "warm": 0}
         for d in doms:
             kinds[_kind(d)] = kinds.get(_kind(d), 0) + 1
-        cpus = cap.cpus if cap is not None else 0
+        cpus = (load.cpus or cap.cpus) if cap is not None else 0    # hosts[].cpus when set, as placement counts
         over = self.sched.rules.cpu_overcommit
         figures: dict[str, Any] = {
             "domains": {**kinds, "total": len(doms)},
@@ -425,18 +425,20 @@ class Service:
                            "given": load.used_memory_mib, "reserve": self.sched.rules.ram_reserve_mib},
             "disk_bytes": {"total": cap.pool_capacity_bytes if cap else 0,
                            "free": cap.pool_available_bytes if cap else 0},
-            "cpu": {"utilization": None, "ts": None, "source": None},
+            "cpu": {"utilization": None, "ts": None, "source": None, "node": None},
         }
         since = time.time() - 60
         hs = self.store.latest_host_sample(name, since)
         if hs is not None and hs.cpu is not None:
-            figures["cpu"] = {"utilization": round(hs.cpu, 4), "ts": hs.ts, "source": "host"}
+            figures["cpu"] = {"utilization": round(hs.cpu, 4), "ts": hs.ts, "source": "host",
+                              "node": None if hs.node_cpu is None else round(hs.node_cpu, 4)}
         elif cpus:
             rows = self.store.connect().execute(
                 "SELECT ts, SUM(cpu * vcpus) AS used FROM samples WHERE host=? AND ts>=? "
                 "GROUP BY ts ORDER BY ts DESC LIMIT 1", (name, since)).fetchone()
             if rows is not None and rows["used"] is not None:
-                figures["cpu"] = {"utilization": round(rows["used"] / cpus, 4), "ts": rows["ts"], "source": "domains"}
+                figures["cpu"] = {"utilization": round(rows["used"] / cpus, 4), "ts": rows["ts"], "source": "domains",
+                                  "node": None}
         return figures
 
     def pm_vms(self, pmid: int) -> list[int]:

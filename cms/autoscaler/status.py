@@ -67,7 +67,7 @@ def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track,
         hm = tick.hosts.get(h) if tick else None
         running = [d for d in doms if d.alive]
         out_hosts[h] = {
-            "up": up, "cpu": hm.cpu if hm else None, "cpus": cap.cpus if cap else None,
+            "up": up, "cpu": hm.cpu if hm else None, "cpus": hm.cpus if hm else (cap.cpus if cap else None),
             "vms": len(running), "defined": len(doms), "vcpus": sum(d.vcpus for d in running),
             "memory_mib": cap.memory_mib if cap else None,
             "used_memory_mib": sum(d.memory_mib for d in running),
