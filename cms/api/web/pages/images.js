@@ -4,7 +4,7 @@
 // the API's own message beside the form.
 
 import { api } from "../api.js";
-import { h, replace, section, table, actionForm, field } from "../ui.js";
+import { h, replace, fmt, section, table, actionForm, field } from "../ui.js";
 
 export function imagesPage(el) {
   const list = h("div", { id: "images-list" });
@@ -27,8 +27,10 @@ export function imagesPage(el) {
   async function refresh() {
     const { images } = await api.get("/v1/images");
     list.dataset.count = images.length;
-    replace(list, table(["id", "name", "path"], images.map((i) => h("tr", { dataset: { id: i.id, name: i.name } },
-      h("td", {}, i.id), h("td", {}, i.name), h("td", {}, h("code", {}, i.path)))), "no images"));
+    replace(list, table(["id", "name", "path", "format", "size", "in cms's storage"], images.map((i) => h("tr", { dataset: { id: i.id, name: i.name } },
+      h("td", {}, i.id), h("td", {}, i.name), h("td", {}, h("code", {}, i.path)), h("td", {}, i.format || "–"),
+      h("td", {}, i.size ? fmt.mib(i.size / 2 ** 20) : "–"),
+      h("td", {}, i.imported === false ? "not yet (imported on first use)" : (i.copy ? h("code", {}, i.copy) : "yes")))), "no images"));
   }
   refresh().catch((e) => replace(list, h("p", { class: "form-error", role: "alert" }, `Could not load images: ${e.message}`)));
   return () => { if (form.cleanup) form.cleanup(); };
