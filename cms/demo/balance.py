@@ -6,8 +6,9 @@ In order it:
     shared, each counted as 2 CPUs);
  2. starts ``cms-autoscaler`` on them with a group of two replicas, placed first fit, so
     both land on hv1, and host balancing on (relief above 80 % for 10 s);
- 3. drives ``cms-loadgen`` closed loop: one request at a time first (hv1 near 50 %), then
-    four at a time (both replicas busy, hv1 near 100 %): the load piles onto hv1;
+ 3. once the guests have finished booting, drives ``cms-loadgen`` closed loop: one request
+    at a time first (hv1 near 50 %), then four at a time (both replicas busy, hv1 near
+    100 %): the load piles onto hv1;
  4. the balancer live-migrates one replica to hv2 while it serves; its new address is
     announced at the switch-over and the client follows it;
  5. stops everything, removes the lab (also on Ctrl-C), and writes out/balance.png (both
@@ -86,13 +87,15 @@ def run_balance(out: Path, golden: str) -> dict[str, Any]:
         say("waiting for both replicas on hv1 (first fit) to answer /health")
         ready = wait_ready(cfg, 2, 240)
         say("ready: " + ", ".join(f"{r.name} on {r.host} at {r.endpoint}" for r in ready))
+        from cms.store import Store
+        store = Store(cfg.state_db)
+        say("letting the guests finish booting (a booting guest is busy whatever the load): hv1 below 40 %")
+        settle(store, "hv1", 0.4, 120)
         say(f"load {SCHEDULE}: closed loop, 1 request outstanding, then 4 (both replicas busy: hv1 near 100 %)")
         lg = start("loadgen", [str(bin_dir / "cms-loadgen"), "--config", str(toml), "--group", GROUP,
                                "--schedule", SCHEDULE, "--concurrency", "1,4", "--cost", str(COST), "--timeout", "30",
                                "--out", str(out / "balance-loadgen.jsonl"), "--summary",
                                str(out / "balance-loadgen-summary.json"), "--quiet", "--no-keys", "--wait-ready", "30"])
-        from cms.store import Store
-        store = Store(cfg.state_db)
         told = set()
         deadline = time.monotonic() + 240
         while lg.poll() is None:
@@ -117,6 +120,17 @@ def run_balance(out: Path, golden: str) -> dict[str, Any]:
                 stop_process(p, grace=10)
         removed = lab.down()
         say(f"lab removed ({len(removed)} things: namespaces, links, processes, {lab.root})")
+
+
+def settle(store: Any, host: str, below: float, timeout: float) -> None:
+    """Until the host's load has stayed below `below` for 5 s (its guests done booting)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = [r.cpu for r in store.host_samples(host=host, since=time.time() - 5) if r.cpu is not None]
+        if len(rows) >= 4 and max(rows) < below:
+            return
+        time.sleep(1.0)
+    raise CmsError(f"{host} stayed busy for {timeout:g}s after its replicas were ready; see the autoscaler's log")
 
 
 def wait_ready(cfg: cmsconfig.Config, n: int, timeout: float):
