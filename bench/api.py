@@ -56,6 +56,9 @@ def run_one(tmp: Path, worker_class: str, workers: int, duration: int, connectio
             try:
                 with urllib.request.urlopen(f"{url}/vm/create?name=bench&instance_type=1", timeout=5) as r:
                     vmid = json.loads(r.read())["vmid"]
+                if not vmid:
+                    raise SystemExit(f"cms-api ({worker_class}) could not create the VM to query: "
+                                     + logpath.read_text()[-2000:])
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
@@ -87,6 +90,11 @@ def main() -> None:
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cms-bench-api-"))
     (tmp / "node.xml").write_text(NODE)
+    # The API needs an image and a type to create the VM it queries: a small real qcow2 (its
+    # first create imports it into the test driver's pool, which keeps metadata only).
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp / "bench.qcow2"), "8M"], check=True, timeout=60)
+    (tmp / "image_file").write_text(f"{tmp / 'bench.qcow2'}\n")
+    (tmp / "types_file").write_text(json.dumps({"types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}]}))
     classes = ("sync", "gthread")
     runs: dict[str, list[dict]] = {c: [] for c in classes}
     for r in range(a.rounds):
