@@ -34,11 +34,7 @@ class Failure(Exception):
 def _default_url_and_token(config: str | None = None) -> tuple[str, str]:
     from cms import config as cms_config
     cfg = cms_config.load_or_exit(config)      # a bad file: one line, exit 2
-    bind, token = cfg.api.bind, cfg.api.token
-    host = bind.rsplit(":", 1)
-    if host[0] in ("0.0.0.0", "", "::", "[::]"):
-        bind = f"127.0.0.1:{host[-1]}"
-    return f"http://{bind}", token
+    return cfg.api.url, cfg.api.token
 
 
 class Client:

@@ -215,6 +215,12 @@ class ApiConfig:
     max_body_bytes: int = _f(65536, min=1024, max=64 << 20,
                              doc="largest request body taken; a bigger one is refused with 413 before it is read")
 
+    @property
+    def url(self) -> str:
+        """Where a client on this machine reaches the API: bind, with a wildcard address as loopback."""
+        host, _, port = self.bind.rpartition(":")
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '', '::', '[::]') else host}:{port}"
+
 
 @dataclass(frozen=True)
 class PlacementConfig:

@@ -40,7 +40,7 @@ from typing import Callable
 from cms import config as cms_config
 from cms.doctor.check import FAIL, OK, WARN, Check
 from cms.doctor import hosts
-from cms.doctor.machine import (KVM_DEVICE, api_url, check_api, check_image, check_kvm_device, check_ports,
+from cms.doctor.machine import (KVM_DEVICE, check_api, check_image, check_kvm_device, check_ports,
                                 check_state_db, check_zmq)
 from cms.virt.fleet import Fleet
 from cms.virt.host import is_local_uri
@@ -69,7 +69,7 @@ def run(cfg: cms_config.Config, *, skip: set[str] = frozenset(), timeout: float 
     out.extend(check_ports(cfg))
     out.extend(check_zmq(k, getattr(cfg.zmq, k.split(".")[1])) for k in ("zmq.publish", "zmq.snapshot"))
     out.append(check_state_db(cfg.state_db))
-    out.append(check_api(url or api_url(cfg.api.bind), explicit=bool(url)))
+    out.append(check_api(url or cfg.api.url, explicit=bool(url)))
     return [c for c in out if c.check not in skip]
 
 

@@ -16,9 +16,9 @@ from typing import Callable
 from cms import config as cms_config
 from cms import errors
 from cms.doctor.check import FAIL, FIX_KVM_LOCAL, OK, WARN, Check, gib
-from cms.doctor.machine import KVM_DEVICE, this_machine_is_a_vm, writable_dir
+from cms.doctor.machine import KVM_DEVICE, writable_dir
 from cms.virt import probe
-from cms.virt.host import Host, is_local_uri
+from cms.virt.host import Host, is_local_uri, this_machine_is_a_vm
 
 DEFINE_SLOW_S = 2.0
 # After the connection, what a host's checks may take: two defines of a minute each at worst.

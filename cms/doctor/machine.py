@@ -83,14 +83,6 @@ def _name(lookup: Callable, ident: int) -> str:
         return str(ident)
 
 
-def this_machine_is_a_vm() -> bool:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return any(line.startswith("flags") and " hypervisor" in line for line in fh)
-    except OSError:
-        return False
-
-
 def writable_dir(path: str) -> tuple[bool, str, int]:
     """Whether `path`, or the nearest directory above it that exists, takes a new file:
     (yes?, what was found, free bytes there)."""
@@ -231,11 +223,6 @@ def check_state_db(path: str) -> Check:
         return Check("state-db", FAIL, path, f"not writable: {exc}",
                      "make the file and its directory writable (or wait for the process holding the lock)")
     return Check("state-db", OK, path, "writable")
-
-
-def api_url(bind: str) -> str:
-    host, _, port = bind.rpartition(":")
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '', '::', '[::]') else host}:{port}"
 
 
 def check_api(url: str, explicit: bool) -> Check:

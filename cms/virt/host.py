@@ -190,6 +190,16 @@ def is_local_uri(uri: str) -> bool:
     return "://" in uri and uri.split("://", 1)[1].startswith("/")
 
 
+def this_machine_is_a_vm() -> bool:
+    """Whether this machine is itself a virtual machine (the CPU's `hypervisor` flag), where
+    nested KVM guests hang. When /proc/cpuinfo cannot be read: yes, the safe answer (TCG)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return any(line.startswith("flags") and " hypervisor" in line for line in fh)
+    except OSError:
+        return True
+
+
 def resolve_domain_type(setting: str, uri: str, capabilities_xml: str = "") -> str:
     """kvm / qemu as configured; `auto` picks kvm only where it can actually run.
 
@@ -200,12 +210,7 @@ def resolve_domain_type(setting: str, uri: str, capabilities_xml: str = "") -> s
     if setting in ("kvm", "qemu"):
         return setting
     if is_local_uri(uri):
-        try:
-            with open("/proc/cpuinfo") as fh:
-                nested = any(line.startswith("flags") and " hypervisor" in line for line in fh)
-        except OSError:
-            nested = True
-        return "kvm" if os.path.exists("/dev/kvm") and not nested else "qemu"
+        return "kvm" if os.path.exists("/dev/kvm") and not this_machine_is_a_vm() else "qemu"
     return "kvm" if "type='kvm'" in capabilities_xml or 'type="kvm"' in capabilities_xml else "qemu"
 
 

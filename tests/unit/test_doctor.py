@@ -267,7 +267,8 @@ def test_api(tmp_path: Path):
     closed = f"http://127.0.0.1:{free_port()}"
     assert machine.check_api(closed, explicit=False).status == WARN
     assert machine.check_api(closed, explicit=True).status == FAIL
-    assert machine.api_url("0.0.0.0:8080") == "http://127.0.0.1:8080"
+    assert make_config(api={"bind": "0.0.0.0:8080"}).api.url == "http://127.0.0.1:8080"
+    assert make_config(api={"bind": "10.1.2.3:81"}).api.url == "http://10.1.2.3:81"
 
 
 # --- the command --------------------------------------------------------------------------
