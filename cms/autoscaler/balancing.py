@@ -143,9 +143,9 @@ class Balancer:
     def step(self, now: float, listing: Listing | None) -> balance.Plan | None:
         """Plan, and apply the plan when enabled (or asked once); None when nothing was planned."""
         self.workers = [w for w in self.workers if w.is_alive()]
-        if listing is None or listing.down or self.dry_run:
+        if listing is None or listing.down:
             return None
-        asked = take_run(self.store)
+        asked = False if self.dry_run else take_run(self.store)
         if not (self.cfg.balancer.enabled or asked):
             return None
         try:
@@ -154,6 +154,10 @@ class Balancer:
             log.exception("balancing: planning failed; the next tick plans again")
             return None
         self.last_plan = p
+        if self.dry_run:
+            for a in p.actions:
+                log.info("dry run: balancing would %s %s: %s", a.kind, a.vm or a.src, a.reason)
+            return p
         if asked:
             self.journal.event("balance_run", "", "", f"asked once: {len(p.actions)} action(s)",
                                actions=len(p.actions), notes=p.notes,
