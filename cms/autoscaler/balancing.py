@@ -145,6 +145,8 @@ class Balancer:
         self.workers = [w for w in self.workers if w.is_alive()]
         if listing is None or listing.down:
             return None
+        # a host told empty that has VMs again (spawned, moved there) is told again when it empties
+        self.empty_told -= {d.host for d in listing.all() if d.alive}
         asked = False if self.dry_run else take_run(self.store)
         if not (self.cfg.balancer.enabled or asked):
             return None
@@ -173,8 +175,6 @@ class Balancer:
                 self._empty_host(a)
             elif a.kind in (balance.MIGRATE, balance.RESIZE):
                 by_vm[a.vm].append(a)
-        hosts_with_vms = {a.dst for acts in by_vm.values() for a in acts}
-        self.empty_told -= hosts_with_vms
         for vm, acts in by_vm.items():
             with self._lock:
                 if vm in self.migrating:
