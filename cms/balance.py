@@ -1,4 +1,4 @@
-"""Host balancing: a pure planner. Plain data in, a Plan out: moves and resizes, each with its reason.
+"""Host balancing: a pure planner. Plain data in, a BalancePlan out: moves and resizes, each with its reason.
 
 The shape is OpenStack Watcher's: an *audit* of a cluster model yields an *action plan*,
 and an applier (cms.autoscaler.balancing) executes it with limits. No I/O and no clock
@@ -130,7 +130,7 @@ class Model:
 
 
 @dataclass(frozen=True)
-class Action:
+class BalanceAction:
     kind: str              # migrate | resize | power_off
     strategy: str          # relief | anti_affinity | vertical | consolidation
     vm: str                # "" for power_off
@@ -144,8 +144,8 @@ class Action:
 
 
 @dataclass
-class Plan:
-    actions: list[Action] = field(default_factory=list)
+class BalancePlan:
+    actions: list[BalanceAction] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)      # what was held back, and why
 
     def to_dict(self) -> dict:
@@ -207,7 +207,7 @@ class _State:
         self.busy = {h.name for h in m.hosts if h.migrating or not h.up}
         self.moved: set[str] = set()
         self.budget = lim.max_moves - sum(1 for t in m.recent_moves if m.now - t < lim.budget_interval_s)
-        self.plan = Plan()
+        self.plan = BalancePlan()
         # destinations, least loaded first; hosts a move claims are skipped (they gather at the head)
         self.order = sorted((h for h in self.hosts if h not in self.busy), key=lambda h: (self.load(h), h))
         self.head = 0
@@ -275,7 +275,7 @@ class _State:
         self.moved.add(v.name)
         self.budget -= 1
         data.update(from_load_after=round(self.load(s), 4), to_load_after=round(self.load(d), 4))
-        self.plan.actions.append(Action(MIGRATE, strategy, v.name, s, d, reason, data=data))
+        self.plan.actions.append(BalanceAction(MIGRATE, strategy, v.name, s, d, reason, data=data))
 
     def best_destination(self, v: VmView, cap: float, req: Request | None = None) -> tuple[float, str] | None:
         """(gain, host): the destination that evens the load most (sum of squared loads)."""
@@ -305,7 +305,7 @@ class _State:
         return best
 
 
-def plan(m: Model, lim: Limits = Limits()) -> Plan:
+def plan(m: Model, lim: Limits = Limits()) -> BalancePlan:
     """What to do now, and why; see the module's docstring for the rules.
 
     The cyclic garbage collector is paused while planning: the plan makes no reference
@@ -429,7 +429,7 @@ def _vertical(st: _State) -> None:
         hot_host = st.hot(v.host) is not None and grow.vcpus > 0
         if room and not hot_host:
             st.charge(v.host, grow.vcpus, grow.memory_mib)
-            st.plan.actions.append(Action(RESIZE, "vertical", v.name, v.host, v.host,
+            st.plan.actions.append(BalanceAction(RESIZE, "vertical", v.name, v.host, v.host,
                                           f"{v.name} {', '.join(why)}: {size} in place on {v.host}",
                                           vcpus=vcpus, memory_mib=mib))
             continue
@@ -448,7 +448,7 @@ def _vertical(st: _State) -> None:
             continue
         d = cand[1]
         st.move(v, d, "vertical", f"{what}: migrating it to {d} first", size=Request(vcpus, mib))
-        st.plan.actions.append(Action(RESIZE, "vertical", v.name, d, d, f"{v.name} {', '.join(why)}: {size} on {d} "
+        st.plan.actions.append(BalanceAction(RESIZE, "vertical", v.name, d, d, f"{v.name} {', '.join(why)}: {size} on {d} "
                                       f"after the migration", vcpus=vcpus, memory_mib=mib, after=v.name))
 
 
@@ -458,7 +458,7 @@ def _consolidate(st: _State) -> None:
     up = [h for h in st.hosts if st.hosts[h].up]
     for h in up:
         if not st.on[h]:
-            st.plan.actions.append(Action(POWER_OFF, "consolidation", "", h, h,
+            st.plan.actions.append(BalanceAction(POWER_OFF, "consolidation", "", h, h,
                                           f"host {h} is empty and could be powered off"))
     loaded = [h for h in up if st.on[h]]
     if len(loaded) < 2:

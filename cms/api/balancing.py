@@ -31,7 +31,7 @@ def plan_json(svc: Service) -> dict[str, Any]:
     return {"ts": now, "enabled": svc.cfg.balancer.enabled, "limits": lim, **p.to_dict()}
 
 
-class BalancePlan:
+class BalancePlanResource:
     def __init__(self, svc: Service) -> None:
         self.svc = svc
 
@@ -39,7 +39,7 @@ class BalancePlan:
         resp.media = plan_json(self.svc)
 
 
-class BalanceRun:
+class BalanceRunResource:
     def __init__(self, svc: Service) -> None:
         self.svc = svc
 

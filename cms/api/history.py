@@ -192,16 +192,16 @@ class _Metrics:
         return parse_range(req.get_param, self.clock())
 
 
-class VmMetrics(_Metrics):
+class VmHistory(_Metrics):
     def on_get(self, req, resp, vmid: int):
         resp.media = vm_metrics(self.svc, vmid, *self._range(req))
 
 
-class HostMetrics(_Metrics):
+class HostHistory(_Metrics):
     def on_get(self, req, resp, pmid: int):
         resp.media = host_metrics(self.svc, pmid, *self._range(req))
 
 
-class GroupMetrics(_Metrics):
+class GroupHistory(_Metrics):
     def on_get(self, req, resp, name: str):
         resp.media = group_metrics(self.svc, name, *self._range(req))

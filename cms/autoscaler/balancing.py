@@ -61,7 +61,7 @@ def take_run(store: Store) -> bool:
 
 
 def current_plan(cfg: Config, scheduler: Scheduler, store: Store, now: float | None = None,
-                 extra: balance_model.Extra | None = None, listing: Listing | None = None) -> balance.Plan:
+                 extra: balance_model.Extra | None = None, listing: Listing | None = None) -> balance.BalancePlan:
     """What the planner would do now (the API's and the CLI's ``balance plan``)."""
     now = time.time() if now is None else now
     listing = listing or scheduler.list_domains()
@@ -88,7 +88,7 @@ class Balancer:
         self.mem: dict[str, collections.deque] = {}
         self.empty_told: set[str] = set()
         self.workers: list[threading.Thread] = []
-        self.last_plan: balance.Plan | None = None
+        self.last_plan: balance.BalancePlan | None = None
         self._lock = threading.Lock()
 
     # -- observing: host load, memory use --------------------------------------------------
@@ -140,7 +140,7 @@ class Balancer:
                                    busy=frozenset(t.name for t in tracks if t.busy),
                                    mem_series={n: tuple(s) for n, s in self.mem.items()})
 
-    def step(self, now: float, listing: Listing | None) -> balance.Plan | None:
+    def step(self, now: float, listing: Listing | None) -> balance.BalancePlan | None:
         """Plan, and apply the plan when enabled (or asked once); None when nothing was planned."""
         self.workers = [w for w in self.workers if w.is_alive()]
         if listing is None or listing.down:
@@ -168,8 +168,8 @@ class Balancer:
         self.apply(p)
         return p
 
-    def apply(self, p: balance.Plan) -> None:
-        by_vm: dict[str, list[balance.Action]] = collections.defaultdict(list)
+    def apply(self, p: balance.BalancePlan) -> None:
+        by_vm: dict[str, list[balance.BalanceAction]] = collections.defaultdict(list)
         for a in p.actions:
             if a.kind == balance.POWER_OFF:
                 self._empty_host(a)
@@ -185,7 +185,7 @@ class Balancer:
             self.workers.append(w)
             w.start()
 
-    def _empty_host(self, a: balance.Action) -> None:
+    def _empty_host(self, a: balance.BalanceAction) -> None:
         if a.src in self.empty_told:
             return
         self.empty_told.add(a.src)
@@ -193,7 +193,7 @@ class Balancer:
 
     # -- actions (worker threads) -------------------------------------------------------------
 
-    def _run(self, acts: list[balance.Action]) -> None:
+    def _run(self, acts: list[balance.BalanceAction]) -> None:
         try:
             for a in acts:
                 ok = self._migrate(a) if a.kind == balance.MIGRATE else self._resize(a)
@@ -216,7 +216,7 @@ class Balancer:
             t.busy = True
             return t
 
-    def _migrate(self, a: balance.Action) -> bool:
+    def _migrate(self, a: balance.BalanceAction) -> bool:
         t = self._track(a.vm)
         group = t.group if t else ""
         if t is False:
@@ -270,7 +270,7 @@ class Balancer:
         except Exception as exc:  # noqa: BLE001 - no API table: nothing to update
             log.debug("no api_vms row updated for %s: %s", domain, exc)
 
-    def _resize(self, a: balance.Action) -> bool:
+    def _resize(self, a: balance.BalanceAction) -> bool:
         try:
             d = self.scheduler.resize(a.vm, vcpus=a.vcpus or None, memory_mib=a.memory_mib or None)
         except errors.CmsError as exc:
@@ -287,7 +287,7 @@ class Balancer:
                            memory_mib=d.memory_mib)
         return True
 
-    def _late_unplug(self, a: balance.Action, exc: Exception) -> Any:
+    def _late_unplug(self, a: balance.BalanceAction, exc: Exception) -> Any:
         """A vCPU unplug libvirt gave up waiting for (5 s; a guest under TCG may take longer):
         the domain once its guest has let the vCPU go, or None if it does not within 30 s."""
         if not a.vcpus or "unplug" not in str(exc):

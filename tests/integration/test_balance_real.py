@@ -97,7 +97,7 @@ def test_an_aborted_migration_leaves_the_replica_where_it_was(stack):
         name = sorted(before)[0]
         src, dst = before[name], ({"hv1", "hv2"} - {before[name]}).pop()
         # the executor's own path, with a move as the planner writes one
-        stack.scaler.balancer.apply(balance.Plan([balance.Action(
+        stack.scaler.balancer.apply(balance.BalancePlan([balance.BalanceAction(
             balance.MIGRATE, "relief", name, src, dst, f"test: move {name} from {src} to {dst}")]))
         fail = stack.wait_event("migrate_failed", 60, subject=name)
     finally:
