@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import stat
 import sys
 import tomllib
 import types
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cms import files
 from cms.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/cms/cms.toml")
@@ -501,22 +501,13 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     if p is None:
         return parse({})
     try:
-        mode = os.stat(p).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError
-        if not stat.S_ISREG(mode):
-            # opening a FIFO blocks until a writer comes; /dev/zero never ends
-            raise ConfigError(f"{p}: not a regular file, so not a configuration file")
-        with open(p, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such configuration file") from None
-    except PermissionError:
-        raise ConfigError(f"{p}: permission denied reading the configuration file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{p}: is a directory, not a configuration file") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read the configuration file: {exc.strerror}") from None
+        raw, _ = files.read_regular(p)
+    except files.Unreadable as exc:
+        raise ConfigError(f"{p}: " + exc.words({
+            files.MISSING: "no such configuration file", files.DENIED: "permission denied reading the configuration file",
+            files.DIRECTORY: "is a directory, not a configuration file",
+            files.SPECIAL: "not a regular file, so not a configuration file"},
+            "cannot read the configuration file")) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -35,7 +35,6 @@ import fcntl
 import hashlib
 import json
 import os
-import stat
 import sys
 import threading
 import time
@@ -43,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
+from cms import files
 from cms.errors import CmsError
 
 SCHEMA = """
@@ -111,21 +111,12 @@ def check(path: str) -> Facts:
     if not os.path.isabs(path):
         raise ImageError(f"{path}: not an absolute path")
     try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-            # a FIFO would block the reader; a device has no size to copy
-            raise ImageError(f"{path}: not a regular file, so not an image file")
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            head = fh.read(HEAD_BYTES)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory, not an image") from None
-    except PermissionError:
-        raise ImageError(f"{path}: cannot be read, not even by root (permission denied)") from None
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+        head, st = files.read_regular(path, HEAD_BYTES)
+    except files.Unreadable as exc:
+        raise ImageError(f"{path}: " + exc.words({
+            files.MISSING: "no such file", files.DIRECTORY: "is a directory, not an image",
+            files.SPECIAL: "not a regular file, so not an image file",
+            files.DENIED: "cannot be read, not even by root (permission denied)"}, "cannot be read")) from None
     if not st.st_size:
         raise ImageError(f"{path}: is empty, not a disk image")
     fmt = format_of(head, st.st_size)

@@ -35,6 +35,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from cms import files
 from cms.config import Config, libvirt_uri_problem
 from cms.errors import CmsError
 
@@ -77,17 +78,13 @@ class VmType:
 def _read(path: str | os.PathLike[str], what: str) -> str:
     p = Path(path)
     try:
-        return p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InventoryError(f"{what} {p}: no such file") from None
-    except IsADirectoryError:
-        raise InventoryError(f"{what} {p}: is a directory") from None
-    except PermissionError:
-        raise InventoryError(f"{what} {p}: permission denied") from None
+        return files.read_regular(p)[0].decode("utf-8")
+    except files.Unreadable as exc:
+        raise InventoryError(f"{what} {p}: " + exc.words({
+            files.MISSING: "no such file", files.DIRECTORY: "is a directory", files.DENIED: "permission denied",
+            files.SPECIAL: "not a regular file"}, "cannot read")) from None
     except UnicodeDecodeError:
         raise InventoryError(f"{what} {p}: not a text file") from None
-    except OSError as exc:
-        raise InventoryError(f"{what} {p}: cannot read: {exc.strerror}") from None
 
 
 def _lines(text: str) -> list[tuple[int, str]]:
