@@ -129,6 +129,18 @@ def _enable_wal(c: sqlite3.Connection, within_s: float = 10.0) -> None:
             time.sleep(0.05)
 
 
+MAX_ROWID = 2 ** 63 - 1
+
+
+def _where(query: str, args: list[Any], **equal: Any) -> tuple[str, list[Any]]:
+    """`query` (which has a WHERE) with `AND column = ?` for each keyword that is not None."""
+    for column, value in equal.items():
+        if value is not None:
+            query += f" AND {column} = ?"
+            args.append(value)
+    return query, args
+
+
 class Store:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
@@ -198,14 +210,7 @@ class Store:
 
     def samples(self, group: str | None = None, since: float = 0.0, domain: str | None = None,
                 limit: int = 100000) -> list[Sample]:
-        q = "SELECT * FROM samples WHERE ts >= ?"
-        args: list[Any] = [since]
-        if group is not None:
-            q += " AND grp = ?"
-            args.append(group)
-        if domain is not None:
-            q += " AND domain = ?"
-            args.append(domain)
+        q, args = _where("SELECT * FROM samples WHERE ts >= ?", [since], grp=group, domain=domain)
         q += " ORDER BY ts LIMIT ?"
         args.append(limit)
         return [Sample(r["ts"], r["host"], r["domain"], r["grp"], r["cpu"], r["vcpus"], r["memory_kib"], r["state"],
@@ -226,10 +231,7 @@ class Store:
 
     def host_samples(self, host: str | None = None, since: float = 0.0, until: float = float("inf"),
                      limit: int = 100000) -> list[HostSample]:
-        q, args = "SELECT * FROM host_samples WHERE ts >= ? AND ts < ?", [since, until]
-        if host is not None:
-            q += " AND host = ?"
-            args.append(host)
+        q, args = _where("SELECT * FROM host_samples WHERE ts >= ? AND ts < ?", [since, until], host=host)
         args.append(limit)
         return [HostSample(r["ts"], r["host"], r["cpu"], r["cpus"], r["vms"], r["vcpus"], r["free_memory_mib"],
                            r["node_cpu"]) for r in self.connect().execute(q + " ORDER BY ts LIMIT ?", args)]
@@ -267,30 +269,17 @@ class Store:
                              group: str | None = None) -> list[sqlite3.Row]:
         """Per bucket and domain: mean CPU in CPUs (cpu x vCPUs, so 1.0 is one whole CPU) and
         mean utilization of its own vCPUs; of one host's or one group's domains."""
-        q = ("SELECT CAST((ts - ?) / ? AS INTEGER) AS b, domain, AVG(cpu * vcpus) AS cpus_used, AVG(cpu) AS cpu "
-             "FROM samples WHERE ts>=? AND ts<?")
-        args: list[Any] = [since, step, since, until]
-        if host is not None:
-            q += " AND host=?"
-            args.append(host)
-        if group is not None:
-            q += " AND grp=?"
-            args.append(group)
+        q, args = _where("SELECT CAST((ts - ?) / ? AS INTEGER) AS b, domain, AVG(cpu * vcpus) AS cpus_used, "
+                         "AVG(cpu) AS cpu FROM samples WHERE ts>=? AND ts<?", [since, step, since, until],
+                         host=host, grp=group)
         return self.connect().execute(q + " GROUP BY b, domain ORDER BY b, domain", args).fetchall()
 
     def tick_buckets(self, since: float, until: float, step: float, *, host: str | None = None,
                      group: str | None = None) -> list[sqlite3.Row]:
         """Per bucket, from the per-domain samples: ticks seen, mean over ticks of the CPUs the
         domains used (Σ cpu x vCPUs), of their vCPUs, of the domains counted, and the mean CPU."""
-        q = ("SELECT ts, SUM(cpu * vcpus) AS cpus_used, SUM(vcpus) AS vcpus, COUNT(*) AS domains, AVG(cpu) AS cpu "
-             "FROM samples WHERE ts>=? AND ts<?")
-        args: list[Any] = [since, until]
-        if host is not None:
-            q += " AND host=?"
-            args.append(host)
-        if group is not None:
-            q += " AND grp=?"
-            args.append(group)
+        q, args = _where("SELECT ts, SUM(cpu * vcpus) AS cpus_used, SUM(vcpus) AS vcpus, COUNT(*) AS domains, "
+                         "AVG(cpu) AS cpu FROM samples WHERE ts>=? AND ts<?", [since, until], host=host, grp=group)
         return self.connect().execute(
             "SELECT CAST((ts - ?) / ? AS INTEGER) AS b, COUNT(*) AS ticks, AVG(cpus_used) AS cpus_used, "
             "AVG(vcpus) AS vcpus, AVG(domains) AS domains, AVG(cpu) AS cpu "
@@ -352,10 +341,7 @@ class Store:
             c.executemany("DELETE FROM replicas WHERE name=?", [(n,) for n in gone])
 
     def replicas(self, group: str | None = None) -> list[ReplicaRow]:
-        q, args = "SELECT * FROM replicas", []
-        if group is not None:
-            q += " WHERE grp=?"
-            args.append(group)
+        q, args = _where("SELECT * FROM replicas WHERE 1", [], grp=group)
         return [ReplicaRow(r["name"], r["grp"], r["host"], r["state"], r["address"], r["port"], r["updated"])
                 for r in self.connect().execute(q + " ORDER BY name", args)]
 
@@ -370,14 +356,8 @@ class Store:
 
     def events(self, since_id: int = 0, group: str | None = None, kinds: Iterable[str] | None = None,
                limit: int = 1000, newest_first: bool = False, before_id: int | None = None) -> list[Event]:
-        q = "SELECT * FROM events WHERE id > ?"
-        args: list[Any] = [since_id]
-        if before_id is not None:
-            q += " AND id < ?"
-            args.append(before_id)
-        if group is not None:
-            q += " AND grp = ?"
-            args.append(group)
+        q, args = _where("SELECT * FROM events WHERE id > ? AND id < ?",
+                         [since_id, MAX_ROWID if before_id is None else before_id], grp=group)
         kinds = list(kinds or [])
         if kinds:
             q += f" AND kind IN ({','.join('?' * len(kinds))})"
