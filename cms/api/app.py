@@ -32,7 +32,7 @@ import hmac
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import falcon
 
@@ -47,6 +47,7 @@ log = logging.getLogger("cms.api")
 SPEC_PREFIXES = ("/vm/", "/image/", "/pm/")
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_ID = 2 ** 63 - 1     # SQLite's INTEGER range
+ID_RANGE = f"int(min=0, max={MAX_ID})"   # a path id Falcon converts, within that range
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -123,97 +124,47 @@ def _int_arg(req: falcon.Request, name: str) -> int:
     return v
 
 
-def _spec(fail: dict[str, Any]):
-    """Wrap a spec responder: any failure answers 200 with the failure value."""
-    def deco(fn):
-        def responder(self, req, resp):
-            try:
-                resp.media = fn(self, req)
-            except Exception as exc:  # noqa: BLE001 - the spec wants a 0, never a 500
-                if isinstance(exc, errors.CmsError):
-                    log.info("%s %s: %s", req.path, req.query_string, exc)
-                else:
-                    log.exception("%s %s failed", req.path, req.query_string)
-                resp.media = dict(fail)
-        return responder
-    return deco
+def _vm_create(svc: Service, req: falcon.Request) -> dict[str, Any]:
+    image = req.get_param("image_id")
+    vm = svc.create_vm(req.get_param("name") or "", _int_arg(req, "instance_type"),
+                       None if image in (None, "") else _int_arg(req, "image_id"))
+    return {"vmid": vm["vmid"]}
 
 
-class VmCreate:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
-    @_spec(SPEC_FAILURE["/vm/create"])
-    def on_get(self, req):
-        name = req.get_param("name") or ""
-        image = req.get_param("image_id")
-        vm = self.svc.create_vm(name, _int_arg(req, "instance_type"),
-                                None if image in (None, "") else _int_arg(req, "image_id"))
-        return {"vmid": vm["vmid"]}
+def _vm_destroy(svc: Service, req: falcon.Request) -> dict[str, Any]:
+    svc.destroy_vm(_int_arg(req, "vmid"))
+    return {"status": 1}
 
 
-class VmQuery:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
-    @_spec(SPEC_FAILURE["/vm/query"])
-    def on_get(self, req):
-        return self.svc.vm(_int_arg(req, "vmid"))
-
-
-class VmDestroy:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
-    @_spec(SPEC_FAILURE["/vm/destroy"])
-    def on_get(self, req):
-        self.svc.destroy_vm(_int_arg(req, "vmid"))
-        return {"status": 1}
+# The spec's GET URLs and what each answers; SPEC_FAILURE (cms.api.failures) gives what each
+# answers when it fails.
+SPEC_CALLS: dict[str, Callable[[Service, falcon.Request], Any]] = {
+    "/vm/create": _vm_create,
+    "/vm/query": lambda svc, req: svc.vm(_int_arg(req, "vmid")),
+    "/vm/destroy": _vm_destroy,
+    "/vm/types": lambda svc, req: {"types": svc.types()},
+    "/image/list": lambda svc, req: {"images": svc.images()},
+    "/pm/list": lambda svc, req: {"pmids": svc.pmids()},
+    "/pm/query": lambda svc, req: svc.pm(_int_arg(req, "pmid")),
+    "/pm/listvms": lambda svc, req: {"vmids": svc.pm_vms(_int_arg(req, "pmid"))},
+}
 
 
-class VmTypes:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
+class SpecCall:
+    """One of the spec's URLs: any failure answers 200 with the URL's failure value."""
 
-    @_spec(SPEC_FAILURE["/vm/types"])
-    def on_get(self, req):
-        return {"types": self.svc.types()}
+    def __init__(self, svc: Service, url: str) -> None:
+        self.svc, self.url, self.answer = svc, url, SPEC_CALLS[url]
 
-
-class ImageList:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
-    @_spec(SPEC_FAILURE["/image/list"])
-    def on_get(self, req):
-        return {"images": self.svc.images()}
-
-
-class PmList:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
-    @_spec(SPEC_FAILURE["/pm/list"])
-    def on_get(self, req):
-        return {"pmids": self.svc.pmids()}
-
-
-class PmQuery:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
-    @_spec(SPEC_FAILURE["/pm/query"])
-    def on_get(self, req):
-        return self.svc.pm(_int_arg(req, "pmid"))
-
-
-class PmListVms:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
-    @_spec(SPEC_FAILURE["/pm/listvms"])
-    def on_get(self, req):
-        return {"vmids": self.svc.pm_vms(_int_arg(req, "pmid"))}
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            resp.media = self.answer(self.svc, req)
+        except Exception as exc:  # noqa: BLE001 - the spec wants a 0, never a 500
+            if isinstance(exc, errors.CmsError):
+                log.info("%s %s: %s", req.path, req.query_string, exc)
+            else:
+                log.exception("%s %s failed", req.path, req.query_string)
+            resp.media = dict(SPEC_FAILURE[self.url])
 
 
 # -- /v1 --------------------------------------------------------------------------------------
@@ -237,9 +188,9 @@ def _body(req: falcon.Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise Invalid(f"the body is not valid JSON: {one_line(str(exc))[:200]}") from None
-    if not isinstance(body, dict):
-        raise Invalid("the body must be a JSON object")
-    return body
+    if isinstance(body, dict):
+        return body
+    raise Invalid("the body must be a JSON object")
 
 
 def _opt_int(body: dict[str, Any], key: str, lo: int = 1) -> int | None:
@@ -407,36 +358,24 @@ def create_app(deps: Deps) -> falcon.App:
     app.resp_options.secure_cookies_by_default = False
     app.set_error_serializer(_error_serializer)
 
-    app.add_route("/vm/create", VmCreate(svc))
-    app.add_route("/vm/query", VmQuery(svc))
-    app.add_route("/vm/destroy", VmDestroy(svc))
-    app.add_route("/vm/types", VmTypes(svc))
-    app.add_route("/image/list", ImageList(svc))
-    app.add_route("/pm/list", PmList(svc))
-    app.add_route("/pm/query", PmQuery(svc))
-    app.add_route("/pm/listvms", PmListVms(svc))
+    for url in SPEC_CALLS:
+        app.add_route(url, SpecCall(svc, url))
 
-    app.add_route("/v1/vms", V1Vms(svc))
-    app.add_route("/v1/vms/{vmid:int(min=0, max=9223372036854775807)}", V1Vm(svc))
-    app.add_route("/v1/vms/{vmid:int(min=0, max=9223372036854775807)}/migrate", V1VmMigrate(svc))
-    app.add_route("/v1/vms/{vmid:int(min=0, max=9223372036854775807)}/resize", V1VmResize(svc))
-    app.add_route("/v1/vms/{vmid:int(min=0, max=9223372036854775807)}/console", V1VmConsole(svc))
-    app.add_route("/v1/vms/{vmid:int(min=0, max=9223372036854775807)}/metrics", history.VmHistory(svc))
-    app.add_route("/v1/hosts/{pmid:int(min=0, max=9223372036854775807)}/metrics", history.HostHistory(svc))
-    app.add_route("/v1/groups/{name}/metrics", history.GroupHistory(svc))
-    app.add_route("/v1/hosts", V1Hosts(svc))
-    app.add_route("/v1/hosts/{pmid:int(min=0, max=9223372036854775807)}", V1Host(svc))
-    app.add_route("/v1/images", V1Images(svc))
-    app.add_route("/v1/types", V1Types(svc))
-    app.add_route("/v1/groups", V1Groups(svc))
-    app.add_route("/v1/groups/{name}", V1Group(svc))
-    app.add_route("/v1/groups/{name}/scale", V1GroupScale(svc))
-    app.add_route("/v1/events", V1Events(svc))
-    app.add_route("/v1/balance/plan", balancing.BalancePlanResource(svc))
-    app.add_route("/v1/balance/run", balancing.BalanceRunResource(svc))
-    app.add_route("/v1/openapi.json", OpenApi())
+    vm, host, group = "/v1/vms/{vmid:%s}" % ID_RANGE, "/v1/hosts/{pmid:%s}" % ID_RANGE, "/v1/groups/{name}"
+    routes = [
+        ("/v1/vms", V1Vms(svc)), (vm, V1Vm(svc)), (vm + "/migrate", V1VmMigrate(svc)),
+        (vm + "/resize", V1VmResize(svc)), (vm + "/console", V1VmConsole(svc)),
+        (vm + "/metrics", history.VmHistory(svc)),
+        ("/v1/hosts", V1Hosts(svc)), (host, V1Host(svc)), (host + "/metrics", history.HostHistory(svc)),
+        ("/v1/groups", V1Groups(svc)), (group, V1Group(svc)), (group + "/scale", V1GroupScale(svc)),
+        (group + "/metrics", history.GroupHistory(svc)),
+        ("/v1/images", V1Images(svc)), ("/v1/types", V1Types(svc)), ("/v1/events", V1Events(svc)),
+        ("/v1/balance/plan", balancing.BalancePlanResource(svc)), ("/v1/balance/run", balancing.BalanceRunResource(svc)),
+        ("/v1/openapi.json", OpenApi()), ("/metrics", prom.MetricsResource(metrics)),
+    ]
+    for url, resource in routes:
+        app.add_route(url, resource)
     console.add_routes(app)    # / and /static/<version>/...: the operator console
-    app.add_route("/metrics", prom.MetricsResource(metrics))
 
     # Domain errors to HTTP, once. Later registrations win for subclasses in Falcon 4
     # (the most specific handler is chosen), so the order here does not matter.
