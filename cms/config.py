@@ -60,6 +60,7 @@ class HostConfig:
 
 @dataclass(frozen=True)
 class LibvirtConfig:
+    """How cms uses libvirt on every host: domain type, the overlay pool, keepalives, migration."""
     domain_type: str = _f("kvm", choices=("kvm", "qemu", "auto"),
                           doc="kvm on real hosts; qemu is TCG emulation; auto: kvm when /dev/kvm exists and "
                               "this host is not itself a VM (nested KVM is unreliable), else qemu")
@@ -73,6 +74,7 @@ class LibvirtConfig:
 
 @dataclass(frozen=True)
 class ImageConfig:
+    """The golden image replicas boot from, and the pool the spec's images are imported into."""
     golden: str = _f("/var/lib/cms/images/golden.qcow2", doc="golden qcow2 image the replicas' overlays are backed by")
     kernel: str = _f("", doc="kernel for direct boot; empty: vmlinuz beside the golden image if present, else the bootloader")
     initrd: str = _f("", doc="initrd for direct boot; empty: initrd.img beside the golden image if present")
@@ -86,6 +88,7 @@ class ImageConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
+    """How a replica's service is reached: a QEMU port forward (user) or a libvirt network."""
     mode: str = _f("user", choices=("user", "libvirt"),
                    doc="user: QEMU user networking, each replica's port forwarded from forward_address; "
                        "libvirt: a libvirt network, the address read from its DHCP leases")
@@ -97,6 +100,7 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class ThresholdPolicyConfig:
+    """groups.NAME.threshold: the threshold policy's limits and windows (cms.policy)."""
     high: float = _f(0.75, min=0.0, max=1.0, doc="scale out when the group's mean CPU stays above this")
     low: float = _f(0.25, min=0.0, max=1.0, doc="scale in when it stays below this")
     window_s: float = _f(5.0, min=0.0, max=3600.0, doc="how long it must stay above high")
@@ -105,6 +109,7 @@ class ThresholdPolicyConfig:
 
 @dataclass(frozen=True)
 class TargetPolicyConfig:
+    """groups.NAME.target: the target-tracking policy, Kubernetes HPA's rule (cms.policy)."""
     target: float = _f(0.6, min=0.01, max=1.0, doc="desired mean CPU utilization")
     tolerance: float = _f(0.1, min=0.0, max=1.0, doc="no action while |mean/target - 1| <= tolerance")
     stabilization_s: float = _f(30.0, min=0.0, max=3600.0, doc="scale-down takes the highest recommendation in this window")
@@ -182,6 +187,7 @@ class GroupConfig:
 
 @dataclass(frozen=True)
 class AutoscalerConfig:
+    """The reconcile loop's pace, health checking, draining and its metrics endpoint."""
     tick_s: float = _f(1.0, min=0.05, max=3600.0, doc="seconds between monitoring ticks")
     history: int = _f(900, min=10, max=1000000, doc="samples kept in memory per domain")
     health_timeout_s: float = _f(120.0, min=1.0, max=3600.0, doc="how long a new replica may take to answer /health")
@@ -196,6 +202,7 @@ class AutoscalerConfig:
 
 @dataclass(frozen=True)
 class ZmqConfig:
+    """Where the replica feed (the ZeroMQ Clone pattern, cms.messages) is published."""
     publish: str = _f("tcp://127.0.0.1:5556", doc="PUB endpoint the daemon binds for replica updates")
     snapshot: str = _f("tcp://127.0.0.1:5557", doc="ROUTER endpoint the daemon binds for snapshots")
     curve_secret_key: str = _f("", doc="Z85 server secret key; with curve_public_key enables CURVE")
@@ -204,6 +211,7 @@ class ZmqConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
+    """cms-api under gunicorn: where it listens, its workers, token and limits."""
     bind: str = _f("127.0.0.1:8080", doc="host:port gunicorn listens on")
     workers: int = _f(0, min=0, max=256, doc="gunicorn workers; 0 means 2 x CPUs + 1")
     worker_class: str = _f("sync", choices=("sync", "gthread"),
@@ -224,6 +232,7 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class PlacementConfig:
+    """Which host takes a new VM (cms.placement) and how much each host may carry."""
     algorithm: str = _f("round_robin", choices=("round_robin", "first_fit", "spread"))
     cpu_overcommit: float = _f(4.0, min=0.1, max=64.0, doc="vCPUs per physical CPU a host may carry")
     ram_reserve_mib: int = _f(512, min=0, max=1048576, doc="host RAM never given to VMs")
