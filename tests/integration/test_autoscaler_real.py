@@ -29,10 +29,10 @@ BOOT = 240.0   # a boot under TCG on 2 shared cores, with load running
 class Feed:
     """A SUB on the daemon's PUB that keeps every update, in arrival order."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, group: str = G) -> None:
         self.ctx = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.SUBSCRIBE, topic(G))
+        self.sub.setsockopt(zmq.SUBSCRIBE, topic(group))
         self.sub.connect(endpoint)
         self.updates = []
         self.stop = threading.Event()
