@@ -98,6 +98,9 @@ def analyse(out: Path, group: str) -> dict[str, Any]:
             stages["started_to_health_ok_and_published_s"] = round(ready.ts - (added.ts if added else scale_out.ts), 3)
             if ready.data.get("boot_s") is not None:
                 stages["spawn_boot_to_health_s"] = ready.data["boot_s"]
+            stages["decision_to_announced_ready_s"] = round(ready.ts - scale_out.ts, 3)
+            if ready.data.get("mode"):
+                stages["from_warm_pool"] = ready.data["mode"]
         rep = (lg_summary.get("replicas") or {}).get(new_replica, {})
         if rep.get("announced_ready_at") and ready is not None:
             stages["published_to_client_heard_s"] = round(rep["announced_ready_at"] - ready.ts, 3)
@@ -138,9 +141,12 @@ def plot(a: dict[str, Any], path: Path) -> None:
     by_dom: dict[str, list[Any]] = {}
     for s in a["samples"]:
         if s.cpu is not None:
-            by_dom.setdefault(s.domain, []).append(s)
+            # a warm replica's boot (and its parking) drawn apart: the CPU a refill takes
+            warm = s.state in ("warming", "parking", "parked")
+            by_dom.setdefault(s.domain + (" (warm pool)" if warm else ""), []).append(s)
     for dom, ss in sorted(by_dom.items()):
-        ax_cpu.plot([s.ts - t0 for s in ss], [100 * s.cpu for s in ss], label=dom, lw=1.2)
+        ax_cpu.plot([s.ts - t0 for s in ss], [100 * s.cpu for s in ss], label=dom, lw=1.2,
+                    ls="--" if dom.endswith("(warm pool)") else "-")
     ax_cpu.axhline(75, color="red", ls=":", lw=1, label="scale-out threshold")
     ax_cpu.axhline(25, color="green", ls=":", lw=1, label="scale-in threshold")
     ax_cpu.set_ylabel("CPU % (libvirt)")
@@ -173,6 +179,8 @@ def plot(a: dict[str, Any], path: Path) -> None:
                           {"scale_out": "red", "scale_in": "green"}.get(action, "black")))
         elif e.kind in ("ready", "draining", "removed", "failed"):
             marks.append((e.ts, f"{e.kind} {e.subject.rsplit('-', 1)[-1]}", "purple" if e.kind == "failed" else "tab:orange"))
+        elif e.kind in ("warm_prepared", "warm_used", "warm_parked", "warm_refill", "warm_empty"):
+            marks.append((e.ts, f"{e.kind} {e.subject.rsplit('-', 1)[-1]}", "tab:cyan"))
     for ax in axes:
         for ts, _label, color in marks:
             ax.axvline(ts - t0, color=color, lw=0.8, alpha=0.6)
@@ -180,7 +188,8 @@ def plot(a: dict[str, Any], path: Path) -> None:
         ax_cpu.annotate(label, (ts - t0, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
                         va="top", ha="right", color=color, xytext=(-2, -2 - 0 * i), textcoords="offset points")
     ratio = a["ratio"]
-    fig.suptitle("cms autoscaling demo: 1 -> 2 replicas under load"
+    warm = a.get("warm_state") or ""
+    fig.suptitle("cms autoscaling demo: 1 -> 2 replicas under load" + (f", from a {warm} warm pool" if warm else "")
                  + (f" (throughput after/before = {ratio:.2f})" if ratio else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -199,8 +208,20 @@ def spawn_stages(events: list[Any]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+def warm_pool_summary(events: list[Any]) -> dict[str, Any]:
+    """What the warm pool did: each replica prepared (its boot and the CPU it took from the
+    serving replicas), each one taken into service and how fast, each one parked back."""
+    def pick(kind: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+        return [{"replica": e.subject, **{k: e.data.get(k) for k in keys}} for e in events if e.kind == kind]
+    return {"prepared": pick("warm_prepared", ("mode", "boot_s", "park_s", "cpu_s", "host_share")),
+            "used": pick("warm_used", ("mode", "seconds")),
+            "parked_back": pick("warm_parked", ("mode", "park_s")),
+            "cold_because_empty": [e.subject for e in events if e.kind == "warm_empty"]}
+
+
 def build_report(out: Path, group: str, **params: Any) -> dict[str, Any]:
     a = analyse(out, group)
+    a["warm_state"] = params.get("warm_state", "")
     lg = a["lg_summary"]
     summary = {
         "headline": {
@@ -216,6 +237,7 @@ def build_report(out: Path, group: str, **params: Any) -> dict[str, Any]:
         "after_scale_out": a["after"],
         "reaction": a["stages"],
         "spawns": spawn_stages(a["events"]),
+        "warm_pool": warm_pool_summary(a["events"]) if params.get("warm_pool") else None,
         "new_replica": a["new_replica"],
         "requests": {k: lg.get(k) for k in ("sent", "completed", "errors", "outstanding", "accounted", "retries")},
         "events": [{"ts": e.ts, "kind": e.kind, "subject": e.subject, "message": e.message} for e in a["events"]
