@@ -174,7 +174,8 @@ class GroupConfig:
     port: int = _f(8080, min=1, max=65535, doc="the guest server's port inside the VM")
     policy: str = _f("threshold", choices=("threshold", "target"))
     cooldown_s: float = _f(15.0, min=0.0, max=3600.0, doc="no scaling action for this long after one")
-    warmup_s: float = _f(5.0, min=0.0, max=3600.0, doc="a new replica's CPU is left out for this long after ready")
+    warmup_s: float = _f(5.0, min=0.0, max=3600.0, doc="a new replica's CPU is left out for this long after ready, "
+                                                                 "and the policy holds until then")
     scale_in_order: str = _f("newest", choices=("newest", "oldest", "consolidate"),
                              doc="which replica scale-in removes; consolidate: the one whose removal empties, or "
                                  "leaves emptiest, a host (cms.balance.consolidate_order)")
