@@ -22,6 +22,10 @@ Warm pool (issue 13; never announced, never counted by the policy)::
 * PARKED: parked in the pool's state, waiting for a scale-out or a replacement.
 * UNPARKING: being resumed / restored / started, then probed at once and every 20-50 ms.
 
+A replica's ``park_mode`` says where it goes in the pool: a warm spawn is SPAWNING with
+it set (then WARMING), a replica drained for reuse_on_scale_in is DRAINING with it set;
+both already count as pool members (cms.autoscaler.planner.role), not as serving ones.
+
 ``Track`` is the daemon's record of one replica; ``Track.move`` is the only way its state
 changes, and it refuses a transition not listed in TRANSITIONS.
 """
