@@ -3,5 +3,6 @@
 
 The server itself is run, not imported from this package: as ``python3 -m cms_guest_server``
 with /usr/lib/cms-guest on the path in the image, or as a script from a checkout; either
-way its own directory is on the path and it imports ``cms_work`` directly.
+way its own directory is on the path and it imports its modules (``cms_prefork``,
+``cms_http``, ``cms_work``) directly. The client needs only ``guest.cms_work``.
 """

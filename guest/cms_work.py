@@ -9,10 +9,11 @@ Where it lives, and why here: the guest server runs in the golden image on the i
 python3 with nothing but the standard library, so this definition must be stdlib-only and
 must travel into the image beside the server. Hence this one file, guest/cms_work.py:
 
-* the golden_image role copies it next to cms_guest_server.py into /usr/lib/cms-guest (the
-  unit's PYTHONPATH) and hashes it into the image's cache key;
-* the server imports it as ``cms_work``: its own directory is on the path, in the image and
-  when run as a script from a checkout;
+* the golden_image role copies it next to cms_guest_server.py and the server's other
+  modules into /usr/lib/cms-guest (the unit's PYTHONPATH) and hashes it into the image's
+  cache key;
+* the server's modules import it as ``cms_work``: the server's own directory is on the
+  path, in the image and when run as a script from a checkout;
 * the load client (client/), the test doubles (tests/doubles.py) and the benches import it
   as ``guest.cms_work`` (``guest`` is a package in pyproject.toml).
 
