@@ -32,6 +32,7 @@ from cms import balance, errors
 from cms.autoscaler import balance_model
 from cms.autoscaler.journal import Journal
 from cms.autoscaler.lifecycle import State
+from cms.autoscaler.workers import Workers
 from cms.config import Config
 from cms.metrics import Tick
 from cms.scheduler import Scheduler
@@ -87,7 +88,7 @@ class Balancer:
         self.migrating: dict[str, tuple[str, str]] = {}
         self.mem: dict[str, collections.deque] = {}
         self.empty_told: set[str] = set()
-        self.workers: list[threading.Thread] = []
+        self.workers = Workers()
         self.last_plan: balance.BalancePlan | None = None
         self._lock = threading.Lock()
 
@@ -142,7 +143,7 @@ class Balancer:
 
     def step(self, now: float, listing: Listing | None) -> balance.BalancePlan | None:
         """Plan, and apply the plan when enabled (or asked once); None when nothing was planned."""
-        self.workers = [w for w in self.workers if w.is_alive()]
+        self.workers.prune()
         if listing is None or listing.down:
             return None
         # a host told empty that has VMs again (spawned, moved there) is told again when it empties
@@ -181,9 +182,7 @@ class Balancer:
                     continue
                 if acts[0].kind == balance.MIGRATE:
                     self.migrating[vm] = (acts[0].src, acts[0].dst)
-            w = threading.Thread(target=self._run, args=(acts,), name=f"cms-balance-{vm}", daemon=True)
-            self.workers.append(w)
-            w.start()
+            self.workers.start(f"cms-balance-{vm}", self._run, acts)
 
     def _empty_host(self, a: balance.BalanceAction) -> None:
         if a.src in self.empty_told:
@@ -199,8 +198,6 @@ class Balancer:
                 ok = self._migrate(a) if a.kind == balance.MIGRATE else self._resize(a)
                 if not ok:
                     return     # a resize planned after a failed migration does not happen
-        except Exception:  # noqa: BLE001 - a worker's failure is logged, the loop goes on
-            log.exception("balancing: action on %s failed", acts[0].vm)
         finally:
             with self._lock:
                 self.migrating.pop(acts[0].vm, None)
@@ -302,6 +299,4 @@ class Balancer:
         return None
 
     def wait(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for w in list(self.workers):
-            w.join(max(0.0, deadline - time.monotonic()))
+        self.workers.join(timeout)

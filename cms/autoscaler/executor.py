@@ -29,6 +29,7 @@ from cms.autoscaler.health import HealthChecker, wait_healthy
 from cms.autoscaler.journal import Journal
 from cms.autoscaler.lifecycle import State, Track
 from cms.autoscaler.warm import WarmPool
+from cms.autoscaler.workers import Workers
 from cms.config import Config
 from cms.metrics import History
 from cms.scheduler import Scheduler
@@ -56,7 +57,7 @@ class Executor(WarmPool):
         self.on_unpark = on_unpark or (lambda _t: None)
         self.tracks: dict[str, Track] = {}
         self.lock = threading.RLock()
-        self.workers: list[threading.Thread] = []
+        self.workers = Workers()
         self.checks = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="cms-health")
         self.spawn_backoff: dict[tuple[str, bool], tuple[float, int]] = {}   # (group, warm) -> (until, n)
         self.handlers: dict[type, Callable[[Any, Listing | None], None]] = {
@@ -77,7 +78,7 @@ class Executor(WarmPool):
                 self.handlers[type(a)](a, listing)
             except Exception:  # noqa: BLE001 - one action's trouble must not stop the others
                 log.exception("action %s failed; the next tick plans again", type(a).__name__)
-        self.workers = [w for w in self.workers if w.is_alive()]
+        self.workers.prune()
 
     def snapshot(self) -> tuple[Track, ...]:
         """Copies of the tracked replicas, for the planner and the status."""
@@ -117,18 +118,8 @@ class Executor(WarmPool):
 
     def _start_worker(self, fn: Callable[..., None], t: Track, *args: Any) -> None:
         t.busy = True
-
-        def run() -> None:
-            try:
-                fn(t, *args)
-            except Exception:  # noqa: BLE001 - a worker's failure is logged, the loop goes on
-                log.exception("worker %s for %s failed", fn.__name__, t.name)
-            finally:
-                t.busy = False
-
-        w = threading.Thread(target=run, name=f"cms-{fn.__name__.strip('_')}", daemon=True)
-        self.workers.append(w)
-        w.start()
+        self.workers.start(f"cms-{fn.__name__.strip('_')}-{t.name}", fn, t, *args,
+                           done=lambda: setattr(t, "busy", False))
 
     def _forget(self, t: Track) -> None:
         with self.lock:
@@ -408,9 +399,7 @@ class Executor(WarmPool):
     # -- stopping -----------------------------------------------------------------------------
 
     def wait_workers(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for w in list(self.workers):
-            w.join(max(0.0, deadline - time.monotonic()))
+        self.workers.join(timeout)
 
     def close(self, timeout: float) -> None:
         self.wait_workers(timeout)
