@@ -10,176 +10,168 @@ unknown key, a wrong type or an out-of-range value raises ConfigError with one m
 names the key and the file. ``load_or_exit`` turns that into exit code 2 with no traceback.
 
 Validation is driven by the dataclasses themselves: a field's type annotation gives the
-accepted TOML type, and ``field(metadata=...)`` gives ranges (``min``, ``max``) and choices.
+accepted TOML type, and ``setting(default, min=, max=, choices=)`` its range or choices. The
+machinery that walks them, and the checks of URIs and addresses, are in cms.configschema;
+this module is the schema, the cross-key checks and the loading.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cms import files
+from cms.configschema import (bind_problem, build, libvirt_uri_problem, setting, split_hostport,  # noqa: F401
+                              zmq_problem)
 from cms.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/cms/cms.toml")
 ENV_VAR = "CMS_CONFIG"
 
 
-def _f(default: Any, *, min: float | None = None, max: float | None = None,
-       choices: tuple[str, ...] | None = None, doc: str = "") -> Any:
-    md = {"min": min, "max": max, "choices": choices, "doc": doc}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=md)
-    return field(default=default, metadata=md)
-
-
 @dataclass(frozen=True)
 class HostConfig:
     """A hypervisor host cms may place replicas on."""
-    name: str = _f("local", doc="unique short name")
-    uri: str = _f("qemu:///system", doc="libvirt connection URI")
-    migration_address: str = _f("", doc="address this host takes live migrations on: its QEMU listens there and the "
+    name: str = setting("local", doc="unique short name")
+    uri: str = setting("qemu:///system", doc="libvirt connection URI")
+    migration_address: str = setting("", doc="address this host takes live migrations on: its QEMU listens there and the "
                                         "source sends to tcp://ADDRESS; empty: libvirt's default (the host's hostname)")
-    shared_storage: bool = _f(False, doc="true: migrations to this host skip libvirt's shared-storage check "
+    shared_storage: bool = setting(False, doc="true: migrations to this host skip libvirt's shared-storage check "
                                          "(VIR_MIGRATE_UNSAFE), for storage libvirt cannot tell is shared (a local "
                                          "file system two daemons on one machine see; NFS, GFS2, Ceph need no setting)")
-    forward_address: str = _f("", doc="address this host's replica port forwards bind (network.mode = user); "
+    forward_address: str = setting("", doc="address this host's replica port forwards bind (network.mode = user); "
                                       "empty: network.forward_address")
-    cpus: int = _f(0, min=0, max=65536, doc="CPUs this host counts for placement and host load; 0: what libvirt "
+    cpus: int = setting(0, min=0, max=65536, doc="CPUs this host counts for placement and host load; 0: what libvirt "
                                             "reports (set it when hosts share a machine, as the lab's do)")
 
 
 @dataclass(frozen=True)
 class LibvirtConfig:
     """How cms uses libvirt on every host: domain type, the overlay pool, keepalives, migration."""
-    domain_type: str = _f("kvm", choices=("kvm", "qemu", "auto"),
+    domain_type: str = setting("kvm", choices=("kvm", "qemu", "auto"),
                           doc="kvm on real hosts; qemu is TCG emulation; auto: kvm when /dev/kvm exists and "
                               "this host is not itself a VM (nested KVM is unreliable), else qemu")
-    pool: str = _f("cms", doc="storage pool for replica overlays (a dir pool, created if missing)")
-    pool_path: str = _f("/var/lib/cms/pool", doc="directory of that pool when cms creates it")
-    keepalive_interval: int = _f(5, min=0, max=600, doc="seconds between libvirt keepalives; 0 disables")
-    machine: str = _f("pc", doc="QEMU machine type")
-    migrate_timeout_s: float = _f(300.0, min=1.0, max=86400.0,
+    pool: str = setting("cms", doc="storage pool for replica overlays (a dir pool, created if missing)")
+    pool_path: str = setting("/var/lib/cms/pool", doc="directory of that pool when cms creates it")
+    keepalive_interval: int = setting(5, min=0, max=600, doc="seconds between libvirt keepalives; 0 disables")
+    machine: str = setting("pc", doc="QEMU machine type")
+    migrate_timeout_s: float = setting(300.0, min=1.0, max=86400.0,
                                   doc="a live migration still running after this is aborted; the VM stays where it was")
 
 
 @dataclass(frozen=True)
 class ImageConfig:
     """The golden image replicas boot from, and the pool the spec's images are imported into."""
-    golden: str = _f("/var/lib/cms/images/golden.qcow2", doc="golden qcow2 image the replicas' overlays are backed by")
-    kernel: str = _f("", doc="kernel for direct boot; empty: vmlinuz beside the golden image if present, else the bootloader")
-    initrd: str = _f("", doc="initrd for direct boot; empty: initrd.img beside the golden image if present")
-    cmdline: str = _f("root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet",
+    golden: str = setting("/var/lib/cms/images/golden.qcow2", doc="golden qcow2 image the replicas' overlays are backed by")
+    kernel: str = setting("", doc="kernel for direct boot; empty: vmlinuz beside the golden image if present, else the bootloader")
+    initrd: str = setting("", doc="initrd for direct boot; empty: initrd.img beside the golden image if present")
+    cmdline: str = setting("root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet",
                       doc="kernel command line for direct boot; cms appends systemd.hostname=<replica name>")
-    pool: str = _f("cms-images", doc="dir pool on every host that the images of image_file and POST /v1/images "
+    pool: str = setting("cms-images", doc="dir pool on every host that the images of image_file and POST /v1/images "
                                      "are imported into (made where missing); VMs are backed by those copies")
-    pool_path: str = _f("/var/lib/cms/images", doc="that pool's directory, the same on every host (live migration "
+    pool_path: str = setting("/var/lib/cms/images", doc="that pool's directory, the same on every host (live migration "
                                                    "needs the backing image at the same path)")
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
     """How a replica's service is reached: a QEMU port forward (user) or a libvirt network."""
-    mode: str = _f("user", choices=("user", "libvirt"),
+    mode: str = setting("user", choices=("user", "libvirt"),
                    doc="user: QEMU user networking, each replica's port forwarded from forward_address; "
                        "libvirt: a libvirt network, the address read from its DHCP leases")
-    network: str = _f("default", doc="libvirt network name (mode = libvirt)")
-    forward_address: str = _f("127.0.0.1", doc="host address the port forwards bind (mode = user)")
-    port_min: int = _f(20000, min=1024, max=65535, doc="lowest host port handed to a replica (mode = user)")
-    port_max: int = _f(20999, min=1024, max=65535, doc="highest host port handed to a replica (mode = user)")
+    network: str = setting("default", doc="libvirt network name (mode = libvirt)")
+    forward_address: str = setting("127.0.0.1", doc="host address the port forwards bind (mode = user)")
+    port_min: int = setting(20000, min=1024, max=65535, doc="lowest host port handed to a replica (mode = user)")
+    port_max: int = setting(20999, min=1024, max=65535, doc="highest host port handed to a replica (mode = user)")
 
 
 @dataclass(frozen=True)
 class ThresholdPolicyConfig:
     """groups.NAME.threshold: the threshold policy's limits and windows (cms.policy)."""
-    high: float = _f(0.75, min=0.0, max=1.0, doc="scale out when the group's mean CPU stays above this")
-    low: float = _f(0.25, min=0.0, max=1.0, doc="scale in when it stays below this")
-    window_s: float = _f(5.0, min=0.0, max=3600.0, doc="how long it must stay above high")
-    window_in_s: float = _f(20.0, min=0.0, max=3600.0, doc="how long it must stay below low")
+    high: float = setting(0.75, min=0.0, max=1.0, doc="scale out when the group's mean CPU stays above this")
+    low: float = setting(0.25, min=0.0, max=1.0, doc="scale in when it stays below this")
+    window_s: float = setting(5.0, min=0.0, max=3600.0, doc="how long it must stay above high")
+    window_in_s: float = setting(20.0, min=0.0, max=3600.0, doc="how long it must stay below low")
 
 
 @dataclass(frozen=True)
 class TargetPolicyConfig:
     """groups.NAME.target: the target-tracking policy, Kubernetes HPA's rule (cms.policy)."""
-    target: float = _f(0.6, min=0.01, max=1.0, doc="desired mean CPU utilization")
-    tolerance: float = _f(0.1, min=0.0, max=1.0, doc="no action while |mean/target - 1| <= tolerance")
-    stabilization_s: float = _f(30.0, min=0.0, max=3600.0, doc="scale-down takes the highest recommendation in this window")
-    max_step: int = _f(1, min=1, max=100, doc="most replicas added or removed in one action")
+    target: float = setting(0.6, min=0.01, max=1.0, doc="desired mean CPU utilization")
+    tolerance: float = setting(0.1, min=0.0, max=1.0, doc="no action while |mean/target - 1| <= tolerance")
+    stabilization_s: float = setting(30.0, min=0.0, max=3600.0, doc="scale-down takes the highest recommendation in this window")
+    max_step: int = setting(1, min=1, max=100, doc="most replicas added or removed in one action")
 
 
 @dataclass(frozen=True)
 class WarmPoolConfig:
     """Pre-booted replicas kept parked, taken first on a scale-out or a replacement."""
-    size: int = _f(0, min=0, max=1000, doc="warm replicas to keep (never past max with the serving ones); 0: no pool")
-    state: str = _f("paused", choices=("paused", "saved", "stopped"),
+    size: int = setting(0, min=0, max=1000, doc="warm replicas to keep (never past max with the serving ones); 0: no pool")
+    state: str = setting("paused", choices=("paused", "saved", "stopped"),
                     doc="paused: suspended, RAM held; saved: managed save, RAM on disk; "
                         "stopped: defined and shut off (a cold boot, but no clone or define)")
-    reuse_on_scale_in: bool = _f(True, doc="a drained replica is parked back into the pool when it is short")
+    reuse_on_scale_in: bool = setting(True, doc="a drained replica is parked back into the pool when it is short")
 
 
 @dataclass(frozen=True)
 class VerticalConfig:
     """Vertical scaling of one VM, applied by the balancer ([balancer] enabled): one vCPU more when hot,
     one less when idle, memory through the balloon, within these maximums."""
-    enabled: bool = _f(False, doc="this group's replicas (or these VMs) are grown and shrunk live")
-    max_vcpus: int = _f(2, min=1, max=256, doc="most vCPUs; replicas are defined with this many at most")
-    max_memory_mib: int = _f(0, min=0, max=1048576, doc="most memory; 0: no memory growth")
-    high: float = _f(0.8, min=0.0, max=1.0, doc="grow when its CPU (or memory use) mean over window_s is above this")
-    low: float = _f(0.2, min=0.0, max=1.0, doc="shrink when it stays below this for window_in_s")
-    window_s: float = _f(10.0, min=0.0, max=3600.0, doc="how long it must be hot")
-    window_in_s: float = _f(60.0, min=0.0, max=86400.0, doc="how long it must be idle (longer than window_s)")
+    enabled: bool = setting(False, doc="this group's replicas (or these VMs) are grown and shrunk live")
+    max_vcpus: int = setting(2, min=1, max=256, doc="most vCPUs; replicas are defined with this many at most")
+    max_memory_mib: int = setting(0, min=0, max=1048576, doc="most memory; 0: no memory growth")
+    high: float = setting(0.8, min=0.0, max=1.0, doc="grow when its CPU (or memory use) mean over window_s is above this")
+    low: float = setting(0.2, min=0.0, max=1.0, doc="shrink when it stays below this for window_in_s")
+    window_s: float = setting(10.0, min=0.0, max=3600.0, doc="how long it must be hot")
+    window_in_s: float = setting(60.0, min=0.0, max=86400.0, doc="how long it must be idle (longer than window_s)")
 
 
 @dataclass(frozen=True)
 class VerticalVmsConfig:
     """Vertical scaling for VMs made through the API: by instance type (its id) or by VM name."""
-    types: dict[str, VerticalConfig] = _f({})
-    vms: dict[str, VerticalConfig] = _f({})
+    types: dict[str, VerticalConfig] = setting({})
+    vms: dict[str, VerticalConfig] = setting({})
 
 
 @dataclass(frozen=True)
 class BalancerConfig:
     """Host balancing (cms.balance): live migrations, consolidation and vertical scaling, run by cms-autoscaler."""
-    enabled: bool = _f(False, doc="the autoscaler applies the plan each tick; off by default: migration needs "
+    enabled: bool = setting(False, doc="the autoscaler applies the plan each tick; off by default: migration needs "
                                   "shared storage (the overlays and the golden image at the same paths on every host)")
-    relief: bool = _f(True, doc="a host above high for window_s sheds the VM whose move best evens the load")
-    high: float = _f(0.8, min=0.01, max=4.0, doc="host load (busy cores over its CPUs) that is too much")
-    window_s: float = _f(30.0, min=0.0, max=86400.0, doc="how long a host must stay above high")
-    consolidate: bool = _f(False, doc="empty the least-loaded host when the others can take its VMs")
-    headroom: float = _f(0.2, min=0.0, max=1.0, doc="consolidation keeps every receiver at most high - headroom")
-    consolidate_window_s: float = _f(120.0, min=0.0, max=86400.0,
+    relief: bool = setting(True, doc="a host above high for window_s sheds the VM whose move best evens the load")
+    high: float = setting(0.8, min=0.01, max=4.0, doc="host load (busy cores over its CPUs) that is too much")
+    window_s: float = setting(30.0, min=0.0, max=86400.0, doc="how long a host must stay above high")
+    consolidate: bool = setting(False, doc="empty the least-loaded host when the others can take its VMs")
+    headroom: float = setting(0.2, min=0.0, max=1.0, doc="consolidation keeps every receiver at most high - headroom")
+    consolidate_window_s: float = setting(120.0, min=0.0, max=86400.0,
                                      doc="how long every host must stay below high - headroom first")
-    vm_cooldown_s: float = _f(120.0, min=0.0, max=86400.0, doc="a VM moved this recently stays where it is")
-    min_stay_s: float = _f(600.0, min=0.0, max=86400.0, doc="a VM never goes back to a host it left this recently")
-    max_moves: int = _f(2, min=0, max=100000, doc="most migrations started per budget_interval_s, fleet-wide")
-    budget_interval_s: float = _f(300.0, min=1.0, max=86400.0, doc="the window max_moves counts in")
+    vm_cooldown_s: float = setting(120.0, min=0.0, max=86400.0, doc="a VM moved this recently stays where it is")
+    min_stay_s: float = setting(600.0, min=0.0, max=86400.0, doc="a VM never goes back to a host it left this recently")
+    max_moves: int = setting(2, min=0, max=100000, doc="most migrations started per budget_interval_s, fleet-wide")
+    budget_interval_s: float = setting(300.0, min=1.0, max=86400.0, doc="the window max_moves counts in")
 
 
 @dataclass(frozen=True)
 class GroupConfig:
     """A replica group: N copies of the guest server behind the load client."""
-    min: int = _f(1, min=0, max=1000)
-    max: int = _f(3, min=1, max=1000)
-    vcpus: int = _f(1, min=1, max=256)
-    memory_mib: int = _f(512, min=64, max=1048576)
-    port: int = _f(8080, min=1, max=65535, doc="the guest server's port inside the VM")
-    policy: str = _f("threshold", choices=("threshold", "target"))
-    cooldown_s: float = _f(15.0, min=0.0, max=3600.0, doc="no scaling action for this long after one")
-    warmup_s: float = _f(5.0, min=0.0, max=3600.0, doc="a new replica's CPU is left out for this long after ready, "
+    min: int = setting(1, min=0, max=1000)
+    max: int = setting(3, min=1, max=1000)
+    vcpus: int = setting(1, min=1, max=256)
+    memory_mib: int = setting(512, min=64, max=1048576)
+    port: int = setting(8080, min=1, max=65535, doc="the guest server's port inside the VM")
+    policy: str = setting("threshold", choices=("threshold", "target"))
+    cooldown_s: float = setting(15.0, min=0.0, max=3600.0, doc="no scaling action for this long after one")
+    warmup_s: float = setting(5.0, min=0.0, max=3600.0, doc="a new replica's CPU is left out for this long after ready, "
                                                                  "and the policy holds until then")
-    scale_in_order: str = _f("newest", choices=("newest", "oldest", "consolidate"),
+    scale_in_order: str = setting("newest", choices=("newest", "oldest", "consolidate"),
                              doc="which replica scale-in removes; consolidate: the one whose removal empties, or "
                                  "leaves emptiest, a host (cms.balance.consolidate_order)")
-    anti_affinity: bool = _f(False, doc="the balancer keeps this group's replicas on different hosts")
+    anti_affinity: bool = setting(False, doc="the balancer keeps this group's replicas on different hosts")
     threshold: ThresholdPolicyConfig = field(default_factory=ThresholdPolicyConfig)
     target: TargetPolicyConfig = field(default_factory=TargetPolicyConfig)
     warm_pool: WarmPoolConfig = field(default_factory=WarmPoolConfig)
@@ -189,39 +181,39 @@ class GroupConfig:
 @dataclass(frozen=True)
 class AutoscalerConfig:
     """The reconcile loop's pace, health checking, draining and its metrics endpoint."""
-    tick_s: float = _f(1.0, min=0.05, max=3600.0, doc="seconds between monitoring ticks")
-    history: int = _f(900, min=10, max=1000000, doc="samples kept in memory per domain")
-    health_timeout_s: float = _f(120.0, min=1.0, max=3600.0, doc="how long a new replica may take to answer /health")
-    health_failures: int = _f(3, min=1, max=1000, doc="failed health checks in a row that make a replica failed")
-    health_check_timeout_s: float = _f(5.0, min=0.1, max=600.0,
+    tick_s: float = setting(1.0, min=0.05, max=3600.0, doc="seconds between monitoring ticks")
+    history: int = setting(900, min=10, max=1000000, doc="samples kept in memory per domain")
+    health_timeout_s: float = setting(120.0, min=1.0, max=3600.0, doc="how long a new replica may take to answer /health")
+    health_failures: int = setting(3, min=1, max=1000, doc="failed health checks in a row that make a replica failed")
+    health_check_timeout_s: float = setting(5.0, min=0.1, max=600.0,
                                        doc="one /health check's timeout; generous, as a saturated replica answers slowly")
-    drain_s: float = _f(3.0, min=0.0, max=3600.0, doc="time given to in-flight work after draining is announced")
-    shutdown_timeout_s: float = _f(10.0, min=0.0, max=3600.0, doc="graceful shutdown wait before destroy")
-    metrics_listen: str = _f("127.0.0.1:9481", doc="HOST:PORT where the daemon serves Prometheus' /metrics; "
+    drain_s: float = setting(3.0, min=0.0, max=3600.0, doc="time given to in-flight work after draining is announced")
+    shutdown_timeout_s: float = setting(10.0, min=0.0, max=3600.0, doc="graceful shutdown wait before destroy")
+    metrics_listen: str = setting("127.0.0.1:9481", doc="HOST:PORT where the daemon serves Prometheus' /metrics; "
                                                    "empty: no endpoint")
 
 
 @dataclass(frozen=True)
 class ZmqConfig:
     """Where the replica feed (the ZeroMQ Clone pattern, cms.messages) is published."""
-    publish: str = _f("tcp://127.0.0.1:5556", doc="PUB endpoint the daemon binds for replica updates")
-    snapshot: str = _f("tcp://127.0.0.1:5557", doc="ROUTER endpoint the daemon binds for snapshots")
-    curve_secret_key: str = _f("", doc="Z85 server secret key; with curve_public_key enables CURVE")
-    curve_public_key: str = _f("", doc="Z85 server public key, which clients also need")
+    publish: str = setting("tcp://127.0.0.1:5556", doc="PUB endpoint the daemon binds for replica updates")
+    snapshot: str = setting("tcp://127.0.0.1:5557", doc="ROUTER endpoint the daemon binds for snapshots")
+    curve_secret_key: str = setting("", doc="Z85 server secret key; with curve_public_key enables CURVE")
+    curve_public_key: str = setting("", doc="Z85 server public key, which clients also need")
 
 
 @dataclass(frozen=True)
 class ApiConfig:
     """cms-api under gunicorn: where it listens, its workers, token and limits."""
-    bind: str = _f("127.0.0.1:8080", doc="host:port gunicorn listens on")
-    workers: int = _f(0, min=0, max=256, doc="gunicorn workers; 0 means 2 x CPUs + 1")
-    worker_class: str = _f("sync", choices=("sync", "gthread"),
+    bind: str = setting("127.0.0.1:8080", doc="host:port gunicorn listens on")
+    workers: int = setting(0, min=0, max=256, doc="gunicorn workers; 0 means 2 x CPUs + 1")
+    worker_class: str = setting("sync", choices=("sync", "gthread"),
                            doc="sync: one call per worker, the shortest tail; gthread: threads per worker")
-    threads: int = _f(16, min=1, max=1024, doc="threads per worker with worker_class gthread")
-    timeout: int = _f(600, min=10, max=86400, doc="seconds one call may run before its worker is restarted")
-    token: str = _f("", doc="bearer token for mutating /v1 calls; empty disables them")
-    open_spec_urls: bool = _f(True, doc="the spec's GET URLs answer without a token")
-    max_body_bytes: int = _f(65536, min=1024, max=64 << 20,
+    threads: int = setting(16, min=1, max=1024, doc="threads per worker with worker_class gthread")
+    timeout: int = setting(600, min=10, max=86400, doc="seconds one call may run before its worker is restarted")
+    token: str = setting("", doc="bearer token for mutating /v1 calls; empty disables them")
+    open_spec_urls: bool = setting(True, doc="the spec's GET URLs answer without a token")
+    max_body_bytes: int = setting(65536, min=1024, max=64 << 20,
                              doc="largest request body taken; a bigger one is refused with 413 before it is read")
 
     @property
@@ -234,30 +226,30 @@ class ApiConfig:
 @dataclass(frozen=True)
 class PlacementConfig:
     """Which host takes a new VM (cms.placement) and how much each host may carry."""
-    algorithm: str = _f("round_robin", choices=("round_robin", "first_fit", "spread"))
-    cpu_overcommit: float = _f(4.0, min=0.1, max=64.0, doc="vCPUs per physical CPU a host may carry")
-    ram_reserve_mib: int = _f(512, min=0, max=1048576, doc="host RAM never given to VMs")
+    algorithm: str = setting("round_robin", choices=("round_robin", "first_fit", "spread"))
+    cpu_overcommit: float = setting(4.0, min=0.1, max=64.0, doc="vCPUs per physical CPU a host may carry")
+    ram_reserve_mib: int = setting(512, min=0, max=1048576, doc="host RAM never given to VMs")
 
 
 @dataclass(frozen=True)
 class HistoryConfig:
     """How long the state database keeps history (the console's charts and /v1/.../metrics)."""
-    retention_s: float = _f(86400.0, min=60.0, max=31536000.0,
+    retention_s: float = setting(86400.0, min=60.0, max=31536000.0,
                             doc="per-domain and per-host samples older than this are deleted (one row per domain "
                                 "per tick: about 11 MB per domain and day at tick_s = 1)")
-    events_retention_s: float = _f(2592000.0, min=60.0, max=315360000.0, doc="events older than this are deleted")
-    prune_interval_s: float = _f(60.0, min=1.0, max=86400.0, doc="how often the autoscaler deletes what is past them")
+    events_retention_s: float = setting(2592000.0, min=60.0, max=315360000.0, doc="events older than this are deleted")
+    prune_interval_s: float = setting(60.0, min=1.0, max=86400.0, doc="how often the autoscaler deletes what is past them")
 
 
 @dataclass(frozen=True)
 class Config:
-    state_db: str = _f("/var/lib/cms/state.db", doc="SQLite database of metrics, events and API state")
-    log_level: str = _f("info", choices=("debug", "info", "warning", "error"))
-    hosts: list[HostConfig] = _f([{"name": "local", "uri": "qemu:///system"}])
+    state_db: str = setting("/var/lib/cms/state.db", doc="SQLite database of metrics, events and API state")
+    log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
+    hosts: list[HostConfig] = setting([{"name": "local", "uri": "qemu:///system"}])
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
-    groups: dict[str, GroupConfig] = _f({"web": {}})
+    groups: dict[str, GroupConfig] = setting({"web": {}})
     autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
     zmq: ZmqConfig = field(default_factory=ZmqConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -276,158 +268,6 @@ class Config:
 
 # --- the loader --------------------------------------------------------------------------
 
-def _type_name(t: Any) -> str:
-    origin = typing.get_origin(t)
-    if origin is list:
-        return "an array"
-    if origin is dict or dataclasses.is_dataclass(t):
-        return "a table"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(t, str(t))
-
-
-def _convert(value: Any, t: Any, key: str, src: str) -> Any:
-    origin = typing.get_origin(t)
-    if dataclasses.is_dataclass(t):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{src}: {key} must be {_type_name(t)}, not {type(value).__name__}")
-        return _build(t, value, key, src)
-    if origin is list:
-        (item_t,) = typing.get_args(t)
-        if not isinstance(value, list):
-            raise ConfigError(f"{src}: {key} must be {_type_name(t)}, not {type(value).__name__}")
-        return [_convert(v, item_t, f"{key}[{i}]", src) for i, v in enumerate(value)]
-    if origin is dict:
-        _, val_t = typing.get_args(t)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{src}: {key} must be {_type_name(t)}, not {type(value).__name__}")
-        return {str(k): _convert(v, val_t, f"{key}.{k}", src) for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError("unions are not used in the config schema")
-    # Scalars. bool is an int subclass in Python, so it is checked first; an integer
-    # is accepted where a number (float) is expected, as TOML users write `1` for `1.0`.
-    if t is bool:
-        ok = isinstance(value, bool)
-    elif t is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif t is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-        # TOML has nan and inf; every range check is false for NaN, so it would pass them all
-        if ok and not math.isfinite(value):
-            raise ConfigError(f"{src}: {key} = {value!r} is not a finite number")
-    else:
-        ok = isinstance(value, t)
-    if not ok:
-        raise ConfigError(f"{src}: {key} must be {_type_name(t)}, not {type(value).__name__} ({value!r})")
-    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
-        # a NUL or newline in a path, token or address fails far from here, in SQLite or a header
-        raise ConfigError(f"{src}: {key} = {value!r} holds a control character")
-    return value
-
-
-def _check_range(value: Any, md: Any, key: str, src: str) -> None:
-    lo, hi, choices = md.get("min"), md.get("max"), md.get("choices")
-    if lo is not None and value < lo:
-        raise ConfigError(f"{src}: {key} = {value!r} is below the minimum {lo}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{src}: {key} = {value!r} is above the maximum {hi}")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{src}: {key} = {value!r} is not one of {', '.join(choices)}")
-
-
-def _build(cls: Any, data: dict[str, Any], prefix: str, src: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"{src}: unknown key {key} (known here: {', '.join(sorted(fields))})")
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name in data:
-            value = _convert(data[name], hints[name], key, src)
-        elif f.default is not dataclasses.MISSING:
-            value = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            value = f.default_factory()  # type: ignore[misc]
-            # defaults held as plain data (lists/dicts of tables) go through the same conversion
-            value = _convert(value, hints[name], key, src) if typing.get_origin(hints[name]) else value
-        else:
-            raise ConfigError(f"{src}: missing key {key}")
-        _check_range(value, f.metadata, key, src)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-# The libvirt URIs cms can drive: its domains are QEMU guests (the test driver stands in for
-# QEMU in tests), over any of libvirt's remote transports (libvirt's docs/uri.rst, remote.rst).
-URI_DRIVERS = ("qemu", "test")
-URI_TRANSPORTS = ("unix", "tls", "tcp", "ssh", "libssh", "libssh2", "ext")
-
-
-def libvirt_uri_problem(uri: str) -> str | None:
-    """Why ``uri`` is not a libvirt URI cms can connect to, or None when it is.
-
-    The form is DRIVER[+TRANSPORT]://[USER@][HOST][:PORT]/PATH[?PARAMS]: DRIVER qemu or test,
-    TRANSPORT one of libvirt's; qemu's path is /system or /session.
-    """
-    want = (f"want DRIVER[+TRANSPORT]://[USER@][HOST][:PORT]/PATH with DRIVER {' or '.join(URI_DRIVERS)} "
-            f"and TRANSPORT one of {', '.join(URI_TRANSPORTS)}")
-    scheme, sep, _rest = uri.partition("://")
-    driver, _, transport = scheme.partition("+")
-    if not sep or driver not in URI_DRIVERS or (transport and transport not in URI_TRANSPORTS) or \
-            scheme.count("+") > 1:
-        return want
-    try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
-    except ValueError as exc:
-        return f"{exc}; {want}"
-    if transport == "unix" and parts.hostname:
-        return "the unix transport is local: leave the host out (qemu+unix:///system)"
-    if driver == "qemu" and parts.path not in ("/system", "/session"):
-        return f"a QEMU URI's path is /system or /session, not {parts.path or 'empty'!r}"
-    if driver == "test" and parts.path in ("", "/"):
-        return "a test URI names /default or the absolute path of a node XML file"
-    return None
-
-
-def _host_port_problem(value: str, wildcard_port: bool = False) -> str | None:
-    host, sep, port = value.rpartition(":")
-    if sep and host and (port.isdigit() and 0 < int(port) < 65536 or wildcard_port and port == "*"):
-        return None
-    return "want HOST:PORT with a port from 1 to 65535"
-
-
-def _bind_problem(value: str) -> str | None:
-    """gunicorn's bind: HOST:PORT or unix:PATH."""
-    return None if value.startswith("unix:/") else _host_port_problem(value)
-
-
-def _zmq_problem(value: str) -> str | None:
-    """A ZeroMQ endpoint: tcp://HOST:PORT, ipc://PATH or inproc://NAME."""
-    kind, sep, rest = value.partition("://")
-    if sep and kind in ("ipc", "inproc") and rest:
-        return None
-    if sep and kind == "tcp":
-        why = _host_port_problem(rest, wildcard_port=True)
-        return f"{why} after tcp://" if why else None
-    return "want tcp://HOST:PORT, ipc://PATH or inproc://NAME"
-
-
-def split_hostport(value: str) -> tuple[str, int] | None:
-    """"HOST:PORT" or "[V6]:PORT" into (host, port); None when it is not that."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host or any(c.isspace() or c in "/[]" for c in host):
-        return None
-    return host, int(port)
-
-
 def _cross_checks(cfg: Config) -> None:
     src = cfg.source
     if not cfg.hosts:
@@ -442,9 +282,9 @@ def _cross_checks(cfg: Config) -> None:
         why = libvirt_uri_problem(h.uri)
         if why:
             raise ConfigError(f"{src}: hosts[{i}].uri = {h.uri!r} is not a libvirt URI cms can use: {why}")
-    for key, value, why in (("api.bind", cfg.api.bind, _bind_problem(cfg.api.bind)),
-                            ("zmq.publish", cfg.zmq.publish, _zmq_problem(cfg.zmq.publish)),
-                            ("zmq.snapshot", cfg.zmq.snapshot, _zmq_problem(cfg.zmq.snapshot))):
+    for key, value, why in (("api.bind", cfg.api.bind, bind_problem(cfg.api.bind)),
+                            ("zmq.publish", cfg.zmq.publish, zmq_problem(cfg.zmq.publish)),
+                            ("zmq.snapshot", cfg.zmq.snapshot, zmq_problem(cfg.zmq.snapshot))):
         if why:
             raise ConfigError(f"{src}: {key} = {value!r}: {why}")
     if cfg.network.port_min > cfg.network.port_max:
@@ -490,7 +330,7 @@ def _cross_checks(cfg: Config) -> None:
 
 def parse(data: dict[str, Any], source: str = "<embedded defaults>") -> Config:
     """Build a validated Config from already-parsed TOML data."""
-    cfg = _build(Config, data, "", source)
+    cfg = build(Config, data, "", source)
     cfg = dataclasses.replace(cfg, source=source)
     _cross_checks(cfg)
     return cfg

@@ -12,6 +12,12 @@ Tables (added with Store.ensure_schema):
   api_pms     the configured hosts (pmid = position in cms.toml = line order in pm_file)
 Scale requests (POST /v1/groups/{name}/scale) go to the store's scale_requests table, which
 the autoscaler consumes on its next tick.
+
+The module is longer than the project's ~400 lines on purpose: ``Service`` is the one object
+every responder calls (one method per API call, each a few lines over Store and Fleet), and
+its parts (VMs, images, machines, groups) share the inventory import and the api_vms rows;
+what has its own concern lives apart already (images' import in cms.images, history in
+cms.api.history, the console in cms.api.console, placement in cms.scheduler).
 """
 
 from __future__ import annotations

@@ -1,0 +1,180 @@
+"""The machinery under cms.config: TOML values checked against dataclasses, and address checks.
+
+cms.config declares the schema (one frozen dataclass per section, each field made with
+``setting``, which holds its range or choices); ``build`` walks a parsed TOML table against
+such a dataclass: a field's annotation is the accepted TOML type, its metadata the range.
+Every failure is a ConfigError with one message naming the file and the key. The value
+checks below (libvirt URIs, HOST:PORT, ZeroMQ endpoints) return why a value is wrong, or None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import field
+from typing import Any
+from urllib.parse import urlsplit
+
+from cms.errors import ConfigError
+
+
+def setting(default: Any, *, min: float | None = None, max: float | None = None,
+       choices: tuple[str, ...] | None = None, doc: str = "") -> Any:
+    md = {"min": min, "max": max, "choices": choices, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=md)
+    return field(default=default, metadata=md)
+
+
+def _type_name(t: Any) -> str:
+    origin = typing.get_origin(t)
+    if origin is list:
+        return "an array"
+    if origin is dict or dataclasses.is_dataclass(t):
+        return "a table"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(t, str(t))
+
+
+def _convert(value: Any, t: Any, key: str, src: str) -> Any:
+    origin = typing.get_origin(t)
+    if dataclasses.is_dataclass(t):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: {key} must be {_type_name(t)}, not {type(value).__name__}")
+        return build(t, value, key, src)
+    if origin is list:
+        (item_t,) = typing.get_args(t)
+        if not isinstance(value, list):
+            raise ConfigError(f"{src}: {key} must be {_type_name(t)}, not {type(value).__name__}")
+        return [_convert(v, item_t, f"{key}[{i}]", src) for i, v in enumerate(value)]
+    if origin is dict:
+        _, val_t = typing.get_args(t)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: {key} must be {_type_name(t)}, not {type(value).__name__}")
+        return {str(k): _convert(v, val_t, f"{key}.{k}", src) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError("unions are not used in the config schema")
+    # Scalars. bool is an int subclass in Python, so it is checked first; an integer
+    # is accepted where a number (float) is expected, as TOML users write `1` for `1.0`.
+    if t is bool:
+        ok = isinstance(value, bool)
+    elif t is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif t is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+        # TOML has nan and inf; every range check is false for NaN, so it would pass them all
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{src}: {key} = {value!r} is not a finite number")
+    else:
+        ok = isinstance(value, t)
+    if not ok:
+        raise ConfigError(f"{src}: {key} must be {_type_name(t)}, not {type(value).__name__} ({value!r})")
+    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        # a NUL or newline in a path, token or address fails far from here, in SQLite or a header
+        raise ConfigError(f"{src}: {key} = {value!r} holds a control character")
+    return value
+
+
+def _check_range(value: Any, md: Any, key: str, src: str) -> None:
+    lo, hi, choices = md.get("min"), md.get("max"), md.get("choices")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{src}: {key} = {value!r} is below the minimum {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{src}: {key} = {value!r} is above the maximum {hi}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{src}: {key} = {value!r} is not one of {', '.join(choices)}")
+
+
+def build(cls: Any, data: dict[str, Any], prefix: str, src: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{src}: unknown key {key} (known here: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            value = _convert(data[name], hints[name], key, src)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+            # defaults held as plain data (lists/dicts of tables) go through the same conversion
+            value = _convert(value, hints[name], key, src) if typing.get_origin(hints[name]) else value
+        else:
+            raise ConfigError(f"{src}: missing key {key}")
+        _check_range(value, f.metadata, key, src)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+# The libvirt URIs cms can drive: its domains are QEMU guests (the test driver stands in for
+# QEMU in tests), over any of libvirt's remote transports (libvirt's docs/uri.rst, remote.rst).
+URI_DRIVERS = ("qemu", "test")
+URI_TRANSPORTS = ("unix", "tls", "tcp", "ssh", "libssh", "libssh2", "ext")
+
+
+def libvirt_uri_problem(uri: str) -> str | None:
+    """Why ``uri`` is not a libvirt URI cms can connect to, or None when it is.
+
+    The form is DRIVER[+TRANSPORT]://[USER@][HOST][:PORT]/PATH[?PARAMS]: DRIVER qemu or test,
+    TRANSPORT one of libvirt's; qemu's path is /system or /session.
+    """
+    want = (f"want DRIVER[+TRANSPORT]://[USER@][HOST][:PORT]/PATH with DRIVER {' or '.join(URI_DRIVERS)} "
+            f"and TRANSPORT one of {', '.join(URI_TRANSPORTS)}")
+    scheme, sep, _rest = uri.partition("://")
+    driver, _, transport = scheme.partition("+")
+    if not sep or driver not in URI_DRIVERS or (transport and transport not in URI_TRANSPORTS) or \
+            scheme.count("+") > 1:
+        return want
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError as exc:
+        return f"{exc}; {want}"
+    if transport == "unix" and parts.hostname:
+        return "the unix transport is local: leave the host out (qemu+unix:///system)"
+    if driver == "qemu" and parts.path not in ("/system", "/session"):
+        return f"a QEMU URI's path is /system or /session, not {parts.path or 'empty'!r}"
+    if driver == "test" and parts.path in ("", "/"):
+        return "a test URI names /default or the absolute path of a node XML file"
+    return None
+
+
+def host_port_problem(value: str, wildcard_port: bool = False) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if sep and host and (port.isdigit() and 0 < int(port) < 65536 or wildcard_port and port == "*"):
+        return None
+    return "want HOST:PORT with a port from 1 to 65535"
+
+
+def bind_problem(value: str) -> str | None:
+    """gunicorn's bind: HOST:PORT or unix:PATH."""
+    return None if value.startswith("unix:/") else host_port_problem(value)
+
+
+def zmq_problem(value: str) -> str | None:
+    """A ZeroMQ endpoint: tcp://HOST:PORT, ipc://PATH or inproc://NAME."""
+    kind, sep, rest = value.partition("://")
+    if sep and kind in ("ipc", "inproc") and rest:
+        return None
+    if sep and kind == "tcp":
+        why = host_port_problem(rest, wildcard_port=True)
+        return f"{why} after tcp://" if why else None
+    return "want tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+
+
+def split_hostport(value: str) -> tuple[str, int] | None:
+    """"HOST:PORT" or "[V6]:PORT" into (host, port); None when it is not that."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(c.isspace() or c in "/[]" for c in host):
+        return None
+    return host, int(port)
