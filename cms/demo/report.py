@@ -227,6 +227,8 @@ def build_report(out: Path, group: str, **params: Any) -> dict[str, Any]:
         "headline": {
             "scaled_out": a["scale_out"] is not None,
             "scaled_in": a["scale_in"] is not None,
+            "scale_outs": sum(1 for e in a["events"] if e.kind == "decision" and e.data.get("action") == "scale_out"),
+            "peak_replicas": max((n for _ts, n in a["replica_counts"]), default=0),
             "throughput_before": a["before"].get("throughput"),
             "throughput_after": a["after"].get("throughput"),
             "after_before_ratio": a["ratio"],
@@ -240,6 +242,8 @@ def build_report(out: Path, group: str, **params: Any) -> dict[str, Any]:
         "warm_pool": warm_pool_summary(a["events"]) if params.get("warm_pool") else None,
         "new_replica": a["new_replica"],
         "requests": {k: lg.get(k) for k in ("sent", "completed", "errors", "outstanding", "accounted", "retries")},
+        "decisions": [{"ts": e.ts, "action": e.data.get("action"), "message": e.message}
+                      for e in a["events"] if e.kind == "decision"],
         "events": [{"ts": e.ts, "kind": e.kind, "subject": e.subject, "message": e.message} for e in a["events"]
                    if e.kind != "decision"],
     }

@@ -46,8 +46,19 @@ def test_scale_out_happened_during_high_load(demo_run):
     assert r["load_step_to_decision_s"] <= high_end - high_start
     # the calibration before the load (bursts with idle gaps) made no scaling decision
     load_start = modes[0][0]
-    early = [e for e in summary["events"] if e["kind"] == "decision" and e["ts"] < load_start]
+    assert summary["decisions"], "the summary lists the decisions"
+    early = [d for d in summary["decisions"] if d["ts"] < load_start]
     assert early == [], early
+
+
+def test_one_scale_out_not_two_with_max_three(demo_run):
+    """The demo's max is 3 and its high load needs two replicas: the policy must not decide a
+    third on samples from before the second was serving, nor on the backlog it drains (issue 17)."""
+    _, summary, _ = demo_run
+    assert summary["params"]["max_replicas"] == 3
+    outs = [d for d in summary["decisions"] if d["action"] == "scale_out"]
+    assert len(outs) == 1, outs
+    assert summary["headline"]["scale_outs"] == 1 and summary["headline"]["peak_replicas"] == 2
 
 
 def test_client_used_the_new_replica_within_a_second(demo_run):
