@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from cms import balance, errors
 from cms.autoscaler import balance_model
+from cms.autoscaler.executor import Executor
 from cms.autoscaler.journal import Journal
 from cms.autoscaler.lifecycle import State
 from cms.autoscaler.workers import Workers
@@ -71,19 +72,19 @@ def current_plan(cfg: Config, scheduler: Scheduler, store: Store, now: float | N
 
 
 class Balancer:
-    def __init__(self, cfg: Config, scheduler: Scheduler, executor: Any, journal: Journal, publisher: Any,
-                 metrics: Any, *, stop: threading.Event, dry_run: bool = False,
+    """Plugged into the executor: it works on the executor's replicas (their tracks, its lock)
+    and borrows its collaborators (config, scheduler, journal, publisher, stop, dry run)."""
+
+    def __init__(self, executor: Executor, metrics: Any, *,
                  on_moved: Callable[[str], None] | None = None) -> None:
-        self.cfg = cfg
-        self.scheduler = scheduler
-        self.executor = executor
-        self.journal = journal
-        self.publisher = publisher
+        ex = self.executor = executor
+        self.cfg: Config = ex.cfg
+        self.scheduler: Scheduler = ex.scheduler
+        self.journal: Journal = ex.journal
+        self.publisher, self.stop, self.dry_run = ex.publisher, ex.stop, ex.dry_run
         self.metrics = metrics
-        self.stop = stop
-        self.dry_run = dry_run
         self.on_moved = on_moved or (lambda _uuid: None)
-        self.store = scheduler.store
+        self.store = self.scheduler.store
         self.store.ensure_schema(SCHEMA)
         self.migrating: dict[str, tuple[str, str]] = {}
         self.mem: dict[str, collections.deque] = {}

@@ -70,8 +70,7 @@ class Autoscaler:
                                  stop=self.stop, clock=clock, dry_run=dry_run,
                                  on_unpark=lambda t: restart_baseline(self.metrics, t.uuid))
         # host balancing (cms.balance): host load each tick; the plan applied when [balancer] enabled
-        self.balancer = Balancer(cfg, self.scheduler, self.executor, self.journal, self.publisher, self.metrics,
-                                 stop=self.stop, dry_run=dry_run, on_moved=lambda u: restart_baseline(self.metrics, u))
+        self.balancer = Balancer(self.executor, self.metrics, on_moved=lambda u: restart_baseline(self.metrics, u))
         self._host_samples: list = []
         self.desired: dict[str, int] = {}
         self.last_action: dict[str, float] = {}
