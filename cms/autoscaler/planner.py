@@ -40,22 +40,29 @@ class Action:
 
 
 @dataclass(frozen=True)
-class Adopt(Action):
-    """An untracked running replica: track it as starting, announce it, check its health."""
+class DomainAction(Action):
+    """An action on a domain found in libvirt that no replica tracks yet."""
     domain: OwnedDomain
 
 
 @dataclass(frozen=True)
-class AdoptWarm(Action):
+class ReplicaAction(Action):
+    """An action on a tracked replica, by its domain name."""
+    name: str
+
+
+class Adopt(DomainAction):
+    """An untracked running replica: track it as starting, announce it, check its health."""
+
+
+@dataclass(frozen=True)
+class AdoptWarm(DomainAction):
     """An untracked warm-pool member: track it parked (as found), or park it again."""
-    domain: OwnedDomain
     mode: str            # paused | saved | stopped: how it is parked now; "" = running: park it
 
 
-@dataclass(frozen=True)
-class Cleanup(Action):
+class Cleanup(DomainAction):
     """A leftover domain of ours, not running, found at start: remove it quietly."""
-    domain: OwnedDomain
 
 
 @dataclass(frozen=True)
@@ -66,16 +73,14 @@ class CleanOrphanVolumes(Action):
 
 
 @dataclass(frozen=True)
-class Fail(Action):
+class Fail(ReplicaAction):
     """Announce it failed at once; then remove it (remove=False: its domain is gone already)."""
-    name: str
     remove: bool = True
 
 
 @dataclass(frozen=True)
-class FinishRemoval(Action):
+class FinishRemoval(ReplicaAction):
     """A draining or failed replica nobody is removing: remove it (or just forget a gone one)."""
-    name: str
     gone: bool
 
 
@@ -89,36 +94,28 @@ class Spawn(Action):
     pool_empty: bool = False
 
 
-@dataclass(frozen=True)
-class Unpark(Action):
+class Unpark(ReplicaAction):
     """Take a parked warm replica into service."""
-    name: str
 
 
 @dataclass(frozen=True)
-class Drain(Action):
+class Drain(ReplicaAction):
     """Announce draining, give in-flight work drain_s, then remove it (or park it: ``park``)."""
-    name: str
     park: str = ""       # the pool's park mode when it goes back to the pool
 
 
 @dataclass(frozen=True)
-class Park(Action):
+class Park(ReplicaAction):
     """Park a warm replica (again) in the pool's state."""
-    name: str
     mode: str
 
 
-@dataclass(frozen=True)
-class Forget(Action):
+class Forget(ReplicaAction):
     """A warm replica whose domain is gone (destroyed from outside): drop it from the pool."""
-    name: str
 
 
-@dataclass(frozen=True)
-class Discard(Action):
+class Discard(ReplicaAction):
     """A warm replica the pool does not need or cannot use: remove it quietly."""
-    name: str
 
 
 @dataclass(frozen=True)
