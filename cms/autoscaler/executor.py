@@ -121,6 +121,27 @@ class Executor(WarmPool):
         self.workers.start(f"cms-{fn.__name__.strip('_')}-{t.name}", fn, t, *args,
                            done=lambda: setattr(t, "busy", False))
 
+    def _idle(self, name: str, *states: State) -> Track | None:
+        """The tracked replica ``name`` when no worker owns it and it is in one of ``states``."""
+        t = self.tracks.get(name)
+        return t if t is not None and not t.busy and t.state in states else None
+
+    def _take(self, name: str, src: State, dst: State) -> Track | None:
+        """Under the lock, the idle replica ``name`` in ``src``, moved to ``dst``; None if it is not so."""
+        with self.lock:
+            t = self._idle(name, src)
+            if t is not None:
+                t.move(dst, now=self.clock())
+            return t
+
+    def _advance(self, t: Track, src: State, dst: State) -> bool:
+        """Move ``t`` from ``src`` to ``dst`` under the lock; False when something moved it first."""
+        with self.lock:
+            if t.state != src:
+                return False
+            t.move(dst, now=self.clock())
+            return True
+
     def _forget(self, t: Track) -> None:
         with self.lock:
             self.tracks.pop(t.name, None)
@@ -206,8 +227,8 @@ class Executor(WarmPool):
         return True
 
     def _finish_removal(self, a: P.FinishRemoval, _listing: Listing | None) -> None:
-        t = self.tracks.get(a.name)
-        if t is None or t.busy or t.state not in (S.DRAINING, S.FAILED):
+        t = self._idle(a.name, S.DRAINING, S.FAILED)
+        if t is None:
             return
         if a.gone:
             if t.announced:
@@ -311,9 +332,7 @@ class Executor(WarmPool):
                 return
             warm = t.state == S.WARMING
             if ok and not warm:
-                t.move(S.READY)
-                t.ready_at = self.clock()
-                t.fails = 0
+                t.move(S.READY, now=self.clock())
         if ok and "started" in t.timings:
             log.info("spawn stage of %s: boot to /health %.2fs", t.name, boot)
             if boot > SLOW_STAGE_S:
@@ -341,8 +360,8 @@ class Executor(WarmPool):
             log.info("dry run: would drain %s (%s)", a.name, a.reason)
             return
         with self.lock:
-            t = self.tracks.get(a.name)
-            if t is None or t.busy or t.state not in (S.STARTING, S.READY):
+            t = self._idle(a.name, S.STARTING, S.READY)
+            if t is None:
                 return
             was_ready = t.state == S.READY
             t.move(S.DRAINING)

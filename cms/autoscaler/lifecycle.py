@@ -104,10 +104,16 @@ class Track:
     resumed_at: float | None = None     # wall clock of its last unpark (the CPU figure restarts there)
     timings: dict[str, float] = field(default_factory=dict)
 
-    def move(self, dst: State) -> None:
+    def move(self, dst: State, now: float | None = None) -> None:
+        """Into ``dst``, with what entering it means: READY starts the warm-up clock at ``now``
+        and clears the failure count and the pool mode; PARKED stops that clock."""
         if not allowed(self.state, dst):
             raise IllegalTransition(f"{self.name}: {self.state} -> {dst} is not a lifecycle transition")
         self.state = dst
+        if dst == S.READY:
+            self.ready_at, self.fails, self.park_mode = now, 0, ""
+        elif dst == S.PARKED:
+            self.ready_at = None
 
     @property
     def warm(self) -> bool:

@@ -12,6 +12,7 @@ boots cold. Mixed into ``cms.autoscaler.executor.Executor``, whose state it uses
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,8 @@ from cms.autoscaler import planner as P
 from cms.autoscaler.health import wait_healthy
 from cms.autoscaler.lifecycle import State, Track
 from cms.virt import Listing
+
+log = logging.getLogger("cms.autoscaler")
 
 if TYPE_CHECKING:
     from cms.autoscaler.executor import Executor
@@ -58,11 +61,8 @@ class WarmPool:
             if self._mark_failed(t, f"could not park ({mode}): {exc}", (S.PARKING,)):
                 self._remove(t, f"could not park: {exc}")
             return
-        with self.lock:
-            if t.state != S.PARKING:
-                return
-            t.move(S.PARKED)
-            t.ready_at = None
+        if not self._advance(t, S.PARKING, S.PARKED):
+            return
         took = time.monotonic() - t0
         if prepared:
             self.spawn_backoff.pop((t.group, True), None)
@@ -93,11 +93,9 @@ class WarmPool:
         return round(cpu_s, 2), round(cpu_s / span / cpus, 3) if cpus else 0.0
 
     def _unpark(self: "Executor", a: P.Unpark, _listing: Listing | None) -> None:
-        with self.lock:
-            t = self.tracks.get(a.name)
-            if t is None or t.busy or t.state != S.PARKED:
-                return
-            t.move(S.UNPARKING)
+        t = self._take(a.name, S.PARKED, S.UNPARKING)
+        if t is None:
+            return
         if self.dry_run:
             log.info("dry run: would unpark %s", t.name)
             return
@@ -124,13 +122,8 @@ class WarmPool:
         if not ok:
             self._unpark_failed(t, f"no healthy answer within {self.cfg.autoscaler.health_timeout_s:g}s of unparking")
             return
-        with self.lock:
-            if t.state != S.UNPARKING:
-                return
-            t.move(S.READY)
-            t.ready_at = self.clock()
-            t.fails = 0
-            t.park_mode = ""
+        if not self._advance(t, S.UNPARKING, S.READY):
+            return
         self._announce(t, "ready", f"from the warm pool ({mode}): /health answered {took:.2f}s after the decision",
                        mode=mode, unpark_to_ready_s=round(took, 3))
         self.journal.event("warm_used", t.group, t.name, f"taken from the warm pool ({mode}) and serving "
@@ -147,22 +140,19 @@ class WarmPool:
             self._remove(t, why)
 
     def _park_again(self: "Executor", a: P.Park, _listing: Listing | None) -> None:
-        t = self.tracks.get(a.name)
-        if t is None or t.busy or t.state != S.PARKED or self.dry_run:
+        t = self._idle(a.name, S.PARKED)
+        if t is None or self.dry_run:
             return
         self._start_worker(self._park, t, a.mode, a.reason)
 
     def _forget_warm(self: "Executor", a: P.Forget, _listing: Listing | None) -> None:
-        t = self.tracks.get(a.name)
-        if t is None or t.busy or t.state != S.PARKED:
+        t = self._idle(a.name, S.PARKED)
+        if t is None:
             return
         self.journal.event("removed", t.group, t.name, a.reason, host=t.host)
         self._forget(t)
 
     def _discard(self: "Executor", a: P.Discard, _listing: Listing | None) -> None:
-        with self.lock:
-            t = self.tracks.get(a.name)
-            if t is None or t.busy or t.state != S.PARKED:
-                return
-            t.move(S.FAILED)
-        self._start_worker(self._remove, t, a.reason)
+        t = self._take(a.name, S.PARKED, S.FAILED)
+        if t is not None:
+            self._start_worker(self._remove, t, a.reason)

@@ -180,14 +180,14 @@ def wenv(tmp_path, run_dir):
     uri = write_node_xml(tmp_path / "node.xml", memory_kib=16 * 1024 * 1024)
     made, fleets = [], []
 
-    def new(fleet=None, **group):
+    def new(fleet=None, dry_run=False, **group):
         cfg = cfg_for(tmp_path, uri, **group)
         if fleet is None:
             fleet = Fleet(cfg)
             fleet.host("n1").conn()   # a test:///file URI starts fresh at each open: keep this one
             fleets.append(fleet)
         s = Autoscaler(cfg, fleet=fleet, metrics=FakeMetrics(), health=FakeHealth(), publisher=Recorder(),
-                       store=Store(cfg.state_db))
+                       store=Store(cfg.state_db), dry_run=dry_run)
         made.append(s)
         return s
 
@@ -248,8 +248,10 @@ def test_reuse_on_scale_in_parks_and_the_next_scale_out_reuses_it(wenv):
     run_until(s, lambda: len(ready_names(s)) == 2 and len(parked(s)) == 1, what="two ready, pool 1 (max 3)")
     s.metrics.load = 0.05
     run_until(s, lambda: len(ready_names(s)) == 1 and len(parked(s)) == 2, what="drained into the pool")
+    # the worker parks, then records the event; the journal writes it at a tick's end
+    run_until(s, lambda: s.store.events(group=G, kinds=["warm_parked"]), what="the warm_parked event written")
     back = [e.subject for e in s.store.events(group=G, kinds=["warm_parked"])]
-    assert back and back[0] in parked(s)
+    assert back[0] in parked(s)
     assert ("draining", back[0]) in s.publisher.events() and ("removed", back[0]) in s.publisher.events()
     s.metrics.load = 0.95
     run_until(s, lambda: back[0] in ready_names(s), what="the reused replica serving again")
@@ -282,3 +284,16 @@ def test_an_unpark_that_fails_is_removed_and_the_next_is_tried(wenv):
     run_until(s, lambda: good in ready_names(s) and bad not in s.tracks, what="the next one serves")
     assert [e.subject for e in s.store.events(group=G, kinds=["failed"])] == [bad]
     assert bad not in {d.name for d in s.fleet.owned(G)}, "nothing is left half-parked"
+
+
+def test_a_dry_run_daemon_says_which_warm_replica_it_would_unpark_and_leaves_it_parked(wenv, caplog):
+    a = wenv(warm_pool={"size": 1})
+    a.metrics.load = 0.5
+    run_until(a, lambda: len(ready_names(a)) == 1 and len(parked(a)) == 1, what="ready + parked")
+    [w] = parked(a)
+    b = wenv(fleet=a.fleet, dry_run=True, warm_pool={"size": 1})
+    b.metrics.load = 0.95
+    caplog.set_level("INFO", logger="cms.autoscaler")
+    run_until(b, lambda: f"dry run: would unpark {w}" in caplog.text, what="the dry-run unpark line")
+    assert b.fleet.host("n1").guest(w).state() == "paused"
+    assert w not in {r.name for r in b.publisher.replicas(G)}
