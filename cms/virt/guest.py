@@ -53,12 +53,16 @@ class Guest:
         with self.host._call(op, f"domain {self.name}"):
             yield self._dom
 
+    def _do(self, op: str, fn: Callable[[Any], Any]) -> Any:
+        """One call on the domain handle, named ``op`` (libvirt's API name) for errors and timings."""
+        with self._call(op) as d:
+            return fn(d)
+
     # -- state ----------------------------------------------------------------------------
 
     @property
     def uuid(self) -> str:
-        with self._call("virDomainGetUUIDString") as d:
-            return d.UUIDString()
+        return self._do("virDomainGetUUIDString", lambda d: d.UUIDString())
 
     def state(self) -> str:
         with self._call("virDomainGetState") as d:
@@ -66,12 +70,10 @@ class Guest:
         return STATE_NAMES.get(st, "nostate")
 
     def is_active(self) -> bool:
-        with self._call("virDomainIsActive") as d:
-            return bool(d.isActive())
+        return bool(self._do("virDomainIsActive", lambda d: d.isActive()))
 
     def xml(self) -> str:
-        with self._call("virDomainGetXMLDesc") as d:
-            return d.XMLDesc(0)
+        return self._do("virDomainGetXMLDesc", lambda d: d.XMLDesc(0))
 
     def disk_paths(self) -> list[str]:
         return vxml.domain_disk_paths(self.xml())
@@ -80,13 +82,11 @@ class Guest:
 
     def start(self) -> None:
         """Start it: a cold boot, or a restore when it has a managed-save image."""
-        with self._call("virDomainCreate") as d:
-            d.create()
+        self._do("virDomainCreate", lambda d: d.create())
 
     def shutdown(self) -> None:
         """Ask the guest to power off (ACPI); returns at once."""
-        with self._call("virDomainShutdown") as d:
-            d.shutdown()
+        self._do("virDomainShutdown", lambda d: d.shutdown())
 
     def power_off(self, graceful_timeout: float = 0.0, wait: Callable[[float], Any] = time.sleep) -> None:
         """Shut it down: by ACPI first when a timeout is given (waiting with `wait`, which a
@@ -117,21 +117,17 @@ class Guest:
     # -- parking ----------------------------------------------------------------------------
 
     def suspend(self) -> None:
-        with self._call("virDomainSuspend") as d:
-            d.suspend()
+        self._do("virDomainSuspend", lambda d: d.suspend())
 
     def resume(self) -> None:
-        with self._call("virDomainResume") as d:
-            d.resume()
+        self._do("virDomainResume", lambda d: d.resume())
 
     def managed_save(self) -> None:
         """Save its RAM to disk and stop it; the next ``start`` restores it."""
-        with self._call("virDomainManagedSave") as d:
-            d.managedSave(0)
+        self._do("virDomainManagedSave", lambda d: d.managedSave(0))
 
     def has_managed_save(self) -> bool:
-        with self._call("virDomainHasManagedSaveImage") as d:
-            return bool(d.hasManagedSaveImage(0))
+        return bool(self._do("virDomainHasManagedSaveImage", lambda d: d.hasManagedSaveImage(0)))
 
     def remove_managed_save(self) -> None:
         with self._call("virDomainManagedSaveRemove") as d:
