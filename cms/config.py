@@ -12,7 +12,9 @@ names the key and the file. ``load_or_exit`` turns that into exit code 2 with no
 Validation is driven by the dataclasses themselves: a field's type annotation gives the
 accepted TOML type, and ``setting(default, min=, max=, choices=)`` its range or choices. The
 machinery that walks them, and the checks of URIs and addresses, are in cms.configschema;
-this module is the schema, the cross-key checks and the loading.
+this module is the schema, the cross-key checks and the loading. (`duplicates` pairs the
+sections with each other: every field is declared the same way, one ``setting`` line each.
+That sameness is the point of a declarative schema; no logic is repeated.)
 """
 
 from __future__ import annotations

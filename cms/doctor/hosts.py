@@ -93,7 +93,7 @@ def check_pool(host: Host, cfg: cms_config.Config, local: bool) -> list[Check]:
             out.append(Check("pool", FAIL, f"{host.name} {path}", f"cannot hold overlays: {found}",
                              "make the directory writable, or point libvirt.pool_path (and the pool) elsewhere"))
         elif free < minimum:
-            out.append(Check("pool", FAIL, f"{host.name} {path}", f"{found}, {gib(free)} free", f"free space there"))
+            out.append(Check("pool", FAIL, f"{host.name} {path}", f"{found}, {gib(free)} free", "free space there"))
         else:
             out.append(Check("pool", OK, f"{host.name} {path}", f"{found}, {gib(free)} free"))
     return out
