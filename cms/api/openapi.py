@@ -239,3 +239,20 @@ SPEC: dict[str, Any] = {
                     "BalancePlan": BALANCE_PLAN},
     },
 }
+
+
+def _document_server_refusals(spec: dict[str, Any]) -> None:
+    """gunicorn refuses a request line over 4094 bytes (414) and oversized headers (431) before
+    any route runs, on every operation (cms.api.workers makes the answer JSON, shaped as that
+    URL's errors are: /v1's message, a spec URL's failure value)."""
+    for path, item in spec["paths"].items():
+        for op in (item[m] for m in ("get", "post", "put", "patch", "delete") if m in item):
+            if path.startswith("/v1"):
+                body = ERR
+            else:
+                body = {**op["responses"]["200"], "description": "refused before the call: its failure value"}
+            op["responses"].setdefault("414", body)
+            op["responses"].setdefault("431", body)
+
+
+_document_server_refusals(SPEC)
