@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cms import config as cmsconfig
 from cms.store import Store
 
 
@@ -54,6 +55,11 @@ def analyse(out: Path, group: str) -> dict[str, Any]:
     lg_summary = json.loads((out / "loadgen-summary.json").read_text()) if (out / "loadgen-summary.json").exists() else {}
     store = Store(out / "state.db")
     events = store.events(group=group, limit=100000)
+    # the thresholds the run used (its demo.toml), drawn on the CPU plot
+    th = None
+    if (out / "demo.toml").exists():
+        gc = cmsconfig.load(out / "demo.toml").groups.get(group)
+        th = (gc.threshold.high, gc.threshold.low) if gc is not None and gc.policy == "threshold" else None
     samples = store.samples(group=group)
 
     modes = [(e["ts"], e.get("mode")) for e in lg_events if e.get("event") == "mode"]
@@ -124,7 +130,7 @@ def analyse(out: Path, group: str) -> dict[str, Any]:
         "ticks": ticks, "samples": samples, "events": events, "modes": modes, "lg_summary": lg_summary,
         "high_start": high_start, "high_end": high_end, "scale_out": scale_out, "ready_ts": ready_ts,
         "scale_in": scale_in, "before": before, "after": after, "ratio": ratio, "stages": stages,
-        "replica_counts": replica_counts, "new_replica": new_replica,
+        "replica_counts": replica_counts, "new_replica": new_replica, "thresholds": th,
     }
 
 
@@ -147,8 +153,10 @@ def plot(a: dict[str, Any], path: Path) -> None:
     for dom, ss in sorted(by_dom.items()):
         ax_cpu.plot([s.ts - t0 for s in ss], [100 * s.cpu for s in ss], label=dom, lw=1.2,
                     ls="--" if dom.endswith("(warm pool)") else "-")
-    ax_cpu.axhline(75, color="red", ls=":", lw=1, label="scale-out threshold")
-    ax_cpu.axhline(25, color="green", ls=":", lw=1, label="scale-in threshold")
+    if a.get("thresholds"):
+        high, low = a["thresholds"]
+        ax_cpu.axhline(100 * high, color="red", ls=":", lw=1, label=f"scale-out threshold ({high:.0%})")
+        ax_cpu.axhline(100 * low, color="green", ls=":", lw=1, label=f"scale-in threshold ({low:.0%})")
     ax_cpu.set_ylabel("CPU % (libvirt)")
     ax_cpu.legend(loc="upper left", fontsize=8)
 

@@ -1,0 +1,64 @@
+"""cms.demo.report on a recorded run made up here: one step of load, one scale-out, one scale-in.
+
+What the demo's summary says (the decisions, how many scale-outs, the peak) and what its plot
+draws (the thresholds the run used, not fixed numbers) are read from the run's own files.
+"""
+
+from __future__ import annotations
+
+import json
+
+from cms.demo.report import analyse, build_report
+from cms.demo.run import GROUP, demo_config_data, to_toml
+from cms.store import Sample, Store
+
+T0 = 1_800_000_000.0
+
+
+def _tick(t: float, mode: str, rate: float, ready: int, p50: float) -> dict:
+    return {"type": "tick", "ts": t, "mode": mode, "target_rate": rate, "sent": rate, "completed": rate,
+            "errors": 0, "throughput": rate, "outstanding": 0, "ready": ready,
+            "latency_ms": {"p50": p50, "p95": p50 * 1.2}}
+
+
+def _recorded_run(out):
+    data = demo_config_data(out, golden="/nonexistent/golden.qcow2", api_port=1, pub_port=2, snap_port=3)
+    (out / "demo.toml").write_text(to_toml(data))
+    store = Store(out / "state.db")
+    ev = [(35, "decision", "", "scale_out to 2", {"action": "scale_out"}),
+          (35.5, "added", "r2", "spawned", {"clone_s": 0.02, "define_s": 0.01, "start_s": 0.4}),
+          (43, "ready", "r2", "answered /health", {"boot_s": 7.0}),
+          (85, "decision", "", "scale_in to 1", {"action": "scale_in"}),
+          (86, "draining", "r2", "scale in", {}), (92, "removed", "r2", "gone", {})]
+    for dt, kind, subject, msg, d in ev:
+        store.add_event(kind, msg, group=GROUP, subject=subject, data=d, ts=T0 + dt)
+    store.add_samples(Sample(T0 + s, "local", dom, GROUP, cpu, 1, 0, "running")
+                      for s in range(100) for dom, cpu in (("r1", 1.0 if 30 <= s < 45 else 0.6),
+                                                           ("r2", 0.6 if 43 <= s < 86 else None)))
+    lines = [{"type": "event", "event": "mode", "mode": m, "ts": T0 + t} for t, m in ((0, "low"), (30, "high"), (70, "low"))]
+    for s in range(100):
+        mode = "high" if 30 <= s < 70 else "low"
+        lines.append(_tick(T0 + s, mode, 10.0 if mode == "high" else 2.0, 2 if 43 <= s < 86 else 1,
+                           900.0 if 30 <= s < 45 else 120.0))
+    (out / "loadgen.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    (out / "loadgen-summary.json").write_text(json.dumps({
+        "sent": 500, "completed": 500, "errors": 0, "outstanding": 0, "accounted": True, "retries": 0,
+        "replicas": {"r2": {"announced_ready_at": T0 + 43.01, "ready_to_first_send_s": 0.05,
+                            "first_sent_at": T0 + 43.06, "completed": 200}}}))
+
+
+def test_the_summary_counts_the_decisions_and_the_plot_draws_the_runs_own_thresholds(tmp_path):
+    _recorded_run(tmp_path)
+    a = analyse(tmp_path, GROUP)
+    assert a["thresholds"] == (0.9, 0.25)       # the demo's threshold policy, read from demo.toml
+    s = build_report(tmp_path, GROUP, max_replicas=3)
+    h = s["headline"]
+    assert (h["scaled_out"], h["scaled_in"], h["scale_outs"], h["peak_replicas"]) == (True, True, 1, 2)
+    assert [d["action"] for d in s["decisions"]] == ["scale_out", "scale_in"]
+    assert all(e["kind"] != "decision" for e in s["events"])
+    r = s["reaction"]
+    assert r["load_step_to_decision_s"] == 5.0 and r["decision_to_announced_ready_s"] == 8.0
+    assert r["load_step_to_first_send_s"] == 13.06
+    assert s["before_scale_out"]["p50_ms"] == 900.0 and s["after_scale_out"]["throughput"] == 10.0
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "summary.json").read_text())["headline"] == h
