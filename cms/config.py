@@ -64,6 +64,9 @@ class LibvirtConfig:
     machine: str = setting("pc", doc="QEMU machine type")
     migrate_timeout_s: float = setting(300.0, min=1.0, max=86400.0,
                                   doc="a live migration still running after this is aborted; the VM stays where it was")
+    migrate_bandwidth_mib_s: int = setting(0, min=0, max=1_000_000,
+                                     doc="cap on a live migration's stream in MiB/s, so it leaves the link room "
+                                         "for the replicas' traffic; 0: no cap (as Nova's live_migration_bandwidth)")
 
 
 @dataclass(frozen=True)

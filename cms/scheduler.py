@@ -326,7 +326,8 @@ class Scheduler:
             self.fleet.host(d.host).migrate(name, self.fleet.host(dest), address=to.migration_address,
                                             shared_storage=to.shared_storage,
                                             timeout_s=self.cfg.libvirt.migrate_timeout_s, forward=forward,
-                                            on_paused=switched if on_switchover else None)
+                                            on_paused=switched if on_switchover else None,
+                                            bandwidth_mib_s=self.cfg.libvirt.migrate_bandwidth_mib_s)
             switched()
             return dest
 

@@ -74,11 +74,12 @@ class Stack:
         gc = dataclasses.replace(gc, vertical=dataclasses.replace(gc.vertical, **changes))
         self.scaler.balancer.cfg = dataclasses.replace(cfg, groups={**cfg.groups, self.group: gc})
 
-    def migrate_timeout(self, seconds: float) -> None:
-        """Change how long the daemon lets a live migration run before it aborts it."""
+    def migrate_limits(self, timeout_s: float, bandwidth_mib_s: int = 0) -> None:
+        """Change how long the daemon lets a live migration run before it aborts it, and the
+        cap on its stream (a low cap makes a migration outlast a short timeout for sure)."""
         sched = self.scaler.scheduler
-        sched.cfg = dataclasses.replace(sched.cfg, libvirt=dataclasses.replace(sched.cfg.libvirt,
-                                                                               migrate_timeout_s=seconds))
+        sched.cfg = dataclasses.replace(sched.cfg, libvirt=dataclasses.replace(
+            sched.cfg.libvirt, migrate_timeout_s=timeout_s, migrate_bandwidth_mib_s=bandwidth_mib_s))
 
     def ready(self, n: int, timeout: float = 240.0) -> list[Any]:
         def tracks():

@@ -23,7 +23,7 @@ class Migration:
 
     def migrate(self, name: str, dest: "Host", live: bool = True, *, address: str = "",
                 shared_storage: bool = False, timeout_s: float = 0.0, forward: tuple[str, int] | None = None,
-                on_paused: Callable[[], None] | None = None) -> None:
+                on_paused: Callable[[], None] | None = None, bandwidth_mib_s: int = 0) -> None:
         """Live-migrate a domain to another host, keeping it defined only there.
 
         The disk overlay and its golden image must be reachable at the same paths on the
@@ -48,6 +48,8 @@ class Migration:
         the call raises a VirtError that says so. A guest dirtying memory faster than the
         link copies it would otherwise never converge, and hold its caller forever.
 
+        `bandwidth_mib_s` (> 0) caps the migration stream (VIR_MIGRATE_PARAM_BANDWIDTH).
+
         `forward` (address, port): the domain's user-mode port forward listens there on the
         destination (a destination XML with the forward and the owner record's port
         rewritten), as each host's forwards listen on its own address.
@@ -60,6 +62,8 @@ class Migration:
                  | (libvirt.VIR_MIGRATE_LIVE if live else 0)
                  | (libvirt.VIR_MIGRATE_UNSAFE if shared_storage else 0))
         params: dict[str, Any] = {}
+        if bandwidth_mib_s > 0:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib_s
         if address:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://[{address}]" if ":" in address else f"tcp://{address}"
             params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = address

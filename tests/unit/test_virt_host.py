@@ -207,3 +207,23 @@ def test_migration_past_its_timeout_is_aborted(monkeypatch):
     assert "host src" in str(ei.value) and "canceled by client" in str(ei.value)
     src.close()
     dst.close()
+
+
+def test_migration_stream_cap_and_address_reach_libvirt(monkeypatch):
+    import libvirt
+
+    class _Recorder:
+        def migrate3(self, dconn, params, flags):
+            self.params, self.flags = params, flags
+
+    src, dst = Host("src", "test:///default"), Host("dst", "test:///default")
+    rec = _Recorder()
+    monkeypatch.setattr(Host, "_lookup_for_migration", lambda self, c, name: rec)
+    src.migrate("vm1", dst, address="169.254.1.2", bandwidth_mib_s=8)
+    assert rec.params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] == 8
+    assert rec.params[libvirt.VIR_MIGRATE_PARAM_URI] == "tcp://169.254.1.2"
+    assert rec.flags & libvirt.VIR_MIGRATE_LIVE
+    src.migrate("vm1", dst)                       # no cap: the parameter is left out
+    assert libvirt.VIR_MIGRATE_PARAM_BANDWIDTH not in rec.params
+    src.close()
+    dst.close()
