@@ -34,6 +34,7 @@ import zmq  # noqa: E402
 from cms import config  # noqa: E402
 from cms.autoscaler.publisher import Publisher  # noqa: E402
 from cms.autoscaler.reconcile import Autoscaler  # noqa: E402
+from cms.lab.realstack import drop_pool, wait_until  # noqa: E402
 from cms.messages import decode_update, topic  # noqa: E402
 from cms.virt import Fleet  # noqa: E402
 
@@ -49,16 +50,6 @@ def get(address, port, path, timeout=30.0):
         return r.status
     finally:
         c.close()
-
-
-def wait(pred, timeout, what, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise SystemExit(f"reaction: timed out after {timeout}s waiting for {what}")
 
 
 def main() -> None:
@@ -111,7 +102,7 @@ def main() -> None:
                 seen.append(updates.get())
             return next((u for _, u in seen if u.event == "ready"), None)
 
-        r1 = wait(first_ready, args.boot_timeout, "replica 1 ready", 0.2).replicas[0]
+        r1 = wait_until(first_ready, args.boot_timeout, 0.2, "replica 1 ready").replicas[0]
         cost = args.cost
         if not cost:
             cost = 20000
@@ -196,11 +187,11 @@ def main() -> None:
 
 
 def _drop_pool(fleet, pool):
-    # the same clean-up the real-stack tests use
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from cms.lab.realstack import drop_pool
-    drop_pool(fleet.host("local"), pool)
+    drop_pool(fleet.host("local"), pool)     # the same clean-up the real-stack tests use
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except AssertionError as exc:      # a bounded wait ran out (cms.lab.realstack.wait_until)
+        raise SystemExit(f"reaction: {exc}") from None

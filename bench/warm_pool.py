@@ -22,7 +22,6 @@ saved <= 2 s, end to end <= window + one tick + 0.5 s. Prints one JSON line; pro
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ import zmq  # noqa: E402
 from cms.autoscaler.lifecycle import State  # noqa: E402
 from cms.autoscaler.publisher import Publisher  # noqa: E402
 from cms.autoscaler.reconcile import Autoscaler  # noqa: E402
-from cms.lab.realstack import GOLDEN, drop_pool, real_config  # noqa: E402
+from cms.lab.realstack import GOLDEN, drop_pool, real_config, wait_until, work  # noqa: E402
 from cms.messages import decode_update, topic  # noqa: E402
 from cms.virt import Fleet  # noqa: E402
 
@@ -54,27 +53,6 @@ TICK_S = 1.0
 
 def say(msg: str) -> None:
     print(f"[warm_pool {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def wait(pred, timeout, what, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise SystemExit(f"warm_pool: timed out after {timeout:g}s waiting for {what}")
-
-
-def work(address, port, cost, timeout=30.0) -> int:
-    c = http.client.HTTPConnection(address, port, timeout=timeout)
-    try:
-        c.request("GET", f"/work?payload=bench&cost={cost}")
-        r = c.getresponse()
-        r.read()
-        return r.status
-    finally:
-        c.close()
 
 
 class Daemon:
@@ -143,24 +121,24 @@ def trials(tmp: str, mode: str, n: int) -> list[float]:
     out = []
     try:
         warm = mode != "cold"
-        wait(lambda: d.settled(warm), 300, f"{mode}: one ready replica" + (" and a parked one" if warm else ""), 0.2)
+        wait_until(lambda: d.settled(warm), 300, 0.2, f"{mode}: one ready replica" + (" and a parked one" if warm else ""))
         for i in range(n):
             while not d.updates.empty():
                 d.updates.get()
             before = {r.name for r in d.ready()}
             mark = max((e.id for e in d.s.store.events(limit=100000)), default=0)
             d.s.store.request_scale(G, 2)
-            at, new = wait(lambda: next(((t, u.replica) for t, u in list(d.updates.queue)
+            at, new = wait_until(lambda: next(((t, u.replica) for t, u in list(d.updates.queue)
                                          if u.event == "ready" and u.replica not in before), None),
-                           300, f"{mode}: the second replica ready")
-            decided = wait(lambda: next((e.ts for e in d.s.store.events(since_id=mark, group=G,
+                           300, 0.02, f"{mode}: the second replica ready")
+            decided = wait_until(lambda: next((e.ts for e in d.s.store.events(since_id=mark, group=G,
                                                                          kinds=["scale_override"])), None),
-                           10, "the scale_override event")
+                           10, 0.02, "the scale_override event")
             out.append(round(at - decided, 3))
             say(f"{mode} #{i + 1}: {new} announced ready {at - decided:.3f} s after the decision")
             d.s.store.request_scale(G, 1)
-            wait(lambda: len(d.ready()) == 1, 120, f"{mode}: back to one")
-            wait(lambda: d.settled(warm), 300, f"{mode}: settled again", 0.2)
+            wait_until(lambda: len(d.ready()) == 1, 120, 0.02, f"{mode}: back to one")
+            wait_until(lambda: d.settled(warm), 300, 0.2, f"{mode}: settled again")
     finally:
         d.close()
     return out
@@ -177,13 +155,13 @@ def end_to_end(tmp: str) -> dict[str, float | None]:
     stop = threading.Event()
     first_answer: dict[str, float] = {}
     try:
-        wait(lambda: d.settled(True), 300, "e2e: one ready and one parked", 0.2)
+        wait_until(lambda: d.settled(True), 300, 0.2, "e2e: one ready and one parked")
         quiet_at = time.monotonic() + 15.0 + E2E_WINDOW_S + 2 * TICK_S
         r1 = d.ready()[0]
         cost = 5000
         for _ in range(4):   # ~50 ms a request once warm: the first answer adds little
             t0 = time.monotonic()
-            work(r1.address, r1.port, cost)
+            work(r1.address, r1.port, cost, payload="bench")
             took = time.monotonic() - t0
             cost = max(1000, int(cost * 0.05 / max(took, 0.005)))
         time.sleep(max(E2E_WINDOW_S + 2 * TICK_S, quiet_at - time.monotonic()))   # idle: nothing in the window
@@ -201,7 +179,7 @@ def end_to_end(tmp: str) -> dict[str, float | None]:
                     continue
                 r = ready[k % len(ready)] if len(ready) > 1 else ready[0]
                 try:
-                    if work(r.address, r.port, cost) == 200 and r.name != r1.name:
+                    if work(r.address, r.port, cost, payload="bench") == 200 and r.name != r1.name:
                         first_answer.setdefault(r.name, time.time())
                 except OSError:
                     stop.wait(0.05)
@@ -211,7 +189,7 @@ def end_to_end(tmp: str) -> dict[str, float | None]:
         threads = [threading.Thread(target=hammer, args=(k,), daemon=True) for k in range(4)]
         for t in threads:
             t.start()
-        wait(lambda: first_answer, 120, "e2e: an answer from the new replica", 0.01)
+        wait_until(lambda: first_answer, 120, 0.01, "e2e: an answer from the new replica")
         served = min(first_answer.values())
         dec = next((e.ts for e in d.s.store.events(since_id=mark, group=G, kinds=["decision"])), None)
         ready_at = next((t for t, u in list(d.updates.queue) if u.event == "ready" and u.replica != r1.name), None)
@@ -258,4 +236,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except AssertionError as exc:      # a bounded wait ran out (cms.lab.realstack.wait_until)
+        raise SystemExit(f"warm_pool: {exc}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import contextlib
+import http.client
 import subprocess
 import time
 import uuid
@@ -71,6 +72,18 @@ def stop_process(proc: subprocess.Popen, grace: float = 15.0) -> int:
             proc.kill()
             proc.wait(timeout=15)
     return proc.returncode
+
+
+def work(address: str, port: int, cost: int, payload: str = "x", timeout: float = 30.0) -> int:
+    """One request to a replica's /work at ``cost``; its HTTP status."""
+    c = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        c.request("GET", f"/work?payload={payload}&cost={cost}")
+        r = c.getresponse()
+        r.read()
+        return r.status
+    finally:
+        c.close()
 
 
 def wait_until(pred, timeout: float, interval: float = 0.2, what: str = "condition"):

@@ -7,7 +7,6 @@ daemon restarted -> the same set, no duplicate, no orphan volume.
 
 from __future__ import annotations
 
-import http.client
 import threading
 import time
 
@@ -18,7 +17,7 @@ from cms.autoscaler.publisher import Publisher
 from cms.autoscaler.reconcile import Autoscaler
 from cms.messages import decode_update, topic
 from cms.virt import Fleet
-from cms.lab.realstack import GOLDEN, drop_pool, real_config, wait_until
+from cms.lab.realstack import GOLDEN, drop_pool, real_config, wait_until, work
 
 pytestmark = pytest.mark.real
 
@@ -51,17 +50,6 @@ class Feed:
         self.stop.set()
         self.t.join(2)
         self.ctx.destroy(0)
-
-
-def work(address, port, cost, timeout=30.0):
-    c = http.client.HTTPConnection(address, port, timeout=timeout)
-    try:
-        c.request("GET", f"/work?payload=x&cost={cost}")
-        r = c.getresponse()
-        r.read()
-        return r.status
-    finally:
-        c.close()
 
 
 class Load:
