@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import contextlib
 import http.client
 import subprocess
@@ -14,19 +13,6 @@ from cms import config
 
 GOLDEN = Path("/var/lib/cms/images/golden.qcow2")
 TEST_DIR = Path("/var/lib/cms/test")
-
-
-def blank_golden(size_mib: int = 64) -> str:
-    """A small empty qcow2 to clone when a test needs a disk but no OS (made once)."""
-    TEST_DIR.mkdir(parents=True, exist_ok=True)
-    os.chmod(TEST_DIR, 0o755)
-    p = TEST_DIR / f"blank-{size_mib}.qcow2"
-    if not p.exists():
-        tmp = p.with_suffix(".tmp")
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp), f"{size_mib}M"], check=True, timeout=60)
-        os.chmod(tmp, 0o644)
-        tmp.rename(p)
-    return str(p)
 
 
 def real_config(tmp_path: Path, *, pool: str | None = None, golden: str | None = None, **extra) -> config.Config:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from cms.virt import Host
-from tests.support import ROOT, write_node_xml, free_port
-from cms.lab.realstack import blank_golden, drop_pool, wait_until
+from tests.support import ROOT, blank_golden, free_port, write_node_xml
+from cms.lab.realstack import drop_pool, wait_until
 
 TOKEN = "real-token"
 pytestmark = pytest.mark.real

@@ -35,10 +35,10 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from cms.lab.hosts import LabHost, running
-from cms.lab.realstack import blank_golden, stop_process, wait_until
+from cms.lab.realstack import stop_process, wait_until
 from cms.virt import Host
 from tests.integration.test_api_real import served
-from tests.support import ROOT, free_port
+from tests.support import ROOT, blank_golden, free_port
 
 pytestmark = pytest.mark.real
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from cms.lab.realstack import blank_golden, drop_pool
+from cms.lab.realstack import drop_pool
 from cms.virt import Host
 from tests.integration.test_api_real import served
-from tests.support import ROOT, free_port
+from tests.support import ROOT, blank_golden, free_port
 
 pytestmark = pytest.mark.real
 

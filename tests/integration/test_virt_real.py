@@ -8,7 +8,8 @@ import pytest
 
 from cms import errors
 from cms.virt import Fleet, OwnerMeta
-from cms.lab.realstack import blank_golden, drop_pool, real_config, real_fleet, wait_until
+from cms.lab.realstack import drop_pool, real_config, real_fleet, wait_until
+from tests.support import blank_golden
 
 pytestmark = pytest.mark.real
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, free_port, write_node_xml
-from cms.lab.realstack import blank_golden
+from tests.support import ROOT, blank_golden, free_port, write_node_xml
 from tests.system.test_ansible import build_wheelhouse
 
 TYPES = {"types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}, {"tid": 2, "cpu": 2, "ram": 512, "disk": 1}]}
