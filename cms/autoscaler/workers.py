@@ -39,9 +39,6 @@ class Workers:
     def prune(self) -> None:
         self._threads = [w for w in self._threads if w.is_alive()]
 
-    def __len__(self) -> int:
-        return sum(1 for w in self._threads if w.is_alive())
-
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for w in list(self._threads):
