@@ -4,7 +4,7 @@
 
 import { connection, Poller, setPollErrorSink, token } from "./api.js";
 import { startAlerts } from "./alerts.js";
-import { h, replace, showError } from "./ui.js";
+import { fmt, h, replace, showError } from "./ui.js";
 import { overviewPage } from "./pages/overview.js";
 import { hostPage } from "./pages/host.js";
 import { vmPage } from "./pages/vm.js";
@@ -70,7 +70,7 @@ function connectionBox() {
   const paint = () => {
     el.dataset.state = connection.state;
     if (connection.state === "connected") {
-      el.textContent = `connected · updated ${new Date(connection.lastOk).toLocaleTimeString()}`;
+      el.textContent = `connected · updated ${fmt.time(connection.lastOk / 1000)}`;
     } else if (connection.state === "disconnected") {
       const n = Poller.retryIn();
       el.textContent = `disconnected${n === null ? "" : ` · retrying in ${n} s`}`;

@@ -29,17 +29,39 @@ export function replace(el, ...children) { el.replaceChildren(); append(el, chil
 
 // -- formatting: every number with its unit -----------------------------------------------------
 
+// From this many MiB on, memory is written in GiB (text, legends and chart axes alike).
+export const GIB_FROM_MIB = 10240;
+
 export const fmt = {
   pct(v, digits = 0) { return v === null || v === undefined ? "–" : `${(v * 100).toFixed(digits)} %`; },
-  mib(v) {
+  // A CPU share for display, at most 100 %: under TCG a domain's cpu.time can advance a little
+  // faster than the wall clock between two samples (QEMU's accounting, not real extra work), so
+  // a saturated VM reads 101 %. The stored figure stays as measured; only the display clamps.
+  share(v, digits = 0) { return v === null || v === undefined ? "–" : fmt.pct(Math.min(1, Math.max(0, v)), digits); },
+  // Memory in MiB, or in GiB from GIB_FROM_MIB on. `ref` picks the unit instead of the value,
+  // so figures read side by side (a host's given, reserved and free RAM; a chart's legend and
+  // its axis) share one unit: the unit of the largest of them.
+  mib(v, ref = v) {
     if (v === null || v === undefined) return "–";
-    return v >= 10240 ? `${(v / 1024).toFixed(1)} GiB` : `${Math.round(v)} MiB`;
+    if (ref >= GIB_FROM_MIB) return `${v === 0 ? 0 : (v / 1024).toFixed(1)} GiB`;
+    return `${Math.round(v)} MiB`;
   },
   gib(bytes) { return bytes === null || bytes === undefined ? "–" : `${(bytes / 2 ** 30).toFixed(1)} GiB`; },
-  vcpu(n) { return n === null || n === undefined ? "–" : `${n} vCPU`; },
-  cpus(n) { return `${n} CPU${n === 1 ? "" : "s"}`; },
-  time(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString() : "–"; },
-  datetime(ts) { return ts ? new Date(ts * 1000).toLocaleString() : "–"; },
+  // "1 vCPU", "2 vCPUs", "1 cms VM", "3 replicas"
+  n(count, word, plural = `${word}s`) { return `${count ?? "–"} ${count === 1 ? word : plural}`; },
+  vcpu(n) { return n === null || n === undefined ? "–" : fmt.n(n, "vCPU"); },
+  cpus(n) { return fmt.n(n, "CPU"); },
+  // One clock everywhere: 24-hour, the charts' axes without seconds (fmt.clock), tables with.
+  time(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString([], { hourCycle: "h23" }) : "–"; },
+  clock(ts) { return new Date(ts * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" }); },
+  datetime(ts) { return ts ? new Date(ts * 1000).toLocaleString([], { hourCycle: "h23" }) : "–"; },
+  // A duration in words: "0 s", "30 s", "20 min", "24 h".
+  secs(s) {
+    if (s === null || s === undefined) return "–";
+    if (s < 120) return `${+Number(s).toFixed(1)} s`;
+    if (s < 7200) return `${+(s / 60).toFixed(1)} min`;
+    return `${+(s / 3600).toFixed(1)} h`;
+  },
   ago(ts) {
     if (!ts) return "–";
     const s = Math.max(0, Date.now() / 1000 - ts);
@@ -60,11 +82,16 @@ export function bar(label, used, total, text) {
     h("span", { class: "bar-text" }, text));
 }
 
+// A table; each cell also carries its column's name (data-label), which a narrow screen shows
+// beside the value when app.css lays every row out as a card of its own.
 export function table(head, rows, empty = "none") {
+  for (const row of rows) {
+    [...row.children].forEach((td, i) => { if (head[i] !== undefined) td.dataset.label = head[i]; });
+  }
   return h("div", { class: "table-wrap" },
     h("table", {},
       h("thead", {}, h("tr", {}, head.map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: head.length, class: "muted" }, empty)))));
+      h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: head.length, class: "muted empty" }, empty)))));
 }
 
 export function section(title, ...body) {
@@ -86,10 +113,11 @@ export function stateBadge(state) {
 // -- actions ------------------------------------------------------------------------------------
 
 // A form for one action. `fields` are built by the caller (each with its <label>); `run`
-// gets the FormData and returns a promise. Without a token the submit button is disabled
+// gets the FormData and returns a promise; `confirm`, when given, is asked first (a dialog's
+// promise of true or false), and the form says "working…" only once it said yes. Without a token the submit button is disabled
 // and the reason is written beside it; an API error (401, 4xx) is shown next to the form in
 // the API's own words.
-export function actionForm({ id, title, fields, submit, run, danger = false, describe }) {
+export function actionForm({ id, title, fields, submit, run, confirm = null, danger = false, describe }) {
   const status = h("p", { class: "form-status", role: "status", "aria-live": "polite", id: `${id}-status` });
   const error = h("p", { class: "form-error", role: "alert", id: `${id}-error`, hidden: true });
   const button = h("button", { type: "submit", class: danger ? "danger" : "", "aria-describedby": `${id}-why` }, submit);
@@ -109,6 +137,8 @@ export function actionForm({ id, title, fields, submit, run, danger = false, des
     if (!form.reportValidity()) return;
     error.hidden = true;
     error.textContent = "";
+    status.textContent = "";
+    if (confirm && !await confirm()) { status.textContent = "cancelled"; return; }
     status.textContent = "working…";
     button.disabled = true;
     form.setAttribute("aria-busy", "true");
