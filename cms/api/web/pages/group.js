@@ -1,12 +1,56 @@
 // A replica group: its replicas (the autoscaler's state and libvirt's), scale to N (shown as
 // pending until the autoscaler takes it, then applied, with the count following), the policy
-// settings, the warm pool when there is one, charts with ranges, and the decision log.
+// settings in words, the warm pool when there is one, charts with ranges, and the decision log.
+// One refresh reads the group, its chart frame and its log and paints them together; a 1 h or
+// 24 h frame is read again only every rangePollMs (see host.js).
 
 import { api, Poller } from "../api.js";
 import { h, replace, fmt, section, table, dl, stateBadge, actionForm, field, rangePicker, rangeSeconds, rangePollMs } from "../ui.js";
 import { groupCharts, DECISION_KINDS } from "./overview.js";
 
 const SERVING = new Set(["spawning", "starting", "ready"]);
+
+// The policy's settings in words, in the order an operator reads them; a key this list does not
+// know is still shown in words ("stabilization_s" as "stabilization", its value in seconds).
+const POLICY_WORDS = [
+  ["name", "policy", String],
+  ["high", "scale out above", (v) => fmt.pct(v)],
+  ["window_s", "window out", fmt.secs],
+  ["low", "scale in below", (v) => fmt.pct(v)],
+  ["window_in_s", "window in", fmt.secs],
+  ["target", "target mean CPU", (v) => fmt.pct(v)],
+  ["tolerance", "tolerance", (v) => `± ${fmt.pct(v)}`],
+  ["stabilization_s", "stabilization", fmt.secs],
+  ["max_step", "at most per step", (v) => fmt.n(v, "replica")],
+  ["cooldown_s", "cooldown", fmt.secs],
+  ["warmup_s", "warm-up", fmt.secs],
+];
+
+export function policyWords(p) {
+  const known = new Set(POLICY_WORDS.map(([k]) => k));
+  const pairs = POLICY_WORDS.filter(([k]) => k in p).map(([k, label, f]) => [label, f(p[k])]);
+  for (const [k, v] of Object.entries(p)) {
+    if (known.has(k)) continue;
+    const secs = k.endsWith("_s");
+    pairs.push([k.replace(/_s$/, "").replaceAll("_", " "), secs ? fmt.secs(v) : String(v)]);
+  }
+  return pairs;
+}
+
+const PARKED = { paused: "paused (suspended, RAM held)", saved: "saved (managed save, RAM on disk)",
+                 stopped: "stopped (shut off: a cold boot, but no clone or define)" };
+
+function warmPool(w, replicas) {
+  if (!w || !w.size) {
+    return h("p", { class: "muted", dataset: { size: 0 } }, "No warm pool: a scale-out or a replacement boots a new VM.");
+  }
+  const warm = replicas.filter((r) => r.warm).length;
+  return h("div", { dataset: { size: w.size } }, dl([
+    ["size", `${fmt.n(w.size, "warm replica")} kept (${warm} now)`],
+    ["parked as", PARKED[w.state] || String(w.state)],
+    ["on scale-in", w.reuse_on_scale_in ? "a drained replica goes back into the pool when it is short" : "drained replicas are removed"],
+  ]));
+}
 
 export function groupPage(el, name) {
   let range = "5m";
@@ -23,11 +67,13 @@ export function groupPage(el, name) {
   let polls = 0;            // polls started; a poll that started before the ask cannot tell it applied
   let trusted = false;      // the group shown was read after the ask
   const seen = [];          // the states this page has shown, in order (data-seen)
+  let frame = null;         // the chosen range's chart frame, and when it was read (ms)
+  let frameAt = 0;
 
   const form = actionForm({
     id: "scale-form", submit: "Scale",
     describe: "Asks the autoscaler for N replicas once; it applies it on its next tick, then its policy goes on from N.",
-    fields: [field("Replicas", h("input", { type: "number", name: "replicas", min: 0, required: true, value: 1 }), "replicas")],
+    fields: [field("Replicas", h("input", { type: "number", name: "replicas", min: 0, required: true, value: 1, class: "count" }), "replicas")],
     run: async (fd) => {
       const n = Number(fd.get("replicas"));
       const r = await api.post(`/v1/groups/${g}/scale`, { replicas: n });
@@ -41,7 +87,7 @@ export function groupPage(el, name) {
 
   replace(el, h("h1", {}, `Group ${name}`), section("Now", summary, scaleStatus),
     section("Replicas", replicasBox), section("Scale", form),
-    section("Charts", rangePicker("grp-range", range, (k) => { range = k; chartPoller.every = rangePollMs(k); chartPoller.now(); }),
+    section("Charts", rangePicker("grp-range", range, (k) => { range = k; frame = null; poller.now(); }),
       h("div", { class: "pair" }, charts.count.el, charts.cpu.el)),
     section("Policy", policyBox), section("Warm pool", warmBox), section("Decision log", logBox));
 
@@ -68,7 +114,7 @@ export function groupPage(el, name) {
       const done = n === asked.replicas;
       mark(done ? "applied" : "applying");
       replace(scaleStatus, h("span", { class: `badge ${done ? "ok" : "warn"}` }, done ? "applied" : "applied, replicas following"),
-        ` asked for ${asked.replicas}; ${n} replica${n === 1 ? "" : "s"} now.`);
+        ` asked for ${asked.replicas}; ${fmt.n(n, "replica")} now.`);
     } else {
       scaleStatus.dataset.state = "idle";
       scaleStatus.textContent = "";
@@ -77,7 +123,16 @@ export function groupPage(el, name) {
 
   const poller = new Poller(async () => {
     const started = ++polls;
-    group = await api.get(`/v1/groups/${g}`);
+    const want = range;
+    const span = rangeSeconds(range);
+    const now = Date.now() / 1000;
+    const stale = !frame || Date.now() - frameAt >= rangePollMs(range);
+    const [gr, m, ev] = await Promise.all([
+      api.get(`/v1/groups/${g}`),
+      stale ? api.get(`/v1/groups/${g}/metrics?since=${now - span}&until=${now}&step=${Math.max(2, span / 300)}`) : null,
+      api.get(`/v1/events?group=${g}&kind=${DECISION_KINDS},failed,replaced,scale_request&order=desc&limit=25`)]);
+    group = gr;
+    if (m && want === range) { frame = m; frameAt = Date.now(); }
     if (asked && started > asked.after) trusted = true;
     const n = group.replicas.length;
     el.dataset.replicas = n;
@@ -87,7 +142,7 @@ export function groupPage(el, name) {
     input.max = group.max;
     if (!form.dataset.touched) { input.value = n; }
     replace(summary, h("p", {},
-      h("strong", { class: "replica-count" }, `${n} replica${n === 1 ? "" : "s"}`),
+      h("strong", { class: "replica-count" }, fmt.n(n, "replica")),
       ` (${serving(group)} serving or starting), min ${group.min}, max ${group.max}; each ${fmt.vcpu(group.vcpus)}, ${fmt.mib(group.memory_mib)}`));
     paintScale();
     replace(replicasBox, table(["replica", "host", "autoscaler state", "libvirt state", "CPU (last)"], group.replicas.map((r) => {
@@ -95,33 +150,17 @@ export function groupPage(el, name) {
       return h("tr", { dataset: { replica: r.name } }, h("td", {}, r.name),
         h("td", {}, r.pmid ? h("a", { href: `#/hosts/${r.pmid}` }, r.host) : r.host),
         h("td", {}, stateBadge(r.replica_state ?? "–")), h("td", {}, stateBadge(r.domain_state ?? r.state)),
-        h("td", {}, last === undefined ? "–" : fmt.pct(last)));
+        h("td", { class: "cpu" }, last === undefined ? "–" : fmt.share(last)));
     }), "no replicas"));
-    const p = group.policy || {};
-    replace(policyBox, dl(Object.entries(p).map(([k, v]) => [k, typeof v === "number" && /high|low|target|tolerance/.test(k) ? fmt.pct(v) : (k.endsWith("_s") ? `${v} s` : String(v))])));
-    const warm = group.warm_pool ?? group.warm ?? null;
-    if (warm) {
-      replace(warmBox, typeof warm === "object" && !Array.isArray(warm)
-        ? dl(Object.entries(warm).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]))
-        : h("pre", {}, JSON.stringify(warm, null, 2)));
-    } else {
-      replace(warmBox, h("p", { class: "muted" }, "This group has no warm pool."));
-    }
-  }, 2000);
+    replace(policyBox, dl(policyWords(group.policy || {})));
+    replace(warmBox, warmPool(group.warm_pool, group.replicas));
+    if (frame) charts.update(frame);
+    replace(logBox, table(["time", "kind", "replica", "reason"], ev.events.map((e) => h("tr", { dataset: { kind: e.kind } },
+      h("td", {}, fmt.time(e.ts)), h("td", {}, e.kind), h("td", {}, e.subject || "–"), h("td", { class: "message" }, e.message))),
+    "no decisions yet"));
+  }, 2500);
   poller.start();
   form.querySelector("input[name=replicas]").addEventListener("input", () => { form.dataset.touched = "1"; });
 
-  const chartPoller = new Poller(async () => {
-    const span = rangeSeconds(range);
-    const now = Date.now() / 1000;
-    const [m, ev] = await Promise.all([
-      api.get(`/v1/groups/${g}/metrics?since=${now - span}&until=${now}&step=${Math.max(2, span / 300)}`),
-      api.get(`/v1/events?group=${g}&kind=${DECISION_KINDS},failed,replaced,scale_request&order=desc&limit=25`)]);
-    charts.update(m);
-    replace(logBox, table(["time", "kind", "replica", "reason"], ev.events.map((e) => h("tr", { dataset: { kind: e.kind } },
-      h("td", {}, fmt.time(e.ts)), h("td", {}, e.kind), h("td", {}, e.subject || "–"), h("td", {}, e.message))), "no decisions yet"));
-  }, 4000);
-  chartPoller.start();
-
-  return () => { poller.stop(); chartPoller.stop(); charts.count.destroy(); charts.cpu.destroy(); if (form.cleanup) form.cleanup(); };
+  return () => { poller.stop(); charts.count.destroy(); charts.cpu.destroy(); if (form.cleanup) form.cleanup(); };
 }

@@ -1,24 +1,43 @@
 // A VM: state, host, type, image and address; CPU (and each vCPU) and memory charts with
 // ranges; migrate (placement's choice or a chosen host), resize within the maximum it was
-// defined with, destroy after a confirmation; the tail of its serial console log.
+// defined with, destroy after a confirmation; the tail of its serial console log, or why it is
+// unavailable. The facts and the charts come from one refresh (see overview.js); a 1 h or 24 h
+// frame is read again only every rangePollMs.
 
 import { api, Poller } from "../api.js";
-import { TimeChart } from "../charts.js";
+import { TimeChart, constant } from "../charts.js";
 import { h, replace, fmt, section, dl, stateBadge, actionForm, field, select, confirmDialog,
          rangePicker, rangeSeconds, rangePollMs } from "../ui.js";
+
+// What "N MiB of at most M MiB" means: the VM is defined with the maximum, and the guest's
+// balloon driver holds back what is above the current size, so a resize within the maximum
+// takes effect live, without a reboot. A guest without the driver keeps the whole maximum.
+function memoryWhy(vm) {
+  if (!vm.max_memory_mib || vm.memory_mib === undefined || vm.memory_mib === null) return "";
+  const typed = vm.type ? vm.type.ram : null;
+  if (vm.memory_mib < vm.max_memory_mib) {
+    return `The guest can use ${fmt.mib(vm.memory_mib)}; its balloon driver holds back the other ` +
+      `${fmt.mib(vm.max_memory_mib - vm.memory_mib)}, which a resize gives back live, without a reboot.`;
+  }
+  if (typed && typed < vm.max_memory_mib) {
+    return `The guest holds its whole maximum, more than its type's ${fmt.mib(typed)}: its balloon has not ` +
+      "taken the rest back (a guest without a balloon driver never gives it back).";
+  }
+  return "The guest has its maximum; its balloon holds nothing back.";
+}
 
 export function vmPage(el, vmid) {
   let range = "5m";
   const head = h("h1", {}, `VM ${vmid}`);
   const facts = h("div", { id: "vm-facts" });
   const cpu = new TimeChart({ id: "vm-cpu", title: "CPU (share of its vCPUs)", unit: "pct", yMax: 1 });
-  const mem = new TimeChart({ id: "vm-memory", title: "Memory (balloon size)", unit: "mib" });
+  const mem = new TimeChart({ id: "vm-memory", title: "Memory: what the guest has now, against its maximum", unit: "mib" });
   const consoleBox = h("pre", { id: "vm-console", class: "console", tabindex: 0, "aria-label": "Serial console log, read-only" });
   const consoleNote = h("p", { class: "muted", id: "vm-console-note" });
   const actions = h("div", { class: "actions", id: "vm-actions" });
   const charts = h("div", { class: "pair" }, cpu.el, mem.el);
   replace(el, head, section("State", facts),
-    section("Charts", rangePicker("vm-range", range, (k) => { range = k; chartPoller.every = rangePollMs(k); chartPoller.now(); }), charts),
+    section("Charts", rangePicker("vm-range", range, (k) => { range = k; frame = null; poller.now(); }), charts),
     section("Actions", actions), section("Serial console (the last 16 KiB, read-only)", consoleNote, consoleBox));
 
   let vm = null;
@@ -27,6 +46,8 @@ export function vmPage(el, vmid) {
   let built = false;
   let destSelect = null;
   let destFor = "";
+  let frame = null;         // the chosen range's chart frame, and when it was read (ms)
+  let frameAt = 0;
 
   // The migrate form's destinations: every host but the VM's own, refreshed when it moves.
   const syncDestinations = () => {
@@ -54,8 +75,8 @@ export function vmPage(el, vmid) {
       id: "resize-form", title: "Resize", submit: "Resize",
       describe: `Within the maximum it was defined with: ${fmt.vcpu(vm.max_vcpus)}, ${fmt.mib(vm.max_memory_mib)}.`,
       fields: [
-        field("vCPUs", h("input", { type: "number", name: "vcpus", min: 1, max: vm.max_vcpus || 1, required: true, value: vm.vcpus ?? vm.type?.cpu ?? 1 }), "vCPU"),
-        field("Memory", h("input", { type: "number", name: "memory_mib", min: 64, max: vm.max_memory_mib || 64, step: 64, required: true, value: vm.memory_mib ?? vm.type?.ram ?? 64 }), "MiB"),
+        field("vCPUs", h("input", { type: "number", name: "vcpus", class: "count", min: 1, max: vm.max_vcpus || 1, required: true, value: vm.vcpus ?? vm.type?.cpu ?? 1 }), `1 to ${vm.max_vcpus}`),
+        field("Memory", h("input", { type: "number", name: "memory_mib", class: "count", min: 64, max: vm.max_memory_mib || 64, step: 64, required: true, value: vm.memory_mib ?? vm.type?.ram ?? 64 }), `MiB, 64 to ${vm.max_memory_mib}`),
       ],
       run: async (fd) => {
         const r = await api.post(`/v1/vms/${vmid}/resize`, { vcpus: Number(fd.get("vcpus")), memory_mib: Number(fd.get("memory_mib")) });
@@ -67,10 +88,8 @@ export function vmPage(el, vmid) {
       id: "destroy-form", title: "Destroy", submit: "Destroy…", danger: true,
       describe: "Stops the VM and deletes its disk overlay. This cannot be undone.",
       fields: [],
+      confirm: () => confirmDialog(`Destroy ${vm.name}?`, `${vm.domain} on ${vm.host} is stopped and its disk deleted.`, "Destroy"),
       run: async () => {
-        if (!await confirmDialog(`Destroy ${vm.name}?`, `${vm.domain} on ${vm.host} is stopped and its disk deleted.`, "Destroy")) {
-          return "cancelled";
-        }
         await api.del(`/v1/vms/${vmid}`);
         location.hash = "#/";
         return "destroyed";
@@ -80,7 +99,13 @@ export function vmPage(el, vmid) {
   };
 
   const poller = new Poller(async () => {
-    const [v, hs] = await Promise.all([api.get(`/v1/vms/${vmid}`), api.get("/v1/hosts")]);
+    const want = range;
+    const span = rangeSeconds(range);
+    const now = Date.now() / 1000;
+    const stale = !frame || Date.now() - frameAt >= rangePollMs(range);
+    const [v, hs, m] = await Promise.all([api.get(`/v1/vms/${vmid}`), api.get("/v1/hosts"),
+      stale ? api.get(`/v1/vms/${vmid}/metrics?since=${now - span}&until=${now}&step=${Math.max(2, span / 300)}`) : null]);
+    if (m && want === range) { frame = m; frameAt = Date.now(); }
     vm = v;
     hosts = hs.hosts;
     el.dataset.vmid = vmid;
@@ -94,33 +119,39 @@ export function vmPage(el, vmid) {
       ["State", [stateBadge(vm.domain_state), ` (API record: ${vm.state})`]],
       ["Host", vm.pmid ? h("a", { href: `#/hosts/${vm.pmid}`, id: "vm-host" }, vm.host) : h("span", { id: "vm-host" }, vm.host)],
       ["Type", t ? `type ${t.tid}: ${fmt.vcpu(t.cpu)}, ${fmt.mib(t.ram)}, ${t.disk} GiB disk` : `type ${vm.instance_type}`],
-      ["Now", h("span", { id: "vm-size" }, `${fmt.vcpu(vm.vcpus)} of at most ${vm.max_vcpus ?? "–"}, ${fmt.mib(vm.memory_mib)} of at most ${fmt.mib(vm.max_memory_mib)}`)],
+      ["vCPUs", h("span", { id: "vm-size" }, `${fmt.vcpu(vm.vcpus)} of at most ${fmt.vcpu(vm.max_vcpus)}`)],
+      ["Memory", h("span", { id: "vm-memory-now" }, `${fmt.mib(vm.memory_mib, vm.max_memory_mib)} of at most ${fmt.mib(vm.max_memory_mib)}`,
+        h("br"), h("small", { class: "muted" }, memoryWhy(vm)))],
       ["Image", img ? `${img.name} (id ${img.id}) ${img.path}` : `id ${vm.image_id}`],
       ["Address", vm.address || "–"],
       ["Created", fmt.datetime(vm.created)],
     ]));
     if (!built && vm.max_vcpus) { buildActions(); built = true; }
     syncDestinations();
+    if (frame) {
+      const f = frame;
+      cpu.update(f.ts, [{ key: "cpu", label: "CPU", values: f.series.cpu, color: "#2563eb" },
+                        ...f.series.vcpu.map((values, i) => ({ key: `vcpu${i}`, label: `vCPU ${i}`, values, dash: [3, 3] }))]);
+      const series = [{ key: "memory", label: "now (the balloon's size)", values: f.series.memory_mib, color: "#16a34a" }];
+      if (vm.max_memory_mib) {
+        series.push({ key: "max", label: "maximum", values: constant(f.ts, vm.max_memory_mib), color: "#6b7280", dash: [6, 4] });
+      }
+      mem.ref = vm.max_memory_mib || null;
+      mem.update(f.ts, series);
+      el.dataset.points = f.points;
+    }
   }, 3000);
   pollers.push(poller.start());
 
-  const chartPoller = new Poller(async () => {
-    const span = rangeSeconds(range);
-    const now = Date.now() / 1000;
-    const step = Math.max(2, span / 300);
-    const m = await api.get(`/v1/vms/${vmid}/metrics?since=${now - span}&until=${now}&step=${step}`);
-    cpu.update(m.ts, [{ key: "cpu", label: "CPU", values: m.series.cpu, color: "#2563eb" },
-                      ...m.series.vcpu.map((values, i) => ({ key: `vcpu${i}`, label: `vCPU ${i}`, values, dash: [3, 3] }))]);
-    mem.update(m.ts, [{ key: "memory", label: "memory", values: m.series.memory_mib, color: "#16a34a" }]);
-    el.dataset.points = m.points;
-  }, 5000);
-  pollers.push(chartPoller.start());
-
   pollers.push(new Poller(async () => {
     const c = await api.get(`/v1/vms/${vmid}/console`);
-    consoleNote.textContent = c.reason ? c.reason : `${c.path} on ${c.host}, ${c.size} bytes`;
+    // No text is one of three things: the log is on another host (unavailable from here), it
+    // could not be read, or the guest has written nothing yet. Only the last is "empty".
+    const unavailable = !c.text && c.reason && c.reason !== "no serial output yet";
+    consoleBox.dataset.state = c.text ? "text" : unavailable ? "unavailable" : "empty";
+    consoleNote.textContent = c.text || !c.reason ? `${c.path} on ${c.host}, ${c.size} bytes` : "";
     const atEnd = consoleBox.scrollTop + consoleBox.clientHeight >= consoleBox.scrollHeight - 4;
-    consoleBox.textContent = c.text || "(empty)";
+    consoleBox.textContent = c.text || (unavailable ? `Unavailable: ${c.reason}.` : "(no serial output yet)");
     if (atEnd) consoleBox.scrollTop = consoleBox.scrollHeight;
   }, 5000).start());
 
