@@ -12,8 +12,9 @@ none, except a failed load of a URL the test provoked on purpose and named (Chro
 every 4xx answer to fetch() as "Failed to load resource").
 
 A canvas cannot be read, so chart data is asserted on what the page writes into the DOM
-(each chart's data-points and legend). Screenshots of every page at 1280 and 390 px wide go
-to out/console/ for a person to look at.
+(each chart's data-points, its legend and its axes' tick labels). Screenshots of every page at
+1280 and 390 px wide go to out/console/ for a person to look at;
+scripts/console-screenshots.sh copies the overview, VM, group and host pages into docs/.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 import zipfile
@@ -215,6 +217,82 @@ def lab_host(stack, name: str) -> LabHost:
     return next(h for h in stack.hosts if h.name == name)
 
 
+# -- what every chart and host card must show (asserted on the DOM the console writes) -----------
+
+CLOCK = re.compile(r"^\d\d:\d\d$")
+WHOLE = re.compile(r"^\d+$")
+NO_DATA = "no recent data"
+
+CHARTS_JS = """() => [...document.querySelectorAll('figure.chart')].map(f => ({
+    id: f.id, unit: f.dataset.unit, paths: f.dataset.paths, points: Number(f.dataset.points),
+    x: f.dataset.xLabels ? f.dataset.xLabels.split('|') : [], y: f.dataset.yLabels ? f.dataset.yLabels.split('|') : [],
+    legend: [...f.querySelectorAll('.legend li')].map(li => [li.dataset.key, li.querySelector('strong').textContent])}))"""
+
+
+def charts_on(page: Page) -> list[dict]:
+    return page.evaluate(CHARTS_JS)
+
+
+def assert_charts_read_right(page: Page) -> list[dict]:
+    """One time-label format on every chart; a count is a whole number everywhere (legend, axis)
+    and drawn as steps; no CPU share over 100 %; a memory axis in one unit."""
+    charts = wait_until(lambda: (cs := charts_on(page)) and all(c["x"] for c in cs if c["points"]) and cs,
+                        30, 0.5, what="the charts' first frame")
+    for c in charts:
+        assert all(CLOCK.match(t) for t in c["x"]), (c["id"], c["x"])
+        values = [text for _key, text in c["legend"] if text != NO_DATA]
+        if c["unit"] == "count":
+            assert c["paths"] == "stepped", c
+            assert all(WHOLE.match(v) for v in values), (c["id"], c["legend"])
+            assert all(WHOLE.match(t) for t in c["y"]), (c["id"], c["y"])
+        elif c["unit"] == "pct":
+            assert all(float(v.split()[0]) <= 100.0 for v in values), (c["id"], c["legend"])
+        elif c["unit"] == "mib":
+            assert len({t.split()[-1] for t in c["y"]}) <= 1, (c["id"], c["y"])     # MiB or GiB, not both
+    assert any(c["x"] for c in charts), charts      # at least one chart was drawn: the checks above saw labels
+    return charts
+
+
+# The CPU bar of every host card or page and its chart's host line, read in one go.
+BARS_JS = """() => [...document.querySelectorAll('article.host, #view[data-page^="/hosts/"]')].map(c => ({
+    bar: c.querySelector('.bar[aria-label="CPU"] .bar-text')?.textContent ?? null,
+    legend: c.querySelector('figure.chart .legend li[data-key="cpu"] strong')?.textContent ?? null}))"""
+
+
+def assert_cpu_bar_matches_its_chart(page: Page, times: int = 4) -> None:
+    """A host's CPU bar never says "no sample" while its chart shows a value, nor another value:
+    both come from the same frame. Checked over a few refreshes."""
+    seen = 0
+    for _ in range(times):
+        for card in page.evaluate(BARS_JS):
+            if card["bar"] is None or card["legend"] is None:
+                continue
+            seen += 1
+            if "no sample" in card["bar"]:
+                assert card["legend"] == NO_DATA, card
+            else:
+                assert card["bar"].split(" of ")[0] == card["legend"], card
+        page.wait_for_timeout(1500)
+    assert seen, "no host card with both a CPU bar and a chart"
+
+
+def within_width(page: Page, locator) -> bool:
+    """The element is visible, has text, and lies within the window's width (not cut off)."""
+    box = locator.bounding_box()
+    width = page.evaluate("window.innerWidth")
+    return bool(box) and box["x"] >= 0 and box["x"] + box["width"] <= width + 1 and locator.inner_text().strip() != ""
+
+
+def json_route(page: Page, pattern, change) -> None:
+    """Answer requests matching pattern with the real API's JSON, changed by change(body)."""
+    def handle(route):
+        resp = route.fetch()
+        body = resp.json()
+        change(body)
+        route.fulfill(response=resp, json=body)
+    page.route(pattern, handle)
+
+
 # -- the tests, in the order they run ------------------------------------------------------------
 
 def test_overview_lists_the_hosts_and_the_group(stack, tab):
@@ -229,9 +307,11 @@ def test_overview_lists_the_hosts_and_the_group(stack, tab):
     expect(host.locator(".kinds")).to_have_attribute("data-replica", "1", timeout=15000)
     kinds = host.locator(".kinds").text_content()
     assert "1 replica" in kinds and "0 API VMs" in kinds and "0 warm" in kinds, kinds
+    assert kinds.startswith("1 cms VM: "), kinds                 # plurals: "1 cms VM", "2 vCPUs"
     vcpus = host.locator(".vcpus")
     assert int(vcpus.get_attribute("data-used")) == 1 and int(vcpus.get_attribute("data-cpus")) >= 1
-    assert "overcommit allowed 16" in vcpus.text_content() and "vCPU" in vcpus.text_content()
+    assert "overcommit allowed 16" in vcpus.text_content() and "1 vCPU given" in vcpus.text_content()
+    assert re.search(r"up to \d+ vCPUs\)", vcpus.text_content()), vcpus.text_content()
     # the host's CPU: a figure with its unit, from the last sample, and a live chart with a
     # line for the replica
     expect(host.locator('.bar[aria-label="CPU"] .bar-text')).to_contain_text("% of", timeout=30000)
@@ -245,6 +325,10 @@ def test_overview_lists_the_hosts_and_the_group(stack, tab):
     tab.go("/")
     expect(page.locator(f'article.group[data-group="{GROUP}"] .chart').first).to_have_attribute(
         "data-points", re.compile(r"^[1-9]"), timeout=30000)
+    assert_charts_read_right(page)
+    assert_cpu_bar_matches_its_chart(page)
+    # no alert yet, and none takes room
+    assert page.locator("#alerts").is_hidden()
     tab.shot("overview")
 
 
@@ -261,22 +345,69 @@ def test_scaling_shows_pending_then_applied_and_the_count_follows(stack, tab):
     assert seen[0] == "pending" and seen[-1] == "applied" and set(seen) <= {"pending", "applying", "applied"}, seen
     # the autoscaler logged it, and the decision log shows it
     expect(page.locator('#group-log tr[data-kind="scale_override"]').first).to_be_visible(timeout=15000)
+    # the count went 1 -> 2 within the chart's range: the buckets across the change hold means
+    # like 1.5, and the chart still says whole replicas
+    expect(page.locator(f"#grp-replicas-{GROUP} .legend li[data-key=replicas]")).to_have_attribute(
+        "data-latest", "2", timeout=30000)
+    assert_charts_read_right(page)
+    # the policy in words, a size-0 warm pool as none, a number box a number wide
+    policy = " ".join(page.locator("#group-policy").inner_text().split())
+    for words in ("policy threshold", "scale out above 99 %", "window out 60 min", "scale in below 1 %",
+                  "window in 60 min", "cooldown 0 s", "warm-up 5 s"):
+        assert words in policy, (words, policy)
+    assert "_s" not in policy and "window_in" not in policy, policy
+    expect(page.locator("#group-warm")).to_contain_text("No warm pool")
+    expect(page.locator("#group-warm dl")).to_have_count(0)
+    assert page.get_by_label("Replicas", exact=True).bounding_box()["width"] < 200
     tab.shot("group")
 
 
-def test_a_replica_destroyed_from_outside_shows_as_an_alert(stack, tab):
-    page = tab.go("/")
-    expect(page.locator("#alerts")).to_have_attribute("data-since", re.compile(r"\d+"), timeout=15000)
-    victim = replicas(stack)[-1]
-    h = Host(victim["host"], lab_host(stack, victim["host"]).uri)
+def test_alerts_collapse_to_a_count_scaling_ones_go_by_themselves_failures_stay(stack, browser):
+    """At 390 px: a scaling alert and a failure (a replica destroyed from outside) collapse into
+    one line in the page's flow with their count, open in a drawer; the scaling alert dismisses
+    itself, the failure stays until dismissed."""
+    tab = Tab(browser, stack.url, 390)
     try:
-        h.guest(victim["name"]).destroy()          # behind cms's back, as a crash would
+        page = tab.go("/")
+        alerts = page.locator("#alerts")
+        expect(alerts).to_have_attribute("data-since", re.compile(r"\d+"), timeout=15000)
+        # a scale request for the count it has: the autoscaler answers with a scale_override
+        assert api(f"{stack.url}/v1/groups/{GROUP}/scale", "POST", {"replicas": len(replicas(stack))})[0] == 202
+        expect(alerts).to_be_visible(timeout=30000)
+        expect(alerts.locator(".alerts-count")).to_have_text(re.compile(r"^\d+ alerts?$"))
+        drawer = page.locator("#alerts-drawer")
+        expect(drawer).to_be_hidden()
+        scaling = drawer.locator('.alert.scaling[data-kind="scale_override"]')
+        expect(scaling).to_have_count(1)
+        victim = replicas(stack)[-1]
+        h = Host(victim["host"], lab_host(stack, victim["host"]).uri)
+        try:
+            h.guest(victim["name"]).destroy()          # behind cms's back, as a crash would
+        finally:
+            h.close()
+        expect(alerts).to_have_attribute("data-failures", re.compile(r"^[1-9]"), timeout=60000)
+        expect(alerts.locator(".alerts-toggle .badge.bad")).to_contain_text("failure")
+
+        def in_flow() -> None:        # the alerts sit above the page, never over it
+            a, v = alerts.bounding_box(), page.locator("#view").bounding_box()
+            assert a["y"] + a["height"] <= v["y"] + 1, (a, v)
+            assert page.evaluate("getComputedStyle(document.getElementById('alerts')).position") == "static"
+        in_flow()
+        assert alerts.bounding_box()["height"] < 80              # collapsed: one line
+        page.locator(".alerts-toggle").click()
+        failure = drawer.locator(f'.alert.failure[data-group="{GROUP}"]').filter(has_text=victim["name"]).first
+        expect(failure).to_be_visible()
+        assert failure.get_attribute("role") == "alert" and "fail" in failure.get_attribute("data-kind")
+        in_flow()
+        # the scaling alert goes by itself; the failure stays
+        expect(scaling).to_have_count(0, timeout=30000)
+        expect(failure).to_be_visible()
+        tab.shot("alert")
+        mine = drawer.locator(f'.alert[data-id="{failure.get_attribute("data-id")}"]')
+        mine.locator("button.close").click()
+        expect(mine).to_have_count(0)
     finally:
-        h.close()
-    alert = page.locator(f'.alert.failure[data-group="{GROUP}"]').filter(has_text=victim["name"]).first
-    expect(alert).to_be_visible(timeout=60000)
-    assert alert.get_attribute("role") == "alert" and "fail" in alert.get_attribute("data-kind")
-    tab.shot("alert")
+        tab.close()
 
 
 def test_a_vm_made_through_the_form_has_charts_is_resized_migrated_and_destroyed(stack, tab):
@@ -292,6 +423,14 @@ def test_a_vm_made_through_the_form_has_charts_is_resized_migrated_and_destroyed
     view = page.locator("#view")
     expect(view).to_have_attribute("data-host", "hv1", timeout=30000)
     expect(page.locator("#vm-facts")).to_contain_text("running")
+    # plurals, and memory now against its maximum, with what that means (the balloon)
+    expect(page.locator("#vm-size")).to_have_text("1 vCPU of at most 2 vCPUs")
+    expect(page.locator("#vm-memory-now")).to_contain_text("of at most 512 MiB")
+    expect(page.locator("#vm-memory-now")).to_contain_text("balloon")
+    # the serial log is on hv1, another host than the API's: unavailable, and why, not "(empty)"
+    console = page.locator("#vm-console")
+    expect(console).to_have_attribute("data-state", "unavailable", timeout=15000)
+    expect(console).to_contain_text("Unavailable: the log is on host hv1")
     # the live VM's charts have data: the autoscaler samples it every tick
     cpu = page.locator("#vm-cpu")
     expect(cpu).to_have_attribute("data-points", re.compile(r"^[1-9]"), timeout=60000)
@@ -302,6 +441,8 @@ def test_a_vm_made_through_the_form_has_charts_is_resized_migrated_and_destroyed
     expect(mem).to_have_attribute("data-points", re.compile(r"^[1-9]"), timeout=30000)
     mib = round(float(mem.get_attribute("data-latest-memory")))
     assert mib >= 256 and f"{mib} MiB" in mem.locator(".legend").text_content()
+    expect(mem.locator('.legend li[data-key="max"]')).to_contain_text("512 MiB")
+    assert_charts_read_right(page)
     # the 1 h range answers too
     page.get_by_label("1 h", exact=True).check()
     expect(cpu).to_have_attribute("data-points", re.compile(r"^[1-9]"), timeout=30000)
@@ -309,7 +450,7 @@ def test_a_vm_made_through_the_form_has_charts_is_resized_migrated_and_destroyed
     # resize within the maximum (twice its type): 1 -> 2 vCPUs, live
     page.get_by_label("vCPUs", exact=True).fill("2")
     page.locator("#resize-form button[type=submit]").click()
-    expect(page.locator("#resize-form-status")).to_contain_text("now 2 vCPU", timeout=60000)
+    expect(page.locator("#resize-form-status")).to_contain_text("now 2 vCPUs", timeout=60000)
     expect(view).to_have_attribute("data-vcpus", "2", timeout=30000)
     # beyond it: the API's own message beside the form
     page.get_by_label("vCPUs", exact=True).evaluate("e => e.removeAttribute('max')")
@@ -325,15 +466,29 @@ def test_a_vm_made_through_the_form_has_charts_is_resized_migrated_and_destroyed
     expect(page.locator("#migrate-form-status")).to_contain_text("migrated to hv2", timeout=180000)
     expect(view).to_have_attribute("data-host", "hv2", timeout=30000)
     assert api(f"{stack.url}/v1/vms/{vmid}")[1]["domain_state"] == "running"
-    # destroy, after a confirmation
+    # destroy, after a confirmation: nothing is "working" while it is asked, and a cancel keeps the VM
+    status = page.locator("#destroy-form-status")
     page.locator("#destroy-form button[type=submit]").click()
     dialog = page.locator("dialog.confirm")
     expect(dialog).to_be_visible()
     expect(dialog).to_contain_text(name)
+    assert "working" not in status.text_content()
+    dialog.locator("#confirm-cancel").click()
+    expect(status).to_have_text("cancelled")
+    assert api(f"{stack.url}/v1/vms/{vmid}")[0] == 200
+    page.locator("#destroy-form button[type=submit]").click()
+    expect(dialog).to_be_visible()
+    assert "working" not in status.text_content()
     dialog.locator("#confirm-ok").click()
     expect(page).to_have_url(re.compile(r"#/$"), timeout=60000)
     expect(page.locator(f'#vms tr[data-vmid="{vmid}"]')).to_have_count(0, timeout=15000)
     assert api(f"{stack.url}/v1/vms/{vmid}")[0] == 404
+    # its samples are still in hv2's 5-minute range, but it has left hv2's legend with the table
+    now = time.time()
+    frame = api(f"{stack.url}/v1/hosts/2/metrics?since={now - 300}&until={now}&step=5")[1]
+    assert f"cms-vm-{vmid}" in frame["domains"], frame["domains"].keys()
+    expect(page.locator(f'article.host[data-host="hv2"] .legend li[data-key="cms-vm-{vmid}"]')).to_have_count(0, timeout=10000)
+    assert_cpu_bar_matches_its_chart(page, times=2)
     h = Host("hv2", lab_host(stack, "hv2").uri)
     try:
         assert not h.exists(f"cms-vm-{vmid}")
@@ -372,28 +527,102 @@ def test_an_image_registered_through_the_form_is_offered_and_a_bad_path_shows_th
 def test_every_page_at_1280_and_390_px_without_console_errors(stack, browser):
     status, vm = api(stack.url + "/v1/vms", "POST", {"name": f"pages-{uuid.uuid4().hex[:4]}", "instance_type": 1})
     assert status == 201, vm
+    pmid = vm["pmid"]
     pages = {"overview": ("/", f'article.group[data-group="{GROUP}"] .kinds, article.host .kinds'),
-             "host": ("/hosts/1", "#host-vms table"),
+             "host": (f"/hosts/{pmid}", "#host-vms table"),
              "vm": (f"/vms/{vm['vmid']}", "#vm-actions form"),
              "create": ("/vms/new", "#create-form"),
              "group": (f"/groups/{GROUP}", "#group-replicas table"),
              "images": ("/images", "#images-list table"),
              "events": ("/events", "#events-list table")}
     try:
+        # the screenshots show a VM with charts, not a blank one
+        wait_until(lambda: api(f"{stack.url}/v1/vms/{vm['vmid']}/metrics")[1]["points"] >= 3, 120, 1,
+                   what="the page VM's first samples")
         for width in (1280, 390):
             t = Tab(browser, stack.url, width)
             try:
                 for name, (path, ready) in pages.items():
                     page = t.go(path)
                     expect(page.locator(ready).first).to_be_visible(timeout=30000)
-                    page.wait_for_timeout(1500)      # let the charts take their first frame
-                    # nothing wider than the window: tables scroll inside their own box
+                    if name in ("overview", "host", "vm", "group"):
+                        assert_charts_read_right(page)
+                    else:
+                        page.wait_for_timeout(1500)
+                    if name in ("overview", "host"):
+                        assert_cpu_bar_matches_its_chart(page, times=2)
+                    # nothing wider than the window: tables scroll inside their own box, or stack
                     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), (name, width)
+                    if width == 390:
+                        check_narrow(page, name)
+                    if name == "host":
+                        check_host_units_and_lines(page)
                     t.shot(name)
             finally:
                 t.close()
     finally:
         assert api(f"{stack.url}/v1/vms/{vm['vmid']}", "DELETE")[0] == 200
+
+
+def check_narrow(page: Page, name: str) -> None:
+    """At 390 px every table row is a card: each cell readable within the window, under its
+    column's name; what an operator needs on a phone is there."""
+    if name == "overview":
+        row = page.locator("#recent-events tbody tr").first
+        expect(row).to_be_visible()
+        for col in ("message", "kind", "time"):
+            cell = row.locator(f'td[data-label="{col}"]')
+            assert within_width(page, cell), (col, cell.bounding_box())
+    if name == "group":
+        row = page.locator("#group-replicas tbody tr").first
+        for col in ("CPU (last)", "libvirt state", "autoscaler state"):
+            assert within_width(page, row.locator(f'td[data-label="{col}"]')), col
+        logged = page.locator("#group-log tbody tr[data-kind]")     # the tests before this one scaled the group
+        if logged.count():
+            assert within_width(page, logged.first.locator('td[data-label="reason"]'))
+    if name == "events":
+        row = page.locator("#events-list tbody tr").first
+        assert within_width(page, row.locator('td[data-label="message"]'))
+    for label in page.locator("td[data-label]").evaluate_all("tds => tds.slice(0, 40).map(td => getComputedStyle(td, '::before').content)"):
+        assert label not in ("none", "normal", '""'), label          # each cell says its column
+
+
+def check_host_units_and_lines(page: Page) -> None:
+    """The host page: the free-RAM legend in the unit the figures beside it use, and the VM
+    count drawn on top of its vCPUs in another style (it used to hide under them)."""
+    ram = page.locator("#host-ram .legend li[data-key=free] strong").text_content()
+    figures = page.locator('#host-figures .bar[aria-label="RAM"] .bar-text').text_content()
+    free = re.search(r"([\d.]+ [MG]iB) free on the host", figures).group(1)
+    if ram != NO_DATA:
+        assert ram.split()[-1] == free.split()[-1], (ram, figures)
+    axis = {t.split()[-1] for t in page.locator("#host-ram").get_attribute("data-y-labels").split("|")}
+    assert axis == {free.split()[-1]}, (axis, figures)
+    lines = page.locator("#host-vms-count .legend li")
+    assert lines.evaluate_all("lis => lis.map(li => li.dataset.key)") == ["vcpus", "vms"]   # drawn in this order
+    assert lines.nth(1).get_attribute("data-dash") and not lines.nth(0).get_attribute("data-dash")
+
+
+def test_counts_stay_whole_and_a_cpu_share_reads_at_most_100_percent(stack, tab):
+    """What the server may send (a bucket's mean count, 1.5; TCG's accounting a little over the
+    wall clock, 101.3 %) is shown as a whole count and at most 100 %."""
+    page = tab.page
+
+    def fractional(m: dict) -> None:
+        m["series"]["replicas"][-1] = 1.5
+        m["series"]["states"] = {"starting": [None] * (len(m["ts"]) - 1) + [0.2],
+                                 "ready": [None] * (len(m["ts"]) - 1) + [1.5]}
+
+    def over(g: dict) -> None:
+        g["replicas"][0]["cpu"] = [0.5, 1.013]
+    json_route(page, re.compile(rf"/v1/groups/{GROUP}/metrics\?"), fractional)
+    json_route(page, re.compile(rf"/v1/groups/{GROUP}$"), over)
+    tab.go(f"/groups/{GROUP}")
+    legend = page.locator(f"#grp-replicas-{GROUP} .legend")
+    expect(legend.locator("li[data-key=state-starting] strong")).to_have_text("0", timeout=15000)
+    expect(legend.locator("li[data-key=state-ready] strong")).to_have_text("2")
+    expect(legend.locator("li[data-key=replicas] strong")).to_have_text("2")
+    assert_charts_read_right(page)
+    expect(page.locator("#group-replicas tbody tr").first.locator("td.cpu")).to_have_text("100 %")
 
 
 def test_events_filter_by_kind_newest_first(stack, tab):
