@@ -132,7 +132,7 @@ export function vmPage(el, vmid) {
       const f = frame;
       cpu.update(f.ts, [{ key: "cpu", label: "CPU", values: f.series.cpu, color: "#2563eb" },
                         ...f.series.vcpu.map((values, i) => ({ key: `vcpu${i}`, label: `vCPU ${i}`, values, dash: [3, 3] }))]);
-      const series = [{ key: "memory", label: "now (the balloon's size)", values: f.series.memory_mib, color: "#16a34a" }];
+      const series = [{ key: "memory", label: "now", values: f.series.memory_mib, color: "#16a34a" }];
       if (vm.max_memory_mib) {
         series.push({ key: "max", label: "maximum", values: constant(f.ts, vm.max_memory_mib), color: "#6b7280", dash: [6, 4] });
       }
