@@ -94,12 +94,12 @@ class Daemon:
         return [r for r in (self.latest.replicas if self.latest else ()) if r.state == "ready"]
 
     def count(self, state: State) -> int:
-        with self.s.lock:
-            return sum(1 for t in self.s.tracks.values() if t.state == state)
+        return sum(1 for t in self.s.registry.snapshot() if t.state == state)
 
     def settled(self, warm: bool) -> bool:
-        serving = sum(1 for t in self.s.executor.snapshot() if t.state in (State.READY,))
-        busy = sum(1 for t in self.s.executor.snapshot() if t.state not in (State.READY, State.PARKED))
+        tracks = self.s.registry.snapshot()
+        serving = sum(1 for t in tracks if t.state == State.READY)
+        busy = sum(1 for t in tracks if t.state not in (State.READY, State.PARKED))
         return serving == 1 and busy == 0 and (self.count(State.PARKED) == 1 if warm else True) \
             and len(self.ready()) == 1
 

@@ -55,11 +55,15 @@ SCHEMA_VERSION = 1
 TOPIC_PREFIX = b"replicas."
 SNAPSHOT_REQUEST = b"SNAPSHOT"
 
-# Lifecycle of a replica as subscribers see it.
-STATES = ("starting", "ready", "draining", "failed")
-# What an update says happened; "added" announces a replica in state "starting", "moved" a
-# ready one at a new address.
-EVENTS = ("added", "ready", "draining", "removed", "failed", "moved")
+# What an update says happened, and the state it leaves the replica in (the one table of
+# it: the daemon announces by it, subscribers and tests read it): "added" announces a
+# replica in state "starting", "moved" a ready one at a new address, "removed" takes it out
+# of the set (None: no state).
+EVENT_STATE: dict[str, str | None] = {"added": "starting", "ready": "ready", "draining": "draining",
+                                      "removed": None, "failed": "failed", "moved": "ready"}
+EVENTS = tuple(EVENT_STATE)
+# Lifecycle of a replica as subscribers see it: every state an event leaves behind.
+STATES = tuple(dict.fromkeys(s for s in EVENT_STATE.values() if s is not None))
 
 
 @dataclass(frozen=True)

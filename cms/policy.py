@@ -49,8 +49,10 @@ the end of the newest replica's warm-up (``settled_since``).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from cms.config import GroupConfig
 
@@ -117,16 +119,27 @@ def group_series(replicas: tuple[ReplicaSeries, ...], warmup_s: float,
     return out
 
 
-def window_values(series: list[tuple[float, float | None]], now: float, window_s: float) -> list[float] | None:
-    """The group means of the last window_s, or None unless data covers the whole window
-    with no missing figure (missing data never justifies an action)."""
-    pts = [(ts, v) for ts, v in series if ts > now - window_s - 1e-9]
-    earlier = [ts for ts, _ in series if ts <= now - window_s + 1e-9]
-    if not pts or not earlier:
-        return None  # nothing yet, or the data does not reach back a whole window
-    if any(v is None for _, v in pts) or dict(series).get(max(earlier)) is None:
-        return None
-    return [v for _, v in pts if v is not None]
+def _ts(point: tuple[float, float | None]) -> float:
+    return point[0]
+
+
+def window_values(series: Sequence[tuple[float, float | None]], now: float, window_s: float,
+                  since: float | None = None) -> list[float] | None:
+    """The sustained-window rule, the one copy (the scaling policies and host balancing use it):
+    the values of the last window_s, or None unless samples taken after `since` cover the whole
+    window with no missing figure (missing data never justifies an action).
+
+    "Cover" means a sample at or before the window's start (now - window_s) with a figure,
+    and figures for every sample inside it. `series` is (ts, value) in time order; a long
+    history is bisected, not scanned.
+    """
+    lo = bisect.bisect_right(series, since, key=_ts) if since is not None else 0
+    i = bisect.bisect_right(series, now - window_s - 1e-9, key=_ts, lo=lo)   # the window: series[i:]
+    j = bisect.bisect_right(series, now - window_s + 1e-9, key=_ts, lo=lo)   # reaching back: series[lo:j]
+    if i >= len(series) or j == lo or series[j - 1][1] is None:
+        return None  # nothing yet, or the data does not reach back a whole window with a figure
+    vals = [v for _t, v in series[i:]]
+    return None if None in vals else vals  # type: ignore[return-value]
 
 
 def warming(replicas: tuple[ReplicaSeries, ...], warmup_s: float, now: float) -> int:
@@ -142,11 +155,19 @@ def settled_since(gc: GroupConfig, inp: PolicyInput) -> float | None:
     return max(points) if points else None
 
 
-def _clamp(gc: GroupConfig, inp: PolicyInput) -> Decision | None:
-    if inp.current < gc.min:
-        return Decision(SCALE_OUT, gc.min, f"below minimum: {inp.current} replicas < min {gc.min}")
-    if inp.current > gc.max:
-        return Decision(SCALE_IN, gc.max, f"above maximum: {inp.current} replicas > max {gc.max}")
+def clamp(gc: GroupConfig, n: int) -> int:
+    """A replica count within the group's min..max: the one place the rule is written (the
+    policies, the planner's first count, a scale request through the API, the status)."""
+    return max(gc.min, min(gc.max, n))
+
+
+def _outside(gc: GroupConfig, inp: PolicyInput) -> Decision | None:
+    """Below min or above max: back within them, whatever else holds."""
+    want = clamp(gc, inp.current)
+    if want > inp.current:
+        return Decision(SCALE_OUT, want, f"below minimum: {inp.current} replicas < min {gc.min}")
+    if want < inp.current:
+        return Decision(SCALE_IN, want, f"above maximum: {inp.current} replicas > max {gc.max}")
     return None
 
 
@@ -168,7 +189,7 @@ def _fmt(v: float | None) -> str:
 
 
 def threshold(gc: GroupConfig, inp: PolicyInput) -> Decision:
-    c = _clamp(gc, inp)
+    c = _outside(gc, inp)
     if c:
         return c
     series = group_series(inp.replicas, gc.warmup_s, since=settled_since(gc, inp))
@@ -210,7 +231,7 @@ def hpa_desired(current: int, mean: float, target: float, tolerance: float) -> i
 
 
 def target(gc: GroupConfig, inp: PolicyInput) -> Decision:
-    c = _clamp(gc, inp)
+    c = _outside(gc, inp)
     if c:
         return c
     t = gc.target
@@ -219,7 +240,7 @@ def target(gc: GroupConfig, inp: PolicyInput) -> Decision:
     if mean is None:
         return Decision(NONE, inp.current, "cpu mean n/a (missing or warming-up samples): holding", mean)
     raw = hpa_desired(inp.current, mean, t.target, t.tolerance)
-    raw = max(gc.min, min(gc.max, raw))
+    raw = clamp(gc, raw)
     # Scale-down stabilization: the highest recommendation within the window wins.
     recent = [d for ts, d in inp.recommendations if inp.now - ts <= t.stabilization_s] + [raw]
     desired = raw if raw >= inp.current else min(inp.current, max(recent))

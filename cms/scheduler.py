@@ -351,3 +351,13 @@ class Scheduler:
             if memory_mib and memory_mib != d.memory_mib:
                 g.set_memory(memory_mib)
             return self.find(name)
+
+    # -- reads the autoscaler needs, so it never reaches through to the fleet ------------------
+
+    def host_names(self) -> tuple[str, ...]:
+        """The configured hosts, in configuration order."""
+        return tuple(self.fleet.hosts)
+
+    def forward_address(self, host: str) -> str:
+        """Where a replica on ``host`` answers with user networking (its port forward's address)."""
+        return self.fleet.forward_address(host)

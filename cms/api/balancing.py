@@ -20,12 +20,12 @@ import time
 from typing import Any
 
 from cms.api.service import Service
-from cms.autoscaler import balance_model, balancing
+from cms.autoscaler import balance_model, rebalance
 
 
 def plan_json(svc: Service) -> dict[str, Any]:
     now = time.time()
-    p = balancing.current_plan(svc.cfg, svc.sched, svc.store, now)
+    p = rebalance.current_plan(svc.cfg, svc.sched, svc.store, now)
     lim = dataclasses.asdict(balance_model.limits(svc.cfg))
     lim["anti_affinity"] = sorted(lim["anti_affinity"])
     return {"ts": now, "enabled": svc.cfg.balancer.enabled, "limits": lim, **p.to_dict()}
@@ -45,7 +45,7 @@ class BalanceRunResource:
 
     def on_post(self, req, resp):
         plan = plan_json(self.svc)
-        ts = balancing.request_run(self.svc.store)
+        ts = rebalance.request_run(self.svc.store)
         eid = self.svc.store.add_event("balance_request", f"one balancing plan asked through the API "
                                        f"({len(plan['actions'])} action(s) now); cms-autoscaler applies it on "
                                        "its next tick", data={"actions": len(plan["actions"])})

@@ -4,9 +4,10 @@
 ``GET /status`` (in-flight work, for draining). The daemon takes any object with the same
 two methods (``HealthChecker``), so tests inject a fake one.
 
-``wait_healthy`` is the one polling loop, used after a spawn (every 250 ms: a boot takes
-seconds and a refused connect costs nothing) and after an unpark (at once, then every
-20-50 ms: a resumed guest answers within tens of milliseconds).
+``wait_healthy`` is the one polling loop, used after a spawn (every SPAWN_PROBE_S, 250 ms,
+or the tick if shorter: a boot takes seconds and a refused connect costs nothing) and after
+an unpark (at once, then every UNPARK_PROBE_S, 25 ms: a resumed guest answers within tens
+of milliseconds).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import http.client
 import json
 import time
 from typing import Any, Callable, Protocol
+
+SPAWN_PROBE_S = 0.25        # /health while a new replica boots
+UNPARK_PROBE_S = 0.025      # /health after an unpark: at once, then every 25 ms
 
 
 class HealthChecker(Protocol):

@@ -20,14 +20,16 @@ Warm pool (issue 13; never announced, never counted by the policy)::
 * WARMING: a warm-pool member booting to /health (spawned tagged warm in its metadata).
 * PARKING: being suspended / managed-saved / shut down.
 * PARKED: parked in the pool's state, waiting for a scale-out or a replacement.
-* UNPARKING: being resumed / restored / started, then probed at once and every 20-50 ms.
+* UNPARKING: being resumed / restored / started, then probed at once and every 25 ms
+  (cms.autoscaler.health.UNPARK_PROBE_S).
 
 A replica's ``park_mode`` says where it goes in the pool: a warm spawn is SPAWNING with
 it set (then WARMING), a replica drained for reuse_on_scale_in is DRAINING with it set;
 both already count as pool members (cms.autoscaler.planner.role), not as serving ones.
 
 ``Track`` is the daemon's record of one replica; ``Track.move`` is the only way its state
-changes, and it refuses a transition not listed in TRANSITIONS.
+changes, and it refuses a transition not listed in TRANSITIONS. Only the replica registry
+(cms.autoscaler.registry) calls it, under its lock.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from cms.messages import Replica
+from cms.messages import STATES, Replica
 
 
 class State(str, enum.Enum):
@@ -71,8 +73,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 COUNTING = frozenset({S.SPAWNING, S.STARTING, S.READY, S.UNPARKING})
 # Members of the warm pool: capacity held back, never announced.
 WARM = frozenset({S.WARMING, S.PARKING, S.PARKED})
-# The state a subscriber is told, for states that are announced at all.
-PUBLISHED = {S.STARTING: "starting", S.READY: "ready", S.DRAINING: "draining", S.FAILED: "failed"}
+# The state a subscriber is told, for states that are announced at all: those of the
+# lifecycle that carry a published name (cms.messages.STATES, from its event table).
+PUBLISHED = {s: s.value for s in State if s.value in STATES}
 PARK_MODES = ("paused", "saved", "stopped")
 
 

@@ -3,7 +3,8 @@
 ``plan`` takes one tick's view (the replica domains libvirt listed, the daemon's tracked
 replicas, the wanted counts, the lifecycle events seen) and the group policy, and returns
 a ``Plan``: the actions to take, each with its reason, and the decisions made. It does no
-I/O and changes nothing; ``cms.autoscaler.executor`` performs the actions.
+I/O and changes nothing; ``cms.autoscaler.executor`` performs the actions (the warm pool's
+through the handlers cms.autoscaler.warm plugs into it).
 
 The steps, in order:
  1. adopt or clean what libvirt has and the daemon does not track (all of it on the first
@@ -21,13 +22,13 @@ The steps, in order:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from cms import policy
 from cms.balance import consolidate_order
 from cms.autoscaler.lifecycle import COUNTING, WARM, State, Track
 from cms.config import GroupConfig
-from cms.virt import OwnedDomain
+from cms.virt import Listing, OwnedDomain
 
 S = State
 
@@ -86,12 +87,18 @@ class FinishRemoval(ReplicaAction):
 
 @dataclass(frozen=True)
 class Spawn(Action):
-    """Place and make a new replica; ``warm``: a warm-pool member, parked once healthy.
-    ``pool_empty``: a serving replica booted cold because the group's pool had none parked."""
+    """Place and make a new serving replica. ``pool_empty``: booted cold because the group's
+    warm pool had none parked."""
     group: str
-    warm: bool = False
-    avoid_hosts: frozenset[str] = frozenset()
     pool_empty: bool = False
+
+
+@dataclass(frozen=True)
+class Refill(Action):
+    """Place and boot a warm-pool member, parked once healthy; never on ``avoid_hosts`` (hosts
+    booting a warm replica already)."""
+    group: str
+    avoid_hosts: frozenset[str] = frozenset()
 
 
 class Unpark(ReplicaAction):
@@ -153,11 +160,8 @@ class View:
 
 
 Decide = Callable[[str, tuple[Track, ...]], policy.Decision]
-
-
-def clamp(gc: GroupConfig, n: int) -> int:
-    """A replica count within the group's min..max (the one place it is written)."""
-    return max(gc.min, min(gc.max, n))
+# What performs one kind of action (the executor's, and those plugged into it with register).
+Handler = Callable[[Any, Listing | None], None]
 
 
 def warm_mode(d: OwnedDomain) -> str:
@@ -257,7 +261,7 @@ def plan(v: View, decide: Decide) -> Plan:
         n = len(members)
         desired = v.desired.get(g)
         if desired is None:
-            desired = clamp(gc, n)
+            desired = policy.clamp(gc, n)
         decision = None
         if n == desired:
             decision = decide(g, tuple(members))
@@ -297,8 +301,7 @@ def plan(v: View, decide: Decide) -> Plan:
         if len(pool) < target and g not in v.refill_paused:
             booting = None if refill_planned else _warm_boots(v, state)
             if booting is not None:
-                actions.append(Spawn(f"warm pool of {g} has {len(pool)} of {target}", g, warm=True,
-                                     avoid_hosts=booting))
+                actions.append(Refill(f"warm pool of {g} has {len(pool)} of {target}", g, avoid_hosts=booting))
                 refill_planned = True  # one new warm boot per tick: its host is known next tick
         elif len(pool) > target:
             spare = [t for t in pool if state.get(t.name) == S.PARKED and not t.busy and t.name in tracked]

@@ -6,12 +6,14 @@ Each tick:
   plan     the pure planner (cms.autoscaler.planner) compares what exists with what is
            wanted, asks the group policy (cms.policy) when the count is settled, and returns
            actions, each with its reason;
-  execute  the executor (cms.autoscaler.executor) performs them through the Scheduler;
+  execute  the executor (cms.autoscaler.executor) performs them through the Scheduler,
+           with the warm pool's handlers (cms.autoscaler.warm) registered in it;
   publish  events, samples and replica states go to the state database, and the status
            snapshot (``status()``) is rebuilt.
 
 Where each concern lives: the lifecycle states and transitions in
-cms.autoscaler.lifecycle, HTTP health in cms.autoscaler.health, the ZeroMQ feed in
+cms.autoscaler.lifecycle, the tracked replicas and every move of theirs in
+cms.autoscaler.registry, HTTP health in cms.autoscaler.health, the ZeroMQ feed in
 cms.autoscaler.publisher, placement and every change to the fleet in cms.scheduler,
 libvirt in cms.virt. docs/architecture.md follows one scale-out through all of them.
 """
@@ -26,11 +28,14 @@ from typing import Any, Callable
 
 from cms import errors, policy
 from cms.autoscaler import planner, status
-from cms.autoscaler.balancing import Balancer
 from cms.autoscaler.executor import Executor
 from cms.autoscaler.health import HealthChecker, HttpHealth
 from cms.autoscaler.journal import Journal
 from cms.autoscaler.lifecycle import State, Track
+from cms.autoscaler.rebalance import Balancer
+from cms.autoscaler.registry import Registry
+from cms.autoscaler.steps import Steps
+from cms.autoscaler.warm import WarmPool
 from cms.config import Config, GroupConfig
 from cms.metrics import History, LibvirtMetrics, MetricSource, Tick, restart_baseline, to_samples
 from cms.scheduler import Scheduler
@@ -66,11 +71,19 @@ class Autoscaler:
         self.clock = clock
         self.history = History(cfg.autoscaler.history)
         self.journal = Journal(self.store)
-        self.executor = Executor(cfg, self.scheduler, self.health, self.publisher, self.journal, self.history,
-                                 stop=self.stop, clock=clock, dry_run=dry_run,
-                                 on_unpark=lambda t: restart_baseline(self.metrics, t.uuid))
+        # the replicas: one registry, which the executor, the warm pool and the balancer share
+        self.registry = Registry(self.publisher, self.journal, forget_history=self.history.forget, clock=clock,
+                                 dry_run=dry_run)
+        self.steps = Steps(cfg, self.scheduler, self.health, self.registry, self.journal, stop=self.stop,
+                           dry_run=dry_run)
+        self.executor = Executor(cfg, self.registry, self.steps)
+        self.warm = WarmPool(cfg, self.registry, self.steps, self.history, clock=clock,
+                             on_unpark=lambda t: restart_baseline(self.metrics, t.uuid))
+        for kind, handler in self.warm.handlers().items():
+            self.executor.register(kind, handler)
         # host balancing (cms.balance): host load each tick; the plan applied when [balancer] enabled
-        self.balancer = Balancer(self.executor, self.metrics, on_moved=lambda u: restart_baseline(self.metrics, u))
+        self.balancer = Balancer(cfg, self.registry, self.scheduler, self.journal, self.metrics, stop=self.stop,
+                                 dry_run=dry_run, on_moved=lambda u: restart_baseline(self.metrics, u))
         self._host_samples: list = []
         self.desired: dict[str, int] = {}
         self.last_action: dict[str, float] = {}
@@ -88,14 +101,10 @@ class Autoscaler:
         self._status: dict[str, Any] = {}
         self._pruned_at = float("-inf")
 
-    # The tracked replicas and their lock are the executor's; these names are for readers.
     @property
     def tracks(self) -> dict[str, Track]:
-        return self.executor.tracks
-
-    @property
-    def lock(self) -> threading.RLock:
-        return self.executor.lock
+        """Copies of the tracked replicas by name (the registry owns the records)."""
+        return {t.name: t for t in self.registry.snapshot()}
 
     def status(self) -> dict[str, Any]:
         """The last tick's status snapshot (plain data; no libvirt call, no lock)."""
@@ -111,10 +120,10 @@ class Autoscaler:
         if observed is not None:
             self.measure(observed, now)
             self.take_scale_requests(now)
-            view = planner.View(self.groups, observed, self.executor.snapshot(), dict(self.desired),
+            view = planner.View(self.groups, observed, self.registry.snapshot(), dict(self.desired),
                                 first=not self.started, dead=frozenset(self._dead),
-                                spawn_paused=self.executor.spawn_paused(),
-                                refill_paused=self.executor.spawn_paused(warm=True),
+                                spawn_paused=self.steps.spawn_paused(),
+                                refill_paused=self.steps.spawn_paused(warm=True),
                                 hosts=frozenset(h for h in self.fleet.hosts if h not in self.unhealthy_hosts),
                                 occupancy=self.balancer.occupancy(self._listing, self.last_tick))
             plan = planner.plan(view, lambda g, members: self.decide(g, members, now))
@@ -169,9 +178,7 @@ class Autoscaler:
         for d in alive:
             m = tick.domains.get(d.uuid)
             self.history.add(d.name, now, m.cpu if m else None)
-        with self.lock:
-            states = {t.name: str(t.state) for t in self.tracks.values()}
-        self._samples.extend(to_samples(tick, alive, states))
+        self._samples.extend(to_samples(tick, alive, self.registry.states()))
         self._samples.extend(to_samples(tick, vms, {}))
         self._host_samples.extend(self.balancer.observe(tick, self._listing, self._capacities()))
 
@@ -193,7 +200,7 @@ class Autoscaler:
             gc = self.groups.get(g)
             if gc is None or self.dry_run:
                 continue  # another daemon's group, or nothing may change
-            want = planner.clamp(gc, replicas)
+            want = policy.clamp(gc, replicas)
             if not self.store.consume_scale_request(g, ts):
                 continue  # replaced by a newer one meanwhile: the next tick takes that
             before = self.desired.get(g)
@@ -253,7 +260,7 @@ class Autoscaler:
                 log.warning("could not store samples: %s", exc)
         self.journal.flush()
         self._prune(now)
-        tracks = self.executor.snapshot()
+        tracks = self.registry.snapshot()
         if not self.dry_run and self.started:
             self.journal.replicas(ReplicaRow(t.name, t.group, t.host, str(t.state), t.address, t.port, now)
                                   for t in tracks if t.group in self.groups and t.state != State.SPAWNING)

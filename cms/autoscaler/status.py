@@ -40,7 +40,7 @@ def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track,
         members = sorted((t for t in tracks if t.group == g), key=lambda t: (t.created, t.name))
         pool = [t for t in members if planner.role(t, t.state) == "pool"]
         serving = [t for t in members if t not in pool]
-        want = desired.get(g, planner.clamp(gc, sum(1 for t in serving if planner.role(t, t.state) == "serving")))
+        want = desired.get(g, policy.clamp(gc, sum(1 for t in serving if planner.role(t, t.state) == "serving")))
         last = decisions.get(g)
         pol: dict[str, Any] = {"name": gc.policy, "mean": None, "cooldown_s": gc.cooldown_s, "warmup_s": gc.warmup_s}
         pol.update(asdict(gc.threshold) if gc.policy == "threshold" else asdict(gc.target))

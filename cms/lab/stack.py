@@ -83,14 +83,13 @@ class Stack:
 
     def ready(self, n: int, timeout: float = 240.0) -> list[Any]:
         def tracks():
-            with self.scaler.lock:
-                ts = [t for t in self.scaler.tracks.values() if str(t.state) == "ready" and t.group == self.group]
+            ts = [t for t in self.scaler.registry.snapshot() if str(t.state) == "ready" and t.group == self.group]
             return ts if len(ts) == n else None
         return wait_until(tracks, timeout, 0.5, what=f"{n} ready replica(s) of {self.group}")
 
     def track(self, name: str) -> Any:
-        with self.scaler.lock:
-            return self.scaler.tracks.get(name)
+        """A copy of the daemon's record of replica ``name`` (None when it tracks none)."""
+        return self.scaler.tracks.get(name)
 
     def events(self, *kinds: str) -> list[Any]:
         self.scaler.journal.flush()

@@ -60,7 +60,7 @@ class Run:
         self.t.start()
 
     def tracks(self, g, state):
-        return sorted(t.name for t in self.s.executor.snapshot() if t.group == g and t.state == state)
+        return sorted(t.name for t in self.s.registry.snapshot() if t.group == g and t.state == state)
 
     def ready(self, g):
         f = self.feeds[g]

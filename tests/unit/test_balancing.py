@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from cms import balance
-from cms.autoscaler import balancing
+from cms.autoscaler import rebalance
 from cms.autoscaler.reconcile import Autoscaler
 from cms.metrics import DomainMetrics, HostMetrics, Tick
 from cms.store import Store
@@ -113,9 +113,9 @@ def test_balance_run_applies_one_plan_while_balancing_is_off_and_the_api_plans_t
             s.tick()
             time.sleep(cfg.autoscaler.tick_s)
         assert s.store.events(kinds=["balance_migrate"]) == []        # off: nothing applied
-        api_plan = balancing.current_plan(cfg, s.scheduler, Store(cfg.state_db))
+        api_plan = rebalance.current_plan(cfg, s.scheduler, Store(cfg.state_db))
         assert [(a.kind, a.src, a.dst) for a in api_plan.actions] == [("migrate", "h1", "h2")]
-        balancing.request_run(s.store)
+        rebalance.request_run(s.store)
         s.tick()
         s.balancer.wait(5)
         s.tick()
@@ -123,7 +123,7 @@ def test_balance_run_applies_one_plan_while_balancing_is_off_and_the_api_plans_t
         assert run.message == "asked once: 1 action(s)"
         [started] = s.store.events(kinds=["balance_migrate"])
         assert started.subject == api_plan.actions[0].vm and started.message == api_plan.actions[0].reason
-        assert balancing.take_run(s.store) is False                    # consumed
+        assert rebalance.take_run(s.store) is False                    # consumed
     finally:
         s.close()
         fleet.close()
@@ -186,7 +186,7 @@ def test_the_api_shows_the_plan_and_records_a_run(tmp_path, run_dir):
         assert r.status_code == 202 and r.json["pending"] is True and r.json["plan"]["actions"][0]["vm"] == a["vm"]
         [ev] = deps.store.events(kinds=["balance_request"])
         assert ev.id == r.json["event_id"] and "1 action(s) now" in ev.message
-        assert balancing.take_run(deps.store) is True
+        assert rebalance.take_run(deps.store) is True
         spec = c.simulate_get("/v1/openapi.json").json
         assert "/v1/balance/plan" in spec["paths"] and "BalancePlan" in spec["components"]["schemas"]
     finally:

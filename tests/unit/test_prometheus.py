@@ -249,7 +249,7 @@ def test_autoscaler_families_and_labels_after_scripted_ticks(scaler):
     s.health.down_ports.add(port)
     step(lambda: victim not in s.tracks, "the unhealthy replica removed")
     s.health.down_ports.discard(port)
-    s.executor.spawn_backoff.clear()            # retry the failed spawn now, not in 2 s
+    s.steps.spawn_backoff.clear()            # retry the failed spawn now, not in 2 s
     step(lambda: len(ready_names(s)) == 2, "replacement ready")
     s.metrics.load = 0.05
     step(lambda: len(s.status()["groups"][G]["replicas"]) == 1 and s.status()["hosts"]["n1"]["vms"] == 1,

@@ -90,26 +90,25 @@ def test_a_gap_unparks_the_fastest_first_then_boots_cold():
     assert kinds(p)[:2] == [("Unpark", "pause"), ("Unpark", "save")]
     p = P.plan(view(gc, tracks, doms, desired={"g": 5}), hold)
     assert [k for k in kinds(p) if k[0] != "Spawn"] == [("Unpark", "pause"), ("Unpark", "save"), ("Unpark", "stop")]
-    cold = [a for a in p.actions if isinstance(a, P.Spawn) and not a.warm]
+    cold = [a for a in p.actions if isinstance(a, P.Spawn)]
     assert len(cold) == 1 and cold[0].pool_empty
 
 
 def test_an_empty_pool_boots_cold_and_says_so():
     gc = gcfg()
     p = P.plan(view(gc, [track("a", S.READY)], desired={"g": 2}), hold)
-    spawns = [a for a in p.actions if isinstance(a, P.Spawn)]
     # cold for the serving gap, and the pool's refill beside it (max 3 leaves room for one)
-    assert [(a.warm, a.pool_empty) for a in spawns] == [(False, True), (True, False)]
+    assert [(type(a).__name__, getattr(a, "pool_empty", None)) for a in p.actions] == [("Spawn", True), ("Refill", None)]
 
 
 def test_the_refill_boots_one_at_a_time_per_host():
     gc = gcfg(warm_pool={"size": 3})
     p = P.plan(view(gc, [track("a", S.READY)], desired={"g": 1}), hold)
-    assert [(type(a).__name__, a.warm) for a in p.actions] == [("Spawn", True)]
+    assert [type(a).__name__ for a in p.actions] == ["Refill"]
     booting = [track("a", S.READY), track("w", S.WARMING, host="h1")]
     assert P.plan(view(gc, booting, desired={"g": 1}), hold).actions == ()
     p = P.plan(view(gc, booting, desired={"g": 1}, hosts=frozenset({"h1", "h2"})), hold)
-    assert [(a.warm, a.avoid_hosts) for a in p.actions] == [(True, frozenset({"h1"}))]
+    assert [(type(a).__name__, a.avoid_hosts) for a in p.actions] == [("Refill", frozenset({"h1"}))]
     placing = [track("a", S.READY), track("w", S.SPAWNING, park_mode="paused")]
     assert P.plan(view(gc, placing, desired={"g": 1}, hosts=frozenset({"h1", "h2"})), hold).actions == ()
 
@@ -153,7 +152,7 @@ def test_parked_found_running_is_parked_again_and_gone_is_forgotten():
     assert kinds(p) == [("Park", "w")]
     p = P.plan(view(gc, tracks, [dom("a")], desired={"g": 1}), hold)
     assert kinds(p)[0] == ("Forget", "w")
-    assert any(isinstance(a, P.Spawn) and a.warm for a in p.actions), "the pool refills"
+    assert any(isinstance(a, P.Refill) for a in p.actions), "the pool refills"
 
 
 def test_lifecycle_refuses_a_move_it_does_not_list():

@@ -1,17 +1,24 @@
 """Host balancing as a step of the autoscaler's reconcile loop: host load in, the plan applied.
 
+(Named for what it does to a running fleet: cms.balance plans, this applies; the load
+client's replica choice and the demo scenario are elsewhere.)
+
 Each tick the daemon calls ``observe`` (after its metrics: one host-load row per host, the
 figures the planner reads back) and, at the end of the tick, ``step``:
 
 * the model comes from cms.autoscaler.balance_model (the same the API's plan is built from)
   plus what only the daemon knows (its running migrations, replica states, memory use);
 * cms.balance plans; with ``[balancer] enabled`` (or once, when ``cms balance run`` asked)
-  the plan is applied, each action on a worker thread, every change through the Scheduler;
-* a migration of a ready replica keeps it serving: it stays READY and ``busy`` (so no other
-  worker drains or checks it meanwhile), and its new address is announced ("moved") when
-  the source pauses it for the switch-over, before the old address disappears. A failed or
-  aborted migration leaves the VM where it was: the event says why, and if the new address
-  was announced already the old one is announced again;
+  the plan is applied, each action on a worker thread of the balancer's own, every change
+  through the Scheduler. Its actions are not planner actions: the balancer applies its own
+  plan and does not go through ``Executor.register``; it shares the replicas with the
+  executor through the replica registry (cms.autoscaler.registry), the one owner of them;
+* a migration of a ready replica keeps it serving: the registry hands it over still READY
+  and held (``busy``, so no worker of the executor drains or checks it meanwhile), and its
+  new address is announced ("moved", by the registry) when the source pauses it for the
+  switch-over, before the old address disappears. A failed or aborted migration leaves the
+  VM where it was: the event says why, and if the new address was announced already the
+  old one is announced again;
 * a resize grows (or shrinks) a VM in place, after its migration when the plan says so;
 * "host X is empty and could be powered off" is an event, once per host until it has VMs again.
 
@@ -30,9 +37,9 @@ from typing import Any, Callable
 
 from cms import balance, errors
 from cms.autoscaler import balance_model
-from cms.autoscaler.executor import Executor
 from cms.autoscaler.journal import Journal
-from cms.autoscaler.lifecycle import State
+from cms.autoscaler.lifecycle import State, Track
+from cms.autoscaler.registry import Registry
 from cms.autoscaler.workers import Workers
 from cms.config import Config
 from cms.metrics import Tick
@@ -72,16 +79,16 @@ def current_plan(cfg: Config, scheduler: Scheduler, store: Store, now: float | N
 
 
 class Balancer:
-    """Plugged into the executor: it works on the executor's replicas (their tracks, its lock)
-    and borrows its collaborators (config, scheduler, journal, publisher, stop, dry run)."""
+    """The host-balancing step: the registry's replicas (a move holds one), the Scheduler for
+    every change, its own workers."""
 
-    def __init__(self, executor: Executor, metrics: Any, *,
-                 on_moved: Callable[[str], None] | None = None) -> None:
-        ex = self.executor = executor
-        self.cfg: Config = ex.cfg
-        self.scheduler: Scheduler = ex.scheduler
-        self.journal: Journal = ex.journal
-        self.publisher, self.stop, self.dry_run = ex.publisher, ex.stop, ex.dry_run
+    def __init__(self, cfg: Config, registry: Registry, scheduler: Scheduler, journal: Journal, metrics: Any, *,
+                 stop: threading.Event, dry_run: bool = False, on_moved: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.scheduler = scheduler
+        self.journal = journal
+        self.stop, self.dry_run = stop, dry_run
         self.metrics = metrics
         self.on_moved = on_moved or (lambda _uuid: None)
         self.store = self.scheduler.store
@@ -100,10 +107,11 @@ class Balancer:
         node's own figure where libvirt has one. Also keeps the guests' memory use."""
         if listing is None:
             return []
-        up = [h for h in self.scheduler.fleet.hosts if h not in listing.down]
+        hosts = self.scheduler.host_names()
+        up = [h for h in hosts if h not in listing.down]
         node = self.metrics.node_cpu(up) if hasattr(self.metrics, "node_cpu") else {}
         rows = []
-        for h in self.scheduler.fleet.hosts:
+        for h in hosts:
             doms = [d for d in listing.domains.get(h, []) if d.alive]
             hm = tick.hosts.get(h)
             cpus = self.scheduler.host_cpus(h) if h in up else 0
@@ -133,8 +141,7 @@ class Balancer:
     # -- the step ---------------------------------------------------------------------------
 
     def extra(self) -> balance_model.Extra:
-        with self.executor.lock:
-            tracks = list(self.executor.tracks.values())
+        tracks = self.registry.snapshot()
         with self._lock:
             migrating = dict(self.migrating)
         return balance_model.Extra(migrating=migrating, states={t.name: str(t.state) for t in tracks},
@@ -203,16 +210,11 @@ class Balancer:
             with self._lock:
                 self.migrating.pop(acts[0].vm, None)
 
-    def _track(self, name: str) -> Any:
-        """The replica's track, held busy for the move; None for an API VM. False: not movable now."""
-        with self.executor.lock:
-            t = self.executor.tracks.get(name)
-            if t is None:
-                return None
-            if t.busy or t.state != State.READY:
-                return False
-            t.busy = True
-            return t
+    def _track(self, name: str) -> Track | None | bool:
+        """The replica's track, ready and held for the move; None for an API VM. False: not movable now."""
+        if self.registry.get(name) is None:
+            return None
+        return self.registry.take(name, (State.READY,), claim=True) or False
 
     def _migrate(self, a: balance.BalanceAction) -> bool:
         t = self._track(a.vm)
@@ -228,11 +230,7 @@ class Balancer:
 
         def switched(dest: str, address: str, port: int) -> None:
             if t:
-                with self.executor.lock:
-                    t.host, t.port = dest, port
-                    t.address = address or t.address
-                self.publisher.announce("moved", t.replica("ready"),
-                                        f"live-migrated from {a.src} to {dest} ({a.strategy})")
+                self.registry.relocate(t, dest, address, port, f"live-migrated from {a.src} to {dest} ({a.strategy})")
             told.append(time.monotonic())
 
         started = time.monotonic()
@@ -240,11 +238,9 @@ class Balancer:
             self.scheduler.migrate(a.vm, a.dst, on_switchover=switched)
         except errors.CmsError as exc:
             if t and told and old:
-                with self.executor.lock:
-                    t.host, t.address, t.port = old
-                self.publisher.announce("moved", t.replica("ready"), f"migration failed: stays on {a.src}")
+                self.registry.relocate(t, *old, f"migration failed: stays on {a.src}")
             if t:
-                t.busy = False
+                self.registry.release(t)
             self.journal.event("migrate_failed", group, a.vm, f"{exc}; it stays on {a.src}", error=str(exc),
                                strategy=a.strategy, **{"from": a.src, "to": a.dst})
             return False
@@ -252,7 +248,7 @@ class Balancer:
         switch = round(told[0] - started, 3) if told else None
         if t:
             self.on_moved(t.uuid)
-            t.busy = False
+            self.registry.release(t)
         self.journal.event("migrated", group, a.vm, f"from {a.src} to {a.dst} in {took:.1f}s ({a.strategy})",
                            took_s=round(took, 3), switchover_s=switch, strategy=a.strategy,
                            address=t.address if t else "", port=t.port if t else 0, **{"from": a.src, "to": a.dst})
