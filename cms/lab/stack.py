@@ -103,6 +103,11 @@ class Stack:
             return None
         return wait_until(find, timeout, 0.5, what=f"a {kind} event")
 
+    def plan(self) -> Any:
+        """What host balancing would do now (`cms balance plan`'s plan), with the daemon's settings."""
+        from cms.autoscaler.rebalance import current_plan
+        return current_plan(self.scaler.balancer.cfg, self.scaler.scheduler, self.scaler.store)
+
     def hosts_of(self) -> dict[str, str]:
         """Replica -> the lab host libvirt says it runs on."""
         return {d.name: d.host for d in self.scaler.fleet.owned(self.group) if d.alive}

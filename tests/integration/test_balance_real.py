@@ -19,18 +19,27 @@ duration and the switch-over, the client's throughput.
 
 from __future__ import annotations
 
-import time
+import json
 
 import pytest
 
 from cms import balance
 from cms.lab.hosts import running
+from cms.lab.realstack import wait_until
 from cms.lab.stack import Stack, failed, throughput
 
 pytestmark = pytest.mark.real
 
 GROUP = "web"
 COST = 20000
+
+
+def loaded_for(stack: Stack, name: str) -> float:
+    """Seconds of the load client's tick records `name` with completed requests, so far."""
+    path = stack.dir / f"{name}.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    ticks = [json.loads(x) for x in lines if x.endswith("}")]
+    return sum(r["interval_s"] for r in ticks if r.get("type") == "tick" and r["completed"] > 0)
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +63,14 @@ def stack(tmp_path_factory):
 def test_relief_moves_a_loaded_replica_and_the_client_fails_no_request(stack):
     assert sorted(stack.hosts_of().values()) == ["hv1", "hv1"]       # first fit: both on hv1
     load = stack.loadgen("relief", "--concurrency", "4", "--cost", str(COST), "--duration", "90", "--timeout", "30")
-    # balancing starts once the load runs, so the move happens under load (and the guests'
-    # boot, busy whatever the load, is over)
-    time.sleep(15)
+    # balancing starts once the load has run 10 s (so the move happens under load, the guests'
+    # boot long over) and the plan, as `cms balance plan` shows it, wants the move: hv1 above
+    # high over the 5 s window. The daemon ticked through that window with balancing off and
+    # moved nothing.
+    wait_until(lambda: loaded_for(stack, "relief") >= 10, 60, 0.5, "10 s of completed requests")
+    wanted = wait_until(lambda: [a for a in stack.plan().actions if a.kind == balance.MIGRATE], 60, 1.0,
+                        "a plan that relieves hv1")
+    assert [(a.src, a.strategy) for a in wanted] == [("hv1", "relief")]
     assert stack.events("balance_migrate") == []
     stack.balancer(enabled=True)
     moved = stack.wait_event("migrated", 60)

@@ -17,7 +17,7 @@ from cms.metrics import DomainMetrics, HostMetrics, Tick
 from cms.store import Store
 from cms.virt import Fleet
 from tests.support import make_config, write_node_xml
-from tests.unit.test_autoscaler import FakeHealth, Recorder, run_until
+from tests.unit.test_autoscaler import FakeClock, FakeHealth, Recorder, run_until
 
 G = "bal"
 
@@ -25,13 +25,14 @@ G = "bal"
 class HostLoadMetrics:
     """Every replica at `load` (or its override); each host's load is their busy cores over its CPUs."""
 
-    def __init__(self, cpus: dict[str, int]) -> None:
+    def __init__(self, cpus: dict[str, int], clock=time.time) -> None:
         self.cpus = cpus
+        self.clock = clock
         self.load = 0.6
         self.per_name: dict[str, float] = {}
 
     def sample(self, domains):
-        tick = Tick(ts=time.time())
+        tick = Tick(ts=self.clock())
         busy: dict[str, float] = {}
         for d in domains:
             cpu = self.per_name.get(d.name, self.load)
@@ -45,7 +46,7 @@ class HostLoadMetrics:
         return {h: 0.5 for h in hosts}
 
 
-def setup(tmp_path, **extra):
+def setup(tmp_path, clock=time.time, **extra):
     uris = [write_node_xml(tmp_path / f"node{i}.xml") for i in (1, 2)]
     group = {"min": 2, "max": 3, "cooldown_s": 0.3, "warmup_s": 0,
              "threshold": {"high": 0.99, "low": 0.01, "window_s": 60, "window_in_s": 60}}
@@ -59,9 +60,9 @@ def setup(tmp_path, **extra):
     fleet = Fleet(cfg)
     for h in fleet.hosts.values():
         h.conn()     # a test:///file URI starts fresh at each open: keep this one
-    metrics = HostLoadMetrics({"h1": 1, "h2": 2})
+    metrics = HostLoadMetrics({"h1": 1, "h2": 2}, clock)
     s = Autoscaler(cfg, fleet=fleet, metrics=metrics, health=FakeHealth(), publisher=Recorder(),
-                   store=Store(cfg.state_db))
+                   store=Store(cfg.state_db), clock=clock)
     return cfg, fleet, s
 
 
@@ -106,14 +107,17 @@ def test_host_load_rows_each_tick_and_a_refused_migration_leaves_the_replica(tmp
 
 
 def test_balance_run_applies_one_plan_while_balancing_is_off_and_the_api_plans_the_same(tmp_path, run_dir):
-    cfg, fleet, s = setup(tmp_path, balancer={"enabled": False, "high": 0.8, "window_s": 0.3})
+    clock = FakeClock()
+    cfg, fleet, s = setup(tmp_path, clock, balancer={"enabled": False, "high": 0.8, "window_s": 0.3})
     try:
         run_until(s, lambda: len(ready(s)) == 2, what="two ready replicas")
-        for _ in range(12):       # 0.6 s of ticks: twice the window
+        t0 = clock()
+        for _ in range(12):       # 0.6 s of the daemon's time: twice the window, a host row per tick
+            clock.advance(cfg.autoscaler.tick_s)
             s.tick()
-            time.sleep(cfg.autoscaler.tick_s)
+        assert [round(r.cpu, 3) for r in s.store.host_samples() if r.host == "h1" and r.ts > t0] == [1.2] * 12
         assert s.store.events(kinds=["balance_migrate"]) == []        # off: nothing applied
-        api_plan = rebalance.current_plan(cfg, s.scheduler, Store(cfg.state_db))
+        api_plan = rebalance.current_plan(cfg, s.scheduler, Store(cfg.state_db), clock())
         assert [(a.kind, a.src, a.dst) for a in api_plan.actions] == [("migrate", "h1", "h2")]
         rebalance.request_run(s.store)
         s.tick()

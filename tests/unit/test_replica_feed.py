@@ -167,9 +167,11 @@ def test_curve_encrypted_feed():
             await until(lambda: f.feed.state.seq == 2, what="encrypted update")
             # a subscriber with the wrong server key never gets in
             wrong, _ = zmq.curve_keypair()
-            g = Follower(pub, curve_server_key=wrong.decode(), snapshot_timeout=0.2)
-            await asyncio.sleep(0.8)
-            assert not g.feed.synced.is_set()
+            seen: list[str] = []
+            g = Follower(pub, curve_server_key=wrong.decode(), snapshot_timeout=0.2,
+                         on_event=lambda kind, _info: seen.append(kind))
+            await until(lambda: seen.count("snapshot_timeout") >= 2, what="two snapshot requests unanswered")
+            assert not g.feed.synced.is_set() and "snapshot" not in seen
             await g.close()
             await f.close()
         assert f.changes[-1] == (2, [("a", "ready"), ("b", "ready")])
