@@ -17,7 +17,7 @@ the live record, whose fields a holder may read but not write (a worker that cla
 writes its own ``timings``, which nothing else reads while it runs).
 
 Modules that may take the registry's lock: registry.py. Nothing else imports ``_lock`` or
-``_tracks`` (tests/unit/test_planner.py checks it).
+``_tracks`` (tests/unit/test_registry.py checks it).
 
 A lost hypervisor host (issue 20) plugs in here: ``on_host(H)`` names the replicas on H,
 and each is moved and announced failed (reason "host H is down") under this lock, in the
