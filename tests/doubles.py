@@ -28,7 +28,7 @@ import zmq
 
 from cms.autoscaler.publisher import Publisher
 from cms.config import ZmqConfig
-from cms.messages import Replica, Snapshot, Update
+from cms.messages import EVENT_STATE, Replica, Snapshot, Update
 from guest import cms_work
 
 
@@ -145,10 +145,6 @@ class StubWorkServer:
         return 200, {"result": result, "cost": cost, "hostname": self.name}
 
 
-# the replica state each event leaves behind ("removed" leaves none)
-STATE_AFTER = {"added": "starting", "ready": "ready", "draining": "draining", "failed": "failed"}
-
-
 class StubPublisher(Publisher):
     """The replica feed for one or more groups on loopback, for tests."""
 
@@ -165,7 +161,8 @@ class StubPublisher(Publisher):
         """Announce that replica `name` of `group` had `event`; a new name is made at
         `address`:`port`. publish=False: a message the subscribers never get."""
         old = next((r for r in self.replicas(group) if r.name == name), None)
-        state = STATE_AFTER.get(event, old.state if old else "starting")
+        # the state the event leaves behind (messages.EVENT_STATE); "removed" leaves none
+        state = EVENT_STATE.get(event) or (old.state if old else "starting")
         if old is None:
             rep = Replica(name=name, group=group, host="local", address=address, port=port, state=state,
                           created=time.time())
