@@ -32,11 +32,8 @@ S = State
 
 class Executor:
     def __init__(self, cfg: Config, registry: Registry, steps: Steps) -> None:
-        self.cfg = cfg
-        self.registry = registry
-        self.steps = steps
-        self.journal = steps.journal
-        self.dry_run = steps.dry_run
+        self.cfg, self.registry, self.steps = cfg, registry, steps
+        self.journal, self.dry_run = steps.journal, steps.dry_run
         self.checks = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="cms-health")
         self.handlers: dict[type, P.Handler] = {
             P.Adopt: self._adopt, P.Cleanup: self._cleanup, P.CleanOrphanVolumes: self._clean_orphans,
