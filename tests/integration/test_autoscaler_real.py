@@ -74,13 +74,17 @@ class Load:
             t.join(35)
 
 
-def after_ticks(s, n: int) -> None:
-    """Wait until the daemon `s` has run `n` more ticks (its status' tick sequence): a span in
-    the loop's own steps, not in seconds."""
-    def seq():
-        return (s.status().get("tick") or {}).get("seq", 0)
-    mark = seq()
-    wait_until(lambda: seq() >= mark + n, 30 + 10 * n * s.cfg.autoscaler.tick_s, 0.1, f"{n} more ticks")
+def tick_seq(s) -> int:
+    """How many ticks the daemon `s` has finished (its status' tick sequence)."""
+    return (s.status().get("tick") or {}).get("seq", 0)
+
+
+def after_ticks(s, n: int, stop_early=lambda: False) -> None:
+    """Wait until the daemon `s` has run `n` more ticks (a span in the loop's own steps, not
+    in seconds), or until `stop_early()` holds."""
+    mark = tick_seq(s)
+    wait_until(lambda: tick_seq(s) >= mark + n or stop_early(), 30 + 10 * n * s.cfg.autoscaler.tick_s, 0.1,
+               f"{n} more ticks")
 
 
 def calibrate(address, port, want_s=0.2):
