@@ -232,22 +232,22 @@ class ImageStore:
         uploaded = []
         for name in self.fleet.hosts:
             host = self.fleet.host(name)
-            host.ensure_pool(img.pool, img.pool_path)
-            have = host.volume_facts(img.pool, vol)
+            host.storage.ensure_pool(img.pool, img.pool_path)
+            have = host.storage.volume_facts(img.pool, vol)
             if have is not None and have.physical == facts.size and have.path == copy:
                 continue
             if have is not None and have.path != copy:
                 raise self._elsewhere(name, have.path)
             if have is not None:        # an upload that did not finish
-                host.delete_volume(img.pool, vol)
+                host.storage.delete_volume(img.pool, vol)
             with open(path, "rb") as fh:
-                got = host.upload_volume(img.pool, vol, fh, facts.size,
+                got = host.storage.upload_volume(img.pool, vol, fh, facts.size,
                                          progress_printer(f"{label}: copying to {name}", facts.size, out))
             if got.path != copy:
-                host.delete_volume(img.pool, vol)
+                host.storage.delete_volume(img.pool, vol)
                 raise self._elsewhere(name, got.path)
             if got.format not in (facts.format, "") and facts.format != "raw":
-                host.delete_volume(img.pool, vol)
+                host.storage.delete_volume(img.pool, vol)
                 raise ImageError(f"{path}: libvirt reads the copy on {name} as {got.format}, not {facts.format}")
             uploaded.append(name)
         imp = Imported(path, sha, facts.format, facts.size, copy, tuple(self.fleet.hosts), tuple(uploaded))

@@ -207,7 +207,7 @@ class LibvirtMetrics:
                     mono = min(d.stats_at for d in doms)
                 else:
                     before = self.clock()
-                    stats = self.fleet.host(host).bulk_stats({d.uuid for d in doms})
+                    stats = self.fleet.host(host).stats.bulk_stats({d.uuid for d in doms})
                     mono = (before + self.clock()) / 2  # libvirt read the counters somewhere in between
                 cpus = self.host_cpus(host)
             except errors.VirtError as exc:

@@ -115,7 +115,7 @@ class Scheduler:
             cap = hc.capacity(self.cfg.libvirt.pool)
             doms = listing.on(name) if listing is not None else None
             if doms is None:
-                doms = hc.owned_domains()
+                doms = hc.stats.owned_domains()
         except errors.VirtError:
             self._mark_down(name)
             return HostLoad(name, 0, 0, up=False), [], None
@@ -258,7 +258,7 @@ class Scheduler:
         with self.lock():
             for hname, h in self.fleet.hosts.items():
                 try:
-                    vols = h.list_volumes(pool)
+                    vols = h.storage.list_volumes(pool)
                 except errors.VirtError:
                     continue
                 for v in vols:
@@ -270,7 +270,7 @@ class Scheduler:
                             continue
                         found.append((hname, v))
                         if not dry_run:
-                            h.delete_volume(pool, v)
+                            h.storage.delete_volume(pool, v)
                     except errors.VirtError as exc:
                         log.warning("could not clean volume %s/%s on %s: %s", pool, v, hname, exc)
         return found
@@ -280,7 +280,7 @@ class Scheduler:
             if self.is_down(h.name):
                 continue
             try:
-                for d in self.fleet.host(h.name).owned_domains():
+                for d in self.fleet.host(h.name).stats.owned_domains():
                     if d.name == name:
                         return d
             except errors.HostUnreachable:
@@ -323,11 +323,11 @@ class Scheduler:
                     told.append(True)
                     on_switchover(dest, *where)
 
-            self.fleet.host(d.host).migrate(name, self.fleet.host(dest), address=to.migration_address,
-                                            shared_storage=to.shared_storage,
-                                            timeout_s=self.cfg.libvirt.migrate_timeout_s, forward=forward,
-                                            on_paused=switched if on_switchover else None,
-                                            bandwidth_mib_s=self.cfg.libvirt.migrate_bandwidth_mib_s)
+            self.fleet.host(d.host).migration.migrate(
+                name, self.fleet.host(dest).calls, address=to.migration_address, shared_storage=to.shared_storage,
+                timeout_s=self.cfg.libvirt.migrate_timeout_s, forward=forward,
+                on_paused=switched if on_switchover else None,
+                bandwidth_mib_s=self.cfg.libvirt.migrate_bandwidth_mib_s)
             switched()
             return dest
 

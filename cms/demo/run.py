@@ -169,11 +169,11 @@ class Demo:
                 with contextlib.suppress(CmsError):
                     fleet.remove(d.host, d.name)
             try:
-                vols = [v for v in fleet.host("local").list_volumes(self.cfg.libvirt.pool) if v.startswith(f"cms-{GROUP}-")]
+                vols = [v for v in fleet.host("local").storage.list_volumes(self.cfg.libvirt.pool) if v.startswith(f"cms-{GROUP}-")]
             except NotFound:
                 vols = []  # the pool is made with the first replica
             for v in vols:
-                fleet.host("local").delete_volume(self.cfg.libvirt.pool, v)
+                fleet.host("local").storage.delete_volume(self.cfg.libvirt.pool, v)
             say(f"cleaned up: {len(left)} domain(s) removed, nothing of group {GROUP!r} left")
         except CmsError as exc:
             say(f"cleanup could not reach libvirt: {exc}")
