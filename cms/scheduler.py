@@ -212,6 +212,12 @@ class Scheduler:
         """Remove a VM and its disk (idempotent); a graceful shutdown first when a timeout is given."""
         self.fleet.remove(host, name, graceful_timeout, wait)
 
+    def remove_everywhere(self, name: str) -> None:
+        """Remove a VM of that name, and its disk, from every host (idempotent); HostUnreachable
+        when a host does not answer, as the VM may be there (a create a dead worker left half made)."""
+        for host in self.fleet.hosts:
+            self.fleet.remove(host, name)
+
     # -- the warm pool's levers (cms.virt.Guest does the libvirt part) ------------------------
 
     def park(self, host: str, name: str, mode: str, meta: OwnerMeta, graceful_timeout: float = 0.0,
