@@ -61,7 +61,6 @@ class Scheduler:
         self._lock = threading.Lock()
         self._spawn_thread_lock = threading.Lock()
         self._own: list[tuple[float, OwnedDomain]] = []   # VMs made with a listing, and when
-        self._cpus: dict[str, int] = {}
 
     # -- the spawn lock ------------------------------------------------------------------------
 
@@ -120,7 +119,7 @@ class Scheduler:
             self._mark_down(name)
             return HostLoad(name, 0, 0, up=False), [], None
         charges = [charge_of(d.state, d.meta.warm, d.vcpus, d.memory_mib) for d in doms]
-        load = HostLoad(name, self.cfg.host(name).cpus or cap.cpus, cap.memory_mib,
+        load = HostLoad(name, self.fleet.host_cpus(name, cap), cap.memory_mib,
                         used_vcpus=sum(v for v, _m in charges), used_memory_mib=sum(m for _v, m in charges),
                         up=True, disk_free_bytes=cap.pool_available_bytes or None)
         return load, doms, cap
@@ -129,15 +128,11 @@ class Scheduler:
         return [self.host_state(h.name, listing)[0] for h in self.cfg.hosts]
 
     def host_cpus(self, name: str) -> int:
-        """A host's CPU count: its ``cpus`` setting, else libvirt's (read once; 0 when it cannot be read)."""
-        if self.cfg.host(name).cpus:
-            return self.cfg.host(name).cpus
-        if name not in self._cpus:
-            try:
-                self._cpus[name] = self.fleet.host(name).capacity().cpus
-            except errors.VirtError:
-                return 0
-        return self._cpus[name]
+        """A host's CPUs as cms.virt.Fleet.host_cpus counts them; 0 while libvirt cannot tell."""
+        try:
+            return self.fleet.host_cpus(name)
+        except errors.VirtError:
+            return 0
 
     def list_domains(self, group: str | None = None) -> Listing:
         """What the fleet runs now (one bulk call per host); see cms.virt.Fleet.list_domains."""
@@ -156,11 +151,11 @@ class Scheduler:
 
     # -- decisions + actions --------------------------------------------------------------------
 
-    def choose(self, req: Request, exclude: str | None = None, listing: Listing | None = None) -> Choice:
-        loads = self.loads(listing)
-        if exclude is not None:
-            loads = [HostLoad(h.name, h.cpus, h.memory_mib, h.used_vcpus, h.used_memory_mib, False)
-                     if h.name == exclude else h for h in loads]
+    def choose(self, req: Request, avoid: frozenset[str] = frozenset(), listing: Listing | None = None) -> Choice:
+        """Where placement puts a VM of that size now; `avoid`: hosts not to place on this time
+        (counted as down). PlacementError when no other host has room."""
+        loads = [HostLoad(h.name, h.cpus, h.memory_mib, h.used_vcpus, h.used_memory_mib, False) if h.name in avoid
+                 else h for h in self.loads(listing)]
         return choose(self.cfg.placement.algorithm, loads, req, self.rules, self._cursor())
 
     def spawn(self, name: str, vcpus: int, memory_mib: int, meta: OwnerMeta, image: str = "",
@@ -176,11 +171,7 @@ class Scheduler:
         """
         with self.lock():
             listing = self._with_own_spawns(listing)
-            loads = self.loads(listing)
-            loads = [HostLoad(h.name, h.cpus, h.memory_mib, h.used_vcpus, h.used_memory_mib, False)
-                     if h.name in avoid else h for h in loads]
-            choice = choose(self.cfg.placement.algorithm, loads, Request(vcpus, memory_mib, disk_bytes),
-                            self.rules, self._cursor())
+            choice = self.choose(Request(vcpus, memory_mib, disk_bytes), avoid, listing)
             spawned = self.fleet.build_on(choice.host, name, vcpus=vcpus, memory_mib=memory_mib, meta=meta,
                                           image=image, max_vcpus=max_vcpus, max_memory_mib=max_memory_mib,
                                           listing=listing)
@@ -311,7 +302,7 @@ class Scheduler:
         with self.lock():
             d = self.find(name)
             if dest is None:
-                dest = self.choose(Request(d.vcpus, d.memory_mib), exclude=d.host).host
+                dest = self.choose(Request(d.vcpus, d.memory_mib), avoid=frozenset({d.host})).host
             elif dest == d.host:
                 raise errors.AlreadyExists(f"{name} already runs on {dest}", dest, name)
             else:

@@ -27,7 +27,7 @@ from cms.config import Config
 from cms.netutil import bindable
 from cms.virt import xml as vxml
 from cms.virt.guest import Guest
-from cms.virt.host import DomainEvent, Host, is_local_uri, start_event_loop
+from cms.virt.host import Capacity, DomainEvent, Host, is_local_uri, start_event_loop
 from cms.virt.stats import OwnedDomain
 
 SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
@@ -78,6 +78,7 @@ class Fleet:
         self._pools_ready: set[str] = set()
         self._domain_types: dict[str, str] = {}
         self._local_addresses: dict[str, bool] = {}
+        self._cpus: dict[str, int] = {}
 
     def host(self, name: str) -> Host:
         try:
@@ -91,6 +92,22 @@ class Fleet:
     def close(self) -> None:
         for h in self.hosts.values():
             h.close()
+
+    def host_cpus(self, name: str, cap: Capacity | None = None, *, ask: bool = True) -> int:
+        """A host's CPUs: the one rule for placement, host load and the console. Its
+        ``hosts[].cpus`` setting when given (a host may be counted smaller than it is), else the
+        count libvirt reports: taken from `cap` when the caller has one at hand, else asked once
+        and kept. VirtError when it must be asked and cannot; with ``ask=False``, 0 instead."""
+        setting = self.cfg.host(name).cpus
+        if setting:
+            return setting
+        if cap is not None:
+            self._cpus[name] = cap.cpus
+        elif name not in self._cpus:
+            if not ask:
+                return 0
+            self._cpus[name] = self.host(name).capacity().cpus
+        return self._cpus[name]
 
     # -- reading what exists ----------------------------------------------------------------
 
