@@ -25,15 +25,12 @@ for ``DOWN_RETRY_S`` seconds, so an unreachable machine does not slow every requ
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from cms import errors
+from cms import errors, runlock
 from cms.config import Config
 from cms.placement import Choice, HostLoad, Request, Rules, charge_of, choose, fits, ram_room, vcpu_room
 from cms.store import Store
@@ -59,7 +56,6 @@ class Scheduler:
         self.rules = Rules(cfg.placement.cpu_overcommit, cfg.placement.ram_reserve_mib)
         self._down_until: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._spawn_thread_lock = threading.Lock()
         self._own: list[tuple[float, OwnedDomain]] = []   # VMs made with a listing, and when
 
     # -- the spawn lock ------------------------------------------------------------------------
@@ -72,14 +68,8 @@ class Scheduler:
         the placement decision to the define means two requests never take the same last
         slot or port. Not re-entrant: each public method here takes it once.
         """
-        lock_dir = Path(os.environ.get("CMS_RUN_DIR", "/run/cms"))
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with self._spawn_thread_lock, open(lock_dir / "spawn.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with runlock.held("spawn"):
+            yield
 
     # -- hosts ------------------------------------------------------------------------------
 

@@ -190,3 +190,33 @@ def test_a_fifo_or_device_is_refused_without_opening_it(tmp_path):
         with pytest.raises(ImageError) as ei:
             check(p)
         assert str(ei.value) == f"{p}: not a regular file, so not an image file"
+
+
+def test_cms_images_import_is_the_installers_command(tmp_path, run_dir, capsys):
+    """`cms images import IMAGE_FILE` (what ./install runs, without the API): a line per image,
+    2 and one line for a bad image_file, 1 and one line for an image that cannot be imported."""
+    from cms import cli, config
+    from cms.store import Store
+    from tests.support import write_node_xml
+    src = tmp_path / "Debian-12.qcow2"
+    src.write_bytes(qcow2_header() + b"\3" * 50_000)
+    toml = tmp_path / "cms.toml"
+    toml.write_text(f'state_db = "{tmp_path / "state.db"}"\n\n[[hosts]]\nname = "pm1"\n'
+                    f'uri = "{write_node_xml(tmp_path / "n.xml")}"\n\n[image]\npool = "imgs"\n'
+                    'pool_path = "/srv/cms-images"\n')
+    image_file = tmp_path / "image_file"
+    image_file.write_text(f"{src}\n")
+    assert cli.main(["images", "import", "--config", str(toml), str(image_file)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    record = ImageStore(config.load(toml), Store(tmp_path / "state.db")).copy_of(str(src))
+    assert record is not None and out[-1] == (f"image 100 Debian-12: qcow2, 0 MiB, sha256 {record['sha256'][:12]}: "
+                                              f"copied to pm1 ({record['copy']})")
+    image_file.write_text("relative/path.qcow2\n")
+    assert cli.main(["images", "import", "--config", str(toml), str(image_file)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("cms: image_file ") and "is not a full path" in err[0]
+    (tmp_path / "text.img").write_text("not an image\n")
+    image_file.write_text(f"{tmp_path / 'text.img'}\n")
+    assert cli.main(["images", "import", "--config", str(toml), str(image_file)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("cms: ") and "text.img" in err[0]
