@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cms.balance import (MIGRATE, POWER_OFF, RESIZE, HostView, Limits, Model, Vertical, VmView, consolidate_order,
-                         plan, sustained_mean)
+from cms.hostplan import (MIGRATE, POWER_OFF, RESIZE, HostView, Limits, Model, Vertical, VmView, consolidate_order,
+                          plan, sustained_mean)
 from cms.placement import Rules
 
 NOW = 1000.0
