@@ -390,13 +390,3 @@ def one_line(text: str) -> str:
     newline, and an error is one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
-
-def dump(cfg: Config) -> dict[str, Any]:
-    """The configuration as plain data (what the API shows; secrets masked)."""
-    d = dataclasses.asdict(cfg)
-    d.pop("source", None)
-    if d["api"]["token"]:
-        d["api"]["token"] = "***"
-    if d["zmq"]["curve_secret_key"]:
-        d["zmq"]["curve_secret_key"] = "***"
-    return d
