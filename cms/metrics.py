@@ -7,7 +7,7 @@ spent, so 1.0 means "as busy as all its vCPUs could be". Δwall comes from
 figure that tick, and the next tick starts from the new value.
 
 The arithmetic is in plain functions over plain data so tests feed it series; the libvirt
-source does ONE ``Host.bulk_stats`` call per host per tick over the owned domains.
+source does ONE ``host.stats.bulk_stats`` call per host per tick over the owned domains.
 """
 
 from __future__ import annotations
