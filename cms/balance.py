@@ -2,4 +2,3 @@
 this name until its side of issue 23 switches to cms.hostplan; then this file goes."""
 
 from cms.hostplan import *  # noqa: F401,F403
-from cms.hostplan import __all__  # noqa: F401
