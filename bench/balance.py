@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cms.balance import MIGRATE, HostView, Limits, Model, Vertical, VmView, plan  # noqa: E402
+from cms.hostplan import MIGRATE, HostView, Limits, Model, Vertical, VmView, plan  # noqa: E402
 from cms.placement import Rules  # noqa: E402
 
 TARGET_S = 1.0

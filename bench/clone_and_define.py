@@ -33,7 +33,7 @@ def main() -> None:
     cfg = real_config(Path(tempfile.mkdtemp()), pool="cms-bench-clone")
     fleet = Fleet(cfg)
     h = fleet.host("local")
-    h.ensure_pool(cfg.libvirt.pool, cfg.libvirt.pool_path)
+    h.storage.ensure_pool(cfg.libvirt.pool, cfg.libvirt.pool_path)
     dtype = h.domain_type(cfg.libvirt.domain_type)
     kernel, initrd = fleet.boot_files()
     clone, define, start = [], [], []
@@ -41,19 +41,19 @@ def main() -> None:
         for i in range(ROUNDS):
             name = f"cms-bench-clone-{i}"
             t0 = time.perf_counter()
-            disk = h.create_overlay(cfg.libvirt.pool, name + ".qcow2", str(GOLDEN))
+            disk = h.storage.create_overlay(cfg.libvirt.pool, name + ".qcow2", str(GOLDEN))
             t1 = time.perf_counter()
             spec = vxml.DomainSpec(name=name, uuid=h.new_uuid(), vcpus=1, memory_mib=512, disk_path=disk,
                                    meta=OwnerMeta(group="bench", port=0), domain_type=dtype, kernel=kernel,
                                    initrd=initrd, cmdline=cfg.image.cmdline, network_mode="user", host_port=0)
-            h.define(spec)
+            h.domains.define(spec)
             t2 = time.perf_counter()
             h.guest(name).start()
             t3 = time.perf_counter()
             clone.append((t1 - t0) * 1000)
             define.append((t2 - t1) * 1000)
             start.append((t3 - t2) * 1000)
-            h.remove(name, cfg.libvirt.pool)
+            h.domains.remove(name, cfg.libvirt.pool)
     finally:
         for d in fleet.owned("bench"):
             fleet.remove(d.host, d.name)

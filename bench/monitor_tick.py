@@ -46,7 +46,7 @@ def populate(fleet: Fleet, group: str, n: int, port0: int) -> None:
         spec = vxml.DomainSpec(name=name, uuid=h.new_uuid(), vcpus=1, memory_mib=128, disk_path="/dev/null",
                                meta=OwnerMeta(group=group, role="replica", created=float(i), port=port0 + i),
                                domain_type="test")
-        h.define(spec)
+        h.domains.define(spec)
         h.guest(name).start()
 
 
@@ -143,7 +143,7 @@ def main() -> None:
                         "groups": {f"b{n}": {"min": 1, "max": 1000} for n in SIZES}})
     fleet = Fleet(cfg)
     h = fleet.host("t")
-    real_bulk = h.bulk_stats
+    real_bulk = h.stats.bulk_stats
     counter = [0]
 
     def bulk_with_cpu(uuids=None):
@@ -157,7 +157,7 @@ def main() -> None:
             rec["balloon.current"] = 131072
         return out
 
-    h.bulk_stats = bulk_with_cpu
+    h.stats.bulk_stats = bulk_with_cpu
     result: dict[str, object] = {"bench": "monitor_tick", "uri": "test:///default", "ticks": args.ticks}
     medians = {}
     observe = {}
@@ -167,7 +167,7 @@ def main() -> None:
         populate(fleet, g, n, port)
         port += n
         t0 = time.perf_counter()
-        owned = h.owned_domains(g)
+        owned = h.stats.owned_domains(g)
         observe[n] = (time.perf_counter() - t0) * 1000
         assert len(owned) == n
         src = LibvirtMetrics(fleet)

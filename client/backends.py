@@ -16,7 +16,7 @@ import collections
 from typing import Any, Iterable
 
 from client.accounting import ReplicaTally, ReplicaTimeline
-from client.balance import ReplicaPicker
+from client.pick import ReplicaPicker
 from client.http1 import ConnPool
 
 

@@ -1,6 +1,6 @@
 """Where each request goes and how it ends.
 
-An arrival becomes a LoadRequest; client.balance (through Backends) picks a replica; the request
+An arrival becomes a LoadRequest; client.pick (through Backends) picks a replica; the request
 is written to an idle keep-alive connection of that replica, or waits in the replica's
 queue while a connection opens, or in the backlog while no replica is ready. The
 connections (client.http1) call back here with the outcome, which is checked against the

@@ -33,7 +33,7 @@ class Options:
     high_rate: float = 100.0
     # closed loop instead of open loop: {"low": n, "high": m} outstanding requests
     concurrency: dict[str, int] | None = None
-    balance: str = "rr"                 # client.balance.POLICIES
+    balance: str = "rr"                 # client.pick.POLICIES
     cost: int = 1000
     payloads: int = 8
     timeout: float = 10.0               # per request, from its intended send time

@@ -88,7 +88,7 @@ import re
 import sys
 from typing import Any, Callable
 
-from client.balance import POLICIES
+from client.pick import POLICIES
 from client.control import control_server, install_signals, keys_reader, run_schedule
 from client.engine import Engine, Options
 from client.schedule import MODES, parse_duration, parse_schedule, total_seconds

@@ -5,6 +5,7 @@
       types | images [add NAME PATH] | pm list | pm query PMID | pm listvms PMID | group status [NAME] | group scale NAME N
       balance plan | balance run [--wait S]
       doctor [--config F] [--json] [--skip CHECK,...] [--timeout S]   (needs no API; see cms.doctor)
+      images import IMAGE_FILE [--config F]   (needs no API: what ./install runs; see cms.images)
 
 The URL comes from --url, else $CMS_URL, else http://<api.bind of the configuration>.
 The token (for `group scale`) from --token, else $CMS_TOKEN, else api.token of the
@@ -119,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     p = im.add_parser("add", help="register an image file on the controller; it is imported into every host")
     p.add_argument("name")
     p.add_argument("path", help="absolute path on the controller")
+    p = im.add_parser("import", help="import an image_file's images into every host's image pool, without the API "
+                      "(what ./install runs)")
+    p.add_argument("image_file")
+    p.add_argument("--config", dest="images_config", help="cms.toml (as the global --config)")
     pm = sub.add_parser("pm", help="physical machines").add_subparsers(dest="sub", required=True)
     pm.add_parser("list")
     pm.add_parser("query").add_argument("pmid", type=int)
@@ -264,6 +269,36 @@ def balance_command(a: argparse.Namespace, c: Client) -> tuple[Any, str]:
     return r, human + "\n" + "\n".join(f"{e['kind']} {e['subject']}: {e['message']}" for e in seen)
 
 
+def import_images(config: str | None, image_file: str) -> int:
+    """``cms images import IMAGE_FILE``: each image of the file into every host's image pool,
+    a line each (with progress for large ones); 2 when the file is bad, 1 when an import fails."""
+    from cms import config as cms_config
+    from cms import images, inventory
+    from cms.errors import CmsError
+    from cms.store import Store
+    from cms.virt import Fleet
+    cfg = cms_config.load_or_exit(config)
+    try:
+        wanted = inventory.parse_image_file(image_file)
+    except inventory.InventoryError as exc:
+        print(f"cms: {exc}", file=sys.stderr)
+        return 2
+    fleet = Fleet(cfg)
+    try:
+        store = images.ImageStore(cfg, Store(cfg.state_db), fleet)
+        for i in wanted:
+            imp = store.import_file(i.path, label=f"image {i.id} {i.name}", out=sys.stdout)
+            how = f"copied to {', '.join(imp.uploaded)}" if imp.uploaded else "already on every host"
+            print(f"image {i.id} {i.name}: {imp.format}, {imp.size // 2**20} MiB, sha256 {imp.sha256[:12]}: {how} "
+                  f"({imp.copy})", flush=True)
+    except CmsError as exc:
+        print(f"cms: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        fleet.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     a = ap.parse_args(argv)      # usage errors: argparse prints usage and exits 2
@@ -271,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         from cms import doctor
         return doctor.command(a.doctor_config or a.config, as_json=a.json or a.doctor_json, skip=a.skip,
                               timeout=a.doctor_timeout, url=a.url or "")
+    if a.cmd == "images" and a.sub == "import":
+        return import_images(a.images_config or a.config, a.image_file)
     url, token = _default_url_and_token(a.config)
     if not 0 < a.timeout <= 86400:
         ap.error("--timeout must be above 0 and at most 86400 seconds")

@@ -145,7 +145,7 @@ class VerticalVmsConfig:
 
 @dataclass(frozen=True)
 class BalancerConfig:
-    """Host balancing (cms.balance): live migrations, consolidation and vertical scaling, run by cms-autoscaler."""
+    """Host balancing (cms.hostplan): live migrations, consolidation and vertical scaling, run by cms-autoscaler."""
     enabled: bool = setting(False, doc="the autoscaler applies the plan each tick; off by default: migration needs "
                                   "shared storage (the overlays and the golden image at the same paths on every host)")
     relief: bool = setting(True, doc="a host above high for window_s sheds the VM whose move best evens the load")
@@ -175,7 +175,7 @@ class GroupConfig:
                                                                  "and the policy holds until then")
     scale_in_order: str = setting("newest", choices=("newest", "oldest", "consolidate"),
                              doc="which replica scale-in removes; consolidate: the one whose removal empties, or "
-                                 "leaves emptiest, a host (cms.balance.consolidate_order)")
+                                 "leaves emptiest, a host (cms.hostplan.consolidate_order)")
     anti_affinity: bool = setting(False, doc="the balancer keeps this group's replicas on different hosts")
     threshold: ThresholdPolicyConfig = field(default_factory=ThresholdPolicyConfig)
     target: TargetPolicyConfig = field(default_factory=TargetPolicyConfig)
@@ -390,13 +390,3 @@ def one_line(text: str) -> str:
     newline, and an error is one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
-
-def dump(cfg: Config) -> dict[str, Any]:
-    """The configuration as plain data (what the API shows; secrets masked)."""
-    d = dataclasses.asdict(cfg)
-    d.pop("source", None)
-    if d["api"]["token"]:
-        d["api"]["token"] = "***"
-    if d["zmq"]["curve_secret_key"]:
-        d["zmq"]["curve_secret_key"] = "***"
-    return d

@@ -19,7 +19,8 @@ by that copy. The copy has the same path on every host, as live migration needs.
 * **Registry**: table ``images_imported`` of the state database maps a source path to its
   hash, format and copy. The API's image ids and names stay those of image_file (and of
   POST /v1/images); this table only says where each one's copy is.
-* **When**: ./install imports image_file's images (with progress, before the API starts);
+* **When**: ./install imports image_file's images (``cms images import``, with progress,
+  before the API starts);
   POST /v1/images imports the one it registers; and a create from an image that has no copy
   yet (image_file edited by hand, or a deployment by site.yml alone) imports it first. One
   import at a time across processes (a lock file in $CMS_RUN_DIR), so two API workers never
@@ -30,19 +31,14 @@ Progress (hashing and each upload) goes to ``out`` a line per tenth of a large i
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
-import sys
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, TextIO
 
-from cms import files
+from cms import files, runlock
 from cms.errors import CmsError
 
 SCHEMA = """
@@ -164,21 +160,6 @@ def volume_name(sha256: str, fmt: str) -> str:
 
 # -- the registry and the import ------------------------------------------------------------------
 
-_thread_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _import_lock() -> Iterator[None]:
-    lock_dir = Path(os.environ.get("CMS_RUN_DIR", "/run/cms"))
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with _thread_lock, open(lock_dir / "images.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 class ImageStore:
     """Imports images into every host's image pool and remembers where each copy is."""
 
@@ -205,7 +186,7 @@ class ImageStore:
 
     def import_file(self, path: str, label: str = "", out: TextIO | None = None) -> Imported:
         """Check, hash and upload ``path`` to every host (what is there already is kept)."""
-        with _import_lock():
+        with runlock.held("images"):
             return self._import(path, label, out)
 
     def copy_or_import(self, path: str) -> dict[str, Any]:
@@ -232,64 +213,24 @@ class ImageStore:
         uploaded = []
         for name in self.fleet.hosts:
             host = self.fleet.host(name)
-            host.ensure_pool(img.pool, img.pool_path)
-            have = host.volume_facts(img.pool, vol)
+            host.storage.ensure_pool(img.pool, img.pool_path)
+            have = host.storage.volume_facts(img.pool, vol)
             if have is not None and have.physical == facts.size and have.path == copy:
                 continue
             if have is not None and have.path != copy:
                 raise self._elsewhere(name, have.path)
             if have is not None:        # an upload that did not finish
-                host.delete_volume(img.pool, vol)
+                host.storage.delete_volume(img.pool, vol)
             with open(path, "rb") as fh:
-                got = host.upload_volume(img.pool, vol, fh, facts.size,
+                got = host.storage.upload_volume(img.pool, vol, fh, facts.size,
                                          progress_printer(f"{label}: copying to {name}", facts.size, out))
             if got.path != copy:
-                host.delete_volume(img.pool, vol)
+                host.storage.delete_volume(img.pool, vol)
                 raise self._elsewhere(name, got.path)
             if got.format not in (facts.format, "") and facts.format != "raw":
-                host.delete_volume(img.pool, vol)
+                host.storage.delete_volume(img.pool, vol)
                 raise ImageError(f"{path}: libvirt reads the copy on {name} as {got.format}, not {facts.format}")
             uploaded.append(name)
         imp = Imported(path, sha, facts.format, facts.size, copy, tuple(self.fleet.hosts), tuple(uploaded))
         self.record(imp, facts)
         return imp
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m cms.images import [--config F] IMAGE_FILE``: what ./install runs."""
-    import argparse
-
-    from cms import config as cms_config
-    from cms import inventory
-    ap = argparse.ArgumentParser(prog="python -m cms.images",
-                                 description="Import image_file's images into every host's image pool.")
-    ap.add_argument("action", choices=["import"])
-    ap.add_argument("image_file")
-    ap.add_argument("--config", help="cms.toml (default: $CMS_CONFIG, else /etc/cms/cms.toml)")
-    a = ap.parse_args(argv)
-    cfg = cms_config.load_or_exit(a.config)
-    try:
-        images = inventory.parse_image_file(a.image_file)
-    except inventory.InventoryError as exc:
-        print(f"cms: {exc}", file=sys.stderr)
-        return 2
-    from cms.store import Store
-    from cms.virt import Fleet
-    fleet = Fleet(cfg)
-    try:
-        imgs = ImageStore(cfg, Store(cfg.state_db), fleet)
-        for i in images:
-            imp = imgs.import_file(i.path, label=f"image {i.id} {i.name}", out=sys.stdout)
-            how = f"copied to {', '.join(imp.uploaded)}" if imp.uploaded else "already on every host"
-            print(f"image {i.id} {i.name}: {imp.format}, {imp.size // 2**20} MiB, sha256 {imp.sha256[:12]}: {how} "
-                  f"({imp.copy})", flush=True)
-    except CmsError as exc:
-        print(f"cms: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        fleet.close()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

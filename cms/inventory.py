@@ -15,7 +15,7 @@ image_file
     basename without its extension(s) (``/srv/Ubuntu-12.04-amd64.qcow2`` → ``Ubuntu-12.04-amd64``;
     ``.img``, ``.qcow2``, ``.raw``, ``.iso`` and a trailing ``.gz``/``.xz`` are stripped).
     ``check`` also reads each image's header (cms.images.check); ./install then imports them
-    into every host's image pool (``python -m cms.images import``), and VMs boot from that copy.
+    into every host's image pool (``cms images import``), and VMs boot from that copy.
 
 types_file
     The spec's JSON: ``{"types": [{"tid": 1, "cpu": 1, "ram": 512, "disk": 1}, …]}``, ram in

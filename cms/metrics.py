@@ -7,7 +7,7 @@ spent, so 1.0 means "as busy as all its vCPUs could be". Δwall comes from
 figure that tick, and the next tick starts from the new value.
 
 The arithmetic is in plain functions over plain data so tests feed it series; the libvirt
-source does ONE ``Host.bulk_stats`` call per host per tick over the owned domains.
+source does ONE ``host.stats.bulk_stats`` call per host per tick over the owned domains.
 """
 
 from __future__ import annotations
@@ -165,15 +165,8 @@ class LibvirtMetrics:
         self.clock = clock
         self.wall = wall
         self.rater = Rater()
-        self._host_cpus: dict[str, int] = {}
         self._host_prev: dict[str, float] = {}
         self._node_prev: dict[str, tuple[int, int]] = {}
-
-    def host_cpus(self, name: str) -> int:
-        """The CPUs a host's load is counted against: its ``cpus`` setting, else libvirt's count."""
-        if name not in self._host_cpus:
-            self._host_cpus[name] = self.fleet.cfg.host(name).cpus or self.fleet.host(name).capacity().cpus
-        return self._host_cpus[name]
 
     def node_cpu(self, hosts: Iterable[str]) -> dict[str, float | None]:
         """Each host's own busy share since the last call (virNodeGetCPUStats, one call per
@@ -207,12 +200,12 @@ class LibvirtMetrics:
                     mono = min(d.stats_at for d in doms)
                 else:
                     before = self.clock()
-                    stats = self.fleet.host(host).bulk_stats({d.uuid for d in doms})
+                    stats = self.fleet.host(host).stats.bulk_stats({d.uuid for d in doms})
                     mono = (before + self.clock()) / 2  # libvirt read the counters somewhere in between
-                cpus = self.host_cpus(host)
+                cpus = self.fleet.host_cpus(host)   # what a host's load is counted against
             except errors.VirtError as exc:
                 log.warning("no stats from host %s this tick: %s", host, exc)
-                tick.hosts[host] = HostMetrics(host, None, self._host_cpus.get(host, 0), ok=False)
+                tick.hosts[host] = HostMetrics(host, None, self.fleet.host_cpus(host, ask=False), ok=False)
                 continue
             dcpus = []
             for d in doms:

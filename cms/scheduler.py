@@ -25,15 +25,12 @@ for ``DOWN_RETRY_S`` seconds, so an unreachable machine does not slow every requ
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from cms import errors
+from cms import errors, runlock
 from cms.config import Config
 from cms.placement import Choice, HostLoad, Request, Rules, charge_of, choose, fits, ram_room, vcpu_room
 from cms.store import Store
@@ -59,9 +56,7 @@ class Scheduler:
         self.rules = Rules(cfg.placement.cpu_overcommit, cfg.placement.ram_reserve_mib)
         self._down_until: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._spawn_thread_lock = threading.Lock()
         self._own: list[tuple[float, OwnedDomain]] = []   # VMs made with a listing, and when
-        self._cpus: dict[str, int] = {}
 
     # -- the spawn lock ------------------------------------------------------------------------
 
@@ -73,14 +68,8 @@ class Scheduler:
         the placement decision to the define means two requests never take the same last
         slot or port. Not re-entrant: each public method here takes it once.
         """
-        lock_dir = Path(os.environ.get("CMS_RUN_DIR", "/run/cms"))
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with self._spawn_thread_lock, open(lock_dir / "spawn.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with runlock.held("spawn"):
+            yield
 
     # -- hosts ------------------------------------------------------------------------------
 
@@ -115,12 +104,12 @@ class Scheduler:
             cap = hc.capacity(self.cfg.libvirt.pool)
             doms = listing.on(name) if listing is not None else None
             if doms is None:
-                doms = hc.owned_domains()
+                doms = hc.stats.owned_domains()
         except errors.VirtError:
             self._mark_down(name)
             return HostLoad(name, 0, 0, up=False), [], None
         charges = [charge_of(d.state, d.meta.warm, d.vcpus, d.memory_mib) for d in doms]
-        load = HostLoad(name, self.cfg.host(name).cpus or cap.cpus, cap.memory_mib,
+        load = HostLoad(name, self.fleet.host_cpus(name, cap), cap.memory_mib,
                         used_vcpus=sum(v for v, _m in charges), used_memory_mib=sum(m for _v, m in charges),
                         up=True, disk_free_bytes=cap.pool_available_bytes or None)
         return load, doms, cap
@@ -129,15 +118,11 @@ class Scheduler:
         return [self.host_state(h.name, listing)[0] for h in self.cfg.hosts]
 
     def host_cpus(self, name: str) -> int:
-        """A host's CPU count: its ``cpus`` setting, else libvirt's (read once; 0 when it cannot be read)."""
-        if self.cfg.host(name).cpus:
-            return self.cfg.host(name).cpus
-        if name not in self._cpus:
-            try:
-                self._cpus[name] = self.fleet.host(name).capacity().cpus
-            except errors.VirtError:
-                return 0
-        return self._cpus[name]
+        """A host's CPUs as cms.virt.Fleet.host_cpus counts them; 0 while libvirt cannot tell."""
+        try:
+            return self.fleet.host_cpus(name)
+        except errors.VirtError:
+            return 0
 
     def list_domains(self, group: str | None = None) -> Listing:
         """What the fleet runs now (one bulk call per host); see cms.virt.Fleet.list_domains."""
@@ -156,11 +141,11 @@ class Scheduler:
 
     # -- decisions + actions --------------------------------------------------------------------
 
-    def choose(self, req: Request, exclude: str | None = None, listing: Listing | None = None) -> Choice:
-        loads = self.loads(listing)
-        if exclude is not None:
-            loads = [HostLoad(h.name, h.cpus, h.memory_mib, h.used_vcpus, h.used_memory_mib, False)
-                     if h.name == exclude else h for h in loads]
+    def choose(self, req: Request, avoid: frozenset[str] = frozenset(), listing: Listing | None = None) -> Choice:
+        """Where placement puts a VM of that size now; `avoid`: hosts not to place on this time
+        (counted as down). PlacementError when no other host has room."""
+        loads = [HostLoad(h.name, h.cpus, h.memory_mib, h.used_vcpus, h.used_memory_mib, False) if h.name in avoid
+                 else h for h in self.loads(listing)]
         return choose(self.cfg.placement.algorithm, loads, req, self.rules, self._cursor())
 
     def spawn(self, name: str, vcpus: int, memory_mib: int, meta: OwnerMeta, image: str = "",
@@ -176,11 +161,7 @@ class Scheduler:
         """
         with self.lock():
             listing = self._with_own_spawns(listing)
-            loads = self.loads(listing)
-            loads = [HostLoad(h.name, h.cpus, h.memory_mib, h.used_vcpus, h.used_memory_mib, False)
-                     if h.name in avoid else h for h in loads]
-            choice = choose(self.cfg.placement.algorithm, loads, Request(vcpus, memory_mib, disk_bytes),
-                            self.rules, self._cursor())
+            choice = self.choose(Request(vcpus, memory_mib, disk_bytes), avoid, listing)
             spawned = self.fleet.build_on(choice.host, name, vcpus=vcpus, memory_mib=memory_mib, meta=meta,
                                           image=image, max_vcpus=max_vcpus, max_memory_mib=max_memory_mib,
                                           listing=listing)
@@ -211,6 +192,12 @@ class Scheduler:
                wait: Callable[[float], Any] = time.sleep) -> None:
         """Remove a VM and its disk (idempotent); a graceful shutdown first when a timeout is given."""
         self.fleet.remove(host, name, graceful_timeout, wait)
+
+    def remove_everywhere(self, name: str) -> None:
+        """Remove a VM of that name, and its disk, from every host (idempotent); HostUnreachable
+        when a host does not answer, as the VM may be there (a create a dead worker left half made)."""
+        for host in self.fleet.hosts:
+            self.fleet.remove(host, name)
 
     # -- the warm pool's levers (cms.virt.Guest does the libvirt part) ------------------------
 
@@ -258,7 +245,7 @@ class Scheduler:
         with self.lock():
             for hname, h in self.fleet.hosts.items():
                 try:
-                    vols = h.list_volumes(pool)
+                    vols = h.storage.list_volumes(pool)
                 except errors.VirtError:
                     continue
                 for v in vols:
@@ -270,7 +257,7 @@ class Scheduler:
                             continue
                         found.append((hname, v))
                         if not dry_run:
-                            h.delete_volume(pool, v)
+                            h.storage.delete_volume(pool, v)
                     except errors.VirtError as exc:
                         log.warning("could not clean volume %s/%s on %s: %s", pool, v, hname, exc)
         return found
@@ -280,7 +267,7 @@ class Scheduler:
             if self.is_down(h.name):
                 continue
             try:
-                for d in self.fleet.host(h.name).owned_domains():
+                for d in self.fleet.host(h.name).stats.owned_domains():
                     if d.name == name:
                         return d
             except errors.HostUnreachable:
@@ -305,7 +292,7 @@ class Scheduler:
         with self.lock():
             d = self.find(name)
             if dest is None:
-                dest = self.choose(Request(d.vcpus, d.memory_mib), exclude=d.host).host
+                dest = self.choose(Request(d.vcpus, d.memory_mib), avoid=frozenset({d.host})).host
             elif dest == d.host:
                 raise errors.AlreadyExists(f"{name} already runs on {dest}", dest, name)
             else:
@@ -323,11 +310,11 @@ class Scheduler:
                     told.append(True)
                     on_switchover(dest, *where)
 
-            self.fleet.host(d.host).migrate(name, self.fleet.host(dest), address=to.migration_address,
-                                            shared_storage=to.shared_storage,
-                                            timeout_s=self.cfg.libvirt.migrate_timeout_s, forward=forward,
-                                            on_paused=switched if on_switchover else None,
-                                            bandwidth_mib_s=self.cfg.libvirt.migrate_bandwidth_mib_s)
+            self.fleet.host(d.host).migration.migrate(
+                name, self.fleet.host(dest).calls, address=to.migration_address, shared_storage=to.shared_storage,
+                timeout_s=self.cfg.libvirt.migrate_timeout_s, forward=forward,
+                on_paused=switched if on_switchover else None,
+                bandwidth_mib_s=self.cfg.libvirt.migrate_bandwidth_mib_s)
             switched()
             return dest
 

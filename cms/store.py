@@ -307,6 +307,13 @@ class Store:
         return None if r is None else HostSample(r["ts"], r["host"], r["cpu"], r["cpus"], r["vms"], r["vcpus"],
                                                  r["free_memory_mib"], r["node_cpu"])
 
+    def latest_cores_used(self, host: str, since: float = 0.0) -> tuple[float, float] | None:
+        """(ts, busy cores) of the host's newest tick of per-domain samples since `since`: each
+        domain's CPU times its vCPUs, summed; None when no sample there has a CPU figure."""
+        r = self.connect().execute("SELECT ts, SUM(cpu * vcpus) AS used FROM samples WHERE host=? AND ts>=? "
+                                   "GROUP BY ts ORDER BY ts DESC LIMIT 1", (host, since)).fetchone()
+        return None if r is None or r["used"] is None else (r["ts"], r["used"])
+
     # -- scale requests -------------------------------------------------------------------
 
     def request_scale(self, group: str, replicas: int, ts: float | None = None) -> float:

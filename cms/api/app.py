@@ -39,9 +39,9 @@ import falcon
 from cms import config as cms_config
 from cms import errors
 from cms.config import one_line
-from cms.api import balancing, console, history, openapi, prom
-from cms.api.failures import SPEC_FAILURE, error_body
-from cms.api.service import Deps, Duplicate, Invalid, NotImported, Service, Unknown, build_deps
+from cms.api import console, history, host_balancing, openapi, prom
+from cms.api.failures import SPEC_FAILURE, Duplicate, Invalid, NotImported, Unknown, error_body
+from cms.api.service import Deps, Resource, Service, build_deps
 
 log = logging.getLogger("cms.api")
 SPEC_PREFIXES = ("/vm/", "/image/", "/pm/")
@@ -126,13 +126,13 @@ def _int_arg(req: falcon.Request, name: str) -> int:
 
 def _vm_create(svc: Service, req: falcon.Request) -> dict[str, Any]:
     image = req.get_param("image_id")
-    vm = svc.create_vm(req.get_param("name") or "", _int_arg(req, "instance_type"),
-                       None if image in (None, "") else _int_arg(req, "image_id"))
+    vm = svc.vms.create(req.get_param("name") or "", _int_arg(req, "instance_type"),
+                         None if image in (None, "") else _int_arg(req, "image_id"))
     return {"vmid": vm["vmid"]}
 
 
 def _vm_destroy(svc: Service, req: falcon.Request) -> dict[str, Any]:
-    svc.destroy_vm(_int_arg(req, "vmid"))
+    svc.vms.destroy(_int_arg(req, "vmid"))
     return {"status": 1}
 
 
@@ -140,13 +140,13 @@ def _vm_destroy(svc: Service, req: falcon.Request) -> dict[str, Any]:
 # answers when it fails.
 SPEC_CALLS: dict[str, Callable[[Service, falcon.Request], Any]] = {
     "/vm/create": _vm_create,
-    "/vm/query": lambda svc, req: svc.vm(_int_arg(req, "vmid")),
+    "/vm/query": lambda svc, req: svc.vms.get(_int_arg(req, "vmid")),
     "/vm/destroy": _vm_destroy,
-    "/vm/types": lambda svc, req: {"types": svc.types()},
-    "/image/list": lambda svc, req: {"images": svc.images()},
-    "/pm/list": lambda svc, req: {"pmids": svc.pmids()},
-    "/pm/query": lambda svc, req: svc.pm(_int_arg(req, "pmid")),
-    "/pm/listvms": lambda svc, req: {"vmids": svc.pm_vms(_int_arg(req, "pmid"))},
+    "/vm/types": lambda svc, req: {"types": svc.catalog.types()},
+    "/image/list": lambda svc, req: {"images": svc.catalog.images()},
+    "/pm/list": lambda svc, req: {"pmids": svc.machines.pmids()},
+    "/pm/query": lambda svc, req: svc.machines.get(_int_arg(req, "pmid")),
+    "/pm/listvms": lambda svc, req: {"vmids": svc.machines.vmids(_int_arg(req, "pmid"))},
 }
 
 
@@ -202,12 +202,9 @@ def _opt_int(body: dict[str, Any], key: str, lo: int = 1) -> int | None:
     return v
 
 
-class V1Vms:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class V1Vms(Resource):
     def on_get(self, req, resp):
-        resp.media = {"vms": self.svc.vms()}
+        resp.media = {"vms": self.svc.vms.list()}
 
     def on_post(self, req, resp):
         body = _body(req)
@@ -216,117 +213,81 @@ class V1Vms:
         if not isinstance(name, str) or tid is None:
             raise Invalid('expected {"name": string, "instance_type": integer, "image_id": integer (optional), '
                           '"pmid": integer (optional)}')
-        resp.media = self.svc.create_vm(name, tid, _opt_int(body, "image_id", 0), _opt_int(body, "pmid"))
+        resp.media = self.svc.vms.create(name, tid, _opt_int(body, "image_id", 0), _opt_int(body, "pmid"))
         resp.status = falcon.HTTP_201
 
 
-class V1Vm:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class V1Vm(Resource):
     def on_get(self, req, resp, vmid: int):
-        resp.media = self.svc.vm_detail(vmid)
+        resp.media = self.svc.vms.detail(vmid)
 
     def on_delete(self, req, resp, vmid: int):
-        self.svc.destroy_vm(vmid)
+        self.svc.vms.destroy(vmid)
         resp.media = {"vmid": vmid, "status": 1}
 
 
-class V1VmConsole:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class V1VmConsole(Resource):
     def on_get(self, req, resp, vmid: int):
-        resp.media = self.svc.console_tail(vmid, req.get_param_as_int("bytes", min_value=1, max_value=1 << 20,
-                                                                      default=16384))
+        resp.media = self.svc.vms.console_tail(vmid, req.get_param_as_int("bytes", min_value=1, max_value=1 << 20,
+                                                                          default=16384))
 
 
-class V1VmMigrate:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class V1VmMigrate(Resource):
     def on_post(self, req, resp, vmid: int):
-        resp.media = self.svc.migrate_vm(vmid, _opt_int(_body(req), "pmid"))
+        resp.media = self.svc.vms.migrate(vmid, _opt_int(_body(req), "pmid"))
 
 
-class V1VmResize:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class V1VmResize(Resource):
     def on_post(self, req, resp, vmid: int):
         body = _body(req)
         vcpus, mem = _opt_int(body, "vcpus"), _opt_int(body, "memory_mib", 64)
         if vcpus is None and mem is None:
             raise Invalid('expected {"vcpus": integer} and/or {"memory_mib": integer}')
-        resp.media = self.svc.resize_vm(vmid, vcpus, mem)
+        resp.media = self.svc.vms.resize(vmid, vcpus, mem)
 
 
-class V1Hosts:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class V1Hosts(Resource):
     def on_get(self, req, resp):
-        resp.media = {"hosts": [self.svc.pm(p, full=True) for p in self.svc.pmids()]}
+        resp.media = {"hosts": [self.svc.machines.get(p, full=True) for p in self.svc.machines.pmids()]}
 
 
-class V1Host:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class V1Host(Resource):
     def on_get(self, req, resp, pmid: int):
-        resp.media = {**self.svc.pm(pmid, full=True), "vmids": self.svc.pm_vms(pmid)}
+        resp.media = {**self.svc.machines.get(pmid, full=True), "vmids": self.svc.machines.vmids(pmid)}
 
 
-class V1Images:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class V1Images(Resource):
     def on_get(self, req, resp):
-        resp.media = {"images": self.svc.images(with_path=True)}
+        resp.media = {"images": self.svc.catalog.images(with_path=True)}
 
     def on_post(self, req, resp):
         body = _body(req)
-        resp.media = self.svc.register_image(body.get("name"), body.get("path"))
+        resp.media = self.svc.catalog.register_image(body.get("name"), body.get("path"))
         resp.status = falcon.HTTP_201
 
 
-class V1Types:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class V1Types(Resource):
     def on_get(self, req, resp):
-        resp.media = {"types": self.svc.types()}
+        resp.media = {"types": self.svc.catalog.types()}
 
 
-class V1Groups:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class V1Groups(Resource):
     def on_get(self, req, resp):
-        resp.media = {"groups": self.svc.groups()}
+        resp.media = {"groups": self.svc.groups.list()}
 
 
-class V1Group:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class V1Group(Resource):
     def on_get(self, req, resp, name: str):
-        resp.media = self.svc.group(name)
+        resp.media = self.svc.groups.get(name)
 
 
-class V1GroupScale:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class V1GroupScale(Resource):
     def on_post(self, req, resp, name: str):
-        resp.media = self.svc.scale_group(name, _body(req).get("replicas"))
+        resp.media = self.svc.groups.scale(name, _body(req).get("replicas"))
         resp.status = falcon.HTTP_202
 
 
-class V1Events:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class V1Events(Resource):
     def on_get(self, req, resp):
         since = req.get_param_as_int("since_id", min_value=0, max_value=MAX_ID, default=0)
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
@@ -370,7 +331,7 @@ def create_app(deps: Deps) -> falcon.App:
         ("/v1/groups", V1Groups(svc)), (group, V1Group(svc)), (group + "/scale", V1GroupScale(svc)),
         (group + "/metrics", history.GroupHistory(svc)),
         ("/v1/images", V1Images(svc)), ("/v1/types", V1Types(svc)), ("/v1/events", V1Events(svc)),
-        ("/v1/balance/plan", balancing.BalancePlanResource(svc)), ("/v1/balance/run", balancing.BalanceRunResource(svc)),
+        ("/v1/balance/plan", host_balancing.Plan(svc)), ("/v1/balance/run", host_balancing.Run(svc)),
         ("/v1/openapi.json", OpenApi()), ("/metrics", prom.MetricsResource(metrics)),
     ]
     for url, resource in routes:

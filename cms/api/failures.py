@@ -1,4 +1,8 @@
-"""What a failed call answers, by the URL it asked for: one table for the app and for gunicorn.
+"""The API's own failures, and what a failed call answers by the URL it asked for: one table
+for the app and for gunicorn.
+
+The service (cms.api.service and its parts) raises cms.errors exceptions plus the four
+below; cms.api.app maps each to an HTTP status once.
 
 Every answer of cms-api is JSON, errors included, also those gunicorn makes itself before the
 app sees the request (a request line over its 4094-byte limit, a malformed header):
@@ -15,6 +19,24 @@ The HTTP status stays the true one (404 for an unknown URL, 405 for a wrong meth
 from __future__ import annotations
 
 from typing import Any
+
+from cms import errors
+
+
+class Invalid(errors.CmsError):
+    """The request is malformed (400)."""
+
+
+class Unknown(errors.CmsError):
+    """The VM, type, image, machine or group asked for does not exist (404)."""
+
+
+class Duplicate(errors.CmsError):
+    """A VM of that name exists already (409)."""
+
+
+class NotImported(errors.CmsError):
+    """The image is listed but has no copy in cms's image storage, and cannot be imported (409)."""
 
 SPEC_FAILURE: dict[str, dict[str, Any]] = {
     "/vm/create": {"vmid": 0},

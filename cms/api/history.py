@@ -34,7 +34,9 @@ import math
 import time
 from typing import Any, Callable, Iterable
 
-from cms.api.service import Invalid, Service
+from cms.api.failures import Invalid
+from cms.api.machines import host_of
+from cms.api.service import Service
 
 DEFAULT_RANGE_S = 3600.0
 DEFAULT_POINTS = 300
@@ -95,7 +97,7 @@ def _frame(since: float, until: float, step: float, buckets: int) -> dict[str, A
 
 
 def vm_metrics(svc: Service, vmid: int, since: float, until: float, step: float, buckets: int) -> dict[str, Any]:
-    vm = svc.vm(vmid, full=True)
+    vm = svc.vms.get(vmid, full=True)
     rows = svc.store.domain_buckets(vm["domain"], since, until, step)
     nvcpu = max((int(k[4:]) + 1 for r in rows for k in r.keys() if k.startswith("vcpu") and k[4:].isdigit()),
                 default=0)
@@ -111,14 +113,11 @@ def vm_metrics(svc: Service, vmid: int, since: float, until: float, step: float,
 
 
 def host_metrics(svc: Service, pmid: int, since: float, until: float, step: float, buckets: int) -> dict[str, Any]:
-    name = svc.sched.host_name(pmid)
-    if name is None:
-        from cms.api.service import Unknown
-        raise Unknown(f"no machine {pmid}")
+    name = host_of(svc.sched, pmid)
     store = svc.store
     rows = store.host_buckets(name, since, until, step)
     shares = store.domain_share_buckets(since, until, step, host=name)
-    cpus = next((r["cpus"] for r in reversed(rows) if r["cpus"]), 0) or _host_cpus(svc, name)
+    cpus = next((r["cpus"] for r in reversed(rows) if r["cpus"]), 0) or svc.sched.host_cpus(name)
     if rows:
         source = "host"
         series = {
@@ -149,16 +148,8 @@ def host_metrics(svc: Service, pmid: int, since: float, until: float, step: floa
             "points": sum(1 for v in series["cpu"] if v is not None), "series": series, "domains": by_domain}
 
 
-def _host_cpus(svc: Service, name: str) -> int:
-    _load, _doms, cap = svc.sched.host_state(name)
-    return getattr(cap, "cpus", 0) or 0
-
-
 def group_metrics(svc: Service, name: str, since: float, until: float, step: float, buckets: int) -> dict[str, Any]:
-    gc = svc.cfg.groups.get(name)
-    if gc is None:
-        from cms.api.service import Unknown
-        raise Unknown(f"no group {name!r}")
+    gc = svc.groups.config(name)
     store = svc.store
     ticks = store.tick_buckets(since, until, step, group=name)
     per_tick = {r["b"]: r["ticks"] for r in ticks}

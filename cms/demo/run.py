@@ -62,21 +62,17 @@ from typing import Any
 
 from client.schedule import ScheduleError, parse_schedule, total_seconds
 from cms import config as cmsconfig
+from cms.demo.common import GROUP, golden_of, run_to_end, say, start, to_toml, wait_ready
 from cms.errors import CmsError, NotFound
 from cms.netutil import free_port
 from guest.cms_work import MAX_COST, MIN_COST
 
-GROUP = "demo"
 DEMO_COST = 20000
 DEMO_SCHEDULE = "low:30s,high:120s,low:75s"
 LOW_FACTOR = 0.3
 HIGH_FACTOR = 1.25
 CLIENT_CONNS = 4  # connections the load client keeps per replica (and calibration uses)
 CAL_BURSTS, CAL_BURST_S, CAL_GAP_S, CAL_SKIP_S = 4, 2.5, 2.0, 0.5
-
-
-def say(msg: str) -> None:
-    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def demo_config_data(out: Path, *, golden: str, api_port: int, pub_port: int, snap_port: int,
@@ -105,26 +101,6 @@ def demo_config_data(out: Path, *, golden: str, api_port: int, pub_port: int, sn
     }
 
 
-def to_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """Just enough TOML for the demo's own config (tables of scalars)."""
-    lines, tables = [], []
-    for k, v in data.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            lines.append(f"{k} = {json.dumps(v)}")
-    text = "\n".join(lines) + ("\n" if lines else "")
-    for k, v in tables:
-        name = f"{prefix}{k}"
-        scalars = {a: b for a, b in v.items() if not isinstance(b, dict)}
-        subs = {a: b for a, b in v.items() if isinstance(b, dict)}
-        if scalars or not subs:
-            text += f"\n[{name}]\n" + to_toml(scalars)
-        if subs:
-            text += to_toml(subs, prefix=name + ".")
-    return text
-
-
 class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -137,11 +113,8 @@ class Demo:
     # -- processes -----------------------------------------------------------------------
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.out / f"{name}.log", "w")
-        env = {**os.environ, "CMS_CONFIG": str(self.out / "demo.toml"), "PYTHONUNBUFFERED": "1"}
-        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        p = start(self.out / f"{name}.log", argv, {"CMS_CONFIG": str(self.out / "demo.toml"), "PYTHONUNBUFFERED": "1"})
         self.procs[name] = p
-        say(f"started {name} (pid {p.pid}), log in {self.out / (name + '.log')}")
         return p
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
@@ -169,11 +142,11 @@ class Demo:
                 with contextlib.suppress(CmsError):
                     fleet.remove(d.host, d.name)
             try:
-                vols = [v for v in fleet.host("local").list_volumes(self.cfg.libvirt.pool) if v.startswith(f"cms-{GROUP}-")]
+                vols = [v for v in fleet.host("local").storage.list_volumes(self.cfg.libvirt.pool) if v.startswith(f"cms-{GROUP}-")]
             except NotFound:
                 vols = []  # the pool is made with the first replica
             for v in vols:
-                fleet.host("local").delete_volume(self.cfg.libvirt.pool, v)
+                fleet.host("local").storage.delete_volume(self.cfg.libvirt.pool, v)
             say(f"cleaned up: {len(left)} domain(s) removed, nothing of group {GROUP!r} left")
         except CmsError as exc:
             say(f"cleanup could not reach libvirt: {exc}")
@@ -188,7 +161,7 @@ class Demo:
         for f in ("state.db", "state.db-wal", "state.db-shm", "loadgen.jsonl", "summary.json", "demo.png"):
             with contextlib.suppress(FileNotFoundError):
                 (self.out / f).unlink()
-        golden = a.golden or a.base.get("image", {}).get("golden") or cmsconfig.ImageConfig().golden
+        golden = golden_of(a)
         if not Path(golden).exists():
             raise CmsError(f"golden image {golden} not found: build it with `make image` (make demo does)")
         ports = dict(api_port=a.api_port or free_port(), pub_port=free_port(), snap_port=free_port())
@@ -204,12 +177,12 @@ class Demo:
             self.start("api", [str(self.bin / "cms-api"), "--config", str(self.out / "demo.toml")])
         say("waiting for the first replica to boot and answer /health (TCG: ~10-20 s)")
         first = self.wait_first_replica(timeout=a.boot_timeout)
-        say(f"replica {first['name']} is ready at {first['address']}:{first['port']}")
+        say(f"replica {first.name} is ready at {first.address}:{first.port}")
         self.say_spawn_stages()
         if a.warm_pool:
             self.wait_warm_pool(timeout=a.boot_timeout)
 
-        c1 = a.capacity or self.calibrate(f"{first['address']}:{first['port']}")
+        c1 = a.capacity or self.calibrate(f"{first.address}:{first.port}")
         low, high = round(LOW_FACTOR * c1, 2), round(HIGH_FACTOR * c1, 2)
         say(f"one replica serves ~{c1:.1f} req/s at cost {a.cost}: low = {low} req/s, high = {high} req/s")
         say(f"load schedule {a.schedule}; watch the autoscaler go 1 -> 2 -> 1")
@@ -242,25 +215,15 @@ class Demo:
         say(f"wrote {self.out / 'demo.png'} and {self.out / 'summary.json'}")
         return summary
 
-    def wait_first_replica(self, timeout: float) -> dict[str, Any]:
-        from client.replicas import fetch_snapshot
+    def wait_first_replica(self, timeout: float) -> Any:
         assert self.cfg is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def alive() -> None:
             p = self.procs.get("autoscaler")
             if p is not None and p.poll() is not None:
                 raise CmsError(f"cms-autoscaler exited with {p.returncode}; see {self.out / 'autoscaler.log'}")
-            with contextlib.suppress(Exception):
-                snap = fetch_snapshot(self.cfg.zmq.snapshot, GROUP, timeout=1.0,
-                                      curve_server_key=self.cfg.zmq.curve_public_key)
-                if snap is None:
-                    continue
-                ready = [r for r in snap.groups.get(GROUP, ()) if r.state == "ready"]
-                if ready:
-                    r = ready[0]
-                    return {"name": r.name, "address": r.address, "port": r.port}
-            time.sleep(1.0)
-        raise CmsError(f"no replica became ready within {timeout:.0f} s; see {self.out / 'autoscaler.log'}")
+
+        return wait_ready(self.cfg, 1, timeout, alive)[0]
 
     def calibrate(self, endpoint: str) -> float:
         """Requests/s one replica serves at the demo's cost, at CLIENT_CONNS concurrent
@@ -307,10 +270,11 @@ class Demo:
 
     def wait_warm_pool(self, timeout: float) -> None:
         """Until the pool holds what it can (its size, at most max - min): booted, then parked."""
+        from cms.autoscaler.planner import pool_target
         from cms.store import Store
         assert self.cfg is not None
         gc = self.cfg.groups[GROUP]
-        want = min(gc.warm_pool.size, gc.max - gc.min)
+        want = pool_target(gc, gc.min)
         say(f"waiting for the warm pool: {want} replica(s) booted to /health, then {gc.warm_pool.state}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -379,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="how the warm replicas are parked (default paused)")
     p.add_argument("--scenario", choices=("autoscale", "balance"), default="autoscale",
                    help="autoscale: 1 -> 2 -> 1 replicas (default); balance: a replica live-migrates between two "
-                        "lab hosts while serving (cms.demo.balance)")
+                        "lab hosts while serving (cms.demo.host_balancing)")
     args = p.parse_args(argv)
     args.base = {}
     if args.config:
@@ -387,9 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         import tomllib
         args.base = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
     if args.scenario == "balance":
-        from cms.demo import balance
-        golden = args.golden or args.base.get("image", {}).get("golden") or cmsconfig.ImageConfig().golden
-        return balance.main(Path(args.out).resolve(), golden)
+        from cms.demo import host_balancing
+        return host_balancing.main(Path(args.out).resolve(), golden_of(args))
     try:
         parse_schedule(args.schedule)
     except ScheduleError as exc:
@@ -401,23 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     if not MIN_COST <= args.cost <= MAX_COST:
         p.error(f"--cost must be from {MIN_COST} to {MAX_COST} (what the guest accepts), not {args.cost}")
     demo = Demo(args)
-
-    def on_term(_sig: int, _frm: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        summary = demo.run()
-    except KeyboardInterrupt:
-        say("interrupted: stopping everything")
-        return 130
-    except CmsError as exc:
-        say(f"error: {exc}")
-        return 1
-    finally:
-        demo.cleanup()
-    print(json.dumps(summary["headline"]))
-    return 0
+    return run_to_end(demo.run, lambda summary: summary["headline"], demo.cleanup)
 
 
 if __name__ == "__main__":

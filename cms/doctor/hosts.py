@@ -19,6 +19,7 @@ from cms.doctor.check import FAIL, FIX_KVM_LOCAL, OK, WARN, Check, gib
 from cms.doctor.machine import KVM_DEVICE, writable_dir
 from cms.virt import probe
 from cms.virt.host import Host, is_local_uri, this_machine_is_a_vm
+from cms.virt.storage import Storage
 
 DEFINE_SLOW_S = 2.0
 # After the connection, what a host's checks may take: two defines of a minute each at worst.
@@ -68,7 +69,7 @@ def check_define(host: Host, domain_type: str, local: bool,
 
 def check_pool(host: Host, cfg: cms_config.Config, local: bool) -> list[Check]:
     lv = cfg.libvirt
-    minimum = Host.MIN_POOL_FREE_BYTES
+    minimum = Storage.MIN_POOL_FREE_BYTES
     st = probe.pool_status(host, lv.pool)
     path = st.path or lv.pool_path
     out = []

@@ -245,8 +245,8 @@ class Lab:
                     raise LabError(f"the libvirtd of {h.name} did not answer at {h.uri} within {timeout:g}s")
                 time.sleep(0.1)
             try:
-                probe.ensure_pool(IMAGES_POOL, os.path.dirname(self.golden))
-                probe.ensure_pool(self.pool, self.pool_path)
+                probe.storage.ensure_pool(IMAGES_POOL, os.path.dirname(self.golden))
+                probe.storage.ensure_pool(self.pool, self.pool_path)
             except errors.VirtError as exc:
                 raise LabError(f"{h.name}: cannot define its storage pools: {exc}") from None
         finally:

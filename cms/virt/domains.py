@@ -1,7 +1,8 @@
 """Domains on one host: define, clone-and-start (all or nothing), remove.
 
-Mixed into ``cms.virt.host.Host``. One domain's own operations are on ``Guest``
-(``host.guest(name)``); what is here spans a domain and its disk.
+A helper each ``cms.virt.host.Host`` composes (``host.domains``), over the host's call
+object and its storage. One domain's own operations are on ``Guest`` (``host.guest(name)``);
+what is here spans a domain and its disk.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import libvirt
 
 from cms import errors
 from cms.virt import xml as vxml
+from cms.virt.calls import Calls
 from cms.virt.guest import Guest
+from cms.virt.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -28,29 +31,18 @@ class Made:
 
 
 class Domains:
-    """Domain lifecycle across domain and disk (a mixin of Host)."""
+    """One host's domain lifecycle, across domain and disk."""
 
-    name: str
-    _call: Any
-
-    def guest(self, name: str) -> Guest:
-        """The domain named so; NotFound when there is none."""
-        with self._call("virDomainLookupByName", f"domain {name}") as c:
-            return Guest(self, c.lookupByName(name))  # type: ignore[arg-type]
-
-    def exists(self, name: str) -> bool:
-        try:
-            self.guest(name)
-            return True
-        except errors.NotFound:
-            return False
+    def __init__(self, calls: Calls, storage: Storage) -> None:
+        self._calls = calls
+        self._storage = storage
 
     def define(self, spec: vxml.DomainSpec) -> str:
         """Define a domain from its spec; AlreadyExists when the name is taken. Returns its UUID."""
-        with self._call("virDomainDefineXML", f"domain {spec.name}") as c:
+        with self._calls("virDomainDefineXML", f"domain {spec.name}") as c:
             with contextlib.suppress(libvirt.libvirtError):
                 c.lookupByName(spec.name)
-                raise errors.AlreadyExists(f"a domain named {spec.name} exists already", self.name,
+                raise errors.AlreadyExists(f"a domain named {spec.name} exists already", self._calls.host,
                                            f"domain {spec.name}")
             dom = c.defineXML(vxml.render_domain(spec))
             return dom.UUIDString()
@@ -62,7 +54,7 @@ class Domains:
         timings: dict[str, float] = {}
         try:
             t0 = time.monotonic()
-            disk = self.create_overlay(pool, vol_name, backing_path)  # type: ignore[attr-defined]
+            disk = self._storage.create_overlay(pool, vol_name, backing_path)
             made_volume = True
             t1 = time.monotonic()
             uuid = self.define(replace(spec, disk_path=disk))
@@ -70,18 +62,18 @@ class Domains:
             t2 = time.monotonic()
             timings.update(clone=t1 - t0, define=t2 - t1)
             if start:
-                self.guest(spec.name).start()
+                Guest.lookup(self._calls, spec.name).start()
                 timings["start"] = time.monotonic() - t2
             return Made(uuid, disk, timings)
         except BaseException:
             if defined:
                 with contextlib.suppress(errors.VirtError):
-                    g = self.guest(spec.name)
+                    g = Guest.lookup(self._calls, spec.name)
                     g.destroy()
                     g.undefine()
             if made_volume:
                 with contextlib.suppress(errors.VirtError):
-                    self.delete_volume(pool, vol_name)  # type: ignore[attr-defined]
+                    self._storage.delete_volume(pool, vol_name)
             raise
 
     def remove(self, name: str, pool: str, graceful_timeout: float = 0.0,
@@ -93,7 +85,7 @@ class Domains:
         """
         disks: list[str] = []
         try:
-            g = self.guest(name)
+            g = Guest.lookup(self._calls, name)
             disks = g.disk_paths()
             g.power_off(graceful_timeout, wait)
             g.undefine()
@@ -101,4 +93,4 @@ class Domains:
             pass
         vol_names = {os.path.basename(d) for d in disks} | {name + ".qcow2"}
         for v in sorted(vol_names):
-            self.delete_volume(pool, v)  # type: ignore[attr-defined]
+            self._storage.delete_volume(pool, v)

@@ -27,7 +27,7 @@ from cms.config import Config
 from cms.netutil import bindable
 from cms.virt import xml as vxml
 from cms.virt.guest import Guest
-from cms.virt.host import DomainEvent, Host, is_local_uri, start_event_loop
+from cms.virt.host import Capacity, DomainEvent, Host, is_local_uri, start_event_loop
 from cms.virt.stats import OwnedDomain
 
 SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
@@ -78,6 +78,7 @@ class Fleet:
         self._pools_ready: set[str] = set()
         self._domain_types: dict[str, str] = {}
         self._local_addresses: dict[str, bool] = {}
+        self._cpus: dict[str, int] = {}
 
     def host(self, name: str) -> Host:
         try:
@@ -92,6 +93,22 @@ class Fleet:
         for h in self.hosts.values():
             h.close()
 
+    def host_cpus(self, name: str, cap: Capacity | None = None, *, ask: bool = True) -> int:
+        """A host's CPUs: the one rule for placement, host load and the console. Its
+        ``hosts[].cpus`` setting when given (a host may be counted smaller than it is), else the
+        count libvirt reports: taken from `cap` when the caller has one at hand, else asked once
+        and kept. VirtError when it must be asked and cannot; with ``ask=False``, 0 instead."""
+        setting = self.cfg.host(name).cpus
+        if setting:
+            return setting
+        if cap is not None:
+            self._cpus[name] = cap.cpus
+        elif name not in self._cpus:
+            if not ask:
+                return 0
+            self._cpus[name] = self.host(name).capacity().cpus
+        return self._cpus[name]
+
     # -- reading what exists ----------------------------------------------------------------
 
     def list_domains(self, group: str | None = None) -> Listing:
@@ -100,7 +117,7 @@ class Fleet:
         down: dict[str, str] = {}
         for name, h in self.hosts.items():
             try:
-                out[name] = h.owned_domains(group)
+                out[name] = h.stats.owned_domains(group)
             except errors.VirtError as exc:
                 down[name] = str(exc)
         return Listing(out, down, time.monotonic())
@@ -166,7 +183,7 @@ class Fleet:
             doms = listing.on(other.name) if listing is not None else None
             if doms is None:
                 with contextlib.suppress(errors.VirtError):
-                    doms = other.owned_domains()
+                    doms = other.stats.owned_domains()
             taken.update(d.meta.port for d in doms or [])
         host = self.host(host_name)
         probe = not host.is_local_test and is_local_uri(host.uri) and self._is_local_address(address)
@@ -195,7 +212,7 @@ class Fleet:
         host = self.host(host_name)
         lv = self.cfg.libvirt
         if host_name not in self._pools_ready:
-            host.ensure_pool(lv.pool, lv.pool_path)
+            host.storage.ensure_pool(lv.pool, lv.pool_path)
             self._pools_ready.add(host_name)
         if host_name not in self._domain_types:
             self._domain_types[host_name] = host.domain_type(lv.domain_type)
@@ -219,13 +236,13 @@ class Fleet:
             host_port=port if net.mode == "user" else 0, guest_port=meta.guest_port,
             serial_log="" if host.is_local_test else f"{SERIAL_LOG_DIR}/{name}-serial.log",
         )
-        made = host.clone_and_start(spec, lv.pool, backing, start=start)
+        made = host.domains.clone_and_start(spec, lv.pool, backing, start=start)
         return Spawned(host_name, name, made.uuid, address if net.mode == "user" else "", port, created,
                        made.timings)
 
     def remove(self, host_name: str, name: str, graceful_timeout: float = 0.0,
                wait: Callable[[float], Any] = time.sleep) -> None:
         """Remove a VM and its disk from one host (idempotent)."""
-        self.host(host_name).remove(name, self.cfg.libvirt.pool, graceful_timeout, wait)
+        self.host(host_name).domains.remove(name, self.cfg.libvirt.pool, graceful_timeout, wait)
 
 

@@ -1,8 +1,9 @@
 """``Guest``: one libvirt domain and what can be done to it (like Nova's ``Guest``).
 
 A Guest is got from ``Host.guest(name)`` (a lookup), used for a few calls and dropped: it
-holds the domain handle, never a state of its own. Every call goes through its Host's
-``_call``, so errors are translated and calls observed in the one place.
+holds the domain handle and its host's call object (cms.virt.calls), never a state of its
+own and never the Host. Every call goes through the call object, so errors are translated
+and calls observed in the one place.
 
 Parking a booted guest (the warm pool) uses three of libvirt's levers:
   ``suspend`` / ``resume``        RAM stays resident, no CPU used while paused;
@@ -14,43 +15,34 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import libvirt
 
 from cms import errors
 from cms.virt import xml as vxml
-
-if TYPE_CHECKING:
-    from cms.virt.host import Host
-
-STATE_NAMES = {
-    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
-    libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
-    libvirt.VIR_DOMAIN_PAUSED: "paused",
-    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
-    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
-    libvirt.VIR_DOMAIN_CRASHED: "crashed",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
-}
-ALIVE_STATES = {"running", "blocked", "paused"}
-SHUTOFF = libvirt.VIR_DOMAIN_SHUTOFF
-SHUTOFF_SAVED = libvirt.VIR_DOMAIN_SHUTOFF_SAVED
+from cms.virt.calls import Calls
+from cms.virt.states import state_name
 
 
 class Guest:
-    def __init__(self, host: "Host", dom: Any) -> None:
-        self.host = host
+    def __init__(self, calls: Calls, dom: Any) -> None:
+        self.calls = calls
         self._dom = dom
         self.name: str = dom.name()
 
+    @classmethod
+    def lookup(cls, calls: Calls, name: str) -> "Guest":
+        """The domain named so on the calls' host; NotFound when there is none."""
+        with calls("virDomainLookupByName", f"domain {name}") as c:
+            return cls(calls, c.lookupByName(name))
+
     def __repr__(self) -> str:
-        return f"Guest({self.host.name!r}, {self.name!r})"
+        return f"Guest({self.calls.host!r}, {self.name!r})"
 
     @contextlib.contextmanager
     def _call(self, op: str) -> Iterator[Any]:
-        with self.host._call(op, f"domain {self.name}"):
+        with self.calls(op, f"domain {self.name}"):
             yield self._dom
 
     def _do(self, op: str, fn: Callable[[Any], Any]) -> Any:
@@ -67,7 +59,7 @@ class Guest:
     def state(self) -> str:
         with self._call("virDomainGetState") as d:
             st, _reason = d.state()
-        return STATE_NAMES.get(st, "nostate")
+        return state_name(st)
 
     def is_active(self) -> bool:
         return bool(self._do("virDomainIsActive", lambda d: d.isActive()))
@@ -143,7 +135,7 @@ class Guest:
             d.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, vxml.render_metadata(meta, prefixed=False),
                           vxml.METADATA_KEY,
                           vxml.METADATA_NS, flags)
-            self.host.forget_owner(d.UUIDString())
+            self.calls.owner_changed(d.UUIDString())
 
     # -- vertical scaling -------------------------------------------------------------------
 

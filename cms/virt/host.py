@@ -2,21 +2,15 @@
 
 A Host connects lazily, checks the link with a cheap call before use, reconnects when the
 link broke, and registers the close callback and domain lifecycle events best effort (a
-driver without events, like ``test:///``, breaks nothing). Every libvirt failure is
-translated here, once (``translate``), into cms.errors; nothing above cms.virt sees
-``libvirt.libvirtError``.
-
-Every libvirt call runs inside ``Host._call(op, obj)``, which also reports the call to the
-process's one observer (``set_call_observer``): the call's libvirt name, its duration and
-the libvirt error code or None. The default observer does nothing; an exporter sets one to
-count calls, latencies and errors by code.
-
-What a Host can do is split by concern, one module each, and mixed into the class here:
-  cms.virt.storage    pools and volumes (overlay clones of the golden image)
-  cms.virt.domains    define, clone-and-start, remove; ``guest(name)`` gives a ``Guest``
-  cms.virt.guest      ``Guest``: one domain's own operations (start, park, resize, ...)
-  cms.virt.stats      the owned-domain listing and bulk stats (one getAllDomainStats)
-  cms.virt.migration  live migration
+driver without events, like ``test:///``, breaks nothing). Its calls go through one call
+object (``host.calls``, cms.virt.calls: errors translated once, every call observed), which
+it hands to what it composes, one helper per concern:
+  host.storage    cms.virt.storage    pools and volumes (overlay clones of the golden image)
+  host.domains    cms.virt.domains    define, clone-and-start, remove
+  host.stats      cms.virt.stats      the owned-domain listing and bulk stats (one getAllDomainStats)
+  host.migration  cms.virt.migration  live migration
+and ``host.guest(name)`` gives a ``Guest`` (cms.virt.guest): one domain's own operations.
+None of them holds the Host; the imports go one way, from here down.
 
 ``libvirt`` is a module attribute so tests may swap it; libvirt's own test driver
 (``test:///ABS/PATH/node.xml``) is the cheaper fake for most tests.
@@ -32,100 +26,20 @@ import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import libvirt
 
 from cms import errors
+from cms.virt.calls import Calls, observe
 from cms.virt.domains import Domains
+from cms.virt.guest import Guest
 from cms.virt.migration import Migration
+from cms.virt.states import event_name
 from cms.virt.stats import Stats
 from cms.virt.storage import Storage
 
 log = logging.getLogger(__name__)
-
-# libvirt prints every error on stderr by default; ours are raised as exceptions instead.
-libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-EVENT_NAMES = {
-    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
-    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
-    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
-    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
-    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
-    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
-    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
-    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
-    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
-}
-
-_NOT_FOUND = {
-    libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL,
-    libvirt.VIR_ERR_NO_NETWORK,
-}
-_UNSUPPORTED = {libvirt.VIR_ERR_NO_SUPPORT, getattr(libvirt, "VIR_ERR_ARGUMENT_UNSUPPORTED", -1)}
-_EXISTS = {libvirt.VIR_ERR_DOM_EXIST, getattr(libvirt, "VIR_ERR_STORAGE_VOL_EXIST", -1)}
-_LINK_DOWN = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_SYSTEM_ERROR,
-              libvirt.VIR_ERR_RPC, getattr(libvirt, "VIR_ERR_AUTH_FAILED", -1)}
-
-
-def translate(exc: "libvirt.libvirtError", host: str, obj: str) -> errors.VirtError:
-    """The one place a libvirt error becomes a cms error."""
-    code = exc.get_error_code()
-    msg = str(exc.get_error_message() or exc).strip()
-    low = msg.lower()
-    if code in _NOT_FOUND:
-        return errors.NotFound(msg, host, obj)
-    if code in _EXISTS or "already exists" in low:
-        return errors.AlreadyExists(msg, host, obj)
-    if "not enough free space" in low or "no space left" in low:
-        return errors.NoSpace(msg, host, obj)
-    if code in _LINK_DOWN or "unable to connect" in low or "end of file while reading" in low:
-        return errors.HostUnreachable(msg, host, obj)
-    if code in _UNSUPPORTED:
-        return errors.Unsupported(msg, host, obj)
-    return errors.VirtError(msg, host, obj)
-
-
-# libvirt's symbolic error names (VIR_ERR_NO_DOMAIN), without its error levels, which reuse 0-2.
-_ERROR_NAMES = {v: k for k, v in vars(libvirt).items()
-                if k.startswith("VIR_ERR_") and isinstance(v, int) and k not in ("VIR_ERR_NONE", "VIR_ERR_WARNING",
-                                                                                 "VIR_ERR_ERROR")}
-
-
-def error_name(code: int) -> str:
-    """libvirt's name for an error code, e.g. for a metric label; the number when unknown."""
-    return _ERROR_NAMES.get(code, str(code))
-
-
-# --- the call observer: one per process ------------------------------------------------
-
-CallObserver = Callable[[str, float, "int | None"], None]
-
-
-def _no_observer(_call: str, _seconds: float, _code: int | None) -> None:
-    return None
-
-
-_observer: CallObserver = _no_observer
-
-
-def set_call_observer(fn: CallObserver | None) -> None:
-    """Report every libvirt call to ``fn(call, seconds, error_code_or_None)`` (None: stop).
-
-    ``call`` is libvirt's name for the API (``virDomainCreate``, ...): a bounded set, fit
-    for a metric label. The observer runs on the calling thread, so it must be quick; an
-    exception from it is logged and swallowed, never raised into cms.
-    """
-    global _observer
-    _observer = fn or _no_observer
-
-
-def _observe(call: str, seconds: float, code: int | None) -> None:
-    try:
-        _observer(call, seconds, code)
-    except Exception:  # noqa: BLE001 - an observer must never break a libvirt call
-        log.exception("libvirt call observer failed")
 
 
 # --- the event loop: one native thread per process, callbacks only queue work ------------
@@ -214,7 +128,7 @@ def resolve_domain_type(setting: str, uri: str, capabilities_xml: str = "") -> s
     return "kvm" if "type='kvm'" in capabilities_xml or 'type="kvm"' in capabilities_xml else "qemu"
 
 
-class Host(Storage, Domains, Stats, Migration):
+class Host:
     """One hypervisor host, reached through one libvirt URI."""
 
     def __init__(self, name: str, uri: str, *, keepalive_interval: int = 5,
@@ -226,14 +140,16 @@ class Host(Storage, Domains, Stats, Migration):
         self._conn: Any = None
         self._lock = threading.RLock()
         self._broken = False
-        self._meta_cache: dict[str, Any] = {}
+        self.is_local_test = uri.startswith("test://")
+        self.calls = Calls(name, self.conn, self._link_down)
+        self.storage = Storage(self.calls, uri, self.is_local_test)
+        self.stats = Stats(self.calls)
+        self.calls.owner_changed = self.stats.forget_owner
+        self.domains = Domains(self.calls, self.storage)
+        self.migration = Migration(self.calls)
 
     def __repr__(self) -> str:
         return f"Host({self.name!r}, {self.uri!r})"
-
-    @property
-    def is_local_test(self) -> bool:
-        return self.uri.startswith("test://")
 
     # -- connection ---------------------------------------------------------------------
 
@@ -255,15 +171,15 @@ class Host(Storage, Domains, Stats, Migration):
             try:
                 c = libvirt.open(self.uri)
             except libvirt.libvirtError as exc:
-                _observe("virConnectOpen", time.monotonic() - t0, exc.get_error_code())
+                observe("virConnectOpen", time.monotonic() - t0, exc.get_error_code())
                 raise errors.HostUnreachable(f"cannot connect to {self.uri}: {exc.get_error_message()}",
                                              self.name) from None
-            _observe("virConnectOpen", time.monotonic() - t0, None)
+            observe("virConnectOpen", time.monotonic() - t0, None)
             if c is None:
                 raise errors.HostUnreachable(f"cannot connect to {self.uri}", self.name)
             self._broken = False
             self._conn = c
-            self._meta_cache.clear()
+            self.stats.forget_owners()
             self._register_best_effort(c)
             return c
 
@@ -283,7 +199,7 @@ class Host(Storage, Domains, Stats, Migration):
                 with contextlib.suppress(Exception):
                     assert self.events is not None
                     self.events.put_nowait(DomainEvent(self.name, dom.name(), dom.UUIDString(),
-                                                       EVENT_NAMES.get(event, str(event)), detail, time.time()))
+                                                       event_name(event), detail, time.time()))
 
             with contextlib.suppress(libvirt.libvirtError):
                 c.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None)
@@ -295,38 +211,35 @@ class Host(Storage, Domains, Stats, Migration):
                     self._conn.close()
                 self._conn = None
 
-    @contextlib.contextmanager
-    def _call(self, op: str, obj: str = "") -> Iterator[Any]:
-        """Run one libvirt call (``op``, libvirt's API name) on the live connection.
-
-        Translates whatever it raises, and reports the call and its outcome to the observer.
-        """
-        c = self.conn()
-        t0 = time.monotonic()
-        code: int | None = None
-        try:
-            yield c
-        except libvirt.libvirtError as exc:
-            code = exc.get_error_code()
-            err = translate(exc, self.name, obj)
-            if isinstance(err, errors.HostUnreachable):
-                self._broken = True
-            raise err from None
-        finally:
-            _observe(op, time.monotonic() - t0, code)
+    def _link_down(self) -> None:
+        """A call found the link broken: the next one reconnects."""
+        self._broken = True
 
     def ping(self) -> bool:
         try:
-            with self._call("virConnectGetLibVersion") as c:
+            with self.calls("virConnectGetLibVersion") as c:
                 c.getLibVersion()
             return True
         except errors.VirtError:
             return False
 
+    # -- domains ------------------------------------------------------------------------
+
+    def guest(self, name: str) -> Guest:
+        """The domain named so; NotFound when there is none."""
+        return Guest.lookup(self.calls, name)
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.guest(name)
+            return True
+        except errors.NotFound:
+            return False
+
     # -- capacity -----------------------------------------------------------------------
 
     def capacity(self, pool: str | None = None) -> Capacity:
-        with self._call("virNodeGetInfo", f"pool {pool}" if pool else "") as c:
+        with self.calls("virNodeGetInfo", f"pool {pool}" if pool else "") as c:
             info = c.getInfo()
             free = c.getFreeMemory()
             hostname = c.getHostname()
@@ -345,7 +258,7 @@ class Host(Storage, Domains, Stats, Migration):
         """The node's CPU time, busy and total ns over all CPUs (virNodeGetCPUStats), or None
         where libvirt has no such figures (the test driver; some hosts refuse it)."""
         try:
-            with self._call("virNodeGetCPUStats") as c:
+            with self.calls("virNodeGetCPUStats") as c:
                 st = c.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS, 0)
         except errors.HostUnreachable:
             raise
@@ -356,7 +269,7 @@ class Host(Storage, Domains, Stats, Migration):
         return (busy, total) if total > 0 else None
 
     def capabilities(self) -> str:
-        with self._call("virConnectGetCapabilities") as c:
+        with self.calls("virConnectGetCapabilities") as c:
             return c.getCapabilities()
 
     def domain_type(self, setting: str) -> str:

@@ -1,30 +1,32 @@
-"""Live migration of one domain between two hosts (mixed into ``cms.virt.host.Host``)."""
+"""Live migration of one domain between two hosts: a helper each ``cms.virt.host.Host``
+composes (``host.migration``), over the host's call object; the destination is given by its
+call object too (``dest.calls``), so neither side holds a Host."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import libvirt
 
 from cms import errors
 from cms.virt import xml as vxml
-
-if TYPE_CHECKING:
-    from cms.virt.host import Host
+from cms.virt.calls import Calls
+from cms.virt.states import PAUSED
 
 
 class Migration:
-    """Live migration (a mixin of Host)."""
+    """Live migration of this host's domains."""
 
-    name: str
-    _call: Any
+    def __init__(self, calls: Calls) -> None:
+        self._calls = calls
 
-    def migrate(self, name: str, dest: "Host", live: bool = True, *, address: str = "",
+    def migrate(self, name: str, dest: Calls, live: bool = True, *, address: str = "",
                 shared_storage: bool = False, timeout_s: float = 0.0, forward: tuple[str, int] | None = None,
                 on_paused: Callable[[], None] | None = None, bandwidth_mib_s: int = 0) -> None:
-        """Live-migrate a domain to another host, keeping it defined only there.
+        """Live-migrate a domain to another host (given by its call object: ``host.calls``),
+        keeping it defined only there.
 
         The disk overlay and its golden image must be reachable at the same paths on the
         destination (shared storage), as with any libvirt migration without storage copy.
@@ -67,9 +69,9 @@ class Migration:
         if address:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://[{address}]" if ":" in address else f"tcp://{address}"
             params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = address
-        dconn = dest.conn()
+        dconn = dest.connect()
         aborted = threading.Event()
-        with self._call("virDomainMigrate3", f"domain {name} to host {dest.name}") as c:
+        with self._calls("virDomainMigrate3", f"domain {name} to host {dest.host}") as c:
             dom = self._lookup_for_migration(c, name)
             if forward is not None:
                 params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = vxml.retarget_forward(
@@ -93,7 +95,8 @@ class Migration:
             except libvirt.libvirtError as exc:
                 if aborted.is_set():
                     raise errors.VirtError(f"migration aborted after {timeout_s:g} s (it still runs here): "
-                                           f"{exc.get_error_message() or exc}", self.name, f"domain {name}") from None
+                                           f"{exc.get_error_message() or exc}", self._calls.host,
+                                           f"domain {name}") from None
                 raise
             finally:
                 done.set()
@@ -108,7 +111,7 @@ def _watch_pause(dom: Any, done: threading.Event, on_paused: Callable[[], None])
     """Call on_paused once when the migrating domain is paused for the switch-over."""
     while not done.wait(0.02):
         try:
-            paused = dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+            paused = dom.state()[0] == PAUSED
         except libvirt.libvirtError:
             return        # gone from the source: the switch-over is over
         if paused:

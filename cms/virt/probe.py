@@ -1,8 +1,8 @@
 """Read-mostly libvirt probes for `cms doctor` and the test suite's slow-define guard.
 
 Functions over a ``Host`` rather than more Host methods: none of them is on the path that
-makes or watches VMs. They use the Host's connection and translate libvirt's errors with
-cms.virt.host.translate, like every other libvirt call in cms.
+makes or watches VMs. They call libvirt through the Host's call object (``host.calls``),
+like every other libvirt call in cms: errors translated, calls observed.
 """
 
 from __future__ import annotations
@@ -13,23 +13,13 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Any, Iterator
 
 import libvirt
 
-from cms.virt.host import Host, translate
+from cms.virt.host import Host
 
 # A throwaway domain's name: never a replica's (cms-<group>-...) nor an API VM's (cms-vm-N).
 PROBE_PREFIX = "cms-probe-"
-
-
-@contextlib.contextmanager
-def _libvirt(host: Host, obj: str = "") -> Iterator[Any]:
-    c = host.conn()
-    try:
-        yield c
-    except libvirt.libvirtError as exc:
-        raise translate(exc, host.name, obj) from None
 
 
 def dotted(version: int) -> str:
@@ -47,7 +37,7 @@ class Versions:
 
 def versions(host: Host) -> Versions:
     """Connect (HostUnreachable when the URI does not answer) and read the versions."""
-    with _libvirt(host) as c:
+    with host.calls("virConnectGetVersion") as c:
         return Versions(dotted(libvirt.getVersion()), dotted(c.getLibVersion()), dotted(c.getVersion()),
                         c.getHostname())
 
@@ -64,7 +54,7 @@ class PoolStatus:
 
 def pool_status(host: Host, name: str) -> PoolStatus:
     """What libvirt says about a storage pool (refreshed first when active)."""
-    with _libvirt(host, f"pool {name}") as c:
+    with host.calls("virStoragePoolGetInfo", f"pool {name}") as c:
         try:
             p = c.storagePoolLookupByName(name)
         except libvirt.libvirtError as exc:
@@ -84,7 +74,7 @@ def pool_status(host: Host, name: str) -> PoolStatus:
 def volume_known(host: Host, path: str) -> bool:
     """Whether libvirt on the host knows a volume at this path (how a remote host sees the
     golden image: through a pool over its directory)."""
-    with _libvirt(host, f"volume {path}") as c:
+    with host.calls("virStorageVolLookupByPath", f"volume {path}") as c:
         try:
             c.storageVolLookupByPath(path)
             return True
@@ -107,7 +97,7 @@ def time_define(host: Host, domain_type: str) -> float:
     cache that never stays valid shows (each lookup probes QEMU again, for a minute).
     """
     name = f"{PROBE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with _libvirt(host, f"domain {name}") as c:
+    with host.calls("virDomainDefineXML", f"domain {name}") as c:
         t0 = time.monotonic()
         c.defineXML(throwaway_domain_xml(name, domain_type)).undefine()
         return time.monotonic() - t0

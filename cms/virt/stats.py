@@ -1,6 +1,6 @@
 """What runs on one host, read in ONE getAllDomainStats call: the owned-domain listing.
 
-Mixed into ``cms.virt.host.Host``. vdsm and virt-manager read all domains' stats in one
+A helper each ``cms.virt.host.Host`` composes (``host.stats``). vdsm and virt-manager read all domains' stats in one
 bulk call per tick, keyed by UUID; so does cms. The listing carries each domain's stats
 record and the call's time, so a monitoring tick, placement and a spawn's port choice all
 work from the same listing instead of asking libvirt again.
@@ -15,7 +15,8 @@ from typing import Any
 import libvirt
 
 from cms.virt import xml as vxml
-from cms.virt.guest import ALIVE_STATES, SHUTOFF, SHUTOFF_SAVED, STATE_NAMES
+from cms.virt.calls import Calls
+from cms.virt.states import ALIVE_STATES, SHUTOFF, SHUTOFF_SAVED, STATE_NAMES, state_name
 
 _UNREAD = object()
 
@@ -51,15 +52,20 @@ class OwnedDomain:
 
 
 class Stats:
-    """The owned-domain listing and bulk stats (a mixin of Host)."""
+    """One host's owned-domain listing and bulk stats, and the cache of owner records it keeps."""
 
-    name: str
-    _call: Any
-    _meta_cache: dict[str, Any]
+    def __init__(self, calls: Calls) -> None:
+        self._calls = calls
+        self._meta_cache: dict[str, Any] = {}
 
     def forget_owner(self, uuid: str) -> None:
-        """Drop the cached <metadata> of one domain (it was rewritten)."""
+        """Drop the cached <metadata> of one domain (it was rewritten): the hook
+        ``Calls.owner_changed`` that Guest.set_owner calls."""
         self._meta_cache.pop(uuid, None)
+
+    def forget_owners(self) -> None:
+        """Drop every cached <metadata> (a new connection: the domains may have changed meanwhile)."""
+        self._meta_cache.clear()
 
     def owned_domains(self, group: str | None = None) -> list[OwnedDomain]:
         """Every domain carrying cms's metadata (optionally of one group), defined or running.
@@ -71,7 +77,7 @@ class Stats:
         its stats record and the call's time.
         """
         out = []
-        with self._call("virConnectGetAllDomainStats", "domains") as c:
+        with self._calls("virConnectGetAllDomainStats", "domains") as c:
             before = time.monotonic()
             records = c.getAllDomainStats(STATS_FLAGS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
             at = (before + time.monotonic()) / 2
@@ -98,8 +104,8 @@ class Stats:
                         _st, _maxmem, mem_kib, vcpus, _cpu = dom.info()
                     except libvirt.libvirtError:
                         continue
-                state = STATE_NAMES.get(stats.get("state.state", 0), "nostate")
-                out.append(OwnedDomain(self.name, dom.name(), u, state, int(vcpus), int(mem_kib) // 1024, meta,
+                state = state_name(stats.get("state.state", 0))
+                out.append(OwnedDomain(self._calls.host, dom.name(), u, state, int(vcpus), int(mem_kib) // 1024, meta,
                                        stats=dict(stats, name=dom.name()), stats_at=at,
                                        reason=int(stats.get("state.reason", 0) or 0)))
             for u in set(self._meta_cache) - seen:
@@ -113,7 +119,7 @@ class Stats:
         (``cpu.time`` ns, ``vcpu.N.time``, ``balloon.current`` KiB, ``state.state``…) with
         ``name`` added.
         """
-        with self._call("virConnectGetAllDomainStats", "domain stats") as c:
+        with self._calls("virConnectGetAllDomainStats", "domain stats") as c:
             # NOWAIT: stats that need a busy QEMU's monitor (vCPU halt state, balloon) are
             # left out rather than waited for. A call held up for a second would put the
             # cpu.time reading and the caller's clock reading a second apart, and the

@@ -1,6 +1,6 @@
 """Storage on one host: the dir pool for replica disks, and its volumes.
 
-Mixed into ``cms.virt.host.Host`` (it uses the Host's ``_call``, ``name`` and ``uri``).
+A helper each ``cms.virt.host.Host`` composes (``host.storage``), over the host's call object.
 A replica's disk is a qcow2 overlay whose ``<backingStore>`` is the golden image, made
 through the storage pool volume API, never by running qemu-img.
 
@@ -23,6 +23,7 @@ import libvirt
 
 from cms import errors
 from cms.virt import xml as vxml
+from cms.virt.calls import Calls
 
 
 UPLOAD_CHUNK = 1024 * 1024
@@ -54,20 +55,21 @@ def _upload_volume_xml(name: str, capacity: int) -> str:
 
 
 class Storage:
-    """Pools and volumes (a mixin of Host)."""
-
-    name: str
-    uri: str
-    is_local_test: bool
-    _call: Any
+    """One host's pools and volumes."""
 
     # An overlay starts at a few hundred KiB but grows as the guest writes; refuse to make
     # one in a pool with less room than this rather than let the guest hit ENOSPC later.
     MIN_POOL_FREE_BYTES = 256 * 1024 * 1024
 
+    def __init__(self, calls: Calls, uri: str, is_local_test: bool) -> None:
+        self._calls = calls
+        self.name = calls.host
+        self.uri = uri
+        self.is_local_test = is_local_test
+
     def ensure_pool(self, name: str, path: str) -> None:
         """A dir pool for replica overlays: defined, built and started if missing."""
-        with self._call("virStoragePoolDefineXML", f"pool {name}") as c:
+        with self._calls("virStoragePoolDefineXML", f"pool {name}") as c:
             try:
                 p = c.storagePoolLookupByName(name)
             except libvirt.libvirtError as exc:
@@ -99,7 +101,7 @@ class Storage:
 
     def create_overlay(self, pool: str, vol_name: str, backing_path: str) -> str:
         """A copy-on-write linked clone of the golden image; returns its path."""
-        with self._call("virStorageVolCreateXML", f"volume {pool}/{vol_name}") as c:
+        with self._calls("virStorageVolCreateXML", f"volume {pool}/{vol_name}") as c:
             if not self.is_local_test and self.uri.startswith("qemu:///") and not os.path.exists(backing_path):
                 raise errors.ImageMissing(f"golden image {backing_path} not found; build it with `make image`",
                                           self.name, backing_path)
@@ -127,14 +129,14 @@ class Storage:
     def delete_volume(self, pool: str, vol_name: str) -> bool:
         """Delete a volume; False if it was already gone."""
         try:
-            with self._call("virStorageVolDelete", f"volume {pool}/{vol_name}") as c:
+            with self._calls("virStorageVolDelete", f"volume {pool}/{vol_name}") as c:
                 c.storagePoolLookupByName(pool).storageVolLookupByName(vol_name).delete(0)
             return True
         except errors.NotFound:
             return False
 
     def list_volumes(self, pool: str) -> list[str]:
-        with self._call("virStoragePoolListAllVolumes", f"pool {pool}") as c:
+        with self._calls("virStoragePoolListAllVolumes", f"pool {pool}") as c:
             p = c.storagePoolLookupByName(pool)
             with contextlib.suppress(libvirt.libvirtError):
                 p.refresh(0)
@@ -145,7 +147,7 @@ class Storage:
     def volume_facts(self, pool: str, vol_name: str) -> VolumeFacts | None:
         """Path, size in bytes and probed format of a volume; None when it does not exist."""
         try:
-            with self._call("virStorageVolGetXMLDesc", f"volume {pool}/{vol_name}") as c:
+            with self._calls("virStorageVolGetXMLDesc", f"volume {pool}/{vol_name}") as c:
                 p = c.storagePoolLookupByName(pool)
                 if not self.is_local_test:
                     with contextlib.suppress(libvirt.libvirtError):
@@ -158,7 +160,7 @@ class Storage:
                       progress: Callable[[int], None] | None = None) -> VolumeFacts:
         """A new volume holding the ``size`` bytes read from ``src``, sent through
         virStorageVolUpload. A failed or interrupted upload deletes the volume again."""
-        with self._call("virStorageVolUpload", f"volume {pool}/{vol_name}") as c:
+        with self._calls("virStorageVolUpload", f"volume {pool}/{vol_name}") as c:
             p = c.storagePoolLookupByName(pool)
             if self.is_local_test:
                 # the test driver keeps volumes as metadata and cannot upload: the size is all it keeps

@@ -97,9 +97,9 @@ ram_reserve_mib = 512
     with served(tmp, config) as url:
         yield {"url": url, "tmp": tmp, "pool": pool, "image_pool": f"{pool}-images"}
     h = Host("local", "qemu:///system")
-    for d in h.owned_domains():
+    for d in h.stats.owned_domains():
         if d.meta.role == "vm" and pool in "".join(h.conn().lookupByName(d.name).XMLDesc(0).split()):
-            h.remove(d.name, pool)
+            h.domains.remove(d.name, pool)
     drop_pool(h, pool)
     drop_pool(h, f"{pool}-images")
     h.close()
@@ -123,15 +123,15 @@ def test_spec_calls_end_to_end_on_the_real_host(live_api):
         assert vmid in get(f"{url}/pm/listvms?pmid=3")["vmids"]
         q = get(f"{url}/pm/query?pmid=3")
         assert q["capacity"]["cpu"] >= 1 and q["vms"] >= 1
-        assert f"cms-vm-{vmid}.qcow2" in h.list_volumes(live_api["pool"])
+        assert f"cms-vm-{vmid}.qcow2" in h.storage.list_volumes(live_api["pool"])
         # the image was imported on the first create (no ./install here): the overlay is backed
         # by the copy in the image pool
-        (copy,) = h.list_volumes(live_api["image_pool"])
+        (copy,) = h.storage.list_volumes(live_api["image_pool"])
         vol_xml = h.conn().storagePoolLookupByName(live_api["pool"]).storageVolLookupByName(f"cms-vm-{vmid}.qcow2").XMLDesc(0)
         assert f"/var/lib/cms/test/{live_api['image_pool']}/{copy}" in vol_xml
         assert get(f"{url}/vm/destroy?vmid={vmid}") == {"status": 1}
         assert not h.exists(f"cms-vm-{vmid}")
-        assert f"cms-vm-{vmid}.qcow2" not in h.list_volumes(live_api["pool"])
+        assert f"cms-vm-{vmid}.qcow2" not in h.storage.list_volumes(live_api["pool"])
         assert get(f"{url}/vm/query?vmid={vmid}") == {"vmid": 0}
         assert get(f"{url}/vm/destroy?vmid={vmid}") == {"status": 0}
         assert get(f"{url}/vm/query?vmid=nope") == {"vmid": 0}
@@ -320,7 +320,7 @@ def test_register_an_image_with_post(live_api, tmp_path):
     assert got["copy"] == f"/var/lib/cms/test/{pool}/cms-image-{got['sha256'][:32]}.qcow2"
     assert Path(got["copy"]).read_bytes() == img.read_bytes()
     h = Host("local", "qemu:///system")
-    vols = h.list_volumes(pool)
+    vols = h.storage.list_volumes(pool)
     listed = get(url + "/image/list")["images"]
     assert {"id": got["id"], "name": "Fedora-17-x86_64"} in listed and got["id"] > 100
     # the same bytes under another name: a new id, the same copy
@@ -331,7 +331,7 @@ def test_register_an_image_with_post(live_api, tmp_path):
     events = [e for e in get(url + "/v1/events?limit=1000")["events"] if e["kind"] == "image_register"]
     # (pm1 and pm2 are test:/// hosts, whose volumes live in each worker's connection only)
     assert "pm3" not in events[-1]["data"]["uploaded"] and "pm3" in events[-2]["data"]["uploaded"]
-    assert h.list_volumes(pool) == vols
+    assert h.storage.list_volumes(pool) == vols
     h.close()
     # refused, with the reason
     text = home / "notes.qcow2"

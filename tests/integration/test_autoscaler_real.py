@@ -178,7 +178,7 @@ def test_scale_out_in_replace_restart(tmp_path, run_dir):
         after = s2.store.events(since_id=mark, group=G)
         assert [e.subject for e in after if e.kind == "adopt"] == before
         assert [e.subject for e in after if e.kind == "added"] == before     # nothing new spawned
-        assert host.list_volumes(cfg.libvirt.pool) == [n + ".qcow2" for n in before]
+        assert host.storage.list_volumes(cfg.libvirt.pool) == [n + ".qcow2" for n in before]
     finally:
         for load in loads:
             load.close()

@@ -31,6 +31,7 @@ import urllib.request
 import uuid
 import zipfile
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
@@ -434,7 +435,14 @@ def test_a_vm_made_through_the_form_has_charts_is_resized_migrated_and_destroyed
     # the live VM's charts have data: the autoscaler samples it every tick
     cpu = page.locator("#vm-cpu")
     expect(cpu).to_have_attribute("data-points", re.compile(r"^[1-9]"), timeout=60000)
-    assert float(cpu.get_attribute("data-latest-cpu")) >= 0
+    # its latest CPU figure is recent, a share of its own vCPUs (shown at most 100 %), and the
+    # legend says it in percent (both read in one call: the chart redraws every few seconds)
+    latest, shown = cpu.evaluate("el => [el.dataset.latestCpu, "
+                                 "el.querySelector('.legend li[data-key=\"cpu\"] strong').textContent]")
+    assert latest != "", "the VM's chart has no recent CPU figure"
+    share = float(latest)
+    as_js = Decimal(share * 100).quantize(Decimal("0.1"), ROUND_HALF_UP)     # toFixed(1): a tie goes up
+    assert 0 <= share <= 1 and shown == f"{as_js} %"
     expect(cpu.locator('.legend li[data-key="vcpu0"]')).to_be_visible()
     # memory as libvirt's balloon reports it (a guest with no balloon driver keeps its boot size)
     mem = page.locator("#vm-memory")

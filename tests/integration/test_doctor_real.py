@@ -68,7 +68,7 @@ def test_pool():
     """A pool of the test's own on the real libvirtd, made the way cms makes it; dropped after."""
     pool = f"cmstest-{uuid.uuid4().hex[:8]}"
     host = Host("local", "qemu:///system")
-    host.ensure_pool(pool, f"/var/lib/cms/test/{pool}")
+    host.storage.ensure_pool(pool, f"/var/lib/cms/test/{pool}")
     try:
         yield pool
     finally:

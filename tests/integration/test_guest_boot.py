@@ -85,6 +85,6 @@ def test_replica_boots_serves_and_goes_away(fleet):
     fleet.remove("local", name, graceful_timeout=0)
     assert fleet.owned("gbtest") == []
     assert not h.exists(name)
-    assert h.list_volumes(cfg.libvirt.pool) == []
+    assert h.storage.list_volumes(cfg.libvirt.pool) == []
     with pytest.raises(OSError):
         get(s.port, "/health", timeout=2)

@@ -29,7 +29,7 @@ def real(tmp_path, run_dir):
                       libvirt={"domain_type": "qemu", "pool": name, "pool_path": str(TEST_DIR / name)},
                       image={"pool": f"{name}-images", "pool_path": str(TEST_DIR / f"{name}-images")})
     fleet = Fleet(cfg)
-    fleet.host("local").ensure_pool(cfg.libvirt.pool, cfg.libvirt.pool_path)    # for the overlays
+    fleet.host("local").storage.ensure_pool(cfg.libvirt.pool, cfg.libvirt.pool_path)    # for the overlays
     try:
         yield cfg, fleet, images.ImageStore(cfg, Store(cfg.state_db), fleet)
     finally:
@@ -52,16 +52,16 @@ def test_upload_stream_copies_the_bytes_and_libvirt_probes_the_format(tmp_path, 
     out = io.StringIO()
     imp = store.import_file(str(src), out=out)
     host = fleet.host("local")
-    facts = host.volume_facts(cfg.image.pool, Path(imp.copy).name)
+    facts = host.storage.volume_facts(cfg.image.pool, Path(imp.copy).name)
     assert facts == type(facts)(imp.copy, src.stat().st_size, "qcow2")
     copy = Path(imp.copy)
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == imp.sha256
     assert copy.stat().st_mode & 0o777 == 0o644 and Path(cfg.image.pool_path).stat().st_mode & 0o005 == 0o005
     # an overlay on the copy names it, with its format, as its backing store
-    disk = host.create_overlay(cfg.libvirt.pool, "ov.qcow2", imp.copy)
+    disk = host.storage.create_overlay(cfg.libvirt.pool, "ov.qcow2", imp.copy)
     vol_xml = host.conn().storageVolLookupByPath(disk).XMLDesc(0)
     assert f"<path>{imp.copy}</path>" in vol_xml and "<format type='qcow2'/>" in vol_xml.split("<backingStore>")[1]
-    host.delete_volume(cfg.libvirt.pool, "ov.qcow2")
+    host.storage.delete_volume(cfg.libvirt.pool, "ov.qcow2")
 
 
 def test_a_raw_disk_stays_raw_and_its_overlays_say_so(tmp_path, real):
@@ -71,11 +71,11 @@ def test_a_raw_disk_stays_raw_and_its_overlays_say_so(tmp_path, real):
     imp = store.import_file(str(raw))
     assert (imp.format, Path(imp.copy).suffix) == ("raw", ".img")
     host = fleet.host("local")
-    assert host.volume_facts(cfg.image.pool, Path(imp.copy).name).format == "raw"
-    disk = host.create_overlay(cfg.libvirt.pool, "ov-raw.qcow2", imp.copy)
+    assert host.storage.volume_facts(cfg.image.pool, Path(imp.copy).name).format == "raw"
+    disk = host.storage.create_overlay(cfg.libvirt.pool, "ov-raw.qcow2", imp.copy)
     backing = host.conn().storageVolLookupByPath(disk).XMLDesc(0).split("<backingStore>")[1]
     assert "<format type='raw'/>" in backing
-    host.delete_volume(cfg.libvirt.pool, "ov-raw.qcow2")
+    host.storage.delete_volume(cfg.libvirt.pool, "ov-raw.qcow2")
 
 
 class Breaks(io.BytesIO):
@@ -94,16 +94,16 @@ class Breaks(io.BytesIO):
 def test_an_upload_that_fails_leaves_no_volume_and_a_short_one_is_made_again(tmp_path, real):
     cfg, fleet, store = real
     host = fleet.host("local")
-    host.ensure_pool(cfg.image.pool, cfg.image.pool_path)
+    host.storage.ensure_pool(cfg.image.pool, cfg.image.pool_path)
     data = b"x" * (3 << 20)
     with pytest.raises(errors.VirtError, match=r"the source gave 1048576 of 3145728 bytes: Input/output error"):
-        host.upload_volume(cfg.image.pool, "broken.img", Breaks(data, 1 << 20), len(data))
-    assert "broken.img" not in host.list_volumes(cfg.image.pool)
+        host.storage.upload_volume(cfg.image.pool, "broken.img", Breaks(data, 1 << 20), len(data))
+    assert "broken.img" not in host.storage.list_volumes(cfg.image.pool)
     # a copy cut short (the process killed mid-upload) is shorter than the source: made again
     src = _qcow2(tmp_path / "b.qcow2")
     sha = hashlib.sha256(src.read_bytes()).hexdigest()
     vol = images.volume_name(sha, "qcow2")
-    host.upload_volume(cfg.image.pool, vol, io.BytesIO(src.read_bytes()[:1000]), 1000)
+    host.storage.upload_volume(cfg.image.pool, vol, io.BytesIO(src.read_bytes()[:1000]), 1000)
     imp = store.import_file(str(src))
     assert imp.uploaded == ("local",)
     assert Path(imp.copy).read_bytes() == src.read_bytes()

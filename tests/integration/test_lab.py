@@ -78,8 +78,8 @@ def test_up_makes_hosts_each_in_its_namespaces_with_its_own_libvirtd_and_down_re
                 caps = conn.capabilities()
                 assert f"<uuid>{h.host_uuid}</uuid>" in caps
                 seen_uuids.add(h.host_uuid)
-                assert "golden.qcow2" in conn.list_volumes("cms-images")
-                assert conn.list_volumes(lab.pool) == []
+                assert "golden.qcow2" in conn.storage.list_volumes("cms-images")
+                assert conn.storage.list_volumes(lab.pool) == []
             finally:
                 conn.close()
         assert len(seen_uuids) == 2
@@ -88,7 +88,7 @@ def test_up_makes_hosts_each_in_its_namespaces_with_its_own_libvirtd_and_down_re
         for h in hosts:
             conn = Host(h.name, h.uri)
             try:
-                assert "shared-probe.qcow2" in conn.list_volumes(lab.pool)
+                assert "shared-probe.qcow2" in conn.storage.list_volumes(lab.pool)
             finally:
                 conn.close()
         # the fragment makes a valid cms configuration of these hosts

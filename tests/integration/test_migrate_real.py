@@ -136,7 +136,7 @@ def _all_domains(h: Host) -> list[str]:
 
 def _kill_domain(h: Host, name: str) -> None:
     try:
-        h.remove(name, "no-such-pool")  # destroy + undefine; its volume is the pool's, dropped there
+        h.domains.remove(name, "no-such-pool")  # destroy + undefine; its volume is the pool's, dropped there
     except errors.VirtError:
         pass
 
@@ -160,8 +160,8 @@ def guest(daemons):
                            domain_type="qemu", network_mode="none",
                            serial_log=f"/var/log/libvirt/qemu/{name}-serial.log")
     try:
-        src.ensure_pool(pool, str(TEST_DIR / pool))
-        src.clone_and_start(spec, pool, str(golden))
+        src.storage.ensure_pool(pool, str(TEST_DIR / pool))
+        src.domains.clone_and_start(spec, pool, str(golden))
         yield name, spec, pool
     finally:
         for h in (dst, src):
@@ -211,12 +211,12 @@ def test_host_migrate_moves_a_running_guest_live_to_another_libvirtd(daemons, gu
 
     # without shared_storage libvirt refuses: it sees a local file system; nothing moves
     with pytest.raises(errors.VirtError, match="shared storage is unsafe") as ei:
-        src.migrate(name, dst, address="127.0.0.1")
+        src.migration.migrate(name, dst.calls, address="127.0.0.1")
     assert "host src" in str(ei.value)
     assert src.guest(name).state() == "running" and not dst.exists(name) and qemu_pid("/run/libvirt", name) == src_pid
 
     started = time.monotonic()
-    src.migrate(name, dst, address="127.0.0.1", shared_storage=True, timeout_s=MIGRATE_TIMEOUT_S)
+    src.migration.migrate(name, dst.calls, address="127.0.0.1", shared_storage=True, timeout_s=MIGRATE_TIMEOUT_S)
     took = time.monotonic() - started
     after_ticks = ticks(dst, name)
 
@@ -227,10 +227,10 @@ def test_host_migrate_moves_a_running_guest_live_to_another_libvirtd(daemons, gu
     assert dom.isPersistent() and dom.UUIDString() == spec.uuid
     assert not src.exists(name)
     # cms's owner record came along in <metadata>
-    [owned] = dst.owned_domains("migtest")
+    [owned] = dst.stats.owned_domains("migtest")
     assert (owned.name, owned.uuid, owned.meta) == (name, spec.uuid, spec.meta)
     assert owned.alive and owned.vcpus == 1 and owned.memory_mib == 64
-    assert src.owned_domains("migtest") == []
+    assert src.stats.owned_domains("migtest") == []
     # live: another QEMU process, but the guest's RAM (its tick count) carried on, and it keeps counting
     dst_pid = qemu_pid(str(second.root / "run"), name)
     assert dst_pid != src_pid and pid_alive(dst_pid) and not pid_alive(src_pid)

@@ -35,14 +35,14 @@ def test_clone_define_boot_destroy_leaves_nothing(fleet):
     assert hdr[:4] == b"QFI\xfb" and cfg.image.golden.encode() in hdr
     assert os.path.getsize(vol) < 2 * 1024 * 1024
     # one bulk stats call sees it running, with a CPU counter
-    stats = h.bulk_stats({s.uuid})
+    stats = h.stats.bulk_stats({s.uuid})
     assert stats[s.uuid]["state.state"] == 1 and stats[s.uuid]["cpu.time"] > 0
     # the lifecycle event arrives on the queue
     ev = wait_until(lambda: _drain_for(fleet, "cms-itest-boot", "started"), 10, what="started event")
     assert ev.host == "local"
     fleet.remove("local", "cms-itest-boot", graceful_timeout=0)
     assert fleet.owned("itest") == []
-    assert h.list_volumes(cfg.libvirt.pool) == []
+    assert h.storage.list_volumes(cfg.libvirt.pool) == []
     assert not h.exists("cms-itest-boot")
 
 
@@ -62,7 +62,7 @@ def test_name_clash_on_real_host_leaves_first_intact(fleet):
     with pytest.raises(errors.AlreadyExists, match="cms-itest-clash"):
         fleet.build_on("local", "cms-itest-clash", vcpus=1, memory_mib=128, meta=OwnerMeta(group="itest"))
     assert [d.name for d in fleet.owned("itest")] == ["cms-itest-clash"]
-    assert fleet.host("local").list_volumes(fleet.cfg.libvirt.pool) == ["cms-itest-clash.qcow2"]
+    assert fleet.host("local").storage.list_volumes(fleet.cfg.libvirt.pool) == ["cms-itest-clash.qcow2"]
 
 
 def test_missing_golden_image_names_host_and_path(tmp_path, run_dir):
@@ -72,7 +72,7 @@ def test_missing_golden_image_names_host_and_path(tmp_path, run_dir):
         with pytest.raises(errors.ImageMissing) as ei:
             f.build_on("local", "cms-itest-nogold", vcpus=1, memory_mib=128, meta=OwnerMeta(group="itest"))
         assert "no-such-golden.qcow2" in str(ei.value) and "host local" in str(ei.value)
-        assert f.owned("itest") == [] and f.host("local").list_volumes(cfg.libvirt.pool) == []
+        assert f.owned("itest") == [] and f.host("local").storage.list_volumes(cfg.libvirt.pool) == []
     finally:
         drop_pool(f.host("local"), cfg.libvirt.pool)
         f.close()
@@ -88,13 +88,13 @@ def test_start_failure_rolls_back(fleet):
     try:
         from cms.virt import xml as vxml
         h = fleet.host("local")
-        h.ensure_pool(fleet.cfg.libvirt.pool, fleet.cfg.libvirt.pool_path)
+        h.storage.ensure_pool(fleet.cfg.libvirt.pool, fleet.cfg.libvirt.pool_path)
         spec = vxml.DomainSpec(name="cms-itest-fail", uuid=h.new_uuid(), vcpus=1, memory_mib=128, disk_path="",
                                meta=OwnerMeta(group="itest", port=port), domain_type="qemu", host_port=port)
         with pytest.raises(errors.VirtError) as ei:
-            h.clone_and_start(spec, fleet.cfg.libvirt.pool, fleet.cfg.image.golden)
+            h.domains.clone_and_start(spec, fleet.cfg.libvirt.pool, fleet.cfg.image.golden)
         assert "cms-itest-fail" in str(ei.value)
         assert not h.exists("cms-itest-fail")
-        assert h.list_volumes(fleet.cfg.libvirt.pool) == []
+        assert h.storage.list_volumes(fleet.cfg.libvirt.pool) == []
     finally:
         busy.close()

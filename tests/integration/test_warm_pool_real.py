@@ -142,7 +142,7 @@ def test_paused_pool_prepared_used_reused_replaced_and_adopted(tmp_path, run_dir
         # a parked replica destroyed from outside is replaced
         victim = run.tracks(G, State.PARKED)[-1]
         destroyed_at = time.time()
-        host.remove(victim, cfg.libvirt.pool)
+        host.domains.remove(victim, cfg.libvirt.pool)
         wait_until(lambda: len(run.tracks(G, State.PARKED)) == 2 and victim not in run.tracks(G, State.PARKED),
                    BOOT, 1.0, "the destroyed warm replica replaced")
         # seen gone (destroyed and undefined) or seen shut off on its way out: replaced either way
@@ -172,7 +172,7 @@ def test_paused_pool_prepared_used_reused_replaced_and_adopted(tmp_path, run_dir
         assert [e.subject for e in adopted if not e.data.get("warm")] == [n for n in before if n not in parked]
         after = run.s.store.events(since_id=mark, group=G)
         assert not [e for e in after if e.kind in ("warm_refill", "added") and e.subject not in before]
-        assert host.list_volumes(cfg.libvirt.pool) == [n + ".qcow2" for n in before]
+        assert host.storage.list_volumes(cfg.libvirt.pool) == [n + ".qcow2" for n in before]
         # the API's view of it: replica states recorded for cms-api
         rows = {r.name: r.state for r in run.s.store.replicas(G)}
         assert sorted(n for n, st in rows.items() if st == "parked") == parked

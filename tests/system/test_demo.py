@@ -88,5 +88,5 @@ def test_scaled_back_in_and_left_nothing_behind(demo_run):
     assert kinds.index("draining") < kinds.index("removed")
     assert (out / "demo.png").stat().st_size > 10_000
     h = Host("local", "qemu:///system")
-    assert [d.name for d in h.owned_domains(group="demo")] == []
-    assert [v for v in h.list_volumes("cms-demo") if v.startswith("cms-demo-")] == []
+    assert [d.name for d in h.stats.owned_domains(group="demo")] == []
+    assert [v for v in h.storage.list_volumes("cms-demo") if v.startswith("cms-demo-")] == []

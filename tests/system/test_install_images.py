@@ -77,7 +77,7 @@ def test_install_then_create_from_a_0700_directory_and_install_again(tmp_path):
         assert re.search(r"\[install\] image 100 Ubuntu-12.04-amd64: hashing: 100% ", r.stdout), r.stdout
         assert re.search(r"\[install\] image 100 Ubuntu-12.04-amd64: copying to pm1: 100% ", r.stdout), r.stdout
         assert "copied to pm1" in r.stdout
-        vols = host.list_volumes(image_pool)
+        vols = host.storage.list_volumes(image_pool)
         assert len(vols) == 1 and re.fullmatch(r"cms-image-[0-9a-f]{32}\.qcow2", vols[0]), vols
         copy = Path(image_pool_path) / vols[0]
         assert copy.stat().st_size == img.stat().st_size and copy.stat().st_mode & 0o777 == 0o644
@@ -90,7 +90,7 @@ def test_install_then_create_from_a_0700_directory_and_install_again(tmp_path):
         vmid = _get(url + "/vm/create?name=test_vm&instance_type=1", timeout=120)["vmid"]
         assert vmid > 0, (tmp_path / "log" / "cms-api.log").read_text()[-3000:]
         assert _get(f"{url}/vm/query?vmid={vmid}") == {"vmid": vmid, "name": "test_vm", "instance_type": 1, "pmid": 1}
-        (dom,) = [d for d in host.owned_domains() if d.meta.vmid == vmid]
+        (dom,) = [d for d in host.stats.owned_domains() if d.meta.vmid == vmid]
         assert dom.meta.image == str(copy)   # backed by the copy, not by the file in the 0700 directory
         xml = host.conn().lookupByName(dom.name).XMLDesc(0)
         assert str(copy) in xml and str(img) not in xml
@@ -102,7 +102,7 @@ def test_install_then_create_from_a_0700_directory_and_install_again(tmp_path):
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
         assert "image 100 Ubuntu-12.04-amd64: qcow2" in r.stdout and "already on every host" in r.stdout, r.stdout
         assert "copying to" not in r.stdout and "copied to" not in r.stdout
-        assert host.list_volumes(image_pool) == vols
+        assert host.storage.list_volumes(image_pool) == vols
         after = copy.stat()
         assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
         assert _get(f"{url}/vm/query?vmid={vmid}")["name"] == "test_vm"
@@ -111,9 +111,9 @@ def test_install_then_create_from_a_0700_directory_and_install_again(tmp_path):
         assert not host.exists(dom.name)
     finally:
         _stop_api(tmp_path / "run")
-        for d in host.owned_domains():
+        for d in host.stats.owned_domains():
             if name in host.conn().lookupByName(d.name).XMLDesc(0):
-                host.remove(d.name, name)
+                host.domains.remove(d.name, name)
         drop_pool(host, name)
         drop_pool(host, image_pool)
         host.close()

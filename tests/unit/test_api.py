@@ -72,7 +72,7 @@ def test_spec_urls_end_to_end(api):
     assert j(c.simulate_get("/vm/query", params={"vmid": vmid})) == {
         "vmid": vmid, "name": "test_vm", "instance_type": 3, "pmid": 1}
     # a real domain on the test host, with the owner metadata
-    doms = deps.fleet.host("pm1").owned_domains()
+    doms = deps.fleet.host("pm1").stats.owned_domains()
     assert [(d.name, d.vcpus, d.memory_mib, d.meta.role, d.meta.vmid, d.meta.instance_type, d.meta.image)
             for d in doms] == [(f"cms-vm-{vmid}", 4, 2048, "vm", vmid, 3, "/srv/Ubuntu-12.04-amd64.qcow2")]
     assert j(c.simulate_get("/pm/list")) == {"pmids": [1, 2, 3]}
@@ -88,8 +88,8 @@ def test_spec_urls_end_to_end(api):
     d2 = [d for d in deps.fleet.owned() if d.meta.vmid == v2][0]
     assert d2.meta.image == "/srv/blank.qcow2" and d2.host == "pm2"    # pm1 has no vCPU left
     assert j(c.simulate_get("/vm/destroy", params={"vmid": vmid})) == {"status": 1}
-    assert deps.fleet.host("pm1").owned_domains() == []
-    assert deps.fleet.host("pm1").list_volumes("cms") == []
+    assert deps.fleet.host("pm1").stats.owned_domains() == []
+    assert deps.fleet.host("pm1").storage.list_volumes("cms") == []
     assert j(c.simulate_get("/vm/query", params={"vmid": vmid})) == {"vmid": 0}
     assert j(c.simulate_get("/vm/destroy", params={"vmid": vmid})) == {"status": 0}
     ev = [e.kind for e in deps.store.events()]
@@ -130,7 +130,7 @@ def test_duplicate_name_and_no_room_leave_nothing_half_made(api):
     before = {d.name for d in deps.fleet.owned()}
     assert j(c.simulate_get("/vm/create", params={"name": "big2", "instance_type": "3"})) == {"vmid": 0}
     assert {d.name for d in deps.fleet.owned()} == before
-    vols = deps.fleet.host("pm1").list_volumes("cms") + deps.fleet.host("pm2").list_volumes("cms")
+    vols = deps.fleet.host("pm1").storage.list_volumes("cms") + deps.fleet.host("pm2").storage.list_volumes("cms")
     assert sorted(vols) == sorted(n + ".qcow2" for n in before)
     names = [v["name"] for v in j(c.simulate_get("/v1/vms"))["vms"]]
     assert names == ["dup", "big1"]
@@ -288,7 +288,7 @@ def test_a_half_made_create_is_reaped_when_a_worker_starts(tmp_path, run_dir):
         assert any(d.name == f"cms-vm-{vmid}" for d in deps.fleet.owned())
         c2 = falcon.testing.TestClient(create_app(deps))      # a new worker on the same state
         assert not any(d.name == f"cms-vm-{vmid}" for d in deps.fleet.owned())
-        vols = deps.fleet.host("pm1").list_volumes("cms") + deps.fleet.host("pm2").list_volumes("cms")
+        vols = deps.fleet.host("pm1").storage.list_volumes("cms") + deps.fleet.host("pm2").storage.list_volumes("cms")
         assert f"cms-vm-{vmid}.qcow2" not in vols
         assert [e.data["vmid"] for e in deps.store.events(kinds=["vm_create_reaped"])] == [vmid]
         assert j(c2.simulate_get("/vm/create", params={"name": "ghost", "instance_type": "1"}))["vmid"] > vmid

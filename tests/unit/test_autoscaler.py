@@ -164,7 +164,7 @@ def test_scale_in_announces_draining_before_removed(env):
     assert ev.index(("draining", victim)) < ev.index(("removed", victim))
     assert victim == max(n for e, n in ev if e == "ready")   # newest first
     assert s.health.in_flight_calls, "drain asked /status for in-flight work"
-    assert fleet.host("n1").list_volumes(cfg.libvirt.pool) == [d.name + ".qcow2" for d in fleet.owned(G)]
+    assert fleet.host("n1").storage.list_volumes(cfg.libvirt.pool) == [d.name + ".qcow2" for d in fleet.owned(G)]
 
 
 def test_destroyed_replica_is_failed_then_replaced(env):
@@ -225,29 +225,29 @@ def test_restart_cleans_leftovers(env):
     from cms.virt import OwnerMeta
     fleet.build_on("n1", f"cms-{G}-1", vcpus=1, memory_mib=128, meta=OwnerMeta(group=G))
     h.guest(f"cms-{G}-1").destroy()
-    h.create_overlay(cfg.libvirt.pool, f"cms-{G}-2.qcow2", cfg.image.golden)
+    h.storage.create_overlay(cfg.libvirt.pool, f"cms-{G}-2.qcow2", cfg.image.golden)
     b = new()
     run_until(b, lambda: ready_names(b) == [keep] and len(fleet.owned(G)) == 1, what="cleanup")
-    assert h.list_volumes(cfg.libvirt.pool) == [keep + ".qcow2"]
+    assert h.storage.list_volumes(cfg.libvirt.pool) == [keep + ".qcow2"]
 
 
 def test_libvirt_down_is_retried_not_fatal(env, caplog):
     cfg, fleet, new = env
     s = new()
     h = fleet.host("n1")
-    real = h.owned_domains
+    real = h.stats.owned_domains
     from cms import errors
 
     def down(group=None):
         raise errors.HostUnreachable("cannot connect", "n1")
-    h.owned_domains = down
+    h.stats.owned_domains = down
     try:
         with caplog.at_level("WARNING"):
             for _ in range(3):
                 s.tick()
         assert "does not answer" in caplog.text and fleet.owned(G) == [] and s.tracks == {}
     finally:
-        h.owned_domains = real
+        h.stats.owned_domains = real
     run_until(s, lambda: len(ready_names(s)) == 1, what="ready after libvirt came back")
 
 

@@ -1,5 +1,5 @@
 """The load client's pure parts, table by table: which replica gets the next request
-(client.balance), where an HTTP/1.1 response ends (client.http1), schedules
+(client.pick), where an HTTP/1.1 response ends (client.http1), schedules
 (client.schedule) and the counting (client.accounting). No sockets, no loop."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from client.accounting import ReplicaTally, RunTotals
-from client.balance import ReplicaPicker
+from client.pick import ReplicaPicker
 from client.http1 import Conn, dechunk
 from client.schedule import ScheduleError, parse_duration, parse_schedule, total_seconds
 

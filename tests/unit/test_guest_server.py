@@ -333,13 +333,29 @@ def test_port_in_use_is_a_clear_error():
     assert "cannot start" in proc.stderr
 
 
-def test_unit_is_read_from_the_cgroup():
+@pytest.mark.parametrize("cgroup, unit", [
+    ("0::/system.slice/cms-guest.service\n", "cms-guest.service"),                        # cgroup v2
+    ("0::/system.slice/cms-guest.service/worker\n", "cms-guest.service"),                 # a sub-cgroup of it
+    ("12:pids:/user.slice/user-0.slice/session-3.scope\n1:name=systemd:/user.slice/user-0.slice/session-3.scope\n",
+     "session-3.scope"),                                                                  # cgroup v1, in a scope
+    ("0::/\n", ""),                                                                       # no unit (a container)
+    (None, ""),                                                                           # no cgroup file at all
+])
+def test_unit_is_read_from_the_cgroup(tmp_path, monkeypatch, cgroup, unit):
     sys.path.insert(0, str(SERVER.parent))
     try:
         import cms_guest_server
     finally:
         sys.path.pop(0)
-    assert isinstance(cms_guest_server.systemd_unit(), str)
+    path = tmp_path / "cgroup"
+    if cgroup is not None:
+        path.write_text(cgroup)
+    # the server reads /proc/self/cgroup; the module's own name `open` comes before the builtin
+    # (the guest's files are the golden image's inputs, so the test bends the read, not the server)
+    monkeypatch.setattr(cms_guest_server, "open",
+                        lambda name, *a, **kw: open(path if name == "/proc/self/cgroup" else name, *a, **kw),
+                        raising=False)
+    assert cms_guest_server.systemd_unit() == unit
 
 
 def test_health_answers_while_every_worker_computes():

@@ -121,8 +121,8 @@ def test_import_to_every_host_once_by_content(tmp_path, two_hosts):
     assert (imp.format, imp.size, imp.hosts, imp.uploaded) == ("qcow2", src.stat().st_size, ("pm1", "pm2"), ("pm1", "pm2"))
     assert imp.copy == f"/srv/cms-images/{vol}"
     for h in ("pm1", "pm2"):
-        assert fleet.host(h).list_volumes("imgs") == [vol]
-        assert fleet.host(h).volume_facts("imgs", vol).physical == src.stat().st_size
+        assert fleet.host(h).storage.list_volumes("imgs") == [vol]
+        assert fleet.host(h).storage.volume_facts("imgs", vol).physical == src.stat().st_size
     assert store.copy_of(str(src))["copy"] == imp.copy
     # again: nothing copied; the same bytes at another path: nothing copied, the same copy
     assert store.import_file(str(src)).uploaded == ()
@@ -134,7 +134,7 @@ def test_import_to_every_host_once_by_content(tmp_path, two_hosts):
     other = tmp_path / "other.qcow2"
     other.write_bytes(qcow2_header() + b"\2" * 100_000)
     assert store.import_file(str(other)).uploaded == ("pm1", "pm2")
-    assert len(fleet.host("pm1").list_volumes("imgs")) == 2
+    assert len(fleet.host("pm1").storage.list_volumes("imgs")) == 2
 
 
 def test_an_unchanged_file_is_not_hashed_again(tmp_path, two_hosts, monkeypatch):
@@ -152,17 +152,17 @@ def test_a_partial_copy_is_made_again(tmp_path, two_hosts):
     src.write_bytes(qcow2_header() + b"\1" * 5000)
     imp = store.import_file(str(src))
     vol = images.volume_name(imp.sha256, "qcow2")
-    fleet.host("pm2").delete_volume("imgs", vol)
-    fleet.host("pm2").upload_volume("imgs", vol, io.BytesIO(b"x" * 10), 10)   # as an upload cut short
+    fleet.host("pm2").storage.delete_volume("imgs", vol)
+    fleet.host("pm2").storage.upload_volume("imgs", vol, io.BytesIO(b"x" * 10), 10)   # as an upload cut short
     store.store.connect().execute("DELETE FROM images_imported")
     again = store.import_file(str(src))
     assert again.uploaded == ("pm2",)
-    assert fleet.host("pm2").volume_facts("imgs", vol).physical == src.stat().st_size
+    assert fleet.host("pm2").storage.volume_facts("imgs", vol).physical == src.stat().st_size
 
 
 def test_a_host_whose_pool_is_elsewhere_is_refused(tmp_path, two_hosts):
     _cfg, store, fleet = two_hosts
-    fleet.host("pm2").ensure_pool("imgs", "/elsewhere")
+    fleet.host("pm2").storage.ensure_pool("imgs", "/elsewhere")
     src = tmp_path / "a.qcow2"
     src.write_bytes(qcow2_header() + b"\1" * 5000)
     with pytest.raises(ImageError) as ei:
@@ -179,7 +179,7 @@ def test_not_an_image_is_refused_before_any_host_is_touched(tmp_path, two_hosts)
     with pytest.raises(ImageError, match="not a disk image"):
         store.import_file(str(src))
     with pytest.raises(Exception):
-        fleet.host("pm1").list_volumes("imgs")      # the pool was not even made
+        fleet.host("pm1").storage.list_volumes("imgs")      # the pool was not even made
 
 
 def test_a_fifo_or_device_is_refused_without_opening_it(tmp_path):
@@ -190,3 +190,33 @@ def test_a_fifo_or_device_is_refused_without_opening_it(tmp_path):
         with pytest.raises(ImageError) as ei:
             check(p)
         assert str(ei.value) == f"{p}: not a regular file, so not an image file"
+
+
+def test_cms_images_import_is_the_installers_command(tmp_path, run_dir, capsys):
+    """`cms images import IMAGE_FILE` (what ./install runs, without the API): a line per image,
+    2 and one line for a bad image_file, 1 and one line for an image that cannot be imported."""
+    from cms import cli, config
+    from cms.store import Store
+    from tests.support import write_node_xml
+    src = tmp_path / "Debian-12.qcow2"
+    src.write_bytes(qcow2_header() + b"\3" * 50_000)
+    toml = tmp_path / "cms.toml"
+    toml.write_text(f'state_db = "{tmp_path / "state.db"}"\n\n[[hosts]]\nname = "pm1"\n'
+                    f'uri = "{write_node_xml(tmp_path / "n.xml")}"\n\n[image]\npool = "imgs"\n'
+                    'pool_path = "/srv/cms-images"\n')
+    image_file = tmp_path / "image_file"
+    image_file.write_text(f"{src}\n")
+    assert cli.main(["images", "import", "--config", str(toml), str(image_file)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    record = ImageStore(config.load(toml), Store(tmp_path / "state.db")).copy_of(str(src))
+    assert record is not None and out[-1] == (f"image 100 Debian-12: qcow2, 0 MiB, sha256 {record['sha256'][:12]}: "
+                                              f"copied to pm1 ({record['copy']})")
+    image_file.write_text("relative/path.qcow2\n")
+    assert cli.main(["images", "import", "--config", str(toml), str(image_file)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("cms: image_file ") and "is not a full path" in err[0]
+    (tmp_path / "text.img").write_text("not an image\n")
+    image_file.write_text(f"{tmp_path / 'text.img'}\n")
+    assert cli.main(["images", "import", "--config", str(toml), str(image_file)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("cms: ") and "text.img" in err[0]

@@ -180,28 +180,41 @@ def test_replicas_follow_the_feed():
         pub.update("web", "added", "a", port=a_srv.port)
         pub.update("web", "ready", "a", port=a_srv.port)
 
+        def served(srv: StubWorkServer, more: int):
+            then = srv.count()
+            return lambda: srv.count() >= then + more
+
         async def driver(engine):
+            def sent_to(name: str):
+                return lambda: name in engine.replicas and engine.replicas[name].timeline.first_sent_mono is not None
+
+            def landed(name: str, srv: StubWorkServer):
+                """Every request the client sent to that replica has reached its server."""
+                return lambda: srv.count() == engine.replicas[name].tally.attempts
+
             await until(lambda: engine.t0 > 0, 10.0, "start")
             assert await asyncio.to_thread(pub.wait_subscribed, topic("web"), 5.0)
-            await asyncio.sleep(0.5)
+            await until(served(a_srv, 20), 2.0, "traffic to a")
             pub.update("web", "added", "b", port=b_srv.port)
-            await asyncio.sleep(0.3)
+            await until(lambda: "b" in engine.replicas, 1.0, "b known")
             assert "b" not in [r.name for r in engine.ready]      # starting: not used
             pub.update("web", "ready", "b", port=b_srv.port)
-            await until(lambda: engine.replicas["b"].timeline.first_sent_mono is not None, 1.0, "traffic to b")
-            await asyncio.sleep(0.5)
+            await until(sent_to("b"), 1.0, "traffic to b")
             pub.update("web", "added", "c", port=c_srv.port)
             pub.update("web", "ready", "c", port=c_srv.port)
-            await asyncio.sleep(0.5)
+            await until(sent_to("c"), 1.0, "traffic to c")
             pub.update("web", "draining", "a")
             await until(lambda: engine.replicas["a"].timeline.unready_mono is not None, 1.0, "a draining")
+            await until(landed("a", a_srv), 1.0, "a's last requests at a")
             marks["a_count_at_drain"] = a_srv.count()
-            await asyncio.sleep(0.5)
+            await until(served(b_srv, 20), 2.0, "traffic without a")
             pub.update("web", "removed", "a")
             pub.update("web", "failed", "c")
-            await asyncio.sleep(0.5)
+            await until(lambda: engine.replicas["c"].timeline.unready_mono is not None, 1.0, "c failed")
             pub.update("web", "removed", "c")
-            await asyncio.sleep(0.3)
+            await until(lambda: engine.replicas["c"].state == engine.replicas["a"].state == "removed", 1.0,
+                        "a and c removed")
+            await until(landed("c", c_srv), 1.0, "c's last requests at c")
             marks["counts_before_end"] = (a_srv.count(), c_srv.count())
 
         s = loadgen(["--zmq-publish", pub.publish_endpoint, "--zmq-snapshot", pub.snapshot_endpoint,

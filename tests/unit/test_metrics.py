@@ -91,7 +91,7 @@ def test_libvirt_source_one_bulk_call_per_host(node_uri, run_dir, monkeypatch):
             c = next(counters)
             return {u: {"state.state": 1, "cpu.time": c, "vcpu.current": 2, "name": "x"} for u in uuids}
 
-        monkeypatch.setattr(host, "bulk_stats", fake_bulk)
+        monkeypatch.setattr(host.stats, "bulk_stats", fake_bulk)
         src = metrics.LibvirtMetrics(fleet, clock=lambda: next(clock))
         t1 = src.sample(owned)
         t2 = src.sample(owned)

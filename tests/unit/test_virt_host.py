@@ -8,6 +8,7 @@ from cms import errors
 from cms.virt import Fleet, Host, OwnerMeta
 from cms.virt import xml as vxml
 from cms.virt.host import resolve_domain_type
+from cms.virt.migration import Migration
 from tests.support import make_config, write_node_xml
 
 
@@ -67,57 +68,57 @@ def test_capacity_is_read_through_libvirt(tmp_path):
 
 def test_spawn_list_stats_remove(node_uri):
     h = Host("h1", node_uri)
-    uuid = h.clone_and_start(spec(), "cms", "/var/lib/cms/images/golden.qcow2").uuid
-    assert h.list_volumes("cms") == ["cms-web-1.qcow2"]
-    [d] = h.owned_domains()
+    uuid = h.domains.clone_and_start(spec(), "cms", "/var/lib/cms/images/golden.qcow2").uuid
+    assert h.storage.list_volumes("cms") == ["cms-web-1.qcow2"]
+    [d] = h.stats.owned_domains()
     assert (d.name, d.uuid, d.state, d.meta.group, d.meta.port, d.meta.created) == \
         ("cms-web-1", uuid, "running", "web", 20001, 1.5)
-    assert h.owned_domains(group="other") == []
-    stats = h.bulk_stats()
+    assert h.stats.owned_domains(group="other") == []
+    stats = h.stats.bulk_stats()
     assert stats[uuid]["name"] == "cms-web-1" and stats[uuid]["state.state"] == 1
-    assert h.bulk_stats({"nope"}) == {}
+    assert h.stats.bulk_stats({"nope"}) == {}
     h.guest("cms-web-1").set_vcpus(1)
-    h.remove("cms-web-1", "cms")
-    assert h.owned_domains() == [] and h.list_volumes("cms") == []
-    h.remove("cms-web-1", "cms")  # idempotent
+    h.domains.remove("cms-web-1", "cms")
+    assert h.stats.owned_domains() == [] and h.storage.list_volumes("cms") == []
+    h.domains.remove("cms-web-1", "cms")  # idempotent
 
 
 def test_name_clash_leaves_nothing_half_made(node_uri):
     h = Host("h1", node_uri)
-    h.clone_and_start(spec(), "cms", "/g.qcow2")
+    h.domains.clone_and_start(spec(), "cms", "/g.qcow2")
     with pytest.raises(errors.AlreadyExists) as ei:
-        h.clone_and_start(spec(uuid="2b4e28ba-2fa1-11d2-883f-0016d3cca427"), "cms", "/g.qcow2")
+        h.domains.clone_and_start(spec(uuid="2b4e28ba-2fa1-11d2-883f-0016d3cca427"), "cms", "/g.qcow2")
     assert "h1" in str(ei.value) and "cms-web-1" in str(ei.value)
     # the first domain is intact, and the failed spawn left no second volume
-    assert [d.name for d in h.owned_domains()] == ["cms-web-1"]
-    assert h.list_volumes("cms") == ["cms-web-1.qcow2"]
+    assert [d.name for d in h.stats.owned_domains()] == ["cms-web-1"]
+    assert h.storage.list_volumes("cms") == ["cms-web-1.qcow2"]
 
 
 def test_failed_define_removes_the_volume(node_uri):
     h = Host("h1", node_uri)
     with pytest.raises(errors.VirtError):
-        h.clone_and_start(spec(domain_type="nonsense"), "cms", "/g.qcow2")
-    assert h.list_volumes("cms") == [] and h.owned_domains() == []
+        h.domains.clone_and_start(spec(domain_type="nonsense"), "cms", "/g.qcow2")
+    assert h.storage.list_volumes("cms") == [] and h.stats.owned_domains() == []
 
 
 def test_full_pool_is_no_space(tmp_path):
     uri = write_node_xml(tmp_path / "n.xml")
     h = Host("small", uri)
     # fill the pool to 100 MiB short of full
-    with h._call("test") as c:
+    with h.calls("test") as c:
         p = c.storagePoolLookupByName("cms")
         free = p.info()[3] - 100 * 2**20
         p.createXML(f"<volume><name>filler</name><capacity>{free}</capacity><allocation>{free}</allocation></volume>", 0)
     with pytest.raises(errors.NoSpace) as ei:
-        h.clone_and_start(spec(), "cms", "/g.qcow2")
+        h.domains.clone_and_start(spec(), "cms", "/g.qcow2")
     assert "small" in str(ei.value) and "storage pool cms has 100 MiB free" in str(ei.value)
-    assert h.owned_domains() == [] and h.list_volumes("cms") == ["filler"]
+    assert h.stats.owned_domains() == [] and h.storage.list_volumes("cms") == ["filler"]
 
 
 def test_unknown_pool_and_domain_are_not_found(node_uri):
     h = Host("h1", node_uri)
     with pytest.raises(errors.NotFound, match="h1"):
-        h.create_overlay("nopool", "v.qcow2", "/g.qcow2")
+        h.storage.create_overlay("nopool", "v.qcow2", "/g.qcow2")
     with pytest.raises(errors.NotFound, match="domain ghost"):
         h.guest("ghost")
     assert not h.exists("ghost")
@@ -142,7 +143,7 @@ def test_reconnects_after_the_link_breaks(node_uri):
 def test_missing_golden_image_on_local_qemu_host_is_named(run_dir, node_uri):
     h = Host("local", "qemu:///system")
     with pytest.raises(errors.ImageMissing) as ei:
-        h.create_overlay("cms", "x.qcow2", "/nonexistent/golden.qcow2")
+        h.storage.create_overlay("cms", "x.qcow2", "/nonexistent/golden.qcow2")
     assert "/nonexistent/golden.qcow2" in str(ei.value) and "local" in str(ei.value)
 
 
@@ -160,7 +161,7 @@ def test_fleet_build_on_picks_ports_and_remove_cleans(run_dir, tmp_path):
     assert fleet.address_of(fleet.owned("web")[0]) == ("127.0.0.1", a.port)
     fleet.remove("t", "cms-web-a")
     fleet.remove("t", "cms-web-b")
-    assert fleet.owned() == [] and fleet.host("t").list_volumes("cms") == []
+    assert fleet.owned() == [] and fleet.host("t").storage.list_volumes("cms") == []
 
 
 def test_domain_type_auto():
@@ -199,10 +200,10 @@ def test_migration_past_its_timeout_is_aborted(monkeypatch):
     import time
     src, dst = Host("src", "test:///default"), Host("dst", "test:///default")
     stuck = _StuckMigration()
-    monkeypatch.setattr(Host, "_lookup_for_migration", lambda self, c, name: stuck)
+    monkeypatch.setattr(Migration, "_lookup_for_migration", lambda self, c, name: stuck)
     t0 = time.monotonic()
     with pytest.raises(errors.VirtError, match=r"migration aborted after 0.3 s \(it still runs here\)") as ei:
-        src.migrate("vm1", dst, timeout_s=0.3)
+        src.migration.migrate("vm1", dst.calls, timeout_s=0.3)
     assert stuck.aborted.is_set() and 0.3 <= time.monotonic() - t0 < 5
     assert "host src" in str(ei.value) and "canceled by client" in str(ei.value)
     src.close()
@@ -218,12 +219,12 @@ def test_migration_stream_cap_and_address_reach_libvirt(monkeypatch):
 
     src, dst = Host("src", "test:///default"), Host("dst", "test:///default")
     rec = _Recorder()
-    monkeypatch.setattr(Host, "_lookup_for_migration", lambda self, c, name: rec)
-    src.migrate("vm1", dst, address="169.254.1.2", bandwidth_mib_s=8)
+    monkeypatch.setattr(Migration, "_lookup_for_migration", lambda self, c, name: rec)
+    src.migration.migrate("vm1", dst.calls, address="169.254.1.2", bandwidth_mib_s=8)
     assert rec.params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] == 8
     assert rec.params[libvirt.VIR_MIGRATE_PARAM_URI] == "tcp://169.254.1.2"
     assert rec.flags & libvirt.VIR_MIGRATE_LIVE
-    src.migrate("vm1", dst)                       # no cap: the parameter is left out
+    src.migration.migrate("vm1", dst.calls)                       # no cap: the parameter is left out
     assert libvirt.VIR_MIGRATE_PARAM_BANDWIDTH not in rec.params
     src.close()
     dst.close()

@@ -260,7 +260,7 @@ def test_a_warm_replica_destroyed_from_outside_is_replaced(wenv):
     s = wenv(warm_pool={"size": 1})
     run_until(s, lambda: len(ready_names(s)) == 1 and len(parked(s)) == 1, what="ready + parked")
     [w] = parked(s)
-    s.fleet.host("n1").remove(w, s.cfg.libvirt.pool)
+    s.fleet.host("n1").domains.remove(w, s.cfg.libvirt.pool)
     run_until(s, lambda: len(parked(s)) == 1 and w not in parked(s), what="replaced")
     assert "destroyed from outside" in next(e.message for e in s.store.events(group=G, kinds=["removed"])
                                             if e.subject == w)

@@ -1,4 +1,4 @@
-"""``cms-demo --scenario balance``: host balancing on a two-host lab, a replica moving while it serves.
+"""``cms-demo --scenario balance``, the host-balancing scenario: a replica live-migrates while it serves.
 
 In order it:
  1. makes a lab of two hypervisors on this machine (cms.lab.hosts: hv1 and hv2, each its
@@ -20,8 +20,6 @@ In order it:
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,17 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from cms import config as cmsconfig
+from cms.demo.common import GROUP, run_to_end, say, start, to_toml, wait_ready
 from cms.errors import CmsError
 from cms.netutil import free_port
 
-GROUP = "demo"
 LAB, SUBNET = "cmsdemo", 96
 SCHEDULE = "low:25s,high:95s"
 COST = 20000
-
-
-def say(msg: str) -> None:
-    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def settings(out: Path) -> dict[str, Any]:
@@ -56,7 +50,6 @@ def settings(out: Path) -> dict[str, Any]:
 
 
 def run_balance(out: Path, golden: str) -> dict[str, Any]:
-    from cms.demo.run import to_toml
     from cms.lab.hosts import Lab
     from cms.lab.realstack import stop_process
     out.mkdir(parents=True, exist_ok=True)
@@ -73,17 +66,14 @@ def run_balance(out: Path, golden: str) -> dict[str, Any]:
         toml.write_text("# written by cms-demo --scenario balance\n" + to_toml(settings(out)) + "\n"
                         + lab.config_fragment(hosts, cpus=2))
         cfg = cmsconfig.load(toml)
-        env = {**os.environ, "CMS_CONFIG": str(toml), "CMS_RUN_DIR": str(out / "run"), "PYTHONUNBUFFERED": "1"}
+        env = {"CMS_CONFIG": str(toml), "CMS_RUN_DIR": str(out / "run"), "PYTHONUNBUFFERED": "1"}
         bin_dir = Path(sys.executable).parent
 
-        def start(name: str, argv: list[str]) -> subprocess.Popen:
-            p = subprocess.Popen(argv, stdout=open(out / f"balance-{name}.log", "w"), stderr=subprocess.STDOUT,
-                                 env=env, start_new_session=True)
-            procs.append(p)
-            say(f"started {name} (pid {p.pid}), log in {out / f'balance-{name}.log'}")
-            return p
+        def launch(name: str, argv: list[str]) -> subprocess.Popen:
+            procs.append(start(out / f"balance-{name}.log", argv, env))
+            return procs[-1]
 
-        start("autoscaler", [str(bin_dir / "cms-autoscaler"), "--config", str(toml)])
+        launch("autoscaler", [str(bin_dir / "cms-autoscaler"), "--config", str(toml)])
         say("waiting for both replicas on hv1 (first fit) to answer /health")
         ready = wait_ready(cfg, 2, 240)
         say("ready: " + ", ".join(f"{r.name} on {r.host} at {r.endpoint}" for r in ready))
@@ -92,7 +82,7 @@ def run_balance(out: Path, golden: str) -> dict[str, Any]:
         say("letting the guests finish booting (a booting guest is busy whatever the load): hv1 below 40 %")
         settle(store, "hv1", 0.4, 120)
         say(f"load {SCHEDULE}: closed loop, 1 request outstanding, then 4 (both replicas busy: hv1 near 100 %)")
-        lg = start("loadgen", [str(bin_dir / "cms-loadgen"), "--config", str(toml), "--group", GROUP,
+        lg = launch("loadgen", [str(bin_dir / "cms-loadgen"), "--config", str(toml), "--group", GROUP,
                                "--schedule", SCHEDULE, "--concurrency", "1,4", "--cost", str(COST), "--timeout", "30",
                                "--out", str(out / "balance-loadgen.jsonl"), "--summary",
                                str(out / "balance-loadgen-summary.json"), "--quiet", "--no-keys", "--wait-ready", "30"])
@@ -131,21 +121,6 @@ def settle(store: Any, host: str, below: float, timeout: float) -> None:
             return
         time.sleep(1.0)
     raise CmsError(f"{host} stayed busy for {timeout:g}s after its replicas were ready; see the autoscaler's log")
-
-
-def wait_ready(cfg: cmsconfig.Config, n: int, timeout: float):
-    from client.replicas import fetch_snapshot
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            snap = fetch_snapshot(cfg.zmq.snapshot, timeout=2.0)
-            ready = [r for r in snap.groups.get(GROUP, ()) if r.state == "ready"]
-            if len(ready) >= n:
-                return ready
-        except Exception:  # noqa: BLE001 - the daemon is still starting
-            pass
-        time.sleep(1.0)
-    raise CmsError(f"{n} replicas were not ready within {timeout:g}s; see the autoscaler's log")
 
 
 def report(out: Path, store: Any) -> dict[str, Any]:
@@ -210,17 +185,4 @@ def plot(path: Path, t0: float, ticks: list[dict], host_rows: list[Any], started
 
 
 def main(out: Path, golden: str) -> int:
-    def on_term(_sig: int, _frm: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        summary = run_balance(out, golden)
-    except KeyboardInterrupt:
-        say("interrupted: everything stopped and removed")
-        return 130
-    except CmsError as exc:
-        say(f"error: {exc}")
-        return 1
-    print(json.dumps(summary))
-    return 0
+    return run_to_end(lambda: run_balance(out, golden), lambda summary: summary)

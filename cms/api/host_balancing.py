@@ -1,6 +1,6 @@
 """Host balancing through the API: GET /v1/balance/plan and POST /v1/balance/run.
 
-* ``GET /v1/balance/plan``: what the planner (cms.balance) would do now, and why, without
+* ``GET /v1/balance/plan``: what the planner (cms.hostplan) would do now, and why, without
   doing it. The model is built the way cms-autoscaler builds it (cms.autoscaler.
   balance_model): a fresh listing of the fleet, placement's figures per host, and the
   history the daemon records (host load, VM CPU, recent moves). Answers with the plan's
@@ -19,7 +19,7 @@ import dataclasses
 import time
 from typing import Any
 
-from cms.api.service import Service
+from cms.api.service import Resource, Service
 from cms.autoscaler import balance_model, rebalance
 
 
@@ -31,18 +31,12 @@ def plan_json(svc: Service) -> dict[str, Any]:
     return {"ts": now, "enabled": svc.cfg.balancer.enabled, "limits": lim, **p.to_dict()}
 
 
-class BalancePlanResource:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class Plan(Resource):
     def on_get(self, req, resp):
         resp.media = plan_json(self.svc)
 
 
-class BalanceRunResource:
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
+class Run(Resource):
     def on_post(self, req, resp):
         plan = plan_json(self.svc)
         ts = rebalance.request_run(self.svc.store)
