@@ -54,7 +54,7 @@ Output
     so a retried request shows on both replicas), and events as they happen:
       {"type": "event", "ts", "t", "event": "start"|"stop"|"mode"|"replica_starting"|
        "replica_ready"|"replica_draining"|"replica_failed"|"replica_removed"|"snapshot"|
-       "resync"|"snapshot_timeout"|"bad_update"|"bad_snapshot", ...}
+       "resync"|"snapshot_timeout"|"not_leader"|"bad_update"|"bad_snapshot", ...}
     mode events carry "mode" and "source" (schedule, SIGUSR1, SIGUSR2, control, keyboard);
     replica events carry "replica", "endpoint", "pub_ts" (the update's own ts) and "reason".
     "ts" is wall-clock time.time(); "t" is seconds since the start; latencies are ms.
@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replica", action="append", default=[], metavar="HOST:PORT", help="static replica (repeatable)")
     p.add_argument("--config", help="cms config file (default $CMS_CONFIG, else /etc/cms/cms.toml, else defaults)")
     p.add_argument("--group", default="web", help="replica group (default web)")
-    p.add_argument("--zmq-publish", help="override [zmq] publish")
-    p.add_argument("--zmq-snapshot", help="override [zmq] snapshot")
+    p.add_argument("--zmq-publish", help="override [zmq] publish (several controllers: comma-separated)")
+    p.add_argument("--zmq-snapshot", help="override [zmq] snapshot (several controllers: comma-separated)")
     p.add_argument("--curve-server-key", help="override [zmq] curve_public_key (Z85)")
     p.add_argument("--wait-ready", type=float, default=30.0, metavar="S")
     p.add_argument("--low-rate", type=float, default=10.0, metavar="R")
@@ -305,6 +305,7 @@ async def run(a: argparse.Namespace, opts: Options | None = None,
 def make_feed(a: argparse.Namespace, engine: Engine):  # -> ReplicaFeed
     from client.replicas import ReplicaFeed  # zmq only when following the autoscaler
     publish, snapshot, key = a.zmq_publish, a.zmq_snapshot, a.curve_server_key
+    publish, snapshot = (v.split(",") if v else None for v in (publish, snapshot))
     if not (publish and snapshot and key is not None):
         from cms.config import load_or_exit
         cfg = load_or_exit(a.config)

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from cms import files
-from cms.configschema import (bind_problem, build, libvirt_uri_problem, setting, split_hostport,  # noqa: F401
-                              zmq_problem)
+from cms.configschema import (bind_problem, build, etcd_url_problem, libvirt_uri_problem, setting,  # noqa: F401
+                              split_hostport, zmq_problem)
 from cms.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/cms/cms.toml")
@@ -200,11 +200,36 @@ class AutoscalerConfig:
 
 @dataclass(frozen=True)
 class ZmqConfig:
-    """Where the replica feed (the ZeroMQ Clone pattern, cms.messages) is published."""
-    publish: str = setting("tcp://127.0.0.1:5556", doc="PUB endpoint the daemon binds for replica updates")
-    snapshot: str = setting("tcp://127.0.0.1:5557", doc="ROUTER endpoint the daemon binds for snapshots")
+    """Where the replica feed (the ZeroMQ Clone pattern, cms.messages) is published. With several
+    controllers each key lists every controller's endpoint, in the same order in both: a
+    controller binds the first pair it can (an address of its own, ports free), and clients
+    connect to them all and follow the leader."""
+    publish: list[str] = setting(["tcp://127.0.0.1:5556"], one_or_many=True,
+                                 doc="PUB endpoint the daemon binds for replica updates (a list: every controller's)")
+    snapshot: list[str] = setting(["tcp://127.0.0.1:5557"], one_or_many=True,
+                                  doc="ROUTER endpoint the daemon binds for snapshots (a list: every controller's)")
     curve_secret_key: str = setting("", doc="Z85 server secret key; with curve_public_key enables CURVE")
     curve_public_key: str = setting("", doc="Z85 server public key, which clients also need")
+
+
+@dataclass(frozen=True)
+class CoordinationConfig:
+    """Several controllers, one leader (cms.coordination): the election is tooz's lease-backed
+    lock in etcd. Without a url, cms runs one controller, always the leader, as it always has."""
+    url: list[str] = setting([], one_or_many=True,
+                             doc="tooz URL of etcd, etcd3+http://HOST:PORT (https, and tooz's ca_cert, cert_key, "
+                                 "cert_cert, api_version options too); a list: every etcd member, the next tried "
+                                 "when one does not answer; empty: one controller, no election")
+    name: str = setting("", doc="this controller's name, as the leader is shown; empty: the host name")
+    lease_ttl_s: int = setting(5, min=2, max=300,
+                               doc="the leader's lease in etcd: a dead leader is replaced after at most this plus "
+                                   "a tick; a leader that could not renew for half of it stops acting. etcd's "
+                                   "shortest is 2 s (its election timeout's 3/2, rounded up)")
+    timeout_s: int = setting(1, min=1, max=60, doc="one call to etcd waits at most this (whole seconds: tooz's unit)")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
 
 
 @dataclass(frozen=True)
@@ -257,6 +282,7 @@ class Config:
     groups: dict[str, GroupConfig] = setting({"web": {}})
     autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
     zmq: ZmqConfig = field(default_factory=ZmqConfig)
+    coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
@@ -287,11 +313,14 @@ def _cross_checks(cfg: Config) -> None:
         why = libvirt_uri_problem(h.uri)
         if why:
             raise ConfigError(f"{src}: hosts[{i}].uri = {h.uri!r} is not a libvirt URI cms can use: {why}")
-    for key, value, why in (("api.bind", cfg.api.bind, bind_problem(cfg.api.bind)),
-                            ("zmq.publish", cfg.zmq.publish, zmq_problem(cfg.zmq.publish)),
-                            ("zmq.snapshot", cfg.zmq.snapshot, zmq_problem(cfg.zmq.snapshot))):
+    checks = [("api.bind", cfg.api.bind, bind_problem(cfg.api.bind))]
+    checks += [(f"zmq.{k}[{i}]", e, zmq_problem(e)) for k in ("publish", "snapshot")
+               for i, e in enumerate(getattr(cfg.zmq, k))]
+    checks += [(f"coordination.url[{i}]", u, etcd_url_problem(u)) for i, u in enumerate(cfg.coordination.url)]
+    for key, value, why in checks:
         if why:
             raise ConfigError(f"{src}: {key} = {value!r}: {why}")
+    _feed_checks(cfg)
     if cfg.network.port_min > cfg.network.port_max:
         raise ConfigError(f"{src}: network.port_min ({cfg.network.port_min}) is above network.port_max ({cfg.network.port_max})")
     if cfg.autoscaler.metrics_listen and split_hostport(cfg.autoscaler.metrics_listen) is None:
@@ -331,6 +360,18 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.balancer.consolidate and cfg.balancer.headroom >= cfg.balancer.high:
         raise ConfigError(f"{src}: balancer.headroom ({cfg.balancer.headroom}) must be below balancer.high "
                           f"({cfg.balancer.high})")
+
+
+def _feed_checks(cfg: Config) -> None:
+    src, z = cfg.source, cfg.zmq
+    if not z.publish or not z.snapshot:
+        raise ConfigError(f"{src}: zmq.publish and zmq.snapshot need at least one endpoint each")
+    if len(z.publish) != len(z.snapshot):
+        raise ConfigError(f"{src}: zmq.publish lists {len(z.publish)} endpoint(s) and zmq.snapshot "
+                          f"{len(z.snapshot)}: one pair per controller, in the same order")
+    if len(z.publish) > 1 and not cfg.coordination.enabled:
+        raise ConfigError(f"{src}: zmq.publish lists {len(z.publish)} controllers' endpoints: several controllers "
+                          "need [coordination] url (etcd), or list one endpoint")
 
 
 def parse(data: dict[str, Any], source: str = "<embedded defaults>") -> Config:

@@ -21,8 +21,10 @@ from cms.errors import ConfigError
 
 
 def setting(default: Any, *, min: float | None = None, max: float | None = None,
-       choices: tuple[str, ...] | None = None, doc: str = "") -> Any:
-    md = {"min": min, "max": max, "choices": choices, "doc": doc}
+       choices: tuple[str, ...] | None = None, one_or_many: bool = False, doc: str = "") -> Any:
+    """A field of the schema. ``one_or_many`` (on a ``list[str]`` field): a single string in
+    the file stands for a list of one, so the single-controller form stays a plain string."""
+    md = {"min": min, "max": max, "choices": choices, "one_or_many": one_or_many, "doc": doc}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=md)
     return field(default=default, metadata=md)
@@ -98,7 +100,10 @@ def build(cls: Any, data: dict[str, Any], prefix: str, src: str) -> Any:
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name
         if name in data:
-            value = _convert(data[name], hints[name], key, src)
+            raw = data[name]
+            if f.metadata.get("one_or_many") and isinstance(raw, str):
+                raw = [raw]
+            value = _convert(raw, hints[name], key, src)
         elif f.default is not dataclasses.MISSING:
             value = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -166,6 +171,29 @@ def zmq_problem(value: str) -> str | None:
         why = host_port_problem(rest, wildcard_port=True)
         return f"{why} after tcp://" if why else None
     return "want tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+
+
+# what cms.coordination sets itself from [coordination] (lease_ttl_s, timeout_s), so not in the URL
+ETCD_OWN_OPTIONS = ("lock_timeout", "timeout", "membership_timeout")
+
+
+def etcd_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a tooz etcd3gw URL cms can use (etcd3+http://HOST:PORT[?OPTIONS]), or None."""
+    want = "want etcd3+http://HOST:PORT or etcd3+https://HOST:PORT (tooz's etcd3gw driver)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError as exc:
+        return f"{exc}; {want}"
+    if parts.scheme not in ("etcd3+http", "etcd3+https") or not parts.hostname:
+        return want
+    if parts.path not in ("", "/"):
+        return f"no path after the address ({parts.path!r}); {want}"
+    own = [kv.split("=")[0] for kv in parts.query.split("&") if kv.split("=")[0] in ETCD_OWN_OPTIONS]
+    if own:
+        return (f"{own[0]} is set by cms from [coordination] (lease_ttl_s, timeout_s); "
+                "leave it out of the URL")
+    return None
 
 
 def split_hostport(value: str) -> tuple[str, int] | None:

@@ -57,3 +57,7 @@ class PlacementError(CmsError):
 
 class MessageError(CmsError):
     """A ZeroMQ message does not follow cms.messages' schema."""
+
+
+class NotLeader(CmsError):
+    """This controller may not act now: it is not the leader, or its lease was not renewed in time."""

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None, *, stop: threading.Event | None = None, 
         print(f"cms-autoscaler: configuration error: {exc}", file=sys.stderr)
         return 2
     except zmq.ZMQError as exc:
-        print(f"cms-autoscaler: cannot bind {cfg.zmq.publish} / {cfg.zmq.snapshot}: {exc}", file=sys.stderr)
+        print(f"cms-autoscaler: cannot bind {' or '.join(cfg.zmq.publish)} / {' or '.join(cfg.zmq.snapshot)}: {exc}",
+              file=sys.stderr)
         return 1
     except errors.CmsError as exc:
         print(f"cms-autoscaler: {exc}", file=sys.stderr)

@@ -67,7 +67,9 @@ def run(cfg: cms_config.Config, *, skip: set[str] = frozenset(), timeout: float 
         out.extend(hosts.collect(r, start, timeout))
     out.extend(check_image(cfg))
     out.extend(check_ports(cfg))
-    out.extend(check_zmq(k, getattr(cfg.zmq, k.split(".")[1])) for k in ("zmq.publish", "zmq.snapshot"))
+    for k in ("publish", "snapshot"):
+        eps = getattr(cfg.zmq, k)
+        out.extend(check_zmq(f"zmq.{k}", e, several=len(eps) > 1) for e in eps)
     out.append(check_state_db(cfg.state_db))
     out.append(check_api(url or cfg.api.url, explicit=bool(url)))
     return [c for c in out if c.check not in skip]

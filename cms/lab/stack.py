@@ -116,8 +116,8 @@ class Stack:
 
     def loadgen(self, name: str, *args: str) -> subprocess.Popen:
         """cms-loadgen following this stack's feed; its records go to NAME.jsonl / NAME.json."""
-        argv = [sys.executable, "-m", "client.loadgen", "--group", self.group, "--zmq-publish", self.cfg.zmq.publish,
-                "--zmq-snapshot", self.cfg.zmq.snapshot, "--wait-ready", "30", "--quiet", "--no-keys",
+        argv = [sys.executable, "-m", "client.loadgen", "--group", self.group, "--zmq-publish", ",".join(self.cfg.zmq.publish),
+                "--zmq-snapshot", ",".join(self.cfg.zmq.snapshot), "--wait-ready", "30", "--quiet", "--no-keys",
                 "--out", str(self.dir / f"{name}.jsonl"), "--summary", str(self.dir / f"{name}.json"), *args]
         out = open(self.dir / f"{name}.log", "w")
         p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

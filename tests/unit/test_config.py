@@ -42,6 +42,17 @@ def test_env_var_and_flag_choose_the_file(monkeypatch, tmp_path):
     assert config.load(b).state_db == "/tmp/b.db"
 
 
+def test_one_endpoint_or_a_list_and_coordination_off_by_default():
+    cfg = config.parse({})
+    assert cfg.zmq.publish == ["tcp://127.0.0.1:5556"] and not cfg.coordination.enabled
+    assert config.parse({"zmq": {"publish": "tcp://h:1", "snapshot": "tcp://h:2"}}).zmq.snapshot == ["tcp://h:2"]
+    cfg = config.parse({"zmq": {"publish": ["tcp://a:1", "tcp://b:1"], "snapshot": ["tcp://a:2", "tcp://b:2"]},
+                        "coordination": {"url": ["etcd3+http://e1:2379", "etcd3+https://e2:2379?ca_cert=/ca.pem"],
+                                         "name": "c1", "lease_ttl_s": 10}})
+    assert cfg.coordination.enabled and cfg.coordination.url[1].startswith("etcd3+https://e2")
+    assert cfg.coordination.lease_ttl_s == 10 and len(cfg.zmq.publish) == 2
+
+
 def test_values_are_typed():
     cfg = config.parse({"groups": {"api": {"vcpus": 2, "threshold": {"high": 1}}},
                         "hosts": [{"name": "a", "uri": "test:///default"}, {"name": "b", "uri": "qemu+ssh://b/system"}]})
@@ -67,7 +78,18 @@ def test_values_are_typed():
     ("[network]\nport_min = 30000\nport_max = 20000", "network.port_min (30000) is above"),
     ("[libvirt]\nmigrate_timeout_s = 900.0", "libvirt.migrate_timeout_s (900) must be below api.timeout (600)"),
     ("[api]\nworker_class = \"gevent\"", "api.worker_class = 'gevent' is not one of sync, gthread"),
-    ("[zmq]\npublish = [1]", "zmq.publish must be a string"),
+    ("[zmq]\npublish = [1]", "zmq.publish[0] must be a string"),
+    ("[zmq]\npublish = 1", "zmq.publish must be an array"),
+    ("[zmq]\npublish = []", "zmq.publish and zmq.snapshot need at least one endpoint"),
+    ("[zmq]\npublish = [\"tcp://a:1\", \"tcp://b:1\"]", "zmq.publish lists 2 endpoint(s) and zmq.snapshot 1"),
+    ("[zmq]\npublish = [\"tcp://a:1\", \"tcp://b:1\"]\nsnapshot = [\"tcp://a:2\", \"tcp://b:2\"]",
+     "several controllers need [coordination] url"),
+    ("[zmq]\npublish = [\"tcp://a:1\", \"b:1\"]\nsnapshot = [\"tcp://a:2\", \"tcp://b:2\"]",
+     "zmq.publish[1] = 'b:1': want tcp://HOST:PORT"),
+    ("[coordination]\nurl = \"http://e1:2379\"", "coordination.url[0] = 'http://e1:2379': want etcd3+http"),
+    ("[coordination]\nurl = [\"etcd3+http://e1:2379?lock_timeout=9\"]", "lock_timeout is set by cms"),
+    ("[coordination]\nurl = \"etcd3+http://e1:99999\"", "coordination.url[0]"),
+    ("[coordination]\nlease_ttl_s = 1", "coordination.lease_ttl_s = 1 is below the minimum 2"),
     ("libvirt = 3", "libvirt must be a table"),
     ("this is not toml", "not valid TOML"),
     ("[groups.web.threshold]\nhigh = nan", "groups.web.threshold.high = nan is not a finite number"),
@@ -78,7 +100,7 @@ def test_values_are_typed():
     ("[[hosts]]\nname = \"a\"\nuri = \"qemu://hv1/systm\"", "a QEMU URI's path is /system or /session, not '/systm'"),
     ("[[hosts]]\nname = \"a\"\nuri = \"test://\"", "a test URI names /default"),
     ("[api]\nbind = \"127.0.0.1:0\"", "api.bind = '127.0.0.1:0': want HOST:PORT"),
-    ("[zmq]\nsnapshot = \"udp://1.2.3.4:5\"", "zmq.snapshot = 'udp://1.2.3.4:5': want tcp://HOST:PORT"),
+    ("[zmq]\nsnapshot = \"udp://1.2.3.4:5\"", "zmq.snapshot[0] = 'udp://1.2.3.4:5': want tcp://HOST:PORT"),
     ("state_db = \"a\\u0007b\"", "state_db = 'a\\x07b' holds a control character"),
 ])
 def test_bad_values_name_the_key_and_file(tmp_path, text, needle):

@@ -1,0 +1,108 @@
+"""The election on a real 3-member etcd cluster (Debian's etcd-server as plain processes), through
+tooz's etcd3gw driver: it holds, it moves when the holder is SIGKILLed, it survives one
+member's death, and without quorum nobody may act. One cluster for the module (~25 s)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cms.config import CoordinationConfig
+from cms.coordination import Election
+from cms.lab.etcd import EtcdCluster
+from cms.lab.realstack import wait_until
+from cms.leadership import FOLLOWER, LEADER, Leader
+from tests.support import ROOT
+
+pytestmark = pytest.mark.real
+
+TTL = 2
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    with EtcdCluster.running(3) as cluster:
+        yield cluster
+
+
+def election(etcd: EtcdCluster, name: str, first: int = 0) -> Election:
+    urls = etcd.urls[first:] + etcd.urls[:first]
+    e = Election(CoordinationConfig(url=urls, name=name, lease_ttl_s=TTL), Leader(name, 0, f"tcp://{name}:1"))
+    e.start()
+    return e
+
+
+def stepping(*es: Election, until, timeout: float, what: str):
+    """Step every election each quarter second until `until()` holds (bounded)."""
+    def step():
+        for e in es:
+            e.step()
+        return until()
+    return wait_until(step, timeout, 0.25, what)
+
+
+def test_the_lock_holds_and_moves_when_its_holder_is_killed(etcd):
+    holder = subprocess.Popen([sys.executable, "-m", "tests.election_member", "killed", str(TTL), *etcd.urls],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    b = election(etcd, "b", 1)
+    try:
+        first = wait_until(lambda: (line := holder.stdout.readline()).startswith(LEADER) and int(line.split()[1]),
+                           15, 0, "the first process to lead")
+        stepping(b, until=lambda: b.leader is not None, timeout=5, what="b to learn the leader")
+        assert b.role == FOLLOWER and b.leader.name == "killed" and b.leader.term == first
+        for _ in range(8):                   # two TTLs: it holds while its holder lives
+            b.step()
+            assert b.role == FOLLOWER
+            time.sleep(0.25)
+        holder.kill()                         # no release: its lease must run out
+        stepping(b, until=lambda: b.role == LEADER, timeout=TTL + 2.0, what="b to lead within the TTL and a margin")
+        assert b.term > first and b.may_act()
+    finally:
+        holder.kill()
+        holder.wait(5)
+        b.stop()
+
+
+def test_one_member_dies_and_leadership_holds(etcd):
+    a, b = election(etcd, "a"), election(etcd, "b", 1)
+    try:
+        stepping(a, b, until=lambda: a.role == LEADER, timeout=10, what="a to lead")
+        term = a.term
+        etcd.kill(0)                          # the member a talks to
+        end = time.monotonic() + 2 * TTL
+        while time.monotonic() < end:
+            a.step()
+            b.step()
+            assert a.role == LEADER and a.term == term and b.role == FOLLOWER
+            time.sleep(0.25)
+        assert a.may_act()
+    finally:
+        etcd.revive(0)
+        a.stop()
+        b.stop()
+
+
+def test_without_quorum_nobody_acts_and_with_it_back_one_leads(etcd):
+    a, b = election(etcd, "a"), election(etcd, "b", 2)
+    try:
+        stepping(a, b, until=lambda: a.role == LEADER, timeout=10, what="a to lead")
+        etcd.kill(0)
+        etcd.kill(1)                          # 1 of 3 left: no quorum
+        stepping(a, b, until=lambda: not a.may_act(), timeout=TTL / 2 + 2.5, what="a to stop acting")
+        end = time.monotonic() + 2 * TTL
+        while time.monotonic() < end:        # for two TTLs nobody may act
+            a.step()
+            b.step()
+            assert not a.may_act() and not b.may_act()
+    finally:
+        etcd.revive(0)
+        etcd.revive(1)
+    try:
+        stepping(a, b, until=lambda: a.may_act() or b.may_act(), timeout=TTL + 10, what="a leader again")
+        assert (a.role == LEADER) != (b.role == LEADER)
+    finally:
+        a.stop()
+        b.stop()
