@@ -34,6 +34,24 @@ Replica::
     {"name": "cms-web-2", "group": "web", "host": "local", "address": "127.0.0.1",
      "port": 20001, "state": "ready", "created": 1763700000.0}
 
+Several controllers (cms.leadership): each binds its own endpoints, only the leader
+publishes, and every body carries the leader's ``term`` (0 with one controller). A client
+connects SUB to every controller's publish endpoint and asks every snapshot endpoint; a
+follower answers a snapshot request with::
+
+    {"schema": 1, "type": "not_leader", "name": "c2", "term": 0,
+     "leader": "c1", "leader_term": 41, "publish": "tcp://...", "snapshot": "tcp://..."}
+
+naming the leader and its endpoints when it knows them ("" when nobody leads now). The
+leader sends on the bare prefix topic ``b"replicas."`` an epoch message when it takes
+over and then once per tick (the Clone pattern's heartbeat)::
+
+    {"schema": 1, "type": "epoch", "epoch": "8f3c...", "seq": 17, "term": 41, "leader": "c1", "ts": ...}
+
+so a subscriber learns of a new leader (a new epoch with a higher term: resync) even when
+no replica changes, and of updates it missed (``seq`` past its own). Anything from an
+older term than the one a subscriber follows is a deposed leader's: ignored.
+
 ``state`` is one of STATES. A client sends work only to replicas whose state is "ready".
 A removed replica does not appear in ``replicas``; the update that removes it has
 ``event == "removed"`` and names it in ``replica``. ``event == "moved"``: a ready replica
@@ -47,7 +65,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from cms.errors import MessageError
 
@@ -109,6 +127,7 @@ class Update:
     replicas: tuple[Replica, ...]
     reason: str = ""
     ts: float = field(default_factory=time.time)
+    term: int = 0
 
     @property
     def ready(self) -> list[Replica]:
@@ -121,6 +140,33 @@ class Snapshot:
     seq: int
     groups: dict[str, tuple[Replica, ...]]
     ts: float = field(default_factory=time.time)
+    term: int = 0
+
+
+@dataclass(frozen=True)
+class NotLeader:
+    """A follower's answer to a snapshot request: who it is, and who leads if it knows."""
+    name: str
+    leader: str = ""
+    leader_term: int = 0
+    publish: str = ""
+    snapshot: str = ""
+    term: int = 0
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """The leader's heartbeat on the bare prefix topic: its epoch, sequence and term."""
+    epoch: str
+    seq: int
+    term: int
+    leader: str = ""
+    ts: float = field(default_factory=time.time)
+
+
+def endpoints(value: str | Sequence[str]) -> list[str]:
+    """One endpoint or several (every controller's), as a list."""
+    return [value] if isinstance(value, str) else list(value)
 
 
 def topic(group: str) -> bytes:
@@ -142,8 +188,19 @@ def encode_update(u: Update) -> list[bytes]:
         "replica": u.replica,
         "reason": u.reason,
         "replicas": [asdict(r) for r in u.replicas],
+        "term": u.term,
     }
     return [topic(u.group), json.dumps(body, separators=(",", ":")).encode()]
+
+
+def encode_epoch(e: Epoch) -> list[bytes]:
+    body = {"schema": SCHEMA_VERSION, "type": "epoch", "epoch": e.epoch, "seq": e.seq, "term": e.term,
+            "leader": e.leader, "ts": e.ts}
+    return [TOPIC_PREFIX, json.dumps(body, separators=(",", ":")).encode()]
+
+
+def encode_not_leader(n: NotLeader) -> bytes:
+    return json.dumps({"schema": SCHEMA_VERSION, "type": "not_leader", **asdict(n)}, separators=(",", ":")).encode()
 
 
 def encode_snapshot(s: Snapshot) -> bytes:
@@ -154,11 +211,12 @@ def encode_snapshot(s: Snapshot) -> bytes:
         "seq": s.seq,
         "ts": s.ts,
         "groups": {g: [asdict(r) for r in reps] for g, reps in s.groups.items()},
+        "term": s.term,
     }
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _load(body: bytes, want: str) -> dict[str, Any]:
+def _load(body: bytes, want: str | tuple[str, ...]) -> dict[str, Any]:
     try:
         d = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -167,8 +225,9 @@ def _load(body: bytes, want: str) -> dict[str, Any]:
         raise MessageError("message is not a JSON object")
     if d.get("schema") != SCHEMA_VERSION:
         raise MessageError(f"unsupported schema {d.get('schema')!r}, this side speaks {SCHEMA_VERSION}")
-    if d.get("type") != want:
-        raise MessageError(f"expected a {want} message, got {d.get('type')!r}")
+    wanted = (want,) if isinstance(want, str) else want
+    if d.get("type") not in wanted:
+        raise MessageError(f"expected a {' or '.join(wanted)} message, got {d.get('type')!r}")
     return d
 
 
@@ -186,6 +245,7 @@ def decode_update(frames: list[bytes]) -> Update:
             replicas=tuple(Replica.from_dict(r) for r in d["replicas"]),
             reason=str(d.get("reason", "")),
             ts=float(d.get("ts", 0.0)),
+            term=int(d.get("term", 0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise MessageError(f"bad update: {exc}") from None
@@ -196,14 +256,38 @@ def decode_update(frames: list[bytes]) -> Update:
     return u
 
 
+def decode_feed(frames: list[bytes]) -> Update | Epoch:
+    """A message from the PUB socket: a group's update, or the leader's epoch on the bare prefix."""
+    if len(frames) == 2 and frames[0] == TOPIC_PREFIX:
+        d = _load(frames[1], "epoch")
+        try:
+            return Epoch(str(d["epoch"]), int(d["seq"]), int(d["term"]), str(d.get("leader", "")),
+                         float(d.get("ts", 0.0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MessageError(f"bad epoch message: {exc}") from None
+    return decode_update(frames)
+
+
 def decode_snapshot(body: bytes) -> Snapshot:
-    d = _load(body, "snapshot")
+    reply = decode_snapshot_reply(body)
+    if isinstance(reply, NotLeader):
+        raise MessageError(f"{reply.name} is not the leader (the leader: {reply.leader or 'unknown'})")
+    return reply
+
+
+def decode_snapshot_reply(body: bytes) -> Snapshot | NotLeader:
+    """The snapshot socket's answer: the leader's snapshot, or a follower's NotLeader."""
+    d = _load(body, ("snapshot", "not_leader"))
     try:
+        if d["type"] == "not_leader":
+            return NotLeader(str(d["name"]), str(d.get("leader", "")), int(d.get("leader_term", 0)),
+                             str(d.get("publish", "")), str(d.get("snapshot", "")), int(d.get("term", 0)))
         return Snapshot(
             epoch=str(d["epoch"]),
             seq=int(d["seq"]),
             groups={str(g): tuple(Replica.from_dict(r) for r in reps) for g, reps in d["groups"].items()},
             ts=float(d.get("ts", 0.0)),
+            term=int(d.get("term", 0)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MessageError(f"bad snapshot: {exc}") from None

@@ -13,8 +13,17 @@ subclass of it, so what the tests follow is what the daemon sends.
   sets under a lock and hands the frames to that thread over an inproc PAIR, which wakes
   it at once, so updates leave in seq order with no polling delay.
 
-``seq``, ``epoch``, ``subscribers`` and ``snapshot_requests`` are plain reads for a metrics
-exporter. NullPublisher keeps the sets and the sequence but sends nothing (dry runs, unit
+* Several controllers (cms.leadership): ``[zmq] publish`` and ``snapshot`` list every
+  controller's endpoints; each binds the first pair it can (an address of its own, ports
+  free). Every controller binds, so clients are connected before a takeover; only the
+  leader sends. ``follow(leader)`` silences it (the sets still change, nothing leaves) and
+  makes it answer snapshot requests with NotLeader naming the leader; ``lead(term)`` starts
+  a new epoch under that term and says so with an epoch message, which ``heartbeat``
+  repeats each tick. Without coordination the one publisher leads from the start, term 0,
+  and sends no epoch messages: the feed is what it always was.
+
+``seq``, ``epoch``, ``term``, ``leading``, ``subscribers`` and ``snapshot_requests`` are
+plain reads for a metrics exporter. NullPublisher keeps the sets and the sequence but sends nothing (dry runs, unit
 tests).
 """
 
@@ -29,7 +38,9 @@ from typing import Any, Iterable
 import zmq
 
 from cms.config import ZmqConfig
-from cms.messages import SNAPSHOT_REQUEST, Replica, Snapshot, Update, encode_snapshot, encode_update
+from cms.leadership import Leader
+from cms.messages import (SNAPSHOT_REQUEST, Epoch, NotLeader, Replica, Snapshot, Update, encode_epoch,
+                          encode_not_leader, encode_snapshot, encode_update, endpoints)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +56,10 @@ class ReplicaSets:
     def __init__(self, epoch: str | None = None) -> None:
         self.epoch = epoch or uuid.uuid4().hex
         self.seq = 0
+        self.term = 0
+        self.leading = True                    # False: a follower, which sends nothing
+        self.name = ""                         # this controller, as its NotLeader answers say
+        self.leader: Leader | None = None      # whom a follower names
         self._sets: dict[str, dict[str, Replica]] = {}
         self._lock = threading.Lock()
 
@@ -60,10 +75,30 @@ class ReplicaSets:
                 members[replica.name] = replica
             self.seq += 1
             u = Update(epoch=self.epoch, seq=self.seq, group=replica.group, event=event, replica=replica.name,
-                       replicas=_by_age(members.values()), reason=reason, ts=time.time())
-            if publish:
+                       replicas=_by_age(members.values()), reason=reason, ts=time.time(), term=self.term)
+            if publish and self.leading:
                 self._send(encode_update(u))
         return u
+
+    def lead(self, term: int, epoch: str | None = None) -> str:
+        """Become the feed's source under ``term``: a new epoch (seq from zero, the same sets),
+        announced at once with an epoch message so subscribers resync now."""
+        with self._lock:
+            self.epoch, self.seq, self.term, self.leading = epoch or uuid.uuid4().hex, 0, term, True
+            self.leader = None
+            self._send(encode_epoch(Epoch(self.epoch, self.seq, self.term, self.name)))
+            return self.epoch
+
+    def follow(self, leader: Leader | None) -> None:
+        """Send nothing from now on; answer snapshot requests naming ``leader`` (None: unknown)."""
+        with self._lock:
+            self.leading, self.leader = False, leader
+
+    def heartbeat(self) -> None:
+        """The leader's epoch message again (each tick, with several controllers)."""
+        with self._lock:
+            if self.leading:
+                self._send(encode_epoch(Epoch(self.epoch, self.seq, self.term, self.name)))
 
     def new_epoch(self, epoch: str | None = None) -> str:
         """Start a new epoch: seq from zero, the same sets (what a restarted daemon that
@@ -80,7 +115,17 @@ class ReplicaSets:
     def snapshot(self, prefix: str = "") -> Snapshot:
         with self._lock:
             groups = {g: _by_age(m.values()) for g, m in self._sets.items() if g.startswith(prefix)}
-            return Snapshot(self.epoch, self.seq, groups, time.time())
+            return Snapshot(self.epoch, self.seq, groups, time.time(), self.term)
+
+    def answer_snapshot(self, prefix: str) -> Snapshot | NotLeader | None:
+        """What a snapshot request for `prefix` gets: the sets when leading, else NotLeader
+        naming the leader; None leaves it unanswered (a subclass may)."""
+        with self._lock:
+            if not self.leading:
+                ld = self.leader
+                return NotLeader(self.name, ld.name if ld else "", ld.term if ld else 0, ld.publish if ld else "",
+                                 ld.snapshot if ld else "", self.term)
+        return self.snapshot(prefix)
 
     def _send(self, frames: list[bytes]) -> None:
         """Called under the lock with each update's frames; nowhere to send them here."""
@@ -131,8 +176,7 @@ class Publisher(ReplicaSets):
         try:
             self._inbox.bind(inproc)
             self._outbox.connect(inproc)
-            self._pub.bind(zcfg.publish)
-            self._router.bind(zcfg.snapshot)
+            self.index = self._bind_own(zcfg)
         except zmq.ZMQError:
             for s in sockets:
                 s.close(0)
@@ -141,6 +185,24 @@ class Publisher(ReplicaSets):
         self.snapshot_endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._thread = threading.Thread(target=self._run, name="cms-publisher", daemon=True)
         self._thread.start()
+
+    def _bind_own(self, zcfg: ZmqConfig) -> int:
+        """Bind the first (publish, snapshot) pair this controller can; its index in the lists."""
+        err: zmq.ZMQError | None = None
+        for i, (pub, snap) in enumerate(zip(endpoints(zcfg.publish), endpoints(zcfg.snapshot))):
+            try:
+                self._pub.bind(pub)
+            except zmq.ZMQError as exc:      # another controller's address, or its port is taken
+                err = exc
+                continue
+            try:
+                self._router.bind(snap)
+                return i
+            except zmq.ZMQError as exc:
+                err = exc
+                self._pub.unbind(self._pub.getsockopt_string(zmq.LAST_ENDPOINT))
+        assert err is not None
+        raise err
 
     # --- what callers read and wait for ---------------------------------------------------------
 
@@ -160,10 +222,6 @@ class Publisher(ReplicaSets):
                     return False
                 self._subs_changed.wait(left)
             return True
-
-    def answer_snapshot(self, prefix: str) -> Snapshot | None:
-        """What a snapshot request for `prefix` gets; None leaves it unanswered."""
-        return self.snapshot(prefix)
 
     # --- the socket thread ------------------------------------------------------------------------
 
@@ -238,7 +296,8 @@ class Publisher(ReplicaSets):
             prefix = body[1].decode("utf-8", "replace") if len(body) > 1 else ""
             snap = self.answer_snapshot(prefix)
             if snap is not None:
-                self._router.send_multipart([ident, *delim, encode_snapshot(snap)])
+                body = encode_not_leader(snap) if isinstance(snap, NotLeader) else encode_snapshot(snap)
+                self._router.send_multipart([ident, *delim, body])
 
     def close(self, timeout: float = 2.0) -> None:
         if self._stop.is_set():
