@@ -4,6 +4,11 @@
 #                            libvirtd on 169.254.90.(10+i), reached over qemu+tcp; prints a cms.toml fragment
 #   scripts/lab.sh down      removes all of it (also what a crashed run left)
 #   scripts/lab.sh status    what of it exists
+#   scripts/lab.sh up N --controllers M [--etcd 3]
+#                            also M controllers, each in its own network namespace (169.254.90.(1+i)),
+#                            and an etcd cluster they alone reach; writes a cms.toml per controller
+#   scripts/lab.sh cut-etcd C / heal-etcd C
+#                            controller C (2 or c2) loses etcd (still reaching the hosts) / gets it back
 # Options before the command: --name NAME (default cmslab), --subnet S (169.254.S.0/24, default 90).
 # Env: CMS_VENV (default .venv). Needs root.
 set -euo pipefail

@@ -60,6 +60,10 @@ class EtcdCluster:
         """The tooz URL of every member, for [coordination] url."""
         return [f"etcd3+http://{self.address}:{m.client_port}" for m in self.members]
 
+    def pids(self) -> list[int]:
+        """The members' process ids (the lab's down ends them by these)."""
+        return [m.proc.pid for m in self.members if m.proc is not None and m.proc.poll() is None]
+
     def client_url(self, i: int) -> str:
         return f"http://{self.address}:{self.members[i].client_port}"
 

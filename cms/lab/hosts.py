@@ -3,6 +3,8 @@
     python -m cms.lab.hosts up N [--name cmslab] [--subnet 90] [--cpus C]   (scripts/lab.sh up N)
     python -m cms.lab.hosts down [--name cmslab]                            (scripts/lab.sh down)
     python -m cms.lab.hosts status [--name cmslab]
+    python -m cms.lab.hosts up N --controllers M [--etcd 3]    (controllers and etcd: cms.lab.controllers)
+    python -m cms.lab.hosts cut-etcd|heal-etcd C               (controller C loses etcd, or gets it back)
 
 What ``up`` makes, for host i of N (hv1, hv2, ...):
 
@@ -258,7 +260,8 @@ class Lab:
         """Remove everything of this lab, from this run or an earlier one; what was removed."""
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, bridges, privileged libvirtds)")
-        removed = []
+        from cms.lab.controllers import Controllers
+        removed = Controllers(self).down() if self.root.is_dir() or self._our_netns() else []
         launchers = []
         for f in sorted(self.root.glob("hv*/launcher.pid")) if self.root.is_dir() else []:
             with contextlib.suppress(ValueError, OSError):
@@ -284,8 +287,10 @@ class Lab:
 
     def status(self) -> dict:
         namespaces = self._our_netns()
+        from cms.lab.controllers import Controllers
         return {"name": self.name, "root": str(self.root), "netns": namespaces, "links": self._our_links(),
-                "processes": {ns: _run("ip", "netns", "pids", ns, check=False).stdout.split() for ns in namespaces}}
+                "processes": {ns: _run("ip", "netns", "pids", ns, check=False).stdout.split() for ns in namespaces},
+                "controllers": Controllers(self).status()}
 
     # -- what cms needs to use it ---------------------------------------------------------------
 
@@ -331,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("n", type=int)
     p.add_argument("--cpus", type=int, default=-1,
                    help="each host's cpus in the fragment (default: this machine's CPUs shared out, at least 1)")
+    p.add_argument("--controllers", type=int, default=0, metavar="M",
+                   help="also M controllers, each in its own network namespace, and an etcd cluster (default 0)")
+    p.add_argument("--etcd", type=int, default=3, metavar="E", help="etcd members with --controllers (default 3)")
+    for cmd, what in (("cut-etcd", "cut off from etcd (it still reaches the hosts)"), ("heal-etcd", "etcd back")):
+        sub.add_parser(cmd, help=f"controller C (2 or c2): {what}").add_argument("controller")
     sub.add_parser("down", help="remove the lab")
     sub.add_parser("status", help="what of the lab exists")
     a = ap.parse_args(argv)
@@ -347,12 +357,23 @@ def main(argv: list[str] | None = None) -> int:
                       f"host_uuid {h.host_uuid}, {h.uri}")
             print(f"cms.toml fragment (also in {lab.root / 'cms.toml'}):\n")
             print(frag, end="")
+            if a.controllers:
+                from cms.lab import controllers as lc
+                ctl = lc.Controllers(lab)
+                made, etcd = ctl.up(a.controllers, a.etcd)
+                lc.write_configs(ctl, made, etcd, frag)
+                print("\n" + lc.describe(ctl, made, etcd))
+        elif a.cmd in ("cut-etcd", "heal-etcd"):
+            from cms.lab.controllers import Controllers
+            ctl = Controllers(lab)
+            i = ctl.index(a.controller)
+            print(f"lab {a.name}: " + "; ".join(ctl.cut(i) if a.cmd == "cut-etcd" else ctl.heal(i)))
         elif a.cmd == "down":
             removed = lab.down()
             print(f"lab {a.name}: " + ("removed " + "; ".join(removed) if removed else "nothing to remove"))
         else:
             print(json.dumps(lab.status(), indent=1))
-    except LabError as exc:
+    except CmsError as exc:   # LabError, EtcdError
         print(f"lab: {exc}", file=sys.stderr)
         return 1
     return 0
