@@ -47,8 +47,12 @@ CREATE TABLE IF NOT EXISTS placement_state (key TEXT PRIMARY KEY, value INTEGER 
 
 class Scheduler:
     def __init__(self, cfg: Config, fleet: Fleet, store: Store | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, lease: Any = None) -> None:
         self.cfg = cfg
+        # the leader's lease (cms.coordination): every change to the fleet checks it first and
+        # stamps its term into the metadata it writes; None: a controller that always may
+        # (cms-api, the CLI, a single controller's autoscaler gets its SoleLeader)
+        self.lease = lease
         self.fleet = fleet
         self.store = store or Store(cfg.state_db)
         self.store.ensure_schema(SCHEMA)
@@ -57,6 +61,20 @@ class Scheduler:
         self._down_until: dict[str, float] = {}
         self._lock = threading.Lock()
         self._own: list[tuple[float, OwnedDomain]] = []   # VMs made with a listing, and when
+
+    # -- the lease: the guard before every change ----------------------------------------------
+
+    def guard(self, op: str) -> None:
+        """Raise NotLeader unless this controller may change the fleet now (cms.leadership: the
+        leader, within half its lease's TTL of its last renewal). Called before each mutating
+        libvirt call, so a deposed leader's action stops at its next step."""
+        if self.lease is not None:
+            self.lease.check(op)
+
+    def stamped(self, meta: OwnerMeta) -> OwnerMeta:
+        """``meta`` with the term it is written under."""
+        term = getattr(self.lease, "term", 0)
+        return meta if meta.term == term else OwnerMeta(**{**meta.__dict__, "term": term})
 
     # -- the spawn lock ------------------------------------------------------------------------
 
@@ -159,7 +177,9 @@ class Scheduler:
         (the VMs this scheduler made since that listing are added to it). `avoid`: hosts not
         to place on this time (a warm refill keeps to one boot per host).
         """
+        meta = self.stamped(meta)
         with self.lock():
+            self.guard(f"spawn {name}")
             listing = self._with_own_spawns(listing)
             choice = self.choose(Request(vcpus, memory_mib, disk_bytes), avoid, listing)
             spawned = self.fleet.build_on(choice.host, name, vcpus=vcpus, memory_mib=memory_mib, meta=meta,
@@ -191,11 +211,13 @@ class Scheduler:
     def remove(self, host: str, name: str, graceful_timeout: float = 0.0,
                wait: Callable[[float], Any] = time.sleep) -> None:
         """Remove a VM and its disk (idempotent); a graceful shutdown first when a timeout is given."""
+        self.guard(f"remove {name}")
         self.fleet.remove(host, name, graceful_timeout, wait)
 
     def remove_everywhere(self, name: str) -> None:
         """Remove a VM of that name, and its disk, from every host (idempotent); HostUnreachable
         when a host does not answer, as the VM may be there (a create a dead worker left half made)."""
+        self.guard(f"remove {name}")
         for host in self.fleet.hosts:
             self.fleet.remove(host, name)
 
@@ -205,8 +227,9 @@ class Scheduler:
              wait: Callable[[float], Any] = time.sleep) -> None:
         """Tag a running replica warm in its metadata, then park it: paused (suspend), saved
         (managed save: RAM to disk) or stopped (shut down, gracefully within the timeout)."""
+        self.guard(f"park {name}")
         g = self.fleet.guest(host, name)
-        g.set_owner(meta)
+        g.set_owner(self.stamped(meta))
         if mode == "paused":
             g.suspend()
         elif mode == "saved":
@@ -218,6 +241,7 @@ class Scheduler:
 
     def unpark(self, host: str, name: str, mode: str) -> None:
         """Take a parked replica out of the pool: resume it, or start it (a saved one restores its RAM)."""
+        self.guard(f"unpark {name}")
         g = self.fleet.guest(host, name)
         if mode == "paused":
             g.resume()
@@ -226,7 +250,8 @@ class Scheduler:
 
     def retag(self, host: str, name: str, meta: OwnerMeta) -> None:
         """Rewrite a replica's owner metadata (a warm replica taken into service is tagged serving)."""
-        self.fleet.guest(host, name).set_owner(meta)
+        self.guard(f"retag {name}")
+        self.fleet.guest(host, name).set_owner(self.stamped(meta))
 
     def lease_address(self, host: str, name: str) -> str | None:
         """A replica's DHCP address on a libvirt network (network.mode = libvirt), once it has one."""
@@ -243,6 +268,8 @@ class Scheduler:
         pool = self.cfg.libvirt.pool
         found: list[tuple[str, str]] = []
         with self.lock():
+            if not dry_run:
+                self.guard("remove orphan volumes")
             for hname, h in self.fleet.hosts.items():
                 try:
                     vols = h.storage.list_volumes(pool)
@@ -310,6 +337,7 @@ class Scheduler:
                     told.append(True)
                     on_switchover(dest, *where)
 
+            self.guard(f"migrate {name}")
             self.fleet.host(d.host).migration.migrate(
                 name, self.fleet.host(dest).calls, address=to.migration_address, shared_storage=to.shared_storage,
                 timeout_s=self.cfg.libvirt.migrate_timeout_s, forward=forward,
@@ -333,6 +361,8 @@ class Scheduler:
                 if not load.up or vcpu_room(load, self.rules) < grow.vcpus or ram_room(load, self.rules) < grow.memory_mib:
                     raise errors.PlacementError(f"host {d.host} has no room to grow {name} by "
                                                 f"{grow.vcpus} vCPU / {grow.memory_mib} MiB; migrate it first")
+            if (vcpus and vcpus != d.vcpus) or (memory_mib and memory_mib != d.memory_mib):
+                self.guard(f"resize {name}")
             if vcpus and vcpus != d.vcpus:
                 g.set_vcpus(vcpus)
             if memory_mib and memory_mib != d.memory_mib:

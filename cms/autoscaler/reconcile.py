@@ -11,6 +11,10 @@ Each tick:
   publish  events, samples and replica states go to the state database, and the status
            snapshot (``status()``) is rebuilt.
 
+With several controllers (cms.autoscaler.leading) a tick first renews the lease or tries
+for it; only the leader's tick goes on to plan and act; a follower's lists the hosts now
+and then, read-only, and rebuilds its status.
+
 Where each concern lives: the lifecycle states and transitions in
 cms.autoscaler.lifecycle, the tracked replicas and every move of theirs in
 cms.autoscaler.registry, HTTP health in cms.autoscaler.health, the ZeroMQ feed in
@@ -31,12 +35,14 @@ from cms.autoscaler import planner, status
 from cms.autoscaler.executor import Executor
 from cms.autoscaler.health import HealthChecker, HttpHealth
 from cms.autoscaler.journal import Journal
+from cms.autoscaler.leading import Leading
 from cms.autoscaler.lifecycle import State, Track
 from cms.autoscaler.rebalance import Balancer
 from cms.autoscaler.registry import Registry
 from cms.autoscaler.steps import Steps
 from cms.autoscaler.warm import WarmPool
 from cms.config import Config, GroupConfig
+from cms.leadership import Leader
 from cms.metrics import History, LibvirtMetrics, MetricSource, Tick, restart_baseline, to_samples
 from cms.scheduler import Scheduler
 from cms.store import ReplicaRow, Store
@@ -51,7 +57,8 @@ class Autoscaler:
     def __init__(self, cfg: Config, *, fleet: Fleet | None = None, scheduler: Scheduler | None = None,
                  metrics: MetricSource | None = None, health: HealthChecker | None = None, publisher: Any = None,
                  store: Store | None = None, dry_run: bool = False, groups: list[str] | None = None,
-                 stop: threading.Event | None = None, clock: Callable[[], float] = time.time) -> None:
+                 stop: threading.Event | None = None, clock: Callable[[], float] = time.time,
+                 election: Any = None) -> None:
         self.cfg = cfg
         unknown = [g for g in (groups or []) if g not in cfg.groups]
         if unknown:
@@ -66,6 +73,15 @@ class Autoscaler:
             from cms.autoscaler.publisher import NullPublisher, Publisher
             publisher = NullPublisher() if dry_run else Publisher(cfg.zmq)
         self.publisher = publisher
+        # the election (cms.coordination): a SoleLeader without [coordination]; the Scheduler
+        # checks its lease before every change and stamps its term into what it writes
+        if election is None:
+            from cms import coordination
+            me = Leader(coordination.controller_name(cfg), 0, getattr(publisher, "publish_endpoint", ""),
+                        getattr(publisher, "snapshot_endpoint", ""), cfg.api.url)
+            election = coordination.election(cfg, me)
+        self.election = election
+        self.scheduler.lease = election
         self.dry_run = dry_run
         self.stop = stop or threading.Event()
         self.clock = clock
@@ -100,6 +116,8 @@ class Autoscaler:
                                            "tick_s": cfg.autoscaler.tick_s}
         self._status: dict[str, Any] = {}
         self._pruned_at = float("-inf")
+        self.leading = Leading(election, publisher, health_timeout_s=cfg.autoscaler.health_timeout_s,
+                               on_won=self._won, on_lost=self._lost)
 
     @property
     def tracks(self) -> dict[str, Track]:
@@ -116,7 +134,14 @@ class Autoscaler:
         t0 = time.monotonic()
         now = self.clock()
         self._drain_lifecycle_events()
+        if not self.leading.step():
+            if self.leading.view_due():
+                self.observe()              # read-only: a warm view of the fleet, no plan, no write
+            self._rebuild_status(now, t0, ())
+            return
         observed = self.observe()
+        if observed is not None and not self.leading.confirm(observed.values()):
+            return                          # a newer term in libvirt and etcd agrees: deposed
         if observed is not None:
             self.measure(observed, now)
             self.take_scale_requests(now)
@@ -132,6 +157,8 @@ class Autoscaler:
             self.executor.probe_ready()
             self.started = True
             self._dead.clear()
+            self.leading.open_feed(self.registry.snapshot())
+        self.leading.heartbeat()
         self.publish(now, t0)
         if observed is not None:
             self.balancer.step(now, self._listing)
@@ -264,6 +291,9 @@ class Autoscaler:
         if not self.dry_run and self.started:
             self.journal.replicas(ReplicaRow(t.name, t.group, t.host, str(t.state), t.address, t.port, now)
                                   for t in tracks if t.group in self.groups and t.state != State.SPAWNING)
+        self._rebuild_status(now, t0, tracks)
+
+    def _rebuild_status(self, now: float, t0: float, tracks: tuple[Track, ...]) -> None:
         took = time.monotonic() - t0
         info = self._tick_info
         info["seq"] += 1
@@ -273,6 +303,22 @@ class Autoscaler:
             now=now, groups=self.groups, tracks=tracks, desired=self.desired, decisions=self.last_decision,
             tick=self.last_tick, listing=self._listing, capacities=self._capacities(), tick_info=info,
             feed_seq=int(getattr(self.publisher, "seq", 0)), hosts=tuple(self.fleet.hosts))
+        self._status["controller"] = self.leading.status()
+
+    # -- leading and following ----------------------------------------------------------------
+
+    def _won(self, term: int) -> None:
+        """A new term: start as a restarted daemon would, adopting everything from libvirt."""
+        self.started = False
+        self.desired.clear()
+        if not self.dry_run:
+            self.journal.forget_all_replicas(self.groups)
+
+    def _lost(self) -> None:
+        """No longer leading: keep nothing of the fleet but the view (the next leader adopts)."""
+        self.registry.drop_all()
+        self.started = False
+        self.desired.clear()
 
     def _prune(self, now: float) -> None:
         """Keep the state database bounded: samples and events past [history]'s retention go,
@@ -306,8 +352,8 @@ class Autoscaler:
     # -- running and stopping -------------------------------------------------------------
 
     def run(self, once: bool = False, on_tick: Callable[[], None] | None = None) -> None:
-        if not self.dry_run:
-            self.journal.forget_all_replicas(self.groups)
+        if not self.dry_run and not self.election.enabled:
+            self.journal.forget_all_replicas(self.groups)   # with an election: when it wins
         while not self.stop.is_set():
             started = time.monotonic()
             try:
@@ -328,4 +374,5 @@ class Autoscaler:
         self.executor.close(timeout)
         self.balancer.wait(timeout)
         self.journal.flush()
+        self.election.stop()               # a clean handover: the lock goes now, not at its TTL
         self.publisher.close()

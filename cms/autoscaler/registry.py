@@ -199,6 +199,15 @@ class Registry:
                 del self._tracks[t.name]
         self.forget_history(t.name)
 
+    def drop_all(self) -> int:
+        """Forget every replica without a word: this controller stopped leading, and the next
+        leader adopts them from libvirt. A worker still holding one finds its track gone, and
+        the Scheduler refuses its next change. Returns how many were dropped."""
+        with self._lock:
+            n = len(self._tracks)
+            self._tracks.clear()
+            return n
+
     # -- announcing -------------------------------------------------------------------------
 
     def announce(self, t: Track, event: str, reason: str, **data: Any) -> None:

@@ -43,6 +43,7 @@ class OwnerMeta:
     instance_type: int = 0
     image: str = ""
     warm: bool = False
+    term: int = 0          # the leader's term it was made or last changed under (cms.leadership)
 
 
 _META_TAGS = {f.name: f.name.replace("_", "-") for f in fields(OwnerMeta)}
