@@ -19,13 +19,16 @@ host and replica names come from the configuration and the fleet; ``state``, ``a
 ``stage``, ``call`` and ``code`` from the code). For the ``target`` policy the thresholds are
 where it acts: high = target x (1 + tolerance), low = target x (1 - tolerance).
 
-``autoscaler.metrics_listen`` (HOST:PORT, empty: no endpoint) is where it serves. A port
+``autoscaler.metrics_listen`` (HOST:PORT, empty: no endpoint) is where it serves /metrics,
+and /health: JSON with this controller's role (leader or follower, cms.leadership), its
+term, who leads, and the last tick's time and sequence; 200 for either role. A port
 that cannot be bound is logged and the daemon scales on without metrics: monitoring must not
 stop the control loop, and Prometheus' own ``up`` (the CmsTargetDown rule) reports it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Callable, Iterable, Mapping
 
@@ -65,6 +68,19 @@ class StatusCollector:
         yield from self._groups(st.get("groups", {}))
         yield from self._hosts(st.get("hosts", {}))
         yield from self._loop(st)
+        yield from self._controller(st.get("controller") or {})
+
+    @staticmethod
+    def _controller(c: Mapping[str, Any]) -> Iterable[Metric]:
+        if not c:
+            return
+        lead = GaugeMetricFamily("cms_controller_leader", "1 while this controller leads (decides and acts), "
+                                 "0 while it follows", labels=["controller"])
+        lead.add_metric([c.get("name", "")], 1 if c.get("role") == "leader" else 0)
+        term = GaugeMetricFamily("cms_controller_term", "The leader's term this controller acts under "
+                                 "(0: not leading, or one controller without coordination)", labels=["controller"])
+        term.add_metric([c.get("name", "")], c.get("term") or 0)
+        yield from (lead, term)
 
     @staticmethod
     def _replicas(groups: Mapping[str, Any]) -> Iterable[Metric]:
@@ -212,7 +228,6 @@ class Exporter:
         self._call_children: dict[str, Any] = {}
         self._last_seq: int | None = None
         self._server: Any = None
-        self._thread: Any = None
         self.address: tuple[str, int] | None = None
 
     # -- hooks (called on the daemon's threads: quick, never raise) ----------------------------
@@ -260,11 +275,10 @@ class Exporter:
     def serve(self, listen: str) -> tuple[str, int]:
         """Serve /metrics on HOST:PORT (port 0: any free one); returns the bound address.
         Raises OSError when it cannot bind."""
-        from prometheus_client import start_http_server
         hp = split_hostport(listen)
         if hp is None:
             raise ValueError(f"not HOST:PORT: {listen!r}")
-        self._server, self._thread = start_http_server(hp[1], hp[0], registry=self.registry)
+        self._server = serve_http(hp[0], hp[1], self.registry, self.status)
         self.address = (hp[0], self._server.server_address[1])
         return self.address
 
@@ -273,6 +287,45 @@ class Exporter:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def health(st: Mapping[str, Any]) -> dict[str, Any]:
+    """What /health answers: the role and the loop's last tick, from the status snapshot."""
+    c = st.get("controller") or {}
+    tick = st.get("tick") or {}
+    return {"status": "ok" if st else "starting", "role": c.get("role"), "name": c.get("name"),
+            "term": c.get("term"), "leader": c.get("leader"), "coordination": c.get("coordination"),
+            "feed_open": c.get("feed_open"), "last_tick": st.get("ts"), "tick_seq": tick.get("seq")}
+
+
+def serve_http(host: str, port: int, registry: CollectorRegistry, status: Callable[[], Mapping[str, Any]]) -> Any:
+    """/metrics (prometheus_client's WSGI app) and /health on one threaded server, in a thread."""
+    import socket
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        if environ.get("PATH_INFO") == "/health":
+            body = json.dumps(health(status() or {})).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        return metrics(environ, start_response)
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = make_server(host, port, app, Server, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, name="cms-metrics", daemon=True).start()
+    return server
 
 
 def attach(scaler: Any, listen: str = "") -> Exporter:

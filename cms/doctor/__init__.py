@@ -17,6 +17,8 @@ The checks, by name (``--skip`` takes these):
   zmq          the ZeroMQ endpoints: free to bind, or held by cms-autoscaler
   state-db     the SQLite state database: writable
   api          cms-api answers (a fail only when a URL was given with --url or $CMS_URL)
+  controller   cms-autoscaler's /health: the leader (its term) or a follower (naming the leader)
+  etcd         with [coordination]: every etcd member's health; a fail without a majority
 
 Why a slow define is a fail: on a machine without udev, /dev/kvm stays root:root 0600.
 libvirtd then finds KVM usable when it probes QEMU as root but not when it checks its
@@ -25,7 +27,7 @@ each define takes about a minute. scripts/kvm-device.sh (bootstrap) and the libv
 role set the device as udev would.
 
 Modules: check (the result), machine (this machine's checks), hosts (each host's, through
-cms.virt.probe, in threads with a deadline).
+cms.virt.probe, in threads with a deadline), controller (the role and etcd).
 """
 
 from __future__ import annotations
@@ -40,13 +42,14 @@ from typing import Callable
 from cms import config as cms_config
 from cms.doctor.check import FAIL, OK, WARN, Check
 from cms.doctor import hosts
+from cms.doctor.controller import check_controller, check_etcd
 from cms.doctor.machine import (KVM_DEVICE, check_api, check_image, check_kvm_device, check_ports,
                                 check_state_db, check_zmq)
 from cms.virt.fleet import Fleet
 from cms.virt.host import is_local_uri
 
 CHECKS = ("config", "kvm-device", "libvirt", "domain-type", "define", "pool", "image", "ports", "zmq",
-          "state-db", "api")
+          "state-db", "api", "controller", "etcd")
 __all__ = ["CHECKS", "Check", "OK", "WARN", "FAIL", "run", "command"]
 
 
@@ -72,6 +75,8 @@ def run(cfg: cms_config.Config, *, skip: set[str] = frozenset(), timeout: float 
         out.extend(check_zmq(f"zmq.{k}", e, several=len(eps) > 1) for e in eps)
     out.append(check_state_db(cfg.state_db))
     out.append(check_api(url or cfg.api.url, explicit=bool(url)))
+    out.append(check_controller(cfg))
+    out.extend(check_etcd(cfg))
     return [c for c in out if c.check not in skip]
 
 

@@ -116,7 +116,8 @@ def config(tmp_path: Path, uri: str, **over):
     data = {"hosts": [{"name": "t1", "uri": uri}], "state_db": str(tmp_path / "state" / "state.db"),
             "image": {"golden": str(golden(tmp_path))},
             "zmq": {"publish": f"tcp://127.0.0.1:{free_port()}", "snapshot": f"tcp://127.0.0.1:{free_port()}"},
-            "api": {"bind": f"127.0.0.1:{free_port()}"}, "network": {"port_min": 40000, "port_max": 40099}}
+            "api": {"bind": f"127.0.0.1:{free_port()}"}, "network": {"port_min": 40000, "port_max": 40099},
+            "autoscaler": {"metrics_listen": f"127.0.0.1:{free_port()}"}}
     for k, v in over.items():
         data[k] = {**data.get(k, {}), **v} if isinstance(v, dict) else v
     (tmp_path / "state").mkdir(exist_ok=True)
@@ -137,7 +138,7 @@ def test_everything_passes_on_the_test_driver(tmp_path: Path, node_uri: str):
     assert [c.status for c in got["image"]] == [OK, OK, OK]
     assert "virtual size 1024 MiB" in got["image"][0].detail
     assert "not made yet" in got["state-db"][0].detail
-    assert [c.check for c in checks if c.status != OK] == ["api"]      # nothing serves the API here
+    assert [c.check for c in checks if c.status != OK] == ["api", "controller"]   # nothing serves them here
     assert "kvm-device" not in got          # no local qemu host
 
 
@@ -284,7 +285,7 @@ def test_cli_json_and_exit_codes(tmp_path: Path, node_uri: str, capsys):
     toml = write_toml(tmp_path, f'state_db = "{tmp_path}/state.db"\n[[hosts]]\nname = "t1"\nuri = "{node_uri}"\n'
                                 f'[image]\ngolden = "{g}"\n[zmq]\npublish = "tcp://127.0.0.1:{free_port()}"\n'
                                 f'snapshot = "tcp://127.0.0.1:{free_port()}"\n')
-    assert cli.main(["doctor", "--config", str(toml), "--json", "--skip", "api"]) == 0
+    assert cli.main(["doctor", "--config", str(toml), "--json", "--skip", "api,controller"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] is True and doc["config"] == str(toml)
     assert {c["check"] for c in doc["checks"]} == {"config", "libvirt", "domain-type", "define", "pool", "image",
@@ -305,3 +306,56 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "libvirt.domain_type = 'xen' is not one of" in err
+
+
+class _Answers:
+    """A loopback HTTP server answering GET with a JSON body the test sets per path."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+        bodies = self.bodies = {}
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                body = json.dumps(bodies.get(self.path, {})).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_controller_and_etcd_checks_say_the_role_and_the_quorum():
+    from cms.doctor.controller import check_controller, check_etcd
+    srv = _Answers()
+    dead = free_port()
+    try:
+        cfg = make_config(autoscaler={"metrics_listen": f"127.0.0.1:{srv.port}"},
+                          coordination={"url": [f"etcd3+http://127.0.0.1:{srv.port}",
+                                                f"etcd3+http://127.0.0.1:{dead}", f"etcd3+http://127.0.0.1:{dead}"]})
+        srv.bodies["/health"] = {"role": "leader", "name": "c1", "term": 41, "coordination": True,
+                                 "health": "true"}
+        c = check_controller(cfg)
+        assert c.status == OK and c.detail == "c1 leads, term 41"
+        srv.bodies["/health"] = {"role": "follower", "name": "c2", "leader": "c1", "health": "true"}
+        assert check_controller(cfg).detail == "c2 follows; the leader is c1"
+        srv.bodies["/health"] = {"role": "follower", "name": "c2", "leader": None, "health": "true"}
+        assert "nobody leads now" in check_controller(cfg).detail
+        etcd = check_etcd(cfg)      # one of three answers: no majority
+        assert [x.status for x in etcd] == [OK, WARN, WARN, FAIL] and "1 of 3 members healthy" in etcd[-1].detail
+        assert check_etcd(make_config()) == []
+        gone = make_config(autoscaler={"metrics_listen": f"127.0.0.1:{dead}"})
+        assert check_controller(gone).status == WARN and "does not answer" in check_controller(gone).detail
+    finally:
+        srv.close()

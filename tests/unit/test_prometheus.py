@@ -7,6 +7,7 @@ promtool helpers, and the rules are only meaningful against the names both endpo
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -191,7 +192,8 @@ AUTOSCALER_FAMILIES = {
     "cms_host_vms": "gauge", "cms_host_vcpus": "gauge", "cms_host_memory_bytes": "gauge",
     "cms_host_memory_free_bytes": "gauge", "cms_autoscaler_tick_overruns": "counter",
     "cms_autoscaler_tick_interval_seconds": "gauge", "cms_autoscaler_last_tick_timestamp_seconds": "gauge",
-    "cms_feed_sequence": "gauge", "cms_group_decisions": "counter", "cms_replica_failures": "counter",
+    "cms_feed_sequence": "gauge", "cms_controller_leader": "gauge", "cms_controller_term": "gauge",
+    "cms_group_decisions": "counter", "cms_replica_failures": "counter",
     "cms_spawn_failures": "counter", "cms_spawn_stage_duration_seconds": "histogram",
     "cms_decision_to_ready_seconds": "histogram", "cms_libvirt_call_duration_seconds": "histogram",
     "cms_libvirt_errors": "counter", "cms_autoscaler_tick_duration_seconds": "histogram",
@@ -439,3 +441,24 @@ def test_warm_pool_members_and_a_warm_scale_out(tmp_path, run_dir):
         exporter.detach(s, ex)
         s.close()
         fleet.close()
+
+
+def test_health_says_the_role_and_metrics_say_who_leads(scaler):
+    s, ex, _fleet = scaler
+    s.tick()
+    host, port = ex.serve("127.0.0.1:0")
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=10) as r:
+            h = json.loads(r.read())
+            assert r.headers["Content-Type"] == "application/json"
+        assert h["status"] == "ok" and h["role"] == "leader" and h["term"] == 0 and h["coordination"] is False
+        assert h["leader"] == h["name"] == s.election.me.name and h["tick_seq"] >= 1
+        fams = scrape(ex)[1]
+        assert samples(fams, "cms_controller_leader") == {(("controller", s.election.me.name),): 1.0}
+        assert samples(fams, "cms_controller_term") == {(("controller", s.election.me.name),): 0.0}
+        s._status["controller"] = {**s._status["controller"], "role": "follower", "leader": "c9"}
+        assert samples(scrape(ex)[1], "cms_controller_leader") == {(("controller", s.election.me.name),): 0.0}
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=10) as r:
+            assert json.loads(r.read())["role"] == "follower"
+    finally:
+        ex.close()
