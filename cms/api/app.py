@@ -40,6 +40,7 @@ from cms import config as cms_config
 from cms import errors
 from cms.config import one_line
 from cms.api import console, history, host_balancing, openapi, prom
+from cms.api.controller import ControllerResource
 from cms.api.failures import SPEC_FAILURE, Duplicate, Invalid, NotImported, Unknown, error_body
 from cms.api.service import Deps, Resource, Service, build_deps
 
@@ -332,6 +333,7 @@ def create_app(deps: Deps) -> falcon.App:
         (group + "/metrics", history.GroupHistory(svc)),
         ("/v1/images", V1Images(svc)), ("/v1/types", V1Types(svc)), ("/v1/events", V1Events(svc)),
         ("/v1/balance/plan", host_balancing.Plan(svc)), ("/v1/balance/run", host_balancing.Run(svc)),
+        ("/v1/controller", ControllerResource(deps.cfg)),
         ("/v1/openapi.json", OpenApi()), ("/metrics", prom.MetricsResource(metrics)),
     ]
     for url, resource in routes:

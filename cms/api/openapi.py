@@ -230,6 +230,14 @@ SPEC: dict[str, Any] = {
                                      "responses": {"202": _json(_obj({"pending": {"type": "boolean"}, "requested_at": NUM,
                                                                       "event_id": INT, "plan": _ref("BalancePlan")}),
                                                                 "recorded"), **MUT_ERRS}}},
+        "/v1/controller": {"get": {"summary": "Which controller leads, as this machine's cms-autoscaler knows it "
+                                              "(role null and an error when it does not answer)",
+                                   "responses": {"200": _json(_obj({
+                                       "role": {"type": "string", "enum": ["leader", "follower"], "nullable": True},
+                                       "name": {**STR, "nullable": True}, "term": {**INT, "nullable": True},
+                                       "leader": {**STR, "nullable": True},
+                                       "coordination": {"type": "boolean", "nullable": True},
+                                       "error": STR}, required=["role", "name", "term", "leader", "coordination"]))}}},
         "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}},
     },
     "components": {

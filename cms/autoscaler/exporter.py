@@ -295,7 +295,8 @@ def health(st: Mapping[str, Any]) -> dict[str, Any]:
     tick = st.get("tick") or {}
     return {"status": "ok" if st else "starting", "role": c.get("role"), "name": c.get("name"),
             "term": c.get("term"), "leader": c.get("leader"), "coordination": c.get("coordination"),
-            "feed_open": c.get("feed_open"), "last_tick": st.get("ts"), "tick_seq": tick.get("seq")}
+            "feed_open": c.get("feed_open"), "since": c.get("since"), "last_tick": st.get("ts"),
+            "tick_seq": tick.get("seq")}
 
 
 def serve_http(host: str, port: int, registry: CollectorRegistry, status: Callable[[], Mapping[str, Any]]) -> Any:

@@ -50,6 +50,7 @@ class Leading:
         self.opening: float | None = None      # since when a new leader's feed waits for its adoptions
         self.won_at: float | None = None       # monotonic time of the last win, and of its first acting tick
         self.first_tick_at: float | None = None
+        self.times: dict[str, float] = {}      # the same, and the feed's opening, as wall clock (for /health)
         self._ticks = 0
         publisher.name = election.me.name
         if election.enabled:
@@ -71,12 +72,14 @@ class Leading:
             self.publisher.follow(self.election.leader)
         elif self.first_tick_at is None:
             self.first_tick_at = self.clock()
+            self.times["first_tick"] = time.time()
         return self.leading
 
     def _won(self, term: int) -> None:
         self.term, self.leading = term, True
         self.won_at, self.first_tick_at = self.clock(), None
         self.opening = self.won_at
+        self.times = {"won": time.time()}
         self.publisher.follow(Leader(self.election.me.name, term))   # "not leader yet": clients keep their set
         log.info("leading under term %d: adopting what libvirt has; the feed opens once it answers", term)
         self.on_won(term)
@@ -99,6 +102,7 @@ class Leading:
         log.info("feed open under term %d, epoch %s (%.2fs after the win)", self.term, epoch,
                  self.clock() - self.opening)
         self.opening = None
+        self.times["feed_open"] = time.time()
         return True
 
     def confirm(self, observed: Any) -> bool:
@@ -123,4 +127,6 @@ class Leading:
     def status(self) -> dict[str, Any]:
         st = self.election.status()
         st["feed_open"] = self.leading and self.opening is None
+        if self.election.enabled:
+            st["since"] = dict(self.times)      # wall clock of the last win, first acting tick, feed opening
         return st

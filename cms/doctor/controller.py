@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 
 from cms.config import Config
+from cms.coordination import health_url, local_health
 from cms.doctor.check import FAIL, OK, WARN, Check
 
 
@@ -28,15 +29,12 @@ def _get(url: str, timeout: float) -> dict:
 
 
 def check_controller(cfg: Config) -> Check:
-    listen = cfg.autoscaler.metrics_listen
     fix = "start it: cms-autoscaler (or systemctl start cms-autoscaler)"
-    if not listen:
+    url = health_url(cfg)
+    if not url:
         return Check("controller", OK, "cms-autoscaler", "autoscaler.metrics_listen is empty: no /health to ask")
-    host, _, port = listen.rpartition(":")
-    host = "127.0.0.1" if host in ("0.0.0.0", "", "::", "[::]") else host
-    url = f"http://{host}:{port}/health"
     try:
-        h = _get(url, 5)
+        h = local_health(cfg, 5)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         return Check("controller", WARN, url, f"cms-autoscaler does not answer ({getattr(exc, 'reason', exc)}); "
                      "fine where it is not meant to run", fix)

@@ -2,7 +2,7 @@
 // router (#/, #/hosts/1, #/vms/7, #/vms/new, #/groups/web, #/images, #/events) that mounts one
 // page at a time. Each page returns a cleanup function that stops its pollers.
 
-import { connection, Poller, setPollErrorSink, token } from "./api.js";
+import { api, connection, Poller, setPollErrorSink, token } from "./api.js";
 import { startAlerts } from "./alerts.js";
 import { fmt, h, replace, showError } from "./ui.js";
 import { overviewPage } from "./pages/overview.js";
@@ -83,6 +83,24 @@ function connectionBox() {
   setInterval(paint, 1000);
 }
 
+// Which controller leads (several controllers elect one through etcd; one controller always leads).
+function leaderBox() {
+  const el = document.getElementById("leader");
+  new Poller(async () => {
+    const c = await api.get("/v1/controller");
+    el.dataset.state = c.leader ? "connected" : "disconnected";
+    if (!c.role) {
+      el.textContent = "controller: no answer";
+      el.title = c.error || "";
+    } else if (!c.coordination) {
+      el.textContent = `controller ${c.name}`;
+    } else {
+      el.textContent = c.leader ? `leader ${c.leader}${c.role === "leader" ? ` (this one, term ${c.term})` : ""}`
+        : "no leader now";
+    }
+  }, 5000).start();
+}
+
 // An error a page's poll did not expect (not a lost connection): shown once at the top of the page.
 setPollErrorSink((e) => {
   let box = document.getElementById("page-error");
@@ -96,6 +114,7 @@ setPollErrorSink((e) => {
 
 tokenBox();
 connectionBox();
+leaderBox();
 startAlerts(document.getElementById("alerts"));
 window.addEventListener("hashchange", route);
 route();
