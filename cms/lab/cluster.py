@@ -1,0 +1,176 @@
+"""Several cms controllers on a lab, for the takeover tests and bench/takeover.py.
+
+A lab (cms.lab.hosts) of hypervisors, M controllers each in its own network namespace and
+an etcd cluster they alone reach (cms.lab.controllers); on each controller a real
+``cms-autoscaler`` process, started, SIGKILLed or restarted by the test; one state database
+they all share; the real load client (``cms-loadgen``) in the root namespace, following the
+feed of every controller. ``leader()`` asks every controller's /health. ``close`` ends every
+process it started and removes every domain of its group, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from cms.lab.controllers import Controllers, LabController
+from cms.lab.etcd import EtcdCluster
+from cms.lab.hosts import Lab, LabHost
+from cms.lab.realstack import stop_process, wait_until
+
+
+class Cluster:
+    def __init__(self, lab: Lab, hosts: list[LabHost], ctl: Controllers, controllers: list[LabController],
+                 etcd: EtcdCluster, workdir: Path, *, group: str, group_cfg: dict[str, Any], state_db: str,
+                 ttl: int = 5, tick_s: float = 1.0) -> None:
+        self.lab, self.hosts, self.ctl, self.controllers, self.etcd = lab, hosts, ctl, controllers, etcd
+        self.dir, self.group, self.ttl, self.tick_s = workdir, group, ttl, tick_s
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.loads: list[subprocess.Popen] = []
+        self.configs: dict[int, Path] = {}
+        for i in range(1, len(controllers) + 1):
+            data = lab.config_data(hosts)
+            data.update(ctl.config_data(controllers, etcd.urls, i))
+            data["coordination"]["lease_ttl_s"] = ttl
+            data.update({"state_db": state_db, "placement": {"algorithm": "spread"},
+                         "network": {"port_min": 21200, "port_max": 21399}, "groups": {group: group_cfg},
+                         "autoscaler": {**data["autoscaler"], "tick_s": tick_s, "health_timeout_s": 180,
+                                        "drain_s": 1.0, "shutdown_timeout_s": 2.0}})
+            self.configs[i] = workdir / f"c{i}.json.toml"
+            self.configs[i].write_text(_toml(data))
+
+    # -- the controllers ----------------------------------------------------------------------
+
+    def start(self, i: int) -> subprocess.Popen:
+        """cms-autoscaler on controller i (in its namespace), logging to ci.log."""
+        out = open(self.dir / f"c{i}.log", "ab")
+        p = self.ctl.run(i, [sys.executable, "-m", "cms.autoscaler.daemon", "--config", str(self.configs[i])],
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self.procs[i] = p
+        return p
+
+    def kill(self, i: int) -> float:
+        """SIGKILL controller i's autoscaler (no release, no goodbye); the monotonic time of the kill."""
+        p = self.procs.pop(i)
+        p.send_signal(signal.SIGKILL)
+        at = time.monotonic()
+        p.wait(10)
+        return at
+
+    def stop(self, i: int) -> None:
+        p = self.procs.pop(i, None)
+        if p is not None:
+            stop_process(p, grace=15)
+
+    def health(self, i: int) -> dict[str, Any] | None:
+        c = self.controllers[i - 1]
+        try:
+            with urllib.request.urlopen(f"http://{c.address}:9481/health", timeout=2) as r:
+                return json.loads(r.read())
+        except (OSError, ValueError):
+            return None
+
+    def leader(self) -> int | None:
+        """The controller whose /health says it leads (None: none, or none answers)."""
+        for i in self.procs:
+            h = self.health(i)
+            if h and h.get("role") == "leader":
+                return i
+        return None
+
+    def wait_leader(self, timeout: float, among: tuple[int, ...] | None = None, feed_open: bool = False) -> int:
+        def found() -> int | None:
+            for i in among or tuple(self.procs):
+                h = self.health(i) if i in self.procs else None
+                if h and h.get("role") == "leader" and (h.get("feed_open") or not feed_open):
+                    return i
+            return None
+        return wait_until(found, timeout, 0.1, what="a leader")
+
+    # -- the load client ----------------------------------------------------------------------
+
+    def loadgen(self, name: str, *args: str) -> subprocess.Popen:
+        pub = ",".join(f"tcp://{c.address}:5556" for c in self.controllers)
+        snap = ",".join(f"tcp://{c.address}:5557" for c in self.controllers)
+        argv = [sys.executable, "-m", "client.loadgen", "--group", self.group, "--zmq-publish", pub,
+                "--zmq-snapshot", snap, "--wait-ready", "120", "--quiet", "--no-keys",
+                "--out", str(self.dir / f"{name}.jsonl"), "--summary", str(self.dir / f"{name}.json"), *args]
+        p = subprocess.Popen(argv, stdout=open(self.dir / f"{name}.log", "w"), stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL)
+        self.loads.append(p)
+        return p
+
+    def loadgen_result(self, name: str, p: subprocess.Popen, timeout: float = 60.0) -> tuple[dict, list[dict]]:
+        """Stop the run (SIGINT: it drains and writes its summary); (summary, records)."""
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+        rc = p.wait(timeout)
+        log = (self.dir / f"{name}.log").read_text()[-2000:]
+        assert rc == 0, f"cms-loadgen {name} exited {rc}: {log}"
+        summary = json.loads((self.dir / f"{name}.json").read_text())
+        records = [json.loads(line) for line in (self.dir / f"{name}.jsonl").read_text().splitlines() if line]
+        return summary, records
+
+    # -- what happened ------------------------------------------------------------------------
+
+    def store(self) -> Any:
+        from cms import config
+        from cms.store import Store
+        return Store(config.load(self.configs[1]).state_db)
+
+    def fleet(self) -> Any:
+        from cms import config
+        from cms.virt import Fleet
+        return Fleet(config.load(self.configs[1]))
+
+    def domains(self) -> dict[str, str]:
+        """The group's domains libvirt has, name -> host (every lab host asked)."""
+        fleet = self.fleet()
+        try:
+            return {d.name: d.host for d in fleet.owned(self.group)}
+        finally:
+            fleet.close()
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def close(self, remove: bool = True) -> None:
+        """End every process it started; ``remove``: and every domain of its group."""
+        for p in self.loads:
+            with contextlib.suppress(Exception):
+                stop_process(p, grace=5)
+        for i in list(self.procs):
+            with contextlib.suppress(Exception):
+                self.stop(i)
+        if not remove:
+            return
+        fleet = self.fleet()
+        try:
+            for d in fleet.owned(self.group):
+                with contextlib.suppress(Exception):
+                    fleet.remove(d.host, d.name)
+        finally:
+            fleet.close()
+
+
+def _toml(data: dict[str, Any], prefix: str = "") -> str:
+    """Plain data as TOML (tables, arrays of tables, scalars and lists of scalars)."""
+    lines, tables = [], []
+    for k, v in data.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                lines += ["", f"[[{prefix}{k}]]", *(f"{ik} = {json.dumps(iv)}" for ik, iv in item.items())]
+        else:
+            lines.insert(0, f"{k} = {json.dumps(v)}")
+    for k, v in tables:
+        lines += ["", f"[{prefix}{k}]", _toml(v, f"{prefix}{k}.")]
+    return "\n".join(lines)
