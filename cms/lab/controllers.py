@@ -30,9 +30,10 @@ import os
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from cms.lab.etcd import EtcdCluster
-from cms.lab.hosts import Lab, LabError, _kill, _pid_alive, _run
+from cms.lab.proc import LabError, _kill, _pid_alive, _run
 
 MAX_CONTROLLERS = 8
 
@@ -46,7 +47,7 @@ class LabController:
 
 
 class Controllers:
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Any) -> None:      # a cms.lab.hosts.Lab
         self.lab = lab
         self.coord_subnet = (lab.subnet + 100) % 256
         self.bridge = f"{lab.name}cb"
