@@ -19,8 +19,8 @@ from tests.support import ROOT, free_port
 from tests.system.test_ansible import LINT, ansible_env, changed_tasks, run_playbook
 
 pytestmark = pytest.mark.real
-RULES = ["CmsApiErrorRate", "CmsAutoscalerStalled", "CmsGroupAtMaxAndHot", "CmsHostDown", "CmsReplicaFailed",
-         "CmsSpawnFailures", "CmsTargetDown", "CmsTicksOverrunning"]
+RULES = ["CmsApiErrorRate", "CmsAutoscalerStalled", "CmsGroupAtMaxAndHot", "CmsHostDown", "CmsNoLeader",
+         "CmsReplicaFailed", "CmsSpawnFailures", "CmsTargetDown", "CmsTicksOverrunning"]
 
 
 def prom_get(port: int, path: str) -> dict:

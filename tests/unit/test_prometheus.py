@@ -171,7 +171,7 @@ def test_api_scrape_passes_promtool(api):
 def test_rules_pass_promtool_check():
     r = promtool("check", "rules", str(RULES))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 8 rules found" in r.stdout
+    assert "SUCCESS: 9 rules found" in r.stdout
 
 
 def test_rules_unit_tests_pass():
