@@ -343,11 +343,16 @@ def health_url(cfg: Config) -> str:
 def local_health(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
     """This machine's cms-autoscaler's /health (its role, the leader, its term). Raises OSError
     or ValueError when it does not answer in time, or not with a JSON object."""
-    import json
-    import urllib.request
     url = health_url(cfg)
     if not url:
         raise ValueError("autoscaler.metrics_listen is empty: no /health to ask")
+    return get_json(url, timeout)
+
+
+def get_json(url: str, timeout: float) -> dict[str, Any]:
+    """GET a JSON object (a /health), within ``timeout``; OSError or ValueError otherwise."""
+    import json
+    import urllib.request
     with urllib.request.urlopen(url, timeout=timeout) as r:
         body = json.loads(r.read())
     if not isinstance(body, dict):

@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None, *, stop: threading.Event | None = None, 
     except errors.CmsError as exc:
         print(f"cms-autoscaler: {exc}", file=sys.stderr)
         return 1
-    log.info("autoscaler up: groups %s, tick %gs, epoch %s%s", ", ".join(scaler.groups), cfg.autoscaler.tick_s,
-             scaler.publisher.epoch, " (dry run)" if args.dry_run else "")
+    log.info("autoscaler up: controller %s, groups %s, tick %gs, %s%s", scaler.election.me.name,
+             ", ".join(scaler.groups), cfg.autoscaler.tick_s,
+             f"electing a leader through etcd (lease {cfg.coordination.lease_ttl_s}s)" if cfg.coordination.enabled
+             else f"the only controller, epoch {scaler.publisher.epoch}", " (dry run)" if args.dry_run else "")
     from cms.autoscaler import exporter
     metrics = exporter.attach(scaler, "" if args.once else cfg.autoscaler.metrics_listen)
     sdnotify.ready()

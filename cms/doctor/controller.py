@@ -10,22 +10,12 @@
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.parse
-import urllib.request
 
 from cms.config import Config
-from cms.coordination import health_url, local_health
+from cms.coordination import get_json, health_url, local_health
 from cms.doctor.check import FAIL, OK, WARN, Check
-
-
-def _get(url: str, timeout: float) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        body = json.loads(r.read())
-    if not isinstance(body, dict):
-        raise ValueError("not a JSON object")
-    return body
 
 
 def check_controller(cfg: Config) -> Check:
@@ -58,7 +48,7 @@ def check_etcd(cfg: Config) -> list[Check]:
         p = urllib.parse.urlsplit(u)
         health = f"{'https' if p.scheme.endswith('https') else 'http'}://{p.hostname}:{p.port or 2379}/health"
         try:
-            ok = _get(health, cfg.coordination.timeout_s).get("health") == "true"
+            ok = get_json(health, cfg.coordination.timeout_s).get("health") == "true"
         except (urllib.error.URLError, OSError, ValueError) as exc:
             out.append(Check("etcd", WARN, u, f"does not answer: {getattr(exc, 'reason', exc)}",
                              "start it (systemctl start etcd), or check the network to it"))

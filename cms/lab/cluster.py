@@ -25,6 +25,7 @@ from cms.lab.controllers import Controllers, LabController
 from cms.lab.etcd import EtcdCluster
 from cms.lab.hosts import Lab, LabHost
 from cms.lab.realstack import stop_process, wait_until
+from cms.lab.stack import run_result
 
 
 class Cluster:
@@ -112,12 +113,7 @@ class Cluster:
         """Stop the run (SIGINT: it drains and writes its summary); (summary, records)."""
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
-        rc = p.wait(timeout)
-        log = (self.dir / f"{name}.log").read_text()[-2000:]
-        assert rc == 0, f"cms-loadgen {name} exited {rc}: {log}"
-        summary = json.loads((self.dir / f"{name}.json").read_text())
-        records = [json.loads(line) for line in (self.dir / f"{name}.jsonl").read_text().splitlines() if line]
-        return summary, records
+        return run_result(self.dir, name, p, timeout)
 
     # -- what happened ------------------------------------------------------------------------
 

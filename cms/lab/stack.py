@@ -126,12 +126,7 @@ class Stack:
 
     def loadgen_result(self, name: str, p: subprocess.Popen, timeout: float = 120.0) -> tuple[dict, list[dict]]:
         """Wait for the run to end by itself; (summary, records)."""
-        rc = p.wait(timeout)
-        log = (self.dir / f"{name}.log").read_text()[-2000:]
-        assert rc == 0, f"cms-loadgen {name} exited {rc}: {log}"
-        summary = json.loads((self.dir / f"{name}.json").read_text())
-        records = [json.loads(line) for line in (self.dir / f"{name}.jsonl").read_text().splitlines() if line]
-        return summary, records
+        return run_result(self.dir, name, p, timeout)
 
     def stop_loadgen(self, p: subprocess.Popen) -> None:
         if p.poll() is None:
@@ -157,6 +152,16 @@ class Stack:
                     with contextlib.suppress(Exception):
                         fleet.remove(d.host, d.name)
             fleet.close()
+
+
+def run_result(workdir: Path, name: str, p: subprocess.Popen, timeout: float) -> tuple[dict, list[dict]]:
+    """A cms-loadgen run's (summary, records) from NAME.json and NAME.jsonl, once it has exited."""
+    rc = p.wait(timeout)
+    log = (workdir / f"{name}.log").read_text()[-2000:]
+    assert rc == 0, f"cms-loadgen {name} exited {rc}: {log}"
+    summary = json.loads((workdir / f"{name}.json").read_text())
+    records = [json.loads(line) for line in (workdir / f"{name}.jsonl").read_text().splitlines() if line]
+    return summary, records
 
 
 def throughput(records: list[dict], since: float, until: float) -> float:

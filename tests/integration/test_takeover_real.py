@@ -13,6 +13,7 @@ One lab, etcd and pair of controllers for the module (cms.lab.cluster), the test
   replica is spawned or removed by the change;
 * etcd: one member dies and leadership holds; quorum lost: nobody acts and the replicas
   keep serving; quorum back: one leads;
+* a scale request (the row any controller's API writes) is taken once, by the leader;
 * restart: both controllers restart: one leads, and the group is whole with no duplicate.
 
 Boots: the group's first replica and one scale-out (~40 s of the ~4 min).
@@ -135,6 +136,18 @@ def test_partition_the_leader_from_etcd(cluster):
     wait_until(lambda: (c.health(old) or {}).get("leader") == f"c{other}", 30, 0.2, "the old leader to follow")
     c.wait_leader(30, among=(other,), feed_open=True)
     assert c.domains() == before and len(spawned(c)) == spawns    # nothing made, nothing removed
+
+
+def test_a_scale_request_through_any_controller_is_taken_once_by_the_leader(cluster):
+    """What POST /v1/groups/{name}/scale writes on any controller: a row of the shared store."""
+    c = cluster
+    c.wait_leader(30, feed_open=True)
+    have = len(c.domains())
+    want = 1 if have > 1 else 2
+    since = time.time()
+    c.store().request_scale(G, want)
+    wait_until(lambda: len(c.domains()) == want, 240, 1, f"the group at {want} replicas")
+    assert len(events_since(c, "scale_override", since)) == 1
 
 
 def test_etcd_member_loss_and_quorum_loss(cluster):
