@@ -37,7 +37,7 @@ from cms.lab.stack import failed
 pytestmark = [pytest.mark.real, pytest.mark.timeout(1200)]
 
 G = "ha"
-TTL, TICK = 3, 1.0
+TTL, TICK = 5, 1.0    # the default lease: it rides out etcd electing a new raft leader (test_election_real)
 SLACK = 1.5          # asking /health every 0.1 s, a process's scheduling on 2 busy cores
 
 
