@@ -38,7 +38,7 @@ import urllib.parse
 from typing import Any, Callable
 
 from cms.config import Config, CoordinationConfig
-from cms.errors import NotLeader
+from cms.errors import ConfigError, NotLeader
 from cms.leadership import FOLLOWER, LEADER, Lease, Leader
 
 log = logging.getLogger("cms.coordination")
@@ -328,6 +328,12 @@ def election(cfg: Config, me: Leader) -> Election | SoleLeader:
     """The controller's election: an Election with [coordination] url, else a SoleLeader."""
     if not cfg.coordination.enabled:
         return SoleLeader(me)
+    try:
+        import etcd3gw  # noqa: F401 - only whether the extra is installed
+        import tooz  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"[coordination] needs tooz and etcd3gw, which are not installed ({exc}): "
+                          "pip install 'cms[coordination]'") from None
     return Election(cfg.coordination, me)
 
 

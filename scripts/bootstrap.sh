@@ -47,7 +47,7 @@ want=$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing cms and its dependencies into $VENV (libvirt-python compiles; ~1 min the first time)"
   "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -e '.[dev]'
+  "$VENV/bin/pip" install -q -e '.[dev,coordination]'
   echo "$want" > "$stamp"
 else
   say "virtualenv up to date"

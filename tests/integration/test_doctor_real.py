@@ -8,15 +8,17 @@ and no traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from cms.lab.realstack import drop_pool
+from cms.lab.realstack import drop_pool, wait_until
 from cms.virt import Host
 from tests.integration.test_api_real import served
 from tests.support import ROOT, blank_golden, free_port
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.real
 
 
 def toml(tmp: Path, pool: str, *, api_port: int, golden: str = "", pool_path: str = "",
-         extra_hosts: str = "") -> str:
+         extra_hosts: str = "", metrics_port: int = 0) -> str:
     """A configuration for the local libvirtd; the golden image a small blank qcow2 (no kernel
     beside it) unless `golden` says otherwise."""
     golden = golden or blank_golden()
@@ -46,6 +48,8 @@ publish = "tcp://127.0.0.1:{free_port()}"
 snapshot = "tcp://127.0.0.1:{free_port()}"
 [api]
 bind = "127.0.0.1:{api_port}"
+[autoscaler]
+metrics_listen = "127.0.0.1:{metrics_port or free_port()}"
 """
 
 
@@ -76,10 +80,37 @@ def test_pool():
         host.close()
 
 
+@contextlib.contextmanager
+def autoscaler(tmp: Path, text: str, metrics_port: int):
+    """cms-autoscaler on this configuration (no groups: it ticks over the host and leads alone)
+    until the block ends, once its /health says it has finished a tick."""
+    path = tmp / "autoscaler.toml"
+    path.write_text(text)
+    log = open(tmp / "autoscaler.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "cms.autoscaler.daemon", "--config", str(path)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def leads():
+        assert proc.poll() is None, (tmp / "autoscaler.log").read_text()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/health", timeout=2) as r:
+                return json.load(r).get("role") == "leader"
+        except OSError:
+            return False
+
+    try:
+        wait_until(leads, 60, what="cms-autoscaler to lead")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
 def test_everything_passes_on_this_machine(tmp_path: Path, test_pool: str):
-    port = free_port()
-    text = toml(tmp_path, test_pool, api_port=port)
-    with served(tmp_path, text):
+    port, metrics = free_port(), free_port()
+    text = toml(tmp_path, test_pool, api_port=port, metrics_port=metrics)
+    with served(tmp_path, text), autoscaler(tmp_path, text, metrics):
         code, checks, human, _ = doctor(tmp_path, text)
     assert code == 0, human
     assert [c for c in checks if c["status"] != "ok"] == [], human
@@ -94,6 +125,7 @@ def test_everything_passes_on_this_machine(tmp_path: Path, test_pool: str):
     assert any(c["check"] == "pool" and c["detail"].startswith(f"active over /var/lib/cms/test/{test_pool}")
                for c in checks), human
     assert got["api"]["detail"] == "cms-api answers"
+    assert got["controller"]["detail"].endswith("leads, the only controller (no [coordination])"), human
     assert human.splitlines()[-1] == f"cms doctor: 0 failed, 0 warnings, {len(checks)} checks"
 
 

@@ -121,3 +121,19 @@ def test_without_coordination_the_one_autoscaler_leads_with_term_zero(tmp_path, 
     finally:
         s.close()
         fleet.close()
+
+
+def test_coordination_without_tooz_is_one_line_at_start(tmp_path, run_dir, monkeypatch, capsys):
+    """tooz and etcd3gw are the extra "coordination": a daemon told to elect without them stops
+    with one line that names the extra, before it touches a host."""
+    import sys
+
+    from cms.autoscaler import daemon
+    monkeypatch.setitem(sys.modules, "tooz", None)      # import tooz -> ImportError
+    cfg = tmp_path / "cms.toml"
+    cfg.write_text(f'state_db = "{tmp_path}/state.db"\n[[hosts]]\nname = "n1"\nuri = "test:///default"\n'
+                   '[coordination]\nurl = "etcd3+http://127.0.0.1:1"\n[autoscaler]\nmetrics_listen = ""\n')
+    assert daemon.main(["--config", str(cfg), "--once"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["cms-autoscaler: configuration error: [coordination] needs tooz and etcd3gw, which are not "
+                   "installed (import of tooz halted; None in sys.modules): pip install 'cms[coordination]'"], err
