@@ -40,7 +40,12 @@ INIT = r"""#!/bin/sh
 mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev
 mount -t proc -o nosuid,nodev,noexec proc /proc
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+# Each step is stamped in the kernel log (timestamped, off the quiet console): the guest's
+# boot report (cms.boot_report on the kernel command line) reads them back with dmesg.
+mark() { echo "<6>cms-initramfs: $*" > /dev/kmsg; }
+mark start
 for m in $(cat /modules.order); do insmod "/lib/modules/$m" 2>/dev/null; done
+mark modules loaded
 root=/dev/vda; fstype=ext4; flags=rw; init=/sbin/init
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
@@ -61,6 +66,7 @@ while [ ! -b "$dev" ] && [ $i -lt 500 ]; do
   sleep 0.02; i=$((i + 1))
   case "$root" in UUID=*|LABEL=*) dev=$(findfs "$root" 2>/dev/null) ;; esac
 done
+mark disk $dev
 # Early DHCP on the first NIC (bounded: at most 3 tries of 1 s): the replica is reachable
 # as soon as its server listens, without waiting for udev and systemd-networkd in the real
 # root. systemd-networkd (KeepConfiguration=yes) later runs DHCP on the link itself.
@@ -70,11 +76,13 @@ for n in /sys/class/net/*; do
   udhcpc -i "$n" -q -n -t 3 -T 1 -s /bin/dhcp.sh >/dev/null 2>&1
   break
 done
+mark dhcp done
 mkdir -p /newroot
 if ! mount -t "$fstype" -o "$flags" "$dev" /newroot; then
   echo "initramfs: cannot mount root $root ($dev); dropping to a shell" > /dev/console
   exec sh
 fi
+mark switch_root
 umount /sys
 umount /proc
 mount --move /dev /newroot/dev
