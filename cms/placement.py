@@ -14,6 +14,8 @@ Capacity rules, the same for every policy:
 - A warm-pool replica is charged as its parked state holds the host (``charge_of``): a
   paused one holds its RAM but no CPU; a saved or stopped one holds only its disk; one
   booting or running counts in full like any VM.
+- A VM's RAM is what its guest holds (``held_memory_mib``): the balloon's current size,
+  not the maximum it was defined with; while it boots, the size cms set the balloon to.
 
 Policies:
 
@@ -80,6 +82,30 @@ def charge_of(state: str, warm: bool, vcpus: int, memory_mib: int) -> tuple[int,
     if state == "paused":
         return 0, memory_mib
     return 0, 0
+
+
+# How long a VM may boot before a guest that has not yet reported through its balloon is
+# taken to have no balloon driver (and to keep all it was started with). Boots take 5-20 s
+# under TCG; the golden image loads the driver in its initramfs.
+BOOT_GRACE_S = 120.0
+
+
+def held_memory_mib(current_mib: int, target_mib: int, reporting: bool, age_s: float) -> int:
+    """The RAM a running VM holds, as placement and the host figures count it.
+
+    ``current_mib`` is libvirt's figure, the balloon's actual size: what the guest can use
+    now, up to the maximum it was defined with. A VM starts with an empty balloon, so for
+    its first seconds that figure is the maximum, until the guest's balloon driver gives the
+    room above ``target_mib`` (the size cms set the balloon to) back. So a VM whose guest
+    has not reported through its balloon yet (``reporting``) is counted at its target for
+    its first BOOT_GRACE_S; after that, or once the guest reports, at libvirt's figure: a
+    guest without the driver keeps everything it started with, and one that reports
+    holds what the balloon says (a resize moves it within seconds). ``target_mib`` 0 (not
+    recorded): libvirt's figure.
+    """
+    if target_mib <= 0 or reporting or age_s >= BOOT_GRACE_S:
+        return current_mib
+    return min(current_mib, target_mib)
 
 
 def vcpu_room(h: HostLoad, rules: Rules) -> int:

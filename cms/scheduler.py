@@ -28,11 +28,13 @@ import contextlib
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 from cms import errors, runlock
 from cms.config import Config
-from cms.placement import Choice, HostLoad, Request, Rules, charge_of, choose, fits, ram_room, vcpu_room
+from cms.placement import (Choice, HostLoad, Request, Rules, charge_of, choose, fits, held_memory_mib, ram_room,
+                           vcpu_room)
 from cms.store import Store
 from cms.virt import Capacity, Fleet, Listing, OwnedDomain, OwnerMeta, Spawned
 
@@ -43,6 +45,14 @@ DOWN_RETRY_S = 10.0
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS placement_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+def held_mib(d: OwnedDomain, now: float) -> int:
+    """The RAM a listed domain's guest holds (placement.held_memory_mib; `now`: epoch s): its
+    target is the size cms recorded in its owner metadata, and its guest reports through the
+    balloon once libvirt has a time for its statistics (balloon.last-update)."""
+    return held_memory_mib(d.memory_mib, d.meta.memory_mib, bool(d.stats.get("balloon.last-update")),
+                           now - d.meta.created)
 
 
 class Scheduler:
@@ -126,7 +136,8 @@ class Scheduler:
         except errors.VirtError:
             self._mark_down(name)
             return HostLoad(name, 0, 0, up=False), [], None
-        charges = [charge_of(d.state, d.meta.warm, d.vcpus, d.memory_mib) for d in doms]
+        now = time.time()
+        charges = [charge_of(d.state, d.meta.warm, d.vcpus, held_mib(d, now)) for d in doms]
         load = HostLoad(name, self.fleet.host_cpus(name, cap), cap.memory_mib,
                         used_vcpus=sum(v for v, _m in charges), used_memory_mib=sum(m for _v, m in charges),
                         up=True, disk_free_bytes=cap.pool_available_bytes or None)
@@ -188,7 +199,8 @@ class Scheduler:
             if self.cfg.placement.algorithm == "round_robin":
                 self._save_cursor(choice.next_cursor)
             if listing is not None:
-                meta = OwnerMeta(**{**meta.__dict__, "port": spawned.port, "created": spawned.created})
+                meta = OwnerMeta(**{**meta.__dict__, "port": spawned.port, "created": spawned.created,
+                                    "memory_mib": memory_mib})
                 self._own.append((time.monotonic(), OwnedDomain(spawned.host, name, spawned.uuid, "running",
                                                                 vcpus, memory_mib, meta)))
             return spawned
@@ -347,7 +359,8 @@ class Scheduler:
             return dest
 
     def resize(self, name: str, vcpus: int | None = None, memory_mib: int | None = None) -> OwnedDomain:
-        """Vertical scaling in place: growth must fit the host under the placement rules."""
+        """Vertical scaling in place: growth must fit the host under the placement rules. Memory
+        moves through the balloon; the new size is recorded in the owner metadata as its target."""
         with self.lock():
             d = self.find(name)
             g = self.fleet.guest(d.host, name)
@@ -355,18 +368,22 @@ class Scheduler:
             if (vcpus or 0) > max_vcpus or (memory_mib or 0) > max_mib:
                 raise errors.BeyondMaximum(f"{name} was defined with at most {max_vcpus} vCPUs and {max_mib} MiB; "
                                            f"resize within that")
-            grow = Request(max(0, (vcpus or d.vcpus) - d.vcpus), max(0, (memory_mib or d.memory_mib) - d.memory_mib))
+            held = held_mib(d, time.time())
+            grow = Request(max(0, (vcpus or d.vcpus) - d.vcpus), max(0, (memory_mib or held) - held))
             if grow.vcpus or grow.memory_mib:
                 load = self.host_state(d.host)[0]
                 if not load.up or vcpu_room(load, self.rules) < grow.vcpus or ram_room(load, self.rules) < grow.memory_mib:
                     raise errors.PlacementError(f"host {d.host} has no room to grow {name} by "
                                                 f"{grow.vcpus} vCPU / {grow.memory_mib} MiB; migrate it first")
-            if (vcpus and vcpus != d.vcpus) or (memory_mib and memory_mib != d.memory_mib):
+            if (vcpus and vcpus != d.vcpus) or (memory_mib and memory_mib != held):
                 self.guard(f"resize {name}")
             if vcpus and vcpus != d.vcpus:
                 g.set_vcpus(vcpus)
-            if memory_mib and memory_mib != d.memory_mib:
+            if memory_mib and memory_mib != held:
                 g.set_memory(memory_mib)
+                g.set_owner(self.stamped(OwnerMeta(**{**d.meta.__dict__, "memory_mib": memory_mib})))
+                # libvirt's figure follows the balloon a second or so behind: answer the size set
+                return replace(self.find(name), memory_mib=memory_mib)
             return self.find(name)
 
     # -- reads the autoscaler needs, so it never reaches through to the fleet ------------------

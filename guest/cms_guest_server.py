@@ -25,7 +25,9 @@ Contract (the load client and the autoscaler depend on it):
       The work itself (PBKDF2, its salt and limits) is defined once, in cms_work.py beside
       this file, which the image installs with it.
   GET /health  200 {"status": "ok"} once every worker is up; 503 before that and while stopping
-  GET /status  {"served", "in_flight", "uptime_s", "hostname", "unit", "workers", "cpus", "pid"}
+  GET /status  {"served", "in_flight", "uptime_s", "hostname", "unit", "workers", "cpus",
+                "mem_total_kib", "pid"}  (mem_total_kib: the kernel's MemTotal, which the
+                balloon moves when the VM's memory is resized)
   Unknown path: 404; known path, wrong method: 405; both JSON.
 Every response carries X-Worker-Pid, the pid of the worker that answered.
 

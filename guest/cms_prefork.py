@@ -37,6 +37,19 @@ SLOT_FIELDS = 4
 SERVED, IN_FLIGHT, BUSY, READY = range(SLOT_FIELDS)
 
 
+def mem_total_kib() -> int:
+    """MemTotal from /proc/meminfo: the memory the guest's kernel can use, which the balloon
+    moves when the host resizes the VM (0 when it cannot be read)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class SharedState:
     def __init__(self, workers: int, slots: int = 0) -> None:
         self.slots = max(workers, slots)
@@ -141,6 +154,7 @@ class Worker:
             "unit": info["unit"],
             "workers": state.workers,
             "cpus": state.cpus,
+            "mem_total_kib": mem_total_kib(),
             "pid": info["pid"],
         }
 

@@ -27,6 +27,7 @@ from cms.autoscaler import planner
 from cms.autoscaler.lifecycle import Track
 from cms.config import GroupConfig
 from cms.metrics import Tick
+from cms.scheduler import held_mib
 from cms.virt import Capacity, Listing
 
 
@@ -70,7 +71,7 @@ def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track,
             "up": up, "cpu": hm.cpu if hm else None, "cpus": hm.cpus if hm else (cap.cpus if cap else None),
             "vms": len(running), "defined": len(doms), "vcpus": sum(d.vcpus for d in running),
             "memory_mib": cap.memory_mib if cap else None,
-            "used_memory_mib": sum(d.memory_mib for d in running),
+            "used_memory_mib": sum(held_mib(d, now) for d in running),   # what the guests hold
             "free_memory_mib": cap.free_memory_mib if cap else None,
         }
     return {"ts": now, "tick": dict(tick_info), "feed_seq": feed_seq, "groups": out_groups, "hosts": out_hosts}

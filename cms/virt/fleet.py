@@ -226,7 +226,7 @@ class Fleet:
         address = self.forward_address(host_name)
         port = self._choose_port(host_name, listing) if net.mode == "user" else meta.guest_port
         created = meta.created or time.time()
-        meta = vxml.OwnerMeta(**{**meta.__dict__, "port": port, "created": created})
+        meta = vxml.OwnerMeta(**{**meta.__dict__, "port": port, "created": created, "memory_mib": memory_mib})
         spec = vxml.DomainSpec(
             name=name, uuid=host.new_uuid(), vcpus=vcpus, memory_mib=memory_mib,
             max_vcpus=max_vcpus, max_memory_mib=max_memory_mib, disk_path="", meta=meta,

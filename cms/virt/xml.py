@@ -12,6 +12,7 @@ Every domain cms owns carries, in its <metadata>, one element in cms's namespace
       <instance-type>0</instance-type>
       <image>golden</image>
       <warm>False</warm>            True: a warm-pool member (never announced, never counted)
+      <memory-mib>512</memory-mib>  the memory cms set the balloon to (0: not recorded)
     </cms:owner>
 
 That element is all cms needs to rebuild its view of the fleet from libvirt after a
@@ -44,6 +45,7 @@ class OwnerMeta:
     image: str = ""
     warm: bool = False
     term: int = 0          # the leader's term it was made or last changed under (cms.leadership)
+    memory_mib: int = 0     # the balloon's target: what the guest keeps once its driver acts
 
 
 _META_TAGS = {f.name: f.name.replace("_", "-") for f in fields(OwnerMeta)}

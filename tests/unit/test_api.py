@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import time
 
 import falcon.testing
 import pytest
@@ -303,3 +304,46 @@ def test_a_half_made_create_stays_while_a_host_is_down(api):
     row = deps.store.connect().execute("SELECT state FROM api_vms WHERE vmid=?", (vmid,)).fetchone()
     assert row["state"] == "creating"         # the name stays held: its domain could be on pm3
     assert deps.store.events(kinds=["vm_create_reaped"]) == []
+
+
+def test_memory_is_counted_as_the_guests_hold_it_not_at_the_maximum(tmp_path, run_dir):
+    """/pm/query's free RAM and the host's "given to VMs" count a VM's current memory (the
+    balloon's size), not the maximum it is defined with (twice its type), and follow a resize."""
+    c, deps = build(tmp_path)
+    try:
+        vm = c.simulate_post("/v1/vms", json={"name": "m1", "instance_type": 1}, headers=AUTH).json
+        assert c.simulate_get(f"/v1/vms/{vm['vmid']}").json["max_memory_mib"] == 1024
+
+        def counted():
+            free = j(c.simulate_get("/pm/query", params={"pmid": 1}))["free"]["ram"]
+            return free, c.simulate_get("/v1/hosts/1").json["memory_mib"]["given"]
+
+        assert counted() == (4096 - 512, 512)
+        r = c.simulate_post(f"/v1/vms/{vm['vmid']}/resize", json={"memory_mib": 768}, headers=AUTH)
+        assert r.status_code == 200 and r.json["memory_mib"] == 768, r.text
+        assert counted() == (4096 - 768, 768)
+        [d] = deps.fleet.host("pm1").stats.owned_domains()
+        assert (d.memory_mib, d.meta.memory_mib) == (768, 768)   # the new target, recorded with the owner
+    finally:
+        deps.fleet.close()
+
+
+def test_a_booting_vm_is_charged_its_target_until_its_guest_reports(tmp_path, run_dir):
+    """libvirt says a booting VM holds its maximum (its balloon is still empty); placement counts
+    the size cms set the balloon to until the guest's driver reports, then libvirt's figure."""
+    from cms.virt import Listing, OwnedDomain, OwnerMeta
+    _c, deps = build(tmp_path)
+    try:
+        now = time.time()
+
+        def listed(stats, age):
+            d = OwnedDomain("pm1", "cms-vm-9", "u9", "running", 1, 1024,
+                            OwnerMeta(role="vm", vmid=9, created=now - age, memory_mib=512), stats=stats)
+            return Listing({"pm1": [d]}, {}, time.monotonic())
+
+        used = lambda stats, age: deps.scheduler.host_state("pm1", listed(stats, age))[0].used_memory_mib
+        assert used({"balloon.current": 1024 * 1024, "balloon.last-update": 0}, 3.0) == 512
+        assert used({"balloon.current": 1024 * 1024, "balloon.last-update": int(now)}, 3.0) == 1024
+        assert used({}, 600.0) == 1024        # never reported: an image without the driver keeps it all
+    finally:
+        deps.fleet.close()

@@ -216,7 +216,10 @@ def test_status_counts_served_work(server):
     assert after["hostname"] == socket.gethostname()
     assert isinstance(after["unit"], str)
     assert after["uptime_s"] >= before["uptime_s"] > 0
-    assert set(after) == {"served", "in_flight", "uptime_s", "hostname", "unit", "workers", "cpus", "pid"}
+    assert set(after) == {"served", "in_flight", "uptime_s", "hostname", "unit", "workers", "cpus", "mem_total_kib",
+                          "pid"}
+    with open("/proc/meminfo") as fh:
+        assert after["mem_total_kib"] == int(fh.readline().split()[1])   # MemTotal is its first line
     assert after["cpus"] == len(os.sched_getaffinity(server.proc.pid))
 
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from cms.errors import PlacementError
-from cms.placement import HostLoad, Placer, Request, Rules, charge, charge_of, choose
+from cms.placement import BOOT_GRACE_S, HostLoad, Placer, Request, Rules, charge, charge_of, choose, held_memory_mib
 
 NO_RULES = Rules(cpu_overcommit=1.0, ram_reserve_mib=0)
 
@@ -147,3 +147,21 @@ def test_placer_release_gives_room_back():
 ])
 def test_a_warm_replica_is_charged_as_its_state_holds_the_host(state, warm, want):
     assert charge_of(state, warm, 2, 1024) == want
+
+
+@pytest.mark.parametrize("current, target, reporting, age, want", [
+    (768, 384, False, 5.0, 384),      # booting, balloon still empty: its target, not the maximum
+    (768, 384, True, 5.0, 768),       # the guest's driver reports: what the balloon says it holds
+    (400, 384, True, 6.0, 400),       # ... also while it gives the room back
+    (384, 384, True, 600.0, 384),     # settled
+    (768, 384, False, 600.0, 768),    # never reported: no balloon driver, it keeps all it started with
+    (300, 384, False, 5.0, 300),      # less than the target (a balloon below it): what it has
+    (768, 0, False, 5.0, 768),        # no target recorded (made by an older cms): libvirt's figure
+])
+def test_a_vm_is_charged_the_memory_its_guest_holds(current, target, reporting, age, want):
+    assert held_memory_mib(current, target, reporting, age) == want
+
+
+def test_the_boot_grace_ends():
+    assert held_memory_mib(768, 384, False, BOOT_GRACE_S - 1) == 384
+    assert held_memory_mib(768, 384, False, BOOT_GRACE_S) == 768
