@@ -24,11 +24,12 @@ What ``up`` makes, for host i of N (hv1, hv2, ...):
   same paths on every host. Live migration then needs no disk copy (``shared_storage``).
 
 ``up`` prints what it made and a cms.toml fragment for those hosts (also written to
-ROOT/cms.toml). ``down`` ends the lab's processes by their ids (the libvirtds it started and
-every process left in its namespaces, i.e. their QEMUs), then removes the namespaces, the
-links and ROOT. It needs no state file and no libvirt: the names say what is the lab's, so
-it also reaps what a crashed run left, and ``up`` calls it first. ``running`` is the same as
-a context manager, for pytest fixtures::
+ROOT/cms.toml). Each new libvirtd's QEMU capabilities cache is a copy of a good one, and
+``up`` checks that it was taken (cms.lab.qemucaps). ``down`` ends the lab's processes by
+their ids (the libvirtds it started and every process left in its namespaces, i.e. their
+QEMUs), then removes the namespaces, the links and ROOT. It needs no state file and no
+libvirt: the names say what is the lab's, so it also reaps what a crashed run left, and
+``up`` calls it first. ``running`` is the same as a context manager, for pytest fixtures::
 
     @pytest.fixture(scope="module")
     def lab():
@@ -47,11 +48,12 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 from cms.errors import CmsError
+from cms.lab import qemucaps
 from cms.lab.proc import LabError, _kill, _pid_alive, _run  # noqa: F401 - the lab's helpers, used here and by its users
 
 LIBVIRTD = "/usr/sbin/libvirtd"
@@ -72,11 +74,13 @@ class LabHost:
     pid: int             # its libvirtd
     host_uuid: str
     root: str            # its state directories
+    first_define_s: float = 0.0   # a throwaway define right after up: fast when its cache copy was taken
+    caps_note: str = ""           # why that define was slow (libvirtd probed QEMU), from its log
 
 
 class Lab:
     def __init__(self, name: str = "cmslab", subnet: int = 90, base: Path = BASE,
-                 golden: str = "/var/lib/cms/images/golden.qcow2") -> None:
+                 golden: str = "/var/lib/cms/images/golden.qcow2", caps_seed: Path | None = None) -> None:
         if not name.isalnum() or not name.islower() or len(name) > 10:
             raise LabError(f"lab name {name!r}: at most 10 lowercase letters and digits")
         if not 0 <= subnet <= 255:
@@ -88,6 +92,10 @@ class Lab:
         self.gateway = f"169.254.{subnet}.1"
         self.pool = name
         self.pool_path = str(self.root / "pool")
+        # QEMU capabilities: the last lab host's, kept across labs (no lab is named so), unless
+        # caps_seed names the files every new host starts from
+        self.caps_shared = base / "qemu-capabilities"
+        self.caps_seed = caps_seed
 
     # -- names ------------------------------------------------------------------------------
 
@@ -133,6 +141,10 @@ class Lab:
                 hosts.append(self._start_libvirtd(i))
             for h in hosts:
                 self._wait_and_prepare(h, timeout)
+            from cms.virt.host import resolve_domain_type
+            checked = qemucaps.check([(h.name, h.uri, Path(h.root)) for h in hosts], self.caps_shared,
+                                     resolve_domain_type("auto", "qemu:///system"))
+            hosts = [replace(h, first_define_s=t, caps_note=why) for h, (t, why) in zip(hosts, checked)]
         except BaseException:
             self.down()
             raise
@@ -153,7 +165,7 @@ class Lab:
 
     def _start_libvirtd(self, i: int) -> LabHost:
         hroot = self.root / f"hv{i}"
-        for sub in [*OVERLAID, "log/qemu", "cache/qemu/capabilities", "sock"]:
+        for sub in [*OVERLAID, "log/qemu", qemucaps.CACHE_SUBDIR, "sock"]:
             (hroot / sub).mkdir(parents=True, exist_ok=True)
             os.chmod(hroot / sub, 0o755 if sub != "sock" else 0o700)
         host_uuid = str(uuid.uuid4())
@@ -166,7 +178,8 @@ class Lab:
             f'tcp_port = "{LIBVIRT_PORT}"\n'
             'auth_tcp = "none"\n'
             f'host_uuid = "{host_uuid}"\n'
-            f'log_outputs = "3:file:{hroot}/libvirtd.log"\n')
+            f'log_filters = "{qemucaps.LOG_FILTERS}"\n'
+            f'log_outputs = "1:file:{hroot}/libvirtd.log"\n')
         # stdio "file": no virtlogd of its own; no cgroups: the system daemon's /machine
         # hierarchy names a domain's group by its id, which every daemon hands out from 1.
         # QEMU as root with no relabelling: the images and overlays are shared by all the
@@ -175,11 +188,9 @@ class Lab:
             "# written by cms.lab.hosts\n"
             'stdio_handler = "file"\ncgroup_controllers = [ ]\n'
             'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nremember_owner = 0\nsecurity_driver = "none"\n')
-        # libvirt's probe of the QEMU binary takes seconds under TCG; its cache is keyed by
-        # the binaries' versions and times, so the system daemon's entries are valid here.
-        caps = Path("/var/cache/libvirt/qemu/capabilities")
-        for f in caps.glob("*.xml") if caps.is_dir() else []:
-            shutil.copy(f, hroot / "cache/qemu/capabilities" / f.name)
+        # libvirt's probe of the QEMU binary takes seconds under TCG: start from a good cache
+        qemucaps.seed(hroot / qemucaps.CACHE_SUBDIR, self.caps_seed or self.caps_shared,
+                      self.caps_seed or qemucaps.SYSTEM)
         mounts = " && ".join(f"mount --bind {hroot / sub} {path}" for sub, path in OVERLAID.items())
         script = f"{mounts} && exec {LIBVIRTD} --listen -f {hroot}/etc/libvirtd.conf -p {hroot}/libvirtd.pid"
         with open(hroot / "libvirtd.out", "wb") as out:
@@ -311,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lab {a.name}: bridge {lab.bridge} at {lab.gateway}/24, shared storage {lab.root}")
             for h in hosts:
                 print(f"  {h.name}: netns {h.netns}, address {h.address}, libvirtd pid {h.pid}, "
-                      f"host_uuid {h.host_uuid}, {h.uri}")
+                      f"host_uuid {h.host_uuid}, {h.uri}, first define {h.first_define_s:.2f} s")
+                if h.caps_note:
+                    print(f"  {h.name}: {h.caps_note}")
             print(f"cms.toml fragment (also in {lab.root / 'cms.toml'}):\n")
             print(frag, end="")
             if a.controllers:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import subprocess
 import tomllib
+from pathlib import Path
 
 import pytest
 
 from cms import config
+from cms.lab import qemucaps
 from cms.lab.hosts import Lab, LabError, running
 from cms.virt import Host
 from tests.support import ROOT
@@ -52,6 +55,11 @@ def test_up_makes_hosts_each_in_its_namespaces_with_its_own_libvirtd_and_down_re
     pids = [h.pid for h in hosts]
     try:
         assert [h.name for h in hosts] == ["hv1", "hv2"]
+        # each libvirtd took the QEMU capabilities it was given instead of probing QEMU again
+        # (seconds under TCG at its first define); had the first refused its copy, up would
+        # say why, and the second would start from the first one's fresh files
+        assert hosts[0].caps_note == "" or "probed QEMU" in hosts[0].caps_note, hosts[0]
+        assert (hosts[1].caps_note, qemucaps.probed(Path(hosts[1].root))) == ("", False), hosts[1]
         assert lab._our_netns() == ["cmstest-hv1", "cmstest-hv2"]
         assert sorted(lab._our_links()) == ["cmstest1", "cmstest2", "cmstestbr"]
         own_net, own_mnt = os.readlink("/proc/self/ns/net"), os.readlink("/proc/self/ns/mnt")
@@ -101,6 +109,24 @@ def test_up_makes_hosts_each_in_its_namespaces_with_its_own_libvirtd_and_down_re
     assert any(r.startswith("processes") for r in removed) and "netns cmstest-hv1" in removed
     assert_gone(lab, pids)
     assert lab.down() == []     # nothing left to remove
+
+
+def test_a_refused_capabilities_cache_is_named_and_probed_once_for_the_lab(tmp_path):
+    """A copy libvirtd refuses (written by a libvirtd of another build): the first host probes
+    QEMU and up names why, from that libvirtd's log; the second host starts from the files the
+    first one has just written and takes them."""
+    stale = tmp_path / "caps"
+    stale.mkdir()
+    for f in qemucaps.SYSTEM.glob("*.xml"):
+        (stale / f.name).write_text(re.sub(r"<selfctime>\d+</selfctime>", "<selfctime>1</selfctime>", f.read_text()))
+    lab = Lab(NAME, SUBNET, caps_seed=stale)
+    try:
+        hv1, hv2 = lab.up(2)
+        assert "probed QEMU" in hv1.caps_note and "Outdated capabilities" in hv1.caps_note, hv1
+        assert "libvirt changed (1 vs " in hv1.caps_note
+        assert (hv2.caps_note, qemucaps.probed(Path(hv2.root))) == ("", False), hv2
+    finally:
+        lab.down()
 
 
 def test_up_reaps_what_a_crashed_run_left():
