@@ -1,4 +1,4 @@
-"""The cluster model the balancing planner (cms.balance) reads, built from what cms records.
+"""The cluster model the host planner (cms.hostplan) reads, built from what cms records.
 
 One way to build it, for the daemon and for the API alike, so ``cms balance plan`` shows
 what ``cms-autoscaler`` would do: a fresh listing of the fleet (where each VM runs, its size
@@ -11,6 +11,8 @@ planner's room is placement's room), and the state database's history:
   starts, ``migrated`` / ``migrate_failed`` when it ends, ``resized`` / ``resize_failed``), for the cooldown,
   the minimum stay, the move budget and migrations still running;
 * replica states (``replicas``), as only a ready replica is moved.
+* the API's VM names and instance-type sizes (cms.api_tables), for vertical scaling's
+  opt-in by name or type and the size a VM is never shrunk below.
 
 The daemon adds what only it knows: migrations it is running right now, its own view of
 replica states, and the guests' memory use from the balloon (when they report it).
@@ -19,11 +21,11 @@ replica states, and the guests' memory use from the balloon (when they report it
 from __future__ import annotations
 
 import collections
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from cms import balance
+from cms import hostplan
+from cms.api_tables import ApiTables
 from cms.config import Config, VerticalConfig
 from cms.placement import HostLoad, Rules
 from cms.store import Store
@@ -33,9 +35,9 @@ BOOT_SETTLE_S = 30.0   # a VM's CPU in its first seconds is its boot: vertical s
 MOVE_KINDS = ("balance_migrate", "migrated", "migrate_failed", "resized", "resize_failed")
 
 
-def limits(cfg: Config) -> balance.Limits:
+def limits(cfg: Config) -> hostplan.Limits:
     b = cfg.balancer
-    return balance.Limits(high=b.high, window_s=b.window_s, relief=b.relief, consolidate=b.consolidate,
+    return hostplan.Limits(high=b.high, window_s=b.window_s, relief=b.relief, consolidate=b.consolidate,
                           headroom=b.headroom, consolidate_window_s=b.consolidate_window_s,
                           vm_cooldown_s=b.vm_cooldown_s, min_stay_s=b.min_stay_s, max_moves=b.max_moves,
                           budget_interval_s=b.budget_interval_s,
@@ -69,17 +71,6 @@ def _base_size(cfg: Config, d: OwnedDomain, types: Mapping[int, tuple[int, int]]
     return types.get(d.meta.instance_type, (d.vcpus, d.memory_mib))
 
 
-def _api_tables(store: Store) -> tuple[dict[str, str], dict[int, tuple[int, int]]]:
-    """(domain -> the API VM's name, instance type -> (vCPUs, MiB)); empty where the API never ran."""
-    c = store.connect()
-    try:
-        names = {r["domain"]: r["name"] for r in c.execute("SELECT name, domain FROM api_vms WHERE state='active'")}
-        types = {int(r["tid"]): (int(r["cpu"]), int(r["ram"])) for r in c.execute("SELECT tid, cpu, ram FROM api_types")}
-    except sqlite3.OperationalError:
-        return {}, {}
-    return names, types
-
-
 def history(store: Store, now: float, cfg: Config) -> dict[str, Any]:
     """The state database's part of the model: series and recent moves."""
     b = cfg.balancer
@@ -99,11 +90,12 @@ def history(store: Store, now: float, cfg: Config) -> dict[str, Any]:
 
 
 def build(cfg: Config, listing: Listing, loads: Iterable[HostLoad], store: Store, now: float,
-          extra: Extra | None = None) -> balance.Model:
+          extra: Extra | None = None) -> hostplan.Model:
     """The planner's input. `loads`: placement's figures of every configured host."""
     extra = extra or Extra()
     h = history(store, now, cfg)
-    api_names, types = _api_tables(store)
+    api = ApiTables(store)
+    api_names, types = api.vm_names(), api.type_sizes()
     states = dict(extra.states) if extra.states is not None else {r.name: r.state for r in store.replicas()}
 
     # moves: when each VM last moved, where from, running ones; resizes; host moves
@@ -132,7 +124,7 @@ def build(cfg: Config, listing: Listing, loads: Iterable[HostLoad], store: Store
     lim = limits(cfg)
     hosts = []
     for hl in loads:
-        hosts.append(balance.HostView(
+        hosts.append(hostplan.HostView(
             hl.name, hl.cpus, hl.memory_mib, up=hl.up and hl.name not in listing.down,
             series=tuple(h["hosts"].get(hl.name, ())), migrating=hl.name in busy_hosts,
             last_move_at=host_moved.get(hl.name), disk_free_bytes=hl.disk_free_bytes,
@@ -153,17 +145,17 @@ def build(cfg: Config, listing: Listing, loads: Iterable[HostLoad], store: Store
         if vt is not None:
             defined_vcpus = int(d.stats.get("vcpu.maximum") or d.vcpus)
             defined_mib = int(d.stats.get("balloon.maximum") or d.memory_mib * 1024) // 1024
-            vertical = balance.Vertical(min(vt.max_vcpus, defined_vcpus),
-                                        min(vt.max_memory_mib or d.memory_mib, defined_mib),
-                                        vt.high, vt.low, vt.window_s, vt.window_in_s)
-        vms.append(balance.VmView(
+            vertical = hostplan.Vertical(min(vt.max_vcpus, defined_vcpus),
+                                         min(vt.max_memory_mib or d.memory_mib, defined_mib),
+                                         vt.high, vt.low, vt.window_s, vt.window_in_s)
+        vms.append(hostplan.VmView(
             d.name, d.host, d.vcpus, d.memory_mib, sum(recent) / len(recent) if recent else None,
             group=d.meta.group, movable=movable, migrating=d.name in running,
             last_moved_at=last_moved.get(d.name), left=tuple(left.get(d.name, ())), vertical=vertical,
             min_vcpus=base_vcpus, min_memory_mib=base_mib, cpu_series=series if vertical else (),
             mem_series=tuple(extra.mem_series.get(d.name, ())) if vertical else (),
             last_resized_at=_settled(cfg, d, resized.get(d.name), extra.ready_at.get(d.name))))
-    return balance.Model(now, tuple(hosts), tuple(vms), recent_moves=tuple(started), rules=_rules(cfg))
+    return hostplan.Model(now, tuple(hosts), tuple(vms), recent_moves=tuple(started), rules=_rules(cfg))
 
 
 def _settled(cfg: Config, d: OwnedDomain, resized: float | None, ready_at: float | None) -> float | None:

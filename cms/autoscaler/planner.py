@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from cms import policy
-from cms.balance import consolidate_order
 from cms.autoscaler.lifecycle import COUNTING, WARM, State, Track
 from cms.config import GroupConfig
+from cms.hostplan import consolidate_order
 from cms.virt import Listing, OwnedDomain
 
 S = State

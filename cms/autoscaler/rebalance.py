@@ -1,6 +1,6 @@
 """Host balancing as a step of the autoscaler's reconcile loop: host load in, the plan applied.
 
-(Named for what it does to a running fleet: cms.balance plans, this applies; the load
+(Named for what it does to a running fleet: cms.hostplan plans, this applies; the load
 client's replica choice and the demo scenario are elsewhere.)
 
 Each tick the daemon calls ``observe`` (after its metrics: one host-load row per host, the
@@ -8,7 +8,7 @@ figures the planner reads back) and, at the end of the tick, ``step``:
 
 * the model comes from cms.autoscaler.balance_model (the same the API's plan is built from)
   plus what only the daemon knows (its running migrations, replica states, memory use);
-* cms.balance plans; with ``[balancer] enabled`` (or once, when ``cms balance run`` asked)
+* cms.hostplan plans; with ``[balancer] enabled`` (or once, when ``cms balance run`` asked)
   the plan is applied, each action on a worker thread of the balancer's own, every change
   through the Scheduler. Its actions are not planner actions: the balancer applies its own
   plan and does not go through ``Executor.register``; it shares the replicas with the
@@ -35,7 +35,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from cms import balance, errors
+from cms import errors, hostplan
+from cms.api_tables import ApiTables
 from cms.autoscaler import balance_model
 from cms.autoscaler.journal import Journal
 from cms.autoscaler.lifecycle import State, Track
@@ -70,12 +71,12 @@ def take_run(store: Store) -> bool:
 
 
 def current_plan(cfg: Config, scheduler: Scheduler, store: Store, now: float | None = None,
-                 extra: balance_model.Extra | None = None, listing: Listing | None = None) -> balance.BalancePlan:
+                 extra: balance_model.Extra | None = None, listing: Listing | None = None) -> hostplan.BalancePlan:
     """What the planner would do now (the API's and the CLI's ``balance plan``)."""
     now = time.time() if now is None else now
     listing = listing or scheduler.list_domains()
     model = balance_model.build(cfg, listing, scheduler.loads(listing), store, now, extra)
-    return balance.plan(model, balance_model.limits(cfg))
+    return hostplan.plan(model, balance_model.limits(cfg))
 
 
 class Balancer:
@@ -93,11 +94,12 @@ class Balancer:
         self.on_moved = on_moved or (lambda _uuid: None)
         self.store = self.scheduler.store
         self.store.ensure_schema(SCHEMA)
+        self.api_tables = ApiTables(self.store)
         self.migrating: dict[str, tuple[str, str]] = {}
         self.mem: dict[str, collections.deque] = {}
         self.empty_told: set[str] = set()
         self.workers = Workers()
-        self.last_plan: balance.BalancePlan | None = None
+        self.last_plan: hostplan.BalancePlan | None = None
         self._lock = threading.Lock()
 
     # -- observing: host load, memory use --------------------------------------------------
@@ -149,7 +151,7 @@ class Balancer:
                                    busy=frozenset(t.name for t in tracks if t.busy),
                                    mem_series={n: tuple(s) for n, s in self.mem.items()})
 
-    def step(self, now: float, listing: Listing | None) -> balance.BalancePlan | None:
+    def step(self, now: float, listing: Listing | None) -> hostplan.BalancePlan | None:
         """Plan, and apply the plan when enabled (or asked once); None when nothing was planned."""
         self.workers.prune()
         if listing is None or listing.down:
@@ -172,27 +174,27 @@ class Balancer:
         if asked:
             self.journal.event("balance_run", "", "", f"asked once: {len(p.actions)} action(s)",
                                actions=len(p.actions), notes=p.notes,
-                               migrations=sum(1 for x in p.actions if x.kind == balance.MIGRATE),
-                               resizes=sum(1 for x in p.actions if x.kind == balance.RESIZE))
+                               migrations=sum(1 for x in p.actions if x.kind == hostplan.MIGRATE),
+                               resizes=sum(1 for x in p.actions if x.kind == hostplan.RESIZE))
         self.apply(p)
         return p
 
-    def apply(self, p: balance.BalancePlan) -> None:
-        by_vm: dict[str, list[balance.BalanceAction]] = collections.defaultdict(list)
+    def apply(self, p: hostplan.BalancePlan) -> None:
+        by_vm: dict[str, list[hostplan.BalanceAction]] = collections.defaultdict(list)
         for a in p.actions:
-            if a.kind == balance.POWER_OFF:
+            if a.kind == hostplan.POWER_OFF:
                 self._empty_host(a)
-            elif a.kind in (balance.MIGRATE, balance.RESIZE):
+            elif a.kind in (hostplan.MIGRATE, hostplan.RESIZE):
                 by_vm[a.vm].append(a)
         for vm, acts in by_vm.items():
             with self._lock:
                 if vm in self.migrating:
                     continue
-                if acts[0].kind == balance.MIGRATE:
+                if acts[0].kind == hostplan.MIGRATE:
                     self.migrating[vm] = (acts[0].src, acts[0].dst)
             self.workers.start(f"cms-balance-{vm}", self._run, acts)
 
-    def _empty_host(self, a: balance.BalanceAction) -> None:
+    def _empty_host(self, a: hostplan.BalanceAction) -> None:
         if a.src in self.empty_told:
             return
         self.empty_told.add(a.src)
@@ -200,10 +202,10 @@ class Balancer:
 
     # -- actions (worker threads) -------------------------------------------------------------
 
-    def _run(self, acts: list[balance.BalanceAction]) -> None:
+    def _run(self, acts: list[hostplan.BalanceAction]) -> None:
         try:
             for a in acts:
-                ok = self._migrate(a) if a.kind == balance.MIGRATE else self._resize(a)
+                ok = self._migrate(a) if a.kind == hostplan.MIGRATE else self._resize(a)
                 if not ok:
                     return     # a resize planned after a failed migration does not happen
         finally:
@@ -216,7 +218,7 @@ class Balancer:
             return None
         return self.registry.take(name, (State.READY,), claim=True) or False
 
-    def _migrate(self, a: balance.BalanceAction) -> bool:
+    def _migrate(self, a: hostplan.BalanceAction) -> bool:
         t = self._track(a.vm)
         group = t.group if t else ""
         if t is False:
@@ -253,18 +255,10 @@ class Balancer:
                            took_s=round(took, 3), switchover_s=switch, strategy=a.strategy,
                            address=t.address if t else "", port=t.port if t else 0, **{"from": a.src, "to": a.dst})
         if not t:
-            self._api_vm_moved(a.vm, a.dst)
+            self.api_tables.vm_moved(a.vm, a.dst)     # an API VM's row says where it runs now
         return True
 
-    def _api_vm_moved(self, domain: str, host: str) -> None:
-        """An API VM's row says where it runs (the spec's /pm/listvms reads it)."""
-        try:
-            with self.store.write() as c:
-                c.execute("UPDATE api_vms SET host=? WHERE domain=?", (host, domain))
-        except Exception as exc:  # noqa: BLE001 - no API table: nothing to update
-            log.debug("no api_vms row updated for %s: %s", domain, exc)
-
-    def _resize(self, a: balance.BalanceAction) -> bool:
+    def _resize(self, a: hostplan.BalanceAction) -> bool:
         try:
             d = self.scheduler.resize(a.vm, vcpus=a.vcpus or None, memory_mib=a.memory_mib or None)
         except errors.CmsError as exc:
@@ -281,7 +275,7 @@ class Balancer:
                            memory_mib=d.memory_mib)
         return True
 
-    def _late_unplug(self, a: balance.BalanceAction, exc: Exception) -> Any:
+    def _late_unplug(self, a: hostplan.BalanceAction, exc: Exception) -> Any:
         """A vCPU unplug libvirt gave up waiting for (5 s; a guest under TCG may take longer):
         the domain once its guest has let the vCPU go, or None if it does not within 30 s."""
         if not a.vcpus or "unplug" not in str(exc):

@@ -97,7 +97,7 @@ class Autoscaler:
                              on_unpark=lambda t: restart_baseline(self.metrics, t.uuid))
         for kind, handler in self.warm.handlers().items():
             self.executor.register(kind, handler)
-        # host balancing (cms.balance): host load each tick; the plan applied when [balancer] enabled
+        # host balancing (cms.hostplan plans, rebalance applies): host load each tick; the plan applied when [balancer] enabled
         self.balancer = Balancer(cfg, self.registry, self.scheduler, self.journal, self.metrics, stop=self.stop,
                                  dry_run=dry_run, on_moved=lambda u: restart_baseline(self.metrics, u))
         self._host_samples: list = []

@@ -23,7 +23,7 @@ import json
 
 import pytest
 
-from cms import balance
+from cms import hostplan
 from cms.lab.hosts import running
 from cms.lab.realstack import wait_until
 from cms.lab.stack import Stack, failed, throughput
@@ -68,7 +68,7 @@ def test_relief_moves_a_loaded_replica_and_the_client_fails_no_request(stack):
     # high over the 5 s window. The daemon ticked through that window with balancing off and
     # moved nothing.
     wait_until(lambda: loaded_for(stack, "relief") >= 10, 60, 0.5, "10 s of completed requests")
-    wanted = wait_until(lambda: [a for a in stack.plan().actions if a.kind == balance.MIGRATE], 60, 1.0,
+    wanted = wait_until(lambda: [a for a in stack.plan().actions if a.kind == hostplan.MIGRATE], 60, 1.0,
                         "a plan that relieves hv1")
     assert [(a.src, a.strategy) for a in wanted] == [("hv1", "relief")]
     assert stack.events("balance_migrate") == []
@@ -113,8 +113,8 @@ def test_an_aborted_migration_leaves_the_replica_where_it_was(stack):
         name = sorted(before)[0]
         src, dst = before[name], ({"hv1", "hv2"} - {before[name]}).pop()
         # the executor's own path, with a move as the planner writes one
-        stack.scaler.balancer.apply(balance.BalancePlan([balance.BalanceAction(
-            balance.MIGRATE, "relief", name, src, dst, f"test: move {name} from {src} to {dst}")]))
+        stack.scaler.balancer.apply(hostplan.BalancePlan([hostplan.BalanceAction(
+            hostplan.MIGRATE, "relief", name, src, dst, f"test: move {name} from {src} to {dst}")]))
         fail = stack.wait_event("migrate_failed", 60, subject=name)
     finally:
         stack.migrate_limits(120.0)

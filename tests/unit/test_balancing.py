@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from cms import balance
+from cms import hostplan
 from cms.autoscaler import rebalance
 from cms.autoscaler.reconcile import Autoscaler
 from cms.metrics import DomainMetrics, HostMetrics, Tick
@@ -160,7 +160,7 @@ def test_mem_use_from_balloon_stats():
     from cms.autoscaler.balance_model import mem_use
     assert mem_use({"balloon.available": 1000, "balloon.usable": 250}) == 0.75
     assert mem_use({"balloon.current": 524288}) is None          # the guest reports nothing
-    assert balance.Limits().max_moves == 2
+    assert hostplan.Limits().max_moves == 2
 
 
 def test_the_api_shows_the_plan_and_records_a_run(tmp_path, run_dir):
