@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -119,8 +120,7 @@ def group_series(replicas: tuple[ReplicaSeries, ...], warmup_s: float,
     return out
 
 
-def _ts(point: tuple[float, float | None]) -> float:
-    return point[0]
+_ts = operator.itemgetter(0)     # a series point's time (a C callable: bisect calls it per probe)
 
 
 def window_values(series: Sequence[tuple[float, float | None]], now: float, window_s: float,

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from cms.hostplan.model import POWER_OFF, BalanceAction, VmView, pct, window
+from cms.hostplan.model import POWER_OFF, BalanceAction, VmView, pct
 from cms.hostplan.state import PlanState
 from cms.placement import Request
+from cms.policy import window_values
 
 
 def consolidate(st: PlanState) -> None:
@@ -29,7 +30,7 @@ def consolidate(st: PlanState) -> None:
         return
     for h in loaded:
         hv = st.hosts[h]
-        vals = window(hv.series, now, lim.consolidate_window_s, hv.last_move_at)
+        vals = window_values(hv.series, now, lim.consolidate_window_s, hv.last_move_at)
         if not vals or sum(vals) / len(vals) >= cap or max(vals) >= lim.high:
             return    # a host busy lately, or not measured for a whole window: no packing yet
     src = min(loaded, key=lambda h: (st.load(h), len(st.on[h]), h))

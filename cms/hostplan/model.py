@@ -9,15 +9,13 @@ words, and notes on what was held back and why.
 
 from __future__ import annotations
 
-import bisect
-import operator
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from cms.placement import Rules
+from cms.policy import window_values
 
 MIGRATE, RESIZE, POWER_OFF = "migrate", "resize", "power_off"
-_TS = operator.itemgetter(0)
 
 
 @dataclass(frozen=True)
@@ -123,23 +121,9 @@ def pct(x: float) -> str:
     return f"{x * 100:.0f}%"
 
 
-def window(series: Sequence[tuple[float, float | None]], now: float, window_s: float,
-           since: float | None = None) -> list[float] | None:
-    """The values of the last window_s, or None unless samples taken after `since` cover the
-    whole window with no missing figure (cms.policy.window_values' rule; the series is in
-    time order, so this bisects instead of scanning a long history)."""
-    ts = _TS
-    lo = bisect.bisect_right(series, since, key=ts) if since is not None else 0
-    i = bisect.bisect_right(series, now - window_s - 1e-9, key=ts, lo=lo)       # the window: series[i:]
-    j = bisect.bisect_right(series, now - window_s + 1e-9, key=ts, lo=lo)       # reaching back: series[lo:j]
-    if i >= len(series) or j == lo or series[j - 1][1] is None:
-        return None
-    vals = [v for _t, v in series[i:]]
-    return None if None in vals else vals  # type: ignore[return-value]
-
-
 def sustained_mean(series: Sequence[tuple[float, float | None]], now: float, window_s: float,
                    since: float | None = None) -> float | None:
-    """The mean over the last window_s, or None unless samples taken after `since` cover it."""
-    vals = window(series, now, window_s, since)
+    """The mean over the last window_s, or None unless samples taken after `since` cover it
+    (cms.policy.window_values, the one sustained-window rule)."""
+    vals = window_values(series, now, window_s, since)
     return sum(vals) / len(vals) if vals else None

@@ -10,9 +10,10 @@ with.
 
 from __future__ import annotations
 
-from cms.hostplan.model import RESIZE, BalanceAction, VmView, pct, window
+from cms.hostplan.model import RESIZE, BalanceAction, VmView, pct
 from cms.hostplan.state import PlanState
 from cms.placement import Request
+from cms.policy import window_values
 
 
 def _step(v: VmView, mib: int) -> int:
@@ -26,10 +27,10 @@ def vertical(st: PlanState) -> None:
         if vt is None or v.host not in st.hosts or v.migrating or v.name in st.moved:
             continue
         since = max((t for t in (v.last_resized_at, v.last_moved_at) if t is not None), default=None)
-        hot_vals = window(v.cpu_series, now, vt.window_s, since)
-        idle_vals = window(v.cpu_series, now, vt.window_in_s, since)
-        mhot = window(v.mem_series, now, vt.window_s, since)
-        midle = window(v.mem_series, now, vt.window_in_s, since)
+        hot_vals = window_values(v.cpu_series, now, vt.window_s, since)
+        idle_vals = window_values(v.cpu_series, now, vt.window_in_s, since)
+        mhot = window_values(v.mem_series, now, vt.window_s, since)
+        midle = window_values(v.mem_series, now, vt.window_in_s, since)
         vcpus, mib, why = v.vcpus, v.memory_mib, []
         if hot_vals and sum(hot_vals) / len(hot_vals) > vt.high and min(hot_vals) > vt.low:
             if v.vcpus < vt.max_vcpus:
