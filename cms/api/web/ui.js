@@ -209,3 +209,26 @@ export function rangePicker(name, current, onPick) {
 }
 export function rangeSeconds(key) { return (RANGES.find((r) => r[0] === key) || RANGES[0])[2]; }
 export function rangePollMs(key) { return (RANGES.find((r) => r[0] === key) || RANGES[0])[3]; }
+
+// A page's chart frame for the range its picker chose. The frame is read again only when the
+// range's rangePollMs has passed since the last read, or the range changed; a read that comes
+// back after the range changed is dropped (the next refresh reads the new one). `path` is the
+// metrics resource (`/v1/vms/3/metrics`); `frame` is the last one kept, or null.
+export class RangedFrame {
+  constructor(path, key = RANGES[0][0]) { this.path = path; this.range = key; this.frame = null; this.at = 0; }
+  // The range buttons: a pick forgets the frame and calls onPick (the page refreshes at once).
+  picker(name, onPick) { return rangePicker(name, this.range, (k) => { this.range = k; this.frame = null; onPick(); }); }
+  // This refresh's read of the range's frame (300 points, at least 2 s apart) through get
+  // (api.get), kept when it comes back; null while the frame kept is fresh.
+  read(get) {
+    if (this.frame && Date.now() - this.at < rangePollMs(this.range)) return null;
+    const want = this.range;
+    const span = rangeSeconds(want);
+    const now = Date.now() / 1000;
+    return get(`${this.path}?since=${now - span}&until=${now}&step=${Math.max(2, span / 300)}`).then((m) => {
+      if (m && want === this.range) this.keep(m);
+      return m;
+    });
+  }
+  keep(m) { this.frame = m; this.at = Date.now(); }
+}

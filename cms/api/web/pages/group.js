@@ -2,10 +2,10 @@
 // pending until the autoscaler takes it, then applied, with the count following), the policy
 // settings in words, the warm pool when there is one, charts with ranges, and the decision log.
 // One refresh reads the group, its chart frame and its log and paints them together; a 1 h or
-// 24 h frame is read again only every rangePollMs (see host.js).
+// 24 h frame is read again only every rangePollMs (ui.js, RangedFrame).
 
 import { api, Poller } from "../api.js";
-import { h, replace, fmt, section, table, dl, stateBadge, actionForm, field, rangePicker, rangeSeconds, rangePollMs } from "../ui.js";
+import { h, replace, fmt, section, table, dl, stateBadge, actionForm, field, RangedFrame } from "../ui.js";
 import { groupCharts, DECISION_KINDS } from "./overview.js";
 
 const SERVING = new Set(["spawning", "starting", "ready"]);
@@ -53,8 +53,8 @@ function warmPool(w, replicas) {
 }
 
 export function groupPage(el, name) {
-  let range = "5m";
   const g = encodeURIComponent(name);
+  const ranged = new RangedFrame(`/v1/groups/${g}/metrics`);
   const summary = h("div", { id: "group-summary" });
   const scaleStatus = h("p", { id: "scale-state", role: "status", "aria-live": "polite", dataset: { state: "idle" } });
   const replicasBox = h("div", { id: "group-replicas" });
@@ -67,8 +67,6 @@ export function groupPage(el, name) {
   let polls = 0;            // polls started; a poll that started before the ask cannot tell it applied
   let trusted = false;      // the group shown was read after the ask
   const seen = [];          // the states this page has shown, in order (data-seen)
-  let frame = null;         // the chosen range's chart frame, and when it was read (ms)
-  let frameAt = 0;
 
   const form = actionForm({
     id: "scale-form", submit: "Scale",
@@ -87,7 +85,7 @@ export function groupPage(el, name) {
 
   replace(el, h("h1", {}, `Group ${name}`), section("Now", summary, scaleStatus),
     section("Replicas", replicasBox), section("Scale", form),
-    section("Charts", rangePicker("grp-range", range, (k) => { range = k; frame = null; poller.now(); }),
+    section("Charts", ranged.picker("grp-range", () => poller.now()),
       h("div", { class: "pair" }, charts.count.el, charts.cpu.el)),
     section("Policy", policyBox), section("Warm pool", warmBox), section("Decision log", logBox));
 
@@ -123,16 +121,11 @@ export function groupPage(el, name) {
 
   const poller = new Poller(async () => {
     const started = ++polls;
-    const want = range;
-    const span = rangeSeconds(range);
-    const now = Date.now() / 1000;
-    const stale = !frame || Date.now() - frameAt >= rangePollMs(range);
-    const [gr, m, ev] = await Promise.all([
+    const [gr, , ev] = await Promise.all([
       api.get(`/v1/groups/${g}`),
-      stale ? api.get(`/v1/groups/${g}/metrics?since=${now - span}&until=${now}&step=${Math.max(2, span / 300)}`) : null,
+      ranged.read(api.get),
       api.get(`/v1/events?group=${g}&kind=${DECISION_KINDS},failed,replaced,scale_request&order=desc&limit=25`)]);
     group = gr;
-    if (m && want === range) { frame = m; frameAt = Date.now(); }
     if (asked && started > asked.after) trusted = true;
     const n = group.replicas.length;
     el.dataset.replicas = n;
@@ -154,7 +147,7 @@ export function groupPage(el, name) {
     }), "no replicas"));
     replace(policyBox, dl(policyWords(group.policy || {})));
     replace(warmBox, warmPool(group.warm_pool, group.replicas));
-    if (frame) charts.update(frame);
+    if (ranged.frame) charts.update(ranged.frame);
     replace(logBox, table(["time", "kind", "replica", "reason"], ev.events.map((e) => h("tr", { dataset: { kind: e.kind } },
       h("td", {}, fmt.time(e.ts)), h("td", {}, e.kind), h("td", {}, e.subject || "–"), h("td", { class: "message" }, e.message))),
     "no decisions yet"));

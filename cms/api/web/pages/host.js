@@ -4,19 +4,17 @@
 // One refresh reads the figures, the VMs and the charts' frame and paints them together (see
 // overview.js): the CPU bar and the host line's legend share the 5-minute frame's latest point,
 // and a VM that left the host leaves the legend with the table. A 1 h or 24 h frame costs the
-// server more and changes slowly, so it is read again only every rangePollMs.
+// server more and changes slowly, so it is read again only every rangePollMs (ui.js, RangedFrame).
 
 import { api, Poller } from "../api.js";
 import { TimeChart } from "../charts.js";
-import { h, replace, section, table, stateBadge, rangePicker, rangeSeconds, rangePollMs } from "../ui.js";
+import { h, replace, section, table, stateBadge, rangeSeconds, RangedFrame } from "../ui.js";
 import { hostSummary, hostCpuSeries, hostLive, domainsOn } from "./overview.js";
 
 const LIVE_S = 300;
 
 export function hostPage(el, pmid) {
-  let range = "5m";
-  let frame = null;          // the chosen range's frame (the live one for 5 min)
-  let frameAt = 0;           // when it was read (ms)
+  const ranged = new RangedFrame(`/v1/hosts/${pmid}/metrics`);    // the live one for 5 min
   const head = h("h1", {}, `Host ${pmid}`);
   const figures = h("div", { id: "host-figures" });
   const vmsBox = h("div", { id: "host-vms" });
@@ -25,20 +23,19 @@ export function hostPage(el, pmid) {
   const count = new TimeChart({ id: "host-vms-count", title: "cms VMs running, and their vCPUs", unit: "count", height: 140 });
   const source = h("p", { class: "muted", id: "host-source" });
   replace(el, head, section("Figures", figures), section("VMs on this host", vmsBox),
-    section("Charts", rangePicker("host-range", range, (k) => { range = k; frame = null; poller.now(); }), source,
+    section("Charts", ranged.picker("host-range", () => poller.now()), source,
       h("div", { class: "pair" }, cpu.el, ram.el), count.el));
 
   const poller = new Poller(async () => {
     const now = Date.now() / 1000;
-    const span = rangeSeconds(range);
-    const want = range;
-    const stale = !frame || Date.now() - frameAt >= rangePollMs(range);
-    const [x, { vms }, { groups }, live, ranged] = await Promise.all([
+    const want = ranged.range;
+    const longer = rangeSeconds(want) > LIVE_S;
+    const [x, { vms }, { groups }, live] = await Promise.all([
       api.get(`/v1/hosts/${pmid}`), api.get("/v1/vms"), api.get("/v1/groups"),
       api.get(`/v1/hosts/${pmid}/metrics?since=${now - LIVE_S}&until=${now}&step=5`),
-      span > LIVE_S && stale ? api.get(`/v1/hosts/${pmid}/metrics?since=${now - span}&until=${now}&step=${span / 300}`) : null]);
-    if (want !== range) return;          // the range changed while this read was out: the next refresh draws it
-    if (span <= LIVE_S) { frame = live; frameAt = Date.now(); } else if (ranged) { frame = ranged; frameAt = Date.now(); }
+      longer ? ranged.read(api.get) : null]);
+    if (want !== ranged.range) return;    // the range changed while this read was out: the next refresh draws it
+    if (!longer) ranged.keep(live);
     el.dataset.host = x.name;
     replace(head, `Host ${x.name} `, stateBadge(x.up ? "up" : "down"), h("small", { class: "muted" }, ` pmid ${pmid} · ${x.uri}`));
     replace(figures, hostSummary(x, hostLive(live)));
@@ -55,7 +52,7 @@ export function hostPage(el, pmid) {
       }
     }
     replace(vmsBox, table(["VM", "kind", "domain", "state"], rows, "no cms VMs on this host"));
-    const m = frame;
+    const m = ranged.frame;
     source.textContent = m.source === "host" ? `From the host's own samples (${m.cpus} CPUs).`
       : `Summed from its VMs' samples (${m.cpus} CPUs); free RAM needs the host samples.`;
     cpu.update(m.ts, hostCpuSeries(m, domainsOn(x.name, vms, groups)));

@@ -2,12 +2,12 @@
 // ranges; migrate (placement's choice or a chosen host), resize within the maximum it was
 // defined with, destroy after a confirmation; the tail of its serial console log, or why it is
 // unavailable. The facts and the charts come from one refresh (see overview.js); a 1 h or 24 h
-// frame is read again only every rangePollMs.
+// frame is read again only every rangePollMs (ui.js, RangedFrame).
 
 import { api, Poller } from "../api.js";
 import { TimeChart, constant } from "../charts.js";
 import { h, replace, fmt, section, dl, stateBadge, actionForm, field, select, confirmDialog,
-         rangePicker, rangeSeconds, rangePollMs } from "../ui.js";
+         RangedFrame } from "../ui.js";
 
 // What "N MiB of at most M MiB" means: the VM is defined with the maximum, and the guest's
 // balloon driver holds back what is above the current size, so a resize within the maximum
@@ -27,7 +27,7 @@ function memoryWhy(vm) {
 }
 
 export function vmPage(el, vmid) {
-  let range = "5m";
+  const ranged = new RangedFrame(`/v1/vms/${vmid}/metrics`);
   const head = h("h1", {}, `VM ${vmid}`);
   const facts = h("div", { id: "vm-facts" });
   const cpu = new TimeChart({ id: "vm-cpu", title: "CPU (share of its vCPUs)", unit: "pct", yMax: 1 });
@@ -37,7 +37,7 @@ export function vmPage(el, vmid) {
   const actions = h("div", { class: "actions", id: "vm-actions" });
   const charts = h("div", { class: "pair" }, cpu.el, mem.el);
   replace(el, head, section("State", facts),
-    section("Charts", rangePicker("vm-range", range, (k) => { range = k; frame = null; poller.now(); }), charts),
+    section("Charts", ranged.picker("vm-range", () => poller.now()), charts),
     section("Actions", actions), section("Serial console (the last 16 KiB, read-only)", consoleNote, consoleBox));
 
   let vm = null;
@@ -46,8 +46,6 @@ export function vmPage(el, vmid) {
   let built = false;
   let destSelect = null;
   let destFor = "";
-  let frame = null;         // the chosen range's chart frame, and when it was read (ms)
-  let frameAt = 0;
 
   // The migrate form's destinations: every host but the VM's own, refreshed when it moves.
   const syncDestinations = () => {
@@ -99,13 +97,7 @@ export function vmPage(el, vmid) {
   };
 
   const poller = new Poller(async () => {
-    const want = range;
-    const span = rangeSeconds(range);
-    const now = Date.now() / 1000;
-    const stale = !frame || Date.now() - frameAt >= rangePollMs(range);
-    const [v, hs, m] = await Promise.all([api.get(`/v1/vms/${vmid}`), api.get("/v1/hosts"),
-      stale ? api.get(`/v1/vms/${vmid}/metrics?since=${now - span}&until=${now}&step=${Math.max(2, span / 300)}`) : null]);
-    if (m && want === range) { frame = m; frameAt = Date.now(); }
+    const [v, hs] = await Promise.all([api.get(`/v1/vms/${vmid}`), api.get("/v1/hosts"), ranged.read(api.get)]);
     vm = v;
     hosts = hs.hosts;
     el.dataset.vmid = vmid;
@@ -128,8 +120,8 @@ export function vmPage(el, vmid) {
     ]));
     if (!built && vm.max_vcpus) { buildActions(); built = true; }
     syncDestinations();
-    if (frame) {
-      const f = frame;
+    if (ranged.frame) {
+      const f = ranged.frame;
       cpu.update(f.ts, [{ key: "cpu", label: "CPU", values: f.series.cpu, color: "#2563eb" },
                         ...f.series.vcpu.map((values, i) => ({ key: `vcpu${i}`, label: `vCPU ${i}`, values, dash: [3, 3] }))]);
       const series = [{ key: "memory", label: "now", values: f.series.memory_mib, color: "#16a34a" }];
