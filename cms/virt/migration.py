@@ -15,6 +15,8 @@ from cms.virt import xml as vxml
 from cms.virt.calls import Calls
 from cms.virt.states import PAUSED
 
+Timer = threading.Timer    # the migration timeout's clock (a name tests swap for a timer they fire)
+
 
 class Migration:
     """Live migration of this host's domains."""
@@ -86,7 +88,7 @@ class Migration:
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.abortJob()
 
-            timer = threading.Timer(timeout_s, abort) if timeout_s > 0 else None
+            timer = Timer(timeout_s, abort) if timeout_s > 0 else None
             if timer is not None:
                 timer.daemon = True
                 timer.start()

@@ -172,16 +172,43 @@ def test_domain_type_auto():
     assert resolve_domain_type("auto", "qemu:///system") in ("kvm", "qemu")
 
 
-class _StuckMigration:
-    """A domain whose migration never converges until its job is aborted."""
+class _Timer:
+    """threading.Timer as a test drives it: it fires when the test says (fire), never by itself."""
 
-    def __init__(self) -> None:
-        import threading
-        self.aborted = threading.Event()
+    made: list["_Timer"] = []
+
+    def __init__(self, interval, fn) -> None:
+        self.interval, self.fn = interval, fn
+        self.started = self.cancelled = False
+        self.daemon = False
+        _Timer.made.append(self)
+
+    def start(self) -> None:
+        self.started = True
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self) -> None:
+        assert self.started and not self.cancelled
+        self.fn()
+
+
+class _Migration:
+    """A domain's migration: `stuck` never converges, so the test's timer fires (the timeout
+    passes) while it runs and the job is aborted; otherwise it finishes at once."""
+
+    def __init__(self, stuck: bool) -> None:
+        self.stuck = stuck
+        self.aborts = 0
+        self.aborted_before_timeout = None
 
     def migrate3(self, dconn, params, flags):
         import libvirt
-        assert self.aborted.wait(10), "the timer never aborted the job"
+        if not self.stuck:
+            return None
+        self.aborted_before_timeout = self.aborts > 0
+        _Timer.made[-1].fire()                 # the timeout passes while the job runs
         exc = libvirt.libvirtError("operation aborted")
         # as libvirt fills it in (not from whatever error this thread saw last)
         exc.err = (libvirt.VIR_ERR_OPERATION_ABORTED, libvirt.VIR_FROM_QEMU,
@@ -190,24 +217,35 @@ class _StuckMigration:
         raise exc
 
     def abortJob(self):
-        self.aborted.set()
+        self.aborts += 1
         return 0
 
 
-def test_migration_past_its_timeout_is_aborted(monkeypatch):
+@pytest.mark.parametrize("stuck", [True, False])
+def test_migration_is_aborted_when_its_timeout_passes_and_only_then(monkeypatch, stuck):
     # A real slow migration cannot be made on demand here (a tiny guest moves in ~1.6 s,
-    # tests/integration/test_migrate_real.py); the timer and the error are what this checks.
-    import time
+    # tests/integration/test_migrate_real.py); the timer and the error are what this checks,
+    # with a timer the test fires (the timeout passing) instead of the clock.
+    from cms.virt import migration
     src, dst = Host("src", "test:///default"), Host("dst", "test:///default")
-    stuck = _StuckMigration()
-    monkeypatch.setattr(Migration, "_lookup_for_migration", lambda self, c, name: stuck)
-    t0 = time.monotonic()
-    with pytest.raises(errors.VirtError, match=r"migration aborted after 0.3 s \(it still runs here\)") as ei:
-        src.migration.migrate("vm1", dst.calls, timeout_s=0.3)
-    assert stuck.aborted.is_set() and 0.3 <= time.monotonic() - t0 < 5
-    assert "host src" in str(ei.value) and "canceled by client" in str(ei.value)
-    src.close()
-    dst.close()
+    job = _Migration(stuck)
+    monkeypatch.setattr(Migration, "_lookup_for_migration", lambda self, c, name: job)
+    monkeypatch.setattr(migration, "Timer", _Timer)
+    _Timer.made.clear()
+    try:
+        if stuck:
+            with pytest.raises(errors.VirtError, match=r"migration aborted after 0.3 s \(it still runs here\)") as ei:
+                src.migration.migrate("vm1", dst.calls, timeout_s=0.3)
+            assert job.aborted_before_timeout is False and job.aborts == 1
+            assert "host src" in str(ei.value) and "canceled by client" in str(ei.value)
+        else:
+            src.migration.migrate("vm1", dst.calls, timeout_s=0.3)
+            assert job.aborts == 0
+        [timer] = _Timer.made
+        assert timer.interval == 0.3 and timer.started and timer.cancelled    # no abort left behind
+    finally:
+        src.close()
+        dst.close()
 
 
 def test_migration_stream_cap_and_address_reach_libvirt(monkeypatch):
