@@ -67,8 +67,13 @@ def test_a_hot_replica_grows_in_place_and_its_guest_serves_more(stack):
     st = wait_until(lambda: (s := guest_status(t))["cpus"] == 2 and s["workers"] == 2 and s, 30, 0.5,
                     what="the guest to use its second vCPU")
     using = time.time()
-    time.sleep(16)                     # 15 s of the grown replica under the same load
-    records = [json.loads(x) for x in (stack.dir / "vertical.jsonl").read_text().splitlines() if x]
+
+    def ticks_past(ts: float):
+        """The load client's records once one of its ticks is stamped at or after ts, else None."""
+        records = [json.loads(x) for x in (stack.dir / "vertical.jsonl").read_text().splitlines() if x]
+        return records if any(r.get("type") == "tick" and r["ts"] >= ts for r in records) else None
+    # 15 s of the grown replica under the same load, as the client's own ticks record them
+    records = wait_until(lambda: ticks_past(using + 16), 45, 0.5, what="15 s of the client's ticks after the growth")
     before = throughput(records, grown.ts - 9, grown.ts - 1)      # the hot window it grew on, and a bit
     after = throughput(records, using + 1, using + 16)
     print(f"\nvertical in place: guest /status {st}; throughput {before:.2f}/s with 1 vCPU, {after:.2f}/s with 2")

@@ -273,7 +273,7 @@ def test_signal_and_control_socket_switch_modes(tmp_path):
     ctl = f"ipc://{tmp_path}/ctl"
     with StubWorkServer() as srv:
         p = subprocess.Popen([PY, "-m", "client.loadgen", "--replica", srv.endpoint, "--cost", str(COST),
-                              "--low-rate", "20", "--high-rate", "100", "--duration", "20", "--control", ctl,
+                              "--low-rate", "20", "--high-rate", "100", "--duration", "600", "--control", ctl,
                               "--out", str(out), "--summary", str(summ), "--quiet"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         ctx = zmq.Context()
@@ -307,7 +307,7 @@ def test_signal_and_control_socket_switch_modes(tmp_path):
     assert p.returncode == 0, stderr
     s = json.loads(summ.read_text())
     assert json.loads(stdout.strip().splitlines()[-1])["sent"] == s["sent"]
-    assert s["accounted"] and s["duration_s"] < 15
+    assert s["accounted"]          # and it ended: only the stop asked for ends a 600 s run this soon
     switches = [(r["mode"], r["source"]) for r in map(json.loads, out.read_text().splitlines())
                 if r.get("event") == "mode"]
     assert switches == [("high", "control"), ("low", "SIGUSR1")]
@@ -326,7 +326,7 @@ def test_terminal_keys(tmp_path):
     master, slave = pty.openpty()
     with StubWorkServer() as srv:
         p = subprocess.Popen([PY, "-m", "client.loadgen", "--replica", srv.endpoint, "--cost", str(COST),
-                              "--low-rate", "20", "--duration", "20", "--out", str(out)],
+                              "--low-rate", "20", "--duration", "600", "--out", str(out)],
                              stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         os.close(slave)
         try:
@@ -334,12 +334,14 @@ def test_terminal_keys(tmp_path):
             while not (out.exists() and '"start"' in out.read_text()):
                 assert time.monotonic() < deadline, "never started"
                 time.sleep(0.02)
-            time.sleep(0.2)       # the key reader is installed right after the start line
-            os.write(master, b"h")
+            os.write(master, b"h")      # the key reader is in place before the run writes its start line
             while '"source":"keyboard"' not in out.read_text():
                 assert time.monotonic() < deadline, "h was not taken"
                 time.sleep(0.02)
-            time.sleep(0.3)       # some high-mode traffic (100/s)
+            high_from = srv.count()
+            while srv.count() < high_from + 5:          # some high-mode traffic reached the server
+                assert time.monotonic() < deadline, "no traffic after h"
+                time.sleep(0.02)
             os.write(master, b"q")
             stdout, stderr = p.communicate(timeout=15)
         finally:
@@ -349,7 +351,7 @@ def test_terminal_keys(tmp_path):
             os.close(master)
     assert p.returncode == 0, stderr
     s = json.loads(stdout.strip().splitlines()[-1])
-    assert s["accounted"] and s["duration_s"] < 15 and s["modes"]["high"]["sent"] > 0
+    assert s["accounted"] and s["modes"]["high"]["sent"] > 0     # q ended the 600 s run
 
 
 def test_histogram_percentiles_are_close_to_exact():
