@@ -11,15 +11,17 @@ names the key and the file. ``load_or_exit`` turns that into exit code 2 with no
 
 Validation is driven by the dataclasses themselves: a field's type annotation gives the
 accepted TOML type, and ``setting(default, min=, max=, choices=)`` its range or choices. The
-machinery that walks them, and the checks of URIs and addresses, are in cms.configschema;
-this module is the schema, the cross-key checks and the loading. (`duplicates` pairs the
-sections with each other: every field is declared the same way, one ``setting`` line each.
-That sameness is the point of a declarative schema; no logic is repeated.)
+machinery that walks them, the checks of URIs and addresses, and the checks across keys (a
+range's ends, the feed's endpoint pairs: ``cross_checks``) are in cms.configschema; this
+module is the schema and the loading. (`duplicates` pairs the sections with each other:
+every field is declared the same way, one ``setting`` line each. That sameness is the point
+of a declarative schema; no logic is repeated.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import tomllib
@@ -28,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cms import files
-from cms.configschema import (bind_problem, build, etcd_url_problem, libvirt_uri_problem, setting,  # noqa: F401
-                              split_hostport, zmq_problem)
+from cms.configschema import build, cross_checks, libvirt_uri_problem, setting, split_hostport  # noqa: F401
 from cms.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/cms/cms.toml")
@@ -299,86 +300,11 @@ class Config:
 
 # --- the loader --------------------------------------------------------------------------
 
-def _cross_checks(cfg: Config) -> None:
-    src = cfg.source
-    if not cfg.hosts:
-        raise ConfigError(f"{src}: hosts must name at least one hypervisor host")
-    names = [h.name for h in cfg.hosts]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise ConfigError(f"{src}: hosts: duplicate host name {sorted(dup)[0]!r}")
-    for i, h in enumerate(cfg.hosts):
-        if not h.name or not h.uri:
-            raise ConfigError(f"{src}: hosts[{i}] needs both name and uri")
-        why = libvirt_uri_problem(h.uri)
-        if why:
-            raise ConfigError(f"{src}: hosts[{i}].uri = {h.uri!r} is not a libvirt URI cms can use: {why}")
-    checks = [("api.bind", cfg.api.bind, bind_problem(cfg.api.bind))]
-    checks += [(f"zmq.{k}[{i}]", e, zmq_problem(e)) for k in ("publish", "snapshot")
-               for i, e in enumerate(getattr(cfg.zmq, k))]
-    checks += [(f"coordination.url[{i}]", u, etcd_url_problem(u)) for i, u in enumerate(cfg.coordination.url)]
-    for key, value, why in checks:
-        if why:
-            raise ConfigError(f"{src}: {key} = {value!r}: {why}")
-    _feed_checks(cfg)
-    if cfg.network.port_min > cfg.network.port_max:
-        raise ConfigError(f"{src}: network.port_min ({cfg.network.port_min}) is above network.port_max ({cfg.network.port_max})")
-    if cfg.autoscaler.metrics_listen and split_hostport(cfg.autoscaler.metrics_listen) is None:
-        raise ConfigError(f"{src}: autoscaler.metrics_listen = {cfg.autoscaler.metrics_listen!r} is not HOST:PORT "
-                          "(e.g. 127.0.0.1:9481, [::1]:9481; empty turns the endpoint off)")
-    if cfg.libvirt.migrate_timeout_s >= cfg.api.timeout:
-        # otherwise gunicorn kills the API worker mid-migration before the abort runs
-        raise ConfigError(f"{src}: libvirt.migrate_timeout_s ({cfg.libvirt.migrate_timeout_s:g}) must be below "
-                          f"api.timeout ({cfg.api.timeout})")
-    for g, gc in cfg.groups.items():
-        if not g.replace("-", "").isalnum():
-            raise ConfigError(f"{src}: groups.{g}: a group name may hold only letters, digits and '-'")
-        if gc.min > gc.max:
-            raise ConfigError(f"{src}: groups.{g}.min ({gc.min}) is above groups.{g}.max ({gc.max})")
-        if gc.threshold.low >= gc.threshold.high:
-            raise ConfigError(f"{src}: groups.{g}.threshold.low ({gc.threshold.low}) must be below "
-                              f"groups.{g}.threshold.high ({gc.threshold.high})")
-        vt = gc.vertical
-        if vt.enabled and vt.max_vcpus < gc.vcpus:
-            raise ConfigError(f"{src}: groups.{g}.vertical.max_vcpus ({vt.max_vcpus}) is below groups.{g}.vcpus "
-                              f"({gc.vcpus})")
-        if vt.enabled and vt.max_memory_mib and vt.max_memory_mib < gc.memory_mib:
-            raise ConfigError(f"{src}: groups.{g}.vertical.max_memory_mib ({vt.max_memory_mib}) is below "
-                              f"groups.{g}.memory_mib ({gc.memory_mib})")
-    verticals = [(f"groups.{g}.vertical", gc.vertical) for g, gc in cfg.groups.items()]
-    verticals += [(f"vertical.types.{k}", v) for k, v in cfg.vertical.types.items()]
-    verticals += [(f"vertical.vms.{k}", v) for k, v in cfg.vertical.vms.items()]
-    for key, vt in verticals:
-        if vt.low >= vt.high:
-            raise ConfigError(f"{src}: {key}.low ({vt.low}) must be below {key}.high ({vt.high})")
-        if vt.window_in_s < vt.window_s:
-            raise ConfigError(f"{src}: {key}.window_in_s ({vt.window_in_s:g}) must be at least {key}.window_s "
-                              f"({vt.window_s:g})")
-    for k in cfg.vertical.types:
-        if not k.isdigit():
-            raise ConfigError(f"{src}: vertical.types.{k}: the key is an instance type id (a number)")
-    if cfg.balancer.consolidate and cfg.balancer.headroom >= cfg.balancer.high:
-        raise ConfigError(f"{src}: balancer.headroom ({cfg.balancer.headroom}) must be below balancer.high "
-                          f"({cfg.balancer.high})")
-
-
-def _feed_checks(cfg: Config) -> None:
-    src, z = cfg.source, cfg.zmq
-    if not z.publish or not z.snapshot:
-        raise ConfigError(f"{src}: zmq.publish and zmq.snapshot need at least one endpoint each")
-    if len(z.publish) != len(z.snapshot):
-        raise ConfigError(f"{src}: zmq.publish lists {len(z.publish)} endpoint(s) and zmq.snapshot "
-                          f"{len(z.snapshot)}: one pair per controller, in the same order")
-    if len(z.publish) > 1 and not cfg.coordination.enabled:
-        raise ConfigError(f"{src}: zmq.publish lists {len(z.publish)} controllers' endpoints: several controllers "
-                          "need [coordination] url (etcd), or list one endpoint")
-
-
 def parse(data: dict[str, Any], source: str = "<embedded defaults>") -> Config:
     """Build a validated Config from already-parsed TOML data."""
     cfg = build(Config, data, "", source)
     cfg = dataclasses.replace(cfg, source=source)
-    _cross_checks(cfg)
+    cross_checks(cfg)
     return cfg
 
 
@@ -431,3 +357,18 @@ def one_line(text: str) -> str:
     newline, and an error is one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
+
+def to_toml(data: dict[str, Any], prefix: str = "") -> str:
+    """Plain data (what ``parse`` takes) as TOML text: scalars and lists of scalars, tables, and
+    lists of flat tables as arrays of tables. The one writer of a cms.toml: the demo's and the
+    lab's configurations are written with it."""
+    lines, tables = [], []
+    for k, v in data.items():
+        if isinstance(v, dict):
+            tables += ["", f"[{prefix}{k}]", to_toml(v, f"{prefix}{k}.").rstrip("\n")]
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for item in v:
+                tables += ["", f"[[{prefix}{k}]]", *(f"{ik} = {json.dumps(iv)}" for ik, iv in item.items())]
+        else:
+            lines.append(f"{k} = {json.dumps(v)}")
+    return "\n".join(lines + tables).strip("\n") + "\n"

@@ -4,7 +4,8 @@ cms.config declares the schema (one frozen dataclass per section, each field mad
 ``setting``, which holds its range or choices); ``build`` walks a parsed TOML table against
 such a dataclass: a field's annotation is the accepted TOML type, its metadata the range.
 Every failure is a ConfigError with one message naming the file and the key. The value
-checks below (libvirt URIs, HOST:PORT, ZeroMQ endpoints) return why a value is wrong, or None.
+checks below (libvirt URIs, HOST:PORT, ZeroMQ endpoints) return why a value is wrong, or None;
+``cross_checks`` holds the rules between keys, run on the built Config.
 """
 
 from __future__ import annotations
@@ -206,3 +207,81 @@ def split_hostport(value: str) -> tuple[str, int] | None:
     if not host or any(c.isspace() or c in "/[]" for c in host):
         return None
     return host, int(port)
+
+
+def cross_checks(cfg: Any) -> None:
+    """The rules between keys of a built cms.config.Config (hosts named once, a range's low
+    end below its high one, the feed's endpoints in pairs ...): the first broken one is a
+    ConfigError naming the keys and the file."""
+    src = cfg.source
+    if not cfg.hosts:
+        raise ConfigError(f"{src}: hosts must name at least one hypervisor host")
+    names = [h.name for h in cfg.hosts]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"{src}: hosts: duplicate host name {sorted(dup)[0]!r}")
+    for i, h in enumerate(cfg.hosts):
+        if not h.name or not h.uri:
+            raise ConfigError(f"{src}: hosts[{i}] needs both name and uri")
+        why = libvirt_uri_problem(h.uri)
+        if why:
+            raise ConfigError(f"{src}: hosts[{i}].uri = {h.uri!r} is not a libvirt URI cms can use: {why}")
+    checks = [("api.bind", cfg.api.bind, bind_problem(cfg.api.bind))]
+    checks += [(f"zmq.{k}[{i}]", e, zmq_problem(e)) for k in ("publish", "snapshot")
+               for i, e in enumerate(getattr(cfg.zmq, k))]
+    checks += [(f"coordination.url[{i}]", u, etcd_url_problem(u)) for i, u in enumerate(cfg.coordination.url)]
+    for key, value, why in checks:
+        if why:
+            raise ConfigError(f"{src}: {key} = {value!r}: {why}")
+    _feed_checks(cfg)
+    if cfg.network.port_min > cfg.network.port_max:
+        raise ConfigError(f"{src}: network.port_min ({cfg.network.port_min}) is above network.port_max ({cfg.network.port_max})")
+    if cfg.autoscaler.metrics_listen and split_hostport(cfg.autoscaler.metrics_listen) is None:
+        raise ConfigError(f"{src}: autoscaler.metrics_listen = {cfg.autoscaler.metrics_listen!r} is not HOST:PORT "
+                          "(e.g. 127.0.0.1:9481, [::1]:9481; empty turns the endpoint off)")
+    if cfg.libvirt.migrate_timeout_s >= cfg.api.timeout:
+        # otherwise gunicorn kills the API worker mid-migration before the abort runs
+        raise ConfigError(f"{src}: libvirt.migrate_timeout_s ({cfg.libvirt.migrate_timeout_s:g}) must be below "
+                          f"api.timeout ({cfg.api.timeout})")
+    for g, gc in cfg.groups.items():
+        if not g.replace("-", "").isalnum():
+            raise ConfigError(f"{src}: groups.{g}: a group name may hold only letters, digits and '-'")
+        if gc.min > gc.max:
+            raise ConfigError(f"{src}: groups.{g}.min ({gc.min}) is above groups.{g}.max ({gc.max})")
+        if gc.threshold.low >= gc.threshold.high:
+            raise ConfigError(f"{src}: groups.{g}.threshold.low ({gc.threshold.low}) must be below "
+                              f"groups.{g}.threshold.high ({gc.threshold.high})")
+        vt = gc.vertical
+        if vt.enabled and vt.max_vcpus < gc.vcpus:
+            raise ConfigError(f"{src}: groups.{g}.vertical.max_vcpus ({vt.max_vcpus}) is below groups.{g}.vcpus "
+                              f"({gc.vcpus})")
+        if vt.enabled and vt.max_memory_mib and vt.max_memory_mib < gc.memory_mib:
+            raise ConfigError(f"{src}: groups.{g}.vertical.max_memory_mib ({vt.max_memory_mib}) is below "
+                              f"groups.{g}.memory_mib ({gc.memory_mib})")
+    verticals = [(f"groups.{g}.vertical", gc.vertical) for g, gc in cfg.groups.items()]
+    verticals += [(f"vertical.types.{k}", v) for k, v in cfg.vertical.types.items()]
+    verticals += [(f"vertical.vms.{k}", v) for k, v in cfg.vertical.vms.items()]
+    for key, vt in verticals:
+        if vt.low >= vt.high:
+            raise ConfigError(f"{src}: {key}.low ({vt.low}) must be below {key}.high ({vt.high})")
+        if vt.window_in_s < vt.window_s:
+            raise ConfigError(f"{src}: {key}.window_in_s ({vt.window_in_s:g}) must be at least {key}.window_s "
+                              f"({vt.window_s:g})")
+    for k in cfg.vertical.types:
+        if not k.isdigit():
+            raise ConfigError(f"{src}: vertical.types.{k}: the key is an instance type id (a number)")
+    if cfg.balancer.consolidate and cfg.balancer.headroom >= cfg.balancer.high:
+        raise ConfigError(f"{src}: balancer.headroom ({cfg.balancer.headroom}) must be below balancer.high "
+                          f"({cfg.balancer.high})")
+
+
+def _feed_checks(cfg: Any) -> None:
+    src, z = cfg.source, cfg.zmq
+    if not z.publish or not z.snapshot:
+        raise ConfigError(f"{src}: zmq.publish and zmq.snapshot need at least one endpoint each")
+    if len(z.publish) != len(z.snapshot):
+        raise ConfigError(f"{src}: zmq.publish lists {len(z.publish)} endpoint(s) and zmq.snapshot "
+                          f"{len(z.snapshot)}: one pair per controller, in the same order")
+    if len(z.publish) > 1 and not cfg.coordination.enabled:
+        raise ConfigError(f"{src}: zmq.publish lists {len(z.publish)} controllers' endpoints: several controllers "
+                          "need [coordination] url (etcd), or list one endpoint")
