@@ -25,26 +25,6 @@ def say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def to_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """Just enough TOML for the demo's own config (tables of scalars)."""
-    lines, tables = [], []
-    for k, v in data.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            lines.append(f"{k} = {json.dumps(v)}")
-    text = "\n".join(lines) + ("\n" if lines else "")
-    for k, v in tables:
-        name = f"{prefix}{k}"
-        scalars = {a: b for a, b in v.items() if not isinstance(b, dict)}
-        subs = {a: b for a, b in v.items() if isinstance(b, dict)}
-        if scalars or not subs:
-            text += f"\n[{name}]\n" + to_toml(scalars)
-        if subs:
-            text += to_toml(subs, prefix=name + ".")
-    return text
-
-
 def golden_of(args: Any) -> str:
     """The golden image: --golden, else image.golden of --config, else the default."""
     return args.golden or args.base.get("image", {}).get("golden") or cmsconfig.ImageConfig().golden

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cms import config as cmsconfig
-from cms.demo.common import GROUP, run_to_end, say, start, to_toml, wait_ready
+from cms.demo.common import GROUP, run_to_end, say, start, wait_ready
 from cms.errors import CmsError
 from cms.netutil import free_port
 
@@ -63,7 +63,7 @@ def run_balance(out: Path, golden: str) -> dict[str, Any]:
         hosts = lab.up(2)
         say(f"lab up: {', '.join(f'{h.name} at {h.address} (libvirtd pid {h.pid})' for h in hosts)}")
         toml = out / "balance.toml"
-        toml.write_text("# written by cms-demo --scenario balance\n" + to_toml(settings(out)) + "\n"
+        toml.write_text("# written by cms-demo --scenario balance\n" + cmsconfig.to_toml(settings(out)) + "\n"
                         + lab.config_fragment(hosts, cpus=2))
         cfg = cmsconfig.load(toml)
         env = {"CMS_CONFIG": str(toml), "CMS_RUN_DIR": str(out / "run"), "PYTHONUNBUFFERED": "1"}

@@ -65,7 +65,7 @@ from typing import Any
 
 from client.schedule import ScheduleError, parse_schedule, total_seconds
 from cms import config as cmsconfig
-from cms.demo.common import GROUP, golden_of, run_to_end, say, start, to_toml, wait_ready
+from cms.demo.common import GROUP, golden_of, run_to_end, say, start, wait_ready
 from cms.errors import CmsError, NotFound
 from cms.netutil import free_port
 from guest.cms_work import MAX_COST, MIN_COST
@@ -170,7 +170,7 @@ class Demo:
         ports = dict(api_port=a.api_port or free_port(), pub_port=free_port(), snap_port=free_port())
         data = demo_config_data(self.out, golden=golden, base=a.base, warm_pool=a.warm_pool,
                                 warm_state=a.warm_state, max_replicas=a.max, **ports)
-        (self.out / "demo.toml").write_text("# written by cms-demo\n" + to_toml(data))
+        (self.out / "demo.toml").write_text("# written by cms-demo\n" + cmsconfig.to_toml(data))
         self.cfg = cmsconfig.load(self.out / "demo.toml")
         self.cleanup()  # whatever an interrupted earlier run left behind
         os.environ["CMS_RUN_DIR"] = str(self.out / "run")

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cms.config import to_toml
 from cms.lab.controllers import Controllers, LabController
 from cms.lab.etcd import EtcdCluster
 from cms.lab.hosts import Lab, LabHost
@@ -46,7 +47,7 @@ class Cluster:
                          "autoscaler": {**data["autoscaler"], "tick_s": tick_s, "health_timeout_s": 180,
                                         "drain_s": 1.0, "shutdown_timeout_s": 2.0}})
             self.configs[i] = workdir / f"c{i}.json.toml"
-            self.configs[i].write_text(_toml(data))
+            self.configs[i].write_text(to_toml(data))
 
     # -- the controllers ----------------------------------------------------------------------
 
@@ -155,18 +156,3 @@ class Cluster:
         finally:
             fleet.close()
 
-
-def _toml(data: dict[str, Any], prefix: str = "") -> str:
-    """Plain data as TOML (tables, arrays of tables, scalars and lists of scalars)."""
-    lines, tables = [], []
-    for k, v in data.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            for item in v:
-                lines += ["", f"[[{prefix}{k}]]", *(f"{ik} = {json.dumps(iv)}" for ik, iv in item.items())]
-        else:
-            lines.insert(0, f"{k} = {json.dumps(v)}")
-    for k, v in tables:
-        lines += ["", f"[{prefix}{k}]", _toml(v, f"{prefix}{k}.")]
-    return "\n".join(lines)

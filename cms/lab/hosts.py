@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
+from cms.config import to_toml
 from cms.errors import CmsError
 from cms.lab import qemucaps
 from cms.lab.proc import LabError, _kill, _pid_alive, _run  # noqa: F401 - the lab's helpers, used here and by its users
@@ -275,13 +276,8 @@ class Lab:
 
     def config_fragment(self, hosts: list[LabHost], cpus: int = 0) -> str:
         d = self.config_data(hosts, cpus)
-        lines = [f"# cms.toml fragment for the lab {self.name!r} (cms.lab.hosts): {len(hosts)} host(s) on "
-                 f"169.254.{self.subnet}.0/24, shared storage under {self.root}", "", "[libvirt]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in d["libvirt"].items()]
-        lines += ["", "[image]", f"golden = {json.dumps(self.golden)}"]
-        for h in d["hosts"]:
-            lines += ["", "[[hosts]]"] + [f"{k} = {json.dumps(v)}" for k, v in h.items()]
-        return "\n".join(lines) + "\n"
+        return (f"# cms.toml fragment for the lab {self.name!r} (cms.lab.hosts): {len(hosts)} host(s) on "
+                f"169.254.{self.subnet}.0/24, shared storage under {self.root}\n\n" + to_toml(d))
 
 
 @contextlib.contextmanager

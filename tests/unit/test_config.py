@@ -154,3 +154,19 @@ def test_a_fifo_or_device_is_refused_without_reading(tmp_path):
     for p in (fifo, Path("/dev/zero")):
         with pytest.raises(ConfigError, match="not a regular file"):
             config.load(p)
+
+
+def test_to_toml_writes_what_load_reads_back(tmp_path):
+    data = {"state_db": str(tmp_path / "s.db"),
+            "hosts": [{"name": "h1", "uri": "qemu:///system", "cpus": 2}, {"name": "h2", "uri": "test:///default"}],
+            "zmq": {"publish": ["tcp://127.0.0.1:1", "tcp://127.0.0.1:3"],
+                    "snapshot": ["tcp://127.0.0.1:2", "tcp://127.0.0.1:4"]},
+            "coordination": {"url": ["etcd3+http://127.0.0.1:2379"], "name": "c1"},
+            "groups": {"web": {"min": 1, "max": 3, "threshold": {"low": 0.2, "high": 0.7}}}}
+    path = tmp_path / "cms.toml"
+    path.write_text(config.to_toml(data))
+    cfg = config.load(path)
+    assert [(h.name, h.uri, h.cpus) for h in cfg.hosts] == [("h1", "qemu:///system", 2), ("h2", "test:///default", 0)]
+    assert cfg.zmq.snapshot == ["tcp://127.0.0.1:2", "tcp://127.0.0.1:4"]
+    assert cfg.coordination.name == "c1" and cfg.coordination.url == ["etcd3+http://127.0.0.1:2379"]
+    assert (cfg.groups["web"].max, cfg.groups["web"].threshold.high) == (3, 0.7)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 
 from cms.demo.report import analyse, build_report
-from cms.demo.common import GROUP, to_toml
+from cms.config import to_toml
+from cms.demo.common import GROUP
 from cms.demo.run import demo_config_data
 from cms.store import Sample, Store
 
