@@ -1,4 +1,4 @@
-"""The balancing planner's tables: each row is a cluster model and the actions (or notes) expected."""
+"""The host planner's tables (cms.hostplan): each row is a cluster model and the actions (or notes) expected."""
 
 from __future__ import annotations
 

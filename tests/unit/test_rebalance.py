@@ -1,4 +1,5 @@
-"""Balancing as a step of the reconcile loop, on libvirt's test driver (which cannot migrate).
+"""Host balancing as a step of the reconcile loop (cms.autoscaler.rebalance), on libvirt's
+test driver (which cannot migrate).
 
 What is checked here without QEMU: the host-load rows written each tick, the plan built
 from them (the daemon's and the API's alike), a migration the hypervisor refuses leaving
