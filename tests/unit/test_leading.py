@@ -14,7 +14,7 @@ from cms.leadership import FOLLOWER, LEADER, Leader
 from cms.store import Store
 from cms.virt import Fleet, OwnerMeta
 from tests.fake_etcd import FakeClock, FakeCluster
-from tests.support import write_node_xml
+from tests.support import free_port, write_node_xml
 from tests.unit.test_autoscaler import G, Autoscaler, FakeHealth, FakeMetrics, Recorder, cfg_for, ready_names
 
 TTL = 4
@@ -132,6 +132,7 @@ def test_coordination_without_tooz_is_one_line_at_start(tmp_path, run_dir, monke
     monkeypatch.setitem(sys.modules, "tooz", None)      # import tooz -> ImportError
     cfg = tmp_path / "cms.toml"
     cfg.write_text(f'state_db = "{tmp_path}/state.db"\n[[hosts]]\nname = "n1"\nuri = "test:///default"\n'
+                   f'[zmq]\npublish = "tcp://127.0.0.1:{free_port()}"\nsnapshot = "tcp://127.0.0.1:{free_port()}"\n'
                    '[coordination]\nurl = "etcd3+http://127.0.0.1:1"\n[autoscaler]\nmetrics_listen = ""\n')
     assert daemon.main(["--config", str(cfg), "--once"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
