@@ -25,9 +25,14 @@ Contract (the load client and the autoscaler depend on it):
       The work itself (PBKDF2, its salt and limits) is defined once, in cms_work.py beside
       this file, which the image installs with it.
   GET /health  200 {"status": "ok"} once every worker is up; 503 before that and while stopping
-  GET /status  {"served", "in_flight", "uptime_s", "hostname", "unit", "workers", "cpus",
-                "mem_total_kib", "pid"}  (mem_total_kib: the kernel's MemTotal, which the
-                balloon moves when the VM's memory is resized)
+  GET /status  {"served", "in_flight", "in_flight_s", "latency", "uptime_s", "hostname", "unit", "workers",
+               "cpus", "mem_total_kib", "pid"}: served and in_flight count /work requests; in_flight_s
+               is the time integral of in_flight since boot (its difference between two polls over
+               the time between them is the mean in flight) and latency the /work answers'
+               histogram since boot, {"bounds_s": [upper bounds], "buckets": [cumulative counts,
+               one more than bounds: the last is every answer], "sum_s"} (cms_prefork.py;
+               cms/histogram.py reads two polls); mem_total_kib: the kernel's MemTotal, which the
+               balloon moves when the VM's memory is resized
   Unknown path: 404; known path, wrong method: 405; both JSON.
 Every response carries X-Worker-Pid, the pid of the worker that answered.
 

@@ -10,6 +10,7 @@ the shared counters and what they mean stay in the server module:
   worker.busy(delta)       the connection starts (+1) or stops (-1) keeping the worker busy
   worker.answered(delta)   a request is between its request line and its reply (+1, then -1)
   worker.compute(p, c)     cms_work.result(p, c), counted as in flight and then served
+  worker.observe(s)        a /work answer took s seconds (request line read -> answer computed)
   worker.info["hostname"]  the hostname a /work answer names
   worker.health()          "ok", "starting" or "stopping"
   worker.status()          the /status body
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import cms_work
@@ -61,6 +63,7 @@ class Handler:
         self.flag = flag
         self.rfile = conn.makefile("rb")
         self.command = ""
+        self.started = 0.0
         self.path = ""
         self.headers: dict[str, str] = {}
         self.close_connection = False
@@ -92,6 +95,7 @@ class Handler:
         if line in (b"\r\n", b"\n"):
             return True  # a stray empty line between requests is allowed (RFC 9112 2.2)
         self._busy()
+        self.started = time.monotonic()
         self.command, self.path, self.headers = "", "", {}
         if len(line) > MAX_LINE:
             return self.fail(414, f"request line longer than {MAX_LINE} bytes")
@@ -216,6 +220,8 @@ class Handler:
         except cms_work.WorkError as exc:
             raise BadRequest(400, str(exc)) from None
         result = self.worker.compute(payload, cost)
+        # counted before the answer leaves, so a client that has its answer finds it in /status
+        self.worker.observe(time.monotonic() - self.started)
         self.reply(200, {"result": result, "cost": cost, "hostname": self.worker.info["hostname"]})
 
     def health(self) -> None:

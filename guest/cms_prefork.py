@@ -11,6 +11,7 @@ server stops.
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 import select
@@ -31,10 +32,21 @@ ALL_BUSY_GRACE_S = 0.02
 # Header: stopping flag, active workers (slots 0..active-1 serve; there are slots for every
 # CPU the machine could have), usable CPUs as the supervisor last saw them.
 # Slot per worker: served, in_flight, busy (connections accepted and not yet read, or
-# running /work), ready (the worker's pid once it accepts).
+# running /work), ready (the worker's pid once it accepts); then what /status reports for
+# the autoscaler's concurrency figures, all cumulative since boot:
+#   in-flight time: the integral of in_flight over time in microseconds, up to the monotonic
+#     instant (ns) of its last change; a reader adds in_flight x (now - that instant), so
+#     the mean in flight between two polls is the difference over the time between them;
+#   latency: the microseconds of every /work answer (request line read -> answer computed)
+#     and a count per bucket of LATENCY_BOUNDS_S (a value goes into the first bucket whose
+#     bound is >= it; the last bucket, past the last bound, holds the slower ones).
+# Keeping them costs a request one bisect and three stores under its worker's own lock.
+# A reader may see one slot mid-update (a count without its sum): off by one request for
+# one poll, never cumulative.
+LATENCY_BOUNDS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 HEADER_FIELDS = 3
-SLOT_FIELDS = 4
-SERVED, IN_FLIGHT, BUSY, READY = range(SLOT_FIELDS)
+SERVED, IN_FLIGHT, BUSY, READY, IN_FLIGHT_US, CHANGED_NS, LATENCY_US, BUCKET0 = range(8)
+SLOT_FIELDS = BUCKET0 + len(LATENCY_BOUNDS_S) + 1
 
 
 def mem_total_kib() -> int:
@@ -120,7 +132,7 @@ class Worker:
             if f == BUSY and self.state.get(self.slot, BUSY) == 0:
                 self.idle.notify_all()
 
-    # busy, answered, compute, health, status and info: what cms_http.Handler calls.
+    # busy, answered, compute, observe, health, status and info: what cms_http.Handler calls.
     def busy(self, delta: int) -> None:
         self.add(BUSY, delta)
 
@@ -130,14 +142,36 @@ class Worker:
             if self.answering == 0:
                 self.idle.notify_all()
 
+    def flight(self, delta: int) -> None:
+        """A /work request starts (+1) or ends (-1): in_flight and its time integral."""
+        with self.lock:
+            self._fold(time.monotonic_ns())
+            self.state.set(self.slot, IN_FLIGHT, self.state.get(self.slot, IN_FLIGHT) + delta)
+
+    def _fold(self, now_ns: int) -> None:
+        """Bring the in-flight integral up to now (under the lock, or before accepting)."""
+        st, slot = self.state, self.slot
+        since = st.get(slot, CHANGED_NS)
+        if since:
+            st.set(slot, IN_FLIGHT_US, st.get(slot, IN_FLIGHT_US) + st.get(slot, IN_FLIGHT) * (now_ns - since) // 1000)
+        st.set(slot, CHANGED_NS, now_ns)
+
     def compute(self, payload: str, cost: int) -> str:
-        self.add(IN_FLIGHT, 1)
+        self.flight(1)
         try:
             result = cms_work.result(payload, cost)
         finally:
-            self.add(IN_FLIGHT, -1)
+            self.flight(-1)
         self.add(SERVED, 1)
         return result
+
+    def observe(self, seconds: float) -> None:
+        """One /work answer's latency into this worker's histogram."""
+        i = BUCKET0 + bisect.bisect_left(LATENCY_BOUNDS_S, seconds)
+        with self.lock:
+            st, slot = self.state, self.slot
+            st.set(slot, i, st.get(slot, i) + 1)
+            st.set(slot, LATENCY_US, st.get(slot, LATENCY_US) + int(seconds * 1e6))
 
     def health(self) -> str:
         if self.state.stopping:   # the server stops (a worker retired with its CPU answers for the server)
@@ -146,9 +180,19 @@ class Worker:
 
     def status(self) -> dict:
         state, info = self.state, self.info
+        now = time.monotonic_ns()
+        in_flight_us = sum(state.get(s, IN_FLIGHT_US) + state.get(s, IN_FLIGHT) * max(0, now - state.get(s, CHANGED_NS))
+                           // 1000 for s in range(state.slots) if state.get(s, CHANGED_NS))
+        buckets, seen = [], 0
+        for b in range(len(LATENCY_BOUNDS_S) + 1):
+            seen += state.total(BUCKET0 + b)
+            buckets.append(seen)
         return {
             "served": state.total(SERVED),
             "in_flight": state.total(IN_FLIGHT),
+            "in_flight_s": in_flight_us / 1e6,
+            "latency": {"bounds_s": list(LATENCY_BOUNDS_S), "buckets": buckets,
+                        "sum_s": state.total(LATENCY_US) / 1e6},
             "uptime_s": round(time.monotonic() - info["started"], 3),
             "hostname": info["hostname"],
             "unit": info["unit"],
@@ -177,6 +221,7 @@ class Worker:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        self._fold(time.monotonic_ns())   # a replaced worker's unfinished requests end here
         self.state.set(self.slot, IN_FLIGHT, 0)
         self.state.set(self.slot, BUSY, 0)
         self.state.set(self.slot, READY, os.getpid())

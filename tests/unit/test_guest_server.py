@@ -216,11 +216,44 @@ def test_status_counts_served_work(server):
     assert after["hostname"] == socket.gethostname()
     assert isinstance(after["unit"], str)
     assert after["uptime_s"] >= before["uptime_s"] > 0
-    assert set(after) == {"served", "in_flight", "uptime_s", "hostname", "unit", "workers", "cpus", "mem_total_kib",
-                          "pid"}
+    assert set(after) == {"served", "in_flight", "in_flight_s", "latency", "uptime_s", "hostname", "unit", "workers",
+                          "cpus", "mem_total_kib", "pid"}
     with open("/proc/meminfo") as fh:
         assert after["mem_total_kib"] == int(fh.readline().split()[1])   # MemTotal is its first line
     assert after["cpus"] == len(os.sched_getaffinity(server.proc.pid))
+
+
+def test_status_latency_histogram_and_in_flight_time(server):
+    """Two polls around answers the client timed: the histogram counted exactly the answers
+    served between them, its sum and the in-flight integral are the server's share of the
+    client's times, and cms.histogram reads the interval from the two polls."""
+    from cms.histogram import between, parse
+    before = parse(server.request("GET", "/status")[2])
+    took: list[float] = []
+    lock = threading.Lock()
+
+    def call(i: int) -> None:
+        t0 = time.monotonic()
+        assert server.request("GET", f"/work?payload=lat{i}&cost=100000", timeout=60)[0] == 200
+        with lock:
+            took.append(time.monotonic() - t0)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert server.request("GET", "/work?payload=x&cost=0")[0] == 400   # not served, not timed
+    after = parse(server.request("GET", "/status")[2])
+    assert before is not None and after is not None and len(took) == 4
+    f = between(before, after)
+    assert f is not None and f.completed == 4 and f.buckets[-1] == 4
+    assert after.buckets[-1] == after.served            # every served answer is in the histogram
+    assert 0 < after.sum_s - before.sum_s <= sum(took)
+    assert 0 < after.in_flight_s - before.in_flight_s <= sum(took)
+    assert 0 < f.in_flight * f.seconds <= sum(took)
+    slowest_bucket = min((b for b in after.bounds_s if b >= max(took)), default=after.bounds_s[-1])
+    assert 0 < f.p95_s <= slowest_bucket                  # at most the bound of the slowest one's bucket
 
 
 def test_health_ok(server):
