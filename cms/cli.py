@@ -6,6 +6,7 @@
       balance plan | balance run [--wait S]
       doctor [--config F] [--json] [--skip CHECK,...] [--timeout S]   (needs no API; see cms.doctor)
       images import IMAGE_FILE [--config F]   (needs no API: what ./install runs; see cms.images)
+      replay --run DIR | --store DB --group G | --trace FILE [--settings F] ...   (needs no API; cms.replay)
 
 The URL comes from --url, else $CMS_URL, else http://<api.bind of the configuration>.
 The token (for `group scale`) from --token, else $CMS_TOKEN, else api.token of the
@@ -146,6 +147,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", default="", help="comma-separated checks to leave out (e.g. image,api)")
     p.add_argument("--timeout", dest="doctor_timeout", type=float, default=20.0,
                    help="seconds each host's libvirt gets to answer (default 20)")
+    # Its own options, parsed by cms.replay.command (prefix "+": every "-" argument is passed on).
+    p = sub.add_parser("replay", add_help=False, prefix_chars="+",
+                       help="what policy settings would have done on recorded load (needs no API; "
+                            "`cms replay --help`)")
+    p.add_argument("replay_args", nargs=argparse.REMAINDER)
     return ap
 
 
@@ -308,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
                               timeout=a.doctor_timeout, url=a.url or "")
     if a.cmd == "images" and a.sub == "import":
         return import_images(a.images_config or a.config, a.image_file)
+    if a.cmd == "replay":
+        from cms.replay.command import main as replay
+        return replay((["--config", a.config] if a.config else []) + (["--json"] if a.json else []) + a.replay_args)
     url, token = _default_url_and_token(a.config)
     if not 0 < a.timeout <= 86400:
         ap.error("--timeout must be above 0 and at most 86400 seconds")

@@ -1,0 +1,262 @@
+"""The replay's simulated clock: the daemon's own planner and policy, tick by tick, on a model.
+
+Each tick does what ``Autoscaler.tick`` does, in its order, with the I/O replaced:
+
+* what the executor's workers finished since the last tick happens first (a spawn is
+  started ``spawn_s`` after its decision and ready ``boot_s`` later; an unpark is ready
+  after the mode's unpark time; a drain ends when its in-flight work has, at most
+  ``drain_s``; a park takes ``park_s``), each at its own time within the tick;
+* measure: the model's queue (cms.replay.model) over the tick gives each ready replica's
+  CPU, which goes into a ``cms.metrics.History`` as the daemon's figures do (a replica's
+  first figure after it starts or unparks is none, as the daemon's rater has no baseline);
+* plan: ``cms.autoscaler.planner.plan`` over the tracked replicas (``Track``, moved only by
+  ``Track.move``) and the domains they would be, with the group's policy
+  (``cms.policy.decide``) asked as ``Autoscaler.decide`` asks it;
+* apply: the wanted count, the cooldown clock and the target policy's recommendations, as
+  ``Autoscaler.apply`` keeps them; then the plan's actions start their timers.
+
+The History keeps only the samples the policy can read (its longest window), so a tick
+costs the same on the first hour as on the last.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from cms import policy
+from cms.autoscaler import planner as P
+from cms.autoscaler.lifecycle import COUNTING, State, Track
+from cms.config import GroupConfig
+from cms.metrics import History
+from cms.replay.inputs import Start, Trace
+from cms.replay.model import Model, Queue, TickLoad
+from cms.virt import OwnedDomain, OwnerMeta
+
+S = State
+RUNNING = "running"
+DOMAIN_STATE = {"paused": ("paused", 0), "saved": ("shutoff", 3), "stopped": ("shutoff", 0)}  # 3: SHUTOFF_SAVED
+DRAIN_POLL_S = 0.2
+
+
+@dataclass
+class Run:
+    """One setting's replay: per tick series and what it decided and did."""
+    name: str
+    t: list[float] = field(default_factory=list)
+    offered: list[float] = field(default_factory=list)
+    serving: list[int] = field(default_factory=list)
+    ready: list[int] = field(default_factory=list)
+    parked: list[int] = field(default_factory=list)
+    running: list[int] = field(default_factory=list)
+    cpu: list[float | None] = field(default_factory=list)
+    in_flight: list[float] = field(default_factory=list)
+    p95_s: list[float | None] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    actions: collections.Counter = field(default_factory=collections.Counter)
+    notes: list[str] = field(default_factory=list)
+
+
+def history_ticks(gc: GroupConfig, tick_s: float) -> int:
+    """Samples per replica the group's policy may read: its longest window, and two more."""
+    longest = max(gc.threshold.window_s, gc.threshold.window_in_s, tick_s)
+    return int(math.ceil(longest / tick_s)) + 2
+
+
+class Sim:
+    def __init__(self, group: str, gc: GroupConfig, model: Model, trace: Trace, start: Start, *,
+                 tick_s: float = 1.0, drain_s: float = 3.0, history: int = 900, hosts: tuple[str, ...] = ("local",),
+                 name: str = "", on_tick: Callable[[float, list[Track], TickLoad], None] | None = None) -> None:
+        self.g, self.gc, self.m, self.trace = group, gc, model, trace
+        self.on_tick = on_tick           # sees each tick's replicas and load as measured (tests record a run with it)
+        self.dt = tick_s
+        self.drain_s = drain_s
+        self.hosts = hosts
+        self.queue = Queue(model, gc.vcpus)
+        self.history = History(min(history, history_ticks(gc, tick_s)))
+        self.tracks: dict[str, Track] = {}
+        self.timers: list[tuple[float, int, str, str]] = []
+        self._seq = 0
+        self.no_baseline: set[str] = set()
+        self.left: dict[str, float] = {}        # replicas that stopped serving this tick: when
+        self.desired: int | None = None
+        self.last_action = start.last_action_at
+        self.recs: collections.deque = collections.deque()
+        self.now = 0.0
+        self.run = Run(name or gc.policy)
+        self._domains: dict[tuple[str, str], OwnedDomain] = {}
+        for n, ready_at in start.ready:
+            self.tracks[n] = Track(n, group, ready_at, S.READY, host=hosts[0], ready_at=ready_at)
+        for n, mode in start.parked:
+            self.tracks[n] = Track(n, group, -1e9, S.PARKED, host=hosts[0], park_mode=mode)
+        if self.tracks:
+            self.desired = sum(1 for t in self.tracks.values() if t.state == S.READY)
+
+    # -- the executor's workers, as timers ---------------------------------------------------
+
+    def _after(self, seconds: float, name: str, step: str) -> None:
+        self._seq += 1
+        heapq.heappush(self.timers, (self.now + seconds, self._seq, name, step))
+
+    def _advance(self, until: float) -> None:
+        while self.timers and self.timers[0][0] <= until:
+            at, _seq, name, step = heapq.heappop(self.timers)
+            t = self.tracks.get(name)
+            if t is not None:
+                self._step(t, step, at)
+
+    def _step(self, t: Track, step: str, at: float) -> None:
+        saved, self.now = self.now, at
+        if step == "started":
+            t.move(S.WARMING if t.park_mode else S.STARTING)
+            self.no_baseline.add(t.name)
+            self._after(self.m.boot_s, t.name, "healthy")
+        elif step == "healthy" and t.state == S.WARMING:
+            t.move(S.PARKING)
+            self._after(self.m.park_s, t.name, "parked")
+        elif step in ("healthy", "unparked"):
+            t.move(S.READY, now=at)
+            t.busy = False
+        elif step == "parked":
+            t.move(S.PARKED)
+            t.busy = False
+        elif step == "drained":
+            if t.park_mode:
+                t.move(S.PARKING)
+                self._after(self.m.park_s, t.name, "parked")
+            else:
+                del self.tracks[t.name]
+                self.history.forget(t.name)
+        self.now = saved
+
+    def _new(self, warm: bool) -> Track:
+        self._seq += 1
+        name = f"{self.g}-sim{self._seq}"
+        host = self.hosts[self._seq % len(self.hosts)]
+        t = self.tracks[name] = Track(name, self.g, self.now, S.SPAWNING, host=host,
+                                      park_mode=self.gc.warm_pool.state if warm else "", busy=True)
+        self._after(self.m.spawn_s, name, "started")
+        return t
+
+    def execute(self, plan: P.Plan, per_replica_latency: float, in_flight: float) -> None:
+        for a in plan.actions:
+            if isinstance(a, P.Spawn):
+                self._new(a.warm)
+                self.run.actions["refills" if a.warm else "spawns"] += 1
+                continue
+            t = self.tracks.get(getattr(a, "name", ""))
+            if t is None or t.busy:
+                continue
+            if isinstance(a, P.Unpark) and t.state == S.PARKED:
+                mode = t.park_mode
+                t.move(S.UNPARKING)
+                t.busy = True
+                self.history.forget(t.name)
+                self.no_baseline.add(t.name)
+                self._after(self.m.unpark(mode), t.name, "unparked")
+                self.run.actions["unparks"] += 1
+            elif isinstance(a, P.Drain) and t.state in (S.STARTING, S.READY):
+                was_ready = t.state == S.READY
+                t.move(S.DRAINING)
+                t.park_mode, t.busy = a.park, True
+                self.left[t.name] = self.now
+                wait = min(self.drain_s, per_replica_latency) if was_ready and in_flight >= 0.5 else 0.0
+                self._after(max(wait, DRAIN_POLL_S if was_ready else 0.0), t.name, "drained")
+                self.run.actions["drains"] += 1
+            elif isinstance(a, P.Discard) and t.state == S.PARKED:
+                del self.tracks[t.name]
+                self.run.actions["discards"] += 1
+            else:
+                self.run.notes.append(f"{self.now:.0f}s: {type(a).__name__} {a.reason} (not modelled)")
+
+    # -- one tick ----------------------------------------------------------------------------
+
+    def _domain(self, t: Track) -> OwnedDomain:
+        mode = t.park_mode if t.state == S.PARKED else ""
+        key = (t.name, mode)
+        d = self._domains.get(key)
+        if d is None:
+            state, reason = DOMAIN_STATE.get(mode, (RUNNING, 0))
+            d = self._domains[key] = OwnedDomain(t.host, t.name, t.name, state, self.gc.vcpus, self.gc.memory_mib,
+                                                 OwnerMeta(group=self.g, created=t.created, warm=bool(t.park_mode)),
+                                                 reason=reason)
+        return d
+
+    def _capacity(self, start: float, end: float) -> tuple[float, int]:
+        """Replica-ticks ready within [start, end), and the replicas ready at its end."""
+        cap, now_ready = 0.0, 0
+        for t in self.tracks.values():
+            if t.ready_at is None or (t.state != S.READY and t.name not in self.left):
+                continue
+            stop = end if t.state == S.READY else self.left[t.name]
+            cap += max(0.0, stop - max(t.ready_at, start))
+            now_ready += t.state == S.READY
+        for name, at in self.left.items():
+            if name not in self.tracks and at > start:
+                cap += at - start   # removed during the tick: served until it left
+        return cap / (end - start), now_ready
+
+    def decide(self, _g: str, members: tuple[Track, ...]) -> policy.Decision:
+        series = tuple(policy.ReplicaSeries(t.name, t.ready_at, self.history.series(t.name))
+                       for t in members if t.state == S.READY)
+        inp = policy.PolicyInput(now=self.now, current=len(members),
+                                 starting=sum(1 for t in members if t.state != S.READY), replicas=series,
+                                 last_action_at=self.last_action, recommendations=tuple(self.recs))
+        return policy.decide(self.gc, inp)
+
+    def tick(self, now: float) -> None:
+        self._advance(now)
+        self.now = now
+        capacity, ready_n = self._capacity(now - self.dt, now)
+        self.left.clear()
+        rate = self.trace.rate_at(now - self.dt / 2)
+        load = self.queue.step(self.dt, rate, capacity, ready_n)
+        for t in self.tracks.values():
+            if t.state in (S.READY, S.STARTING, S.UNPARKING):
+                fresh = t.name in self.no_baseline
+                self.no_baseline.discard(t.name)
+                self.history.add(t.name, now, None if fresh else load.cpu if t.state == S.READY else self.m.cpu_idle)
+        self._record(now, rate, load)         # as measured, as the daemon's samples are
+        if self.on_tick is not None:
+            self.on_tick(now, list(self.tracks.values()), load)
+        observed = {t.name: self._domain(t) for t in self.tracks.values() if t.state != S.SPAWNING}
+        desired = {self.g: self.desired} if self.desired is not None else {}
+        view = P.View({self.g: self.gc}, observed, tuple(self.tracks.values()), desired,
+                      hosts=frozenset(self.hosts))
+        plan = P.plan(view, self.decide)
+        gd = plan.groups[self.g]
+        d = gd.decision
+        if d is not None:
+            while self.recs and now - self.recs[0][0] > self.gc.target.stabilization_s:
+                self.recs.popleft()
+            if d.recommendation is not None:
+                self.recs.append((now, d.recommendation))
+            if d.action != policy.NONE:
+                self.last_action = now
+                self.run.decisions.append({"t": round(now, 3), "action": d.action, "from": gd.current,
+                                           "desired": d.desired, "reason": d.reason})
+        self.desired = gd.desired
+        latency = load.p95_s if load.p95_s is not None else self.m.service_s
+        self.execute(plan, latency, load.in_flight)
+
+    def _record(self, now: float, rate: float, load: Any) -> None:
+        r = self.run
+        counts = collections.Counter(t.state for t in self.tracks.values())
+        r.t.append(now)
+        r.offered.append(rate)
+        r.serving.append(sum(counts[s] for s in COUNTING))
+        r.ready.append(counts[S.READY])
+        r.parked.append(counts[S.PARKED])
+        r.running.append(len(self.tracks) - counts[S.PARKED])
+        r.cpu.append(load.cpu)
+        r.in_flight.append(load.in_flight)
+        r.p95_s.append(load.p95_s if load.served > 0 or load.backlog <= 0 else math.inf)
+
+    def replay(self) -> Run:
+        n = int(self.trace.end / self.dt + 1e-9)
+        for k in range(1, n + 1):
+            self.tick(k * self.dt)
+        return self.run

@@ -1,0 +1,269 @@
+"""cms replay: the model, the simulated clock running the real planner and policy, fitting,
+a recorded run replayed back, and bad input (one line, exit 1)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from cms import config as cmsconfig
+from cms.autoscaler.lifecycle import State
+from cms.replay import command
+from cms.replay.fit import cost, fit, stages
+from cms.replay.inputs import ClientRecord, Recorded, Start, Trace, read_csv
+from cms.replay.model import Model, Queue
+from cms.replay.sim import Sim
+from cms.store import Sample, Store
+
+T0 = 1_800_000_000.0
+DEMO = {"min": 1, "max": 3, "cooldown_s": 10.0, "warmup_s": 15.0,
+        "threshold": {"high": 0.9, "low": 0.25, "window_s": 6.0, "window_in_s": 15.0}}
+M = Model(service_s=0.1, cpu_idle=0.02, cpu_busy=0.98, spawn_s=0.5, boot_s=7.0)   # one replica: 10 req/s
+
+
+def group(**over) -> cmsconfig.GroupConfig:
+    return cmsconfig.parse({"groups": {"demo": {**DEMO, **over}}}).groups["demo"]
+
+
+def steps(*phases: tuple[float, float]) -> Trace:
+    """(seconds, rate) phases one after the other."""
+    times, rates, t = [], [], 0.0
+    for secs, rate in phases:
+        times.append(t)
+        rates.append(rate)
+        t += secs
+    return Trace(tuple(times), tuple(rates), t, "test")
+
+
+# --- the model --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rate, ready, backlog_before, served, rho, cpu, backlog", [
+    (3.0, 1.0, 0.0, 3.0, 0.3, 0.308, 0.0),          # below capacity: all served
+    (12.5, 1.0, 0.0, 10.0, 1.0, 0.98, 2.5),          # above: capacity served, the rest waits
+    (5.0, 2.0, 10.0, 15.0, 0.75, 0.74, 0.0),         # two replicas clear a backlog
+    (5.0, 0.5, 0.0, 5.0, 1.0, 0.98, 0.0),            # ready half the tick: half the capacity
+    (4.0, 0.0, 0.0, 0.0, None, None, 4.0),           # nothing ready: all of it waits
+])
+def test_queue_step(rate, ready, backlog_before, served, rho, cpu, backlog):
+    q = Queue(M, vcpus=1)
+    q.backlog = backlog_before
+    got = q.step(1.0, rate, ready, max(1, math.ceil(ready)))
+    assert got.served == pytest.approx(served) and got.backlog == pytest.approx(backlog)
+    assert (got.utilization is None) == (rho is None) and (rho is None or got.utilization == pytest.approx(rho))
+    assert (got.cpu is None) == (cpu is None) and (cpu is None or got.cpu == pytest.approx(cpu))
+
+
+def test_queue_latency_grows_with_the_backlog_and_the_client_caps_in_flight():
+    q = Queue(M, vcpus=1)
+    light = q.step(1.0, 3.0, 1.0, 1)
+    assert light.p95_s == pytest.approx(2.0 * 0.1 / 0.7)
+    loads = [q.step(1.0, 20.0, 1.0, 1) for _ in range(5)]
+    assert [round(x.backlog) for x in loads] == [10, 20, 30, 40, 50]
+    assert loads[-1].p95_s > loads[0].p95_s > light.p95_s
+    capped = Queue(Model(service_s=0.1, conns_per_replica=4), vcpus=1)
+    assert [capped.step(1.0, 20.0, 1.0, 1).in_flight for _ in range(3)] == [4, 4, 4]
+
+
+# --- the simulated clock: the real planner and policy ------------------------------------------
+
+def test_threshold_scales_out_when_the_window_is_full_and_in_after_the_low_window():
+    gc = group()
+    run = Sim("demo", gc, M, steps((30, 3.0), (100, 12.5), (60, 3.0)), Start((("r1", -100.0),)),
+              tick_s=1.0).replay()
+    outs = [d for d in run.decisions if d["action"] == "scale_out"]
+    ins = [d for d in run.decisions if d["action"] == "scale_in"]
+    # the step is at 30 s: the tick at 31 is the first saturated one, and a 6 s window at t
+    # holds the ticks t-6..t (its start included), so 31..37 decide at 37
+    assert [(d["t"], d["from"], d["desired"]) for d in outs] == [(37.0, 1, 2)]
+    assert "cpu mean over 6s 0.98 > high 0.9" in outs[0]["reason"]
+    assert run.ready[run.t.index(44.0)] == 1 and run.ready[run.t.index(45.0)] == 2   # 0.5 + 7 s after 37
+    # the low load from 130 s: 3 req/s over 2 x 10 is 0.16; the 15 s mean (two ticks at 0.62 still
+    # in it) falls below low 0.25 at 143 -> one scale-in
+    assert [(d["t"], d["desired"]) for d in ins] == [(143.0, 1)]
+    assert run.actions["spawns"] == 1 and run.actions["drains"] == 1
+    assert max(run.serving) == 2
+
+
+def test_a_decision_for_several_unparks_them_together_from_the_warm_pool():
+    gc = cmsconfig.parse({"groups": {"demo": {"min": 1, "max": 4, "policy": "target", "warmup_s": 0.0,
+                                              "target": {"target": 0.25, "max_step": 3},
+                                              "warm_pool": {"size": 3, "state": "paused"}}}}).groups["demo"]
+    model = Model(service_s=0.1, unpark_s={"paused": 0.05})
+    start = Start((("r1", -100.0),), (("w1", "paused"), ("w2", "paused"), ("w3", "paused")))
+    ticks = []
+    run = Sim("demo", gc, model, steps((10, 2.0), (20, 30.0)), start,
+              on_tick=lambda now, tracks, load: ticks.append((now, sorted(t.state for t in tracks)))).replay()
+    out = next(d for d in run.decisions if d["action"] == "scale_out")
+    assert (out["from"], out["desired"]) == (1, 4)
+    assert run.actions["unparks"] == 3 and run.actions["spawns"] == 0
+    after = dict(ticks)[out["t"] + 1.0]
+    assert after.count(State.READY) == 4     # all three were ready by the next tick
+
+
+def test_the_history_holds_only_what_the_policy_reads():
+    sim = Sim("demo", group(), M, steps((60, 3.0)), Start((("r1", -100.0),)))
+    sim.replay()
+    assert len(sim.history.series("r1")) == 17      # window_in_s 15 at 1 s ticks, and two more
+
+
+# --- fitting ------------------------------------------------------------------------------
+
+class E:
+    def __init__(self, kind, data, subject="r"):
+        self.kind, self.data, self.subject, self.ts = kind, data, subject, 0.0
+
+
+@pytest.mark.parametrize("events, want", [
+    ([], {}),
+    ([E("ready", {"boot_s": 7.0, "decision_to_ready_s": 7.6}), E("ready", {"boot_s": 9.0, "decision_to_ready_s": 9.4}),
+      E("ready", {"boot_s": 8.0})], {"boot_s": 8.0, "spawn_s": 0.5}),
+    ([E("warm_used", {"mode": "paused", "seconds": 0.04}), E("warm_used", {"mode": "paused", "seconds": 0.06}),
+      E("warm_used", {"mode": "saved", "seconds": 1.2}), E("warm_prepared", {"park_s": 0.2})],
+     {"unpark_s": {"paused": 0.05, "saved": 1.2}, "park_s": 0.2}),
+])
+def test_stages_from_the_events(events, want):
+    got = stages(events)
+    assert got.pop("unpark_s", {}) == pytest.approx(want.pop("unpark_s", {}))
+    assert got == pytest.approx(want)
+
+
+def test_cost_recovers_idle_cpu_and_the_cost_of_a_request():
+    rec = Recorded("demo", T0, 100.0, 1.0)
+    client_ticks = []
+    for i in range(60):
+        n, rate = 1 + i % 2, float(1 + i % 7)
+        busy = 0.05 * n + 0.08 * rate                  # idle 5 % per vCPU, 0.08 vCPU-s a request
+        rec.ticks.append(float(i))
+        rec.cpu.append(busy / n)
+        rec.busy.append(busy)
+        rec.vcpus.append(n)
+        client_ticks.append((T0 + i, rate, None))
+    client = ClientRecord(Trace((0.0,), (1.0,), 60.0, "t"), tuple(client_ticks))
+    assert cost(rec, client) == pytest.approx((0.05, 0.08))
+    m = fit(rec, client, {"boot_s": 3.0})
+    assert m.service_s == pytest.approx(0.08 / (m.cpu_busy - 0.05)) and m.boot_s == 3.0
+    assert m.fitted["boot_s"] == "[model] in the settings"
+
+
+# --- a recorded run replayed back ---------------------------------------------------------------
+
+def record(out, gc_data: dict, trace: Trace) -> list:
+    """A run made up by the model itself, written as the daemon and the load client write theirs."""
+    from cms.demo.run import demo_config_data, to_toml
+    data = demo_config_data(out, golden="/nonexistent", api_port=1, pub_port=2, snap_port=3)
+    data["groups"]["demo"].update(gc_data)
+    (out / "demo.toml").write_text(to_toml(data))
+    gc = cmsconfig.load(out / "demo.toml").groups["demo"]
+    store = Store(out / "state.db")
+    rows, ticks, seen = [], [], set()
+
+    def on_tick(now, tracks, load):
+        for t in tracks:
+            if t.state in (State.READY, State.STARTING, State.DRAINING):
+                rows.append(Sample(T0 + now, "local", t.name, "demo", load.cpu if t.state == State.READY else None,
+                                   1, 0, str(t.state)))
+            if t.state == State.READY and t.name not in seen:
+                seen.add(t.name)
+                store.add_event("ready", "up", group="demo", subject=t.name, ts=T0 + t.ready_at,
+                                data={"boot_s": 7.0, "decision_to_ready_s": 7.5})
+        ticks.append({"type": "tick", "ts": T0 + now, "interval_s": 1.0, "target_rate": trace.rate_at(now - 0.5),
+                      "throughput": load.served, "latency_ms": {"p95": None}})
+
+    run = Sim("demo", gc, M, trace, Start((("demo-r1", -100.0),)), on_tick=on_tick).replay()
+    store.add_event("ready", "up", group="demo", subject="demo-r1", ts=T0 - 100.0, data={})
+    for d in run.decisions:
+        store.add_event("decision", d["reason"], group="demo", ts=T0 + d["t"],
+                        data={"action": d["action"], "desired": d["desired"]})
+    store.add_samples(rows)
+    (out / "loadgen.jsonl").write_text("\n".join(json.dumps(x) for x in ticks) + "\n")
+    return run.decisions
+
+
+def test_a_run_replayed_with_its_own_settings_does_what_it_did(tmp_path, capsys):
+    real = record(tmp_path, {}, steps((30, 3.0), (100, 12.5), (60, 3.0)))
+    assert [d["action"] for d in real] == ["scale_out", "scale_in"]
+    (tmp_path / "s.toml").write_text('[settings.recorded]\n[settings.eager]\nthreshold = {window_s = 2.0}\n'
+                                     '[model]\nservice_s = 0.1\ncpu_idle = 0.02\n')
+    assert command.main(["--run", str(tmp_path), "--settings", str(tmp_path / "s.toml"),
+                         "--out", str(tmp_path / "r")]) == 0
+    doc = json.loads((tmp_path / "r" / "replay.json").read_text())
+    same = doc["settings"]["recorded"]["against_recorded"]
+    assert same["max_ticks_off"] == 0 and same["ready_count_match_share"] == 1.0
+    assert [d["t"] for d in doc["settings"]["recorded"]["decisions"]] == [d["t"] for d in real]
+    eager = doc["settings"]["eager"]
+    assert eager["decisions"][0]["t"] == real[0]["t"] - 4.0        # a 2 s window decides 4 ticks sooner
+    assert eager["summary"]["seconds_over_latency_bound"] < doc["settings"]["recorded"]["summary"]["seconds_over_latency_bound"]
+    assert doc["model"]["boot_s"] == 7.0 and "events" in doc["model"]["fitted_from"]["boot_s"]
+    assert (tmp_path / "r" / "replay.png").stat().st_size > 10_000
+    assert "recorded:" in capsys.readouterr().out
+
+
+# --- bad input: one line, exit 1 (2 for usage) ---------------------------------------------------
+
+@pytest.mark.parametrize("text, words", [
+    ("time,rate\n0,1\n1,x\n", ":3: rate 'x' is not a number"),
+    ("0,1\n0,2\n", ":2: time 0 does not come after 0"),
+    ("0,1\n1,-3\n", ":2: rate -3 is negative"),
+    ("0,1\n5\n", ":2: want time,rate"),
+    ("time,rate\n", "no load in it"),
+    ("0,1\n", "spans no time"),
+    ("0,nan\n1,1\n", "finite number"),
+])
+def test_bad_trace(tmp_path, capsys, text, words):
+    (tmp_path / "t.csv").write_text(text)
+    assert command.main(["--trace", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("settings, words", [
+    ("[settings.a]\nmax = 0\n", "settings.a.max"),
+    ("[settings.a]\npolicy = 'magic'\n", "settings.a.policy"),
+    ("[other]\n", "unknown table 'other'"),
+    ("[model]\nspeed = 2\n", "[model] has no key 'speed'"),
+    ("[model]\nservice_s = 0\n", "model.service_s must be above 0"),
+    ("[model]\nunpark_s = {frozen = 1}\n", "model.unpark_s"),
+    ("not toml [\n", "not valid TOML"),
+])
+def test_bad_settings(tmp_path, capsys, settings, words):
+    (tmp_path / "t.csv").write_text("0,1\n60,1\n")
+    (tmp_path / "s.toml").write_text(settings)
+    assert command.main(["--trace", str(tmp_path / "t.csv"), "--settings", str(tmp_path / "s.toml"),
+                         "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+
+
+def test_missing_inputs(tmp_path, capsys):
+    assert command.main(["--run", str(tmp_path / "nope")]) == 1
+    assert command.main(["--store", str(tmp_path / "none.db"), "--group", "web"]) == 1
+    Store(tmp_path / "empty.db")
+    assert command.main(["--store", str(tmp_path / "empty.db"), "--group", "web"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"cms replay: {tmp_path / 'nope'}: no such run directory",
+                   f"cms replay: {tmp_path / 'none.db'}: no state database there",
+                   f"cms replay: {tmp_path / 'empty.db'}: no samples of group 'web'"]
+    with pytest.raises(SystemExit) as e:
+        command.main(["--trace", "x.csv", "--since", "1"])
+    assert e.value.code == 2
+
+
+def test_a_trace_replays_from_the_configured_minimum(tmp_path):
+    (tmp_path / "t.csv").write_text("# time, rate\n0,2\n100,25\n200,2\n400,2\n")
+    tr = read_csv(tmp_path / "t.csv")
+    assert (tr.times, tr.rates, tr.end) == ((0.0, 100.0, 200.0, 400.0), (2.0, 25.0, 2.0, 2.0), 400.0)
+    assert command.main(["--trace", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o"), "--json"]) == 0
+    doc = json.loads((tmp_path / "o" / "replay.json").read_text())
+    s = doc["settings"]["configured"]["summary"]
+    assert s["scale_outs"] >= 1 and s["peak_serving"] <= 3 and doc["input"]["group"] == "web"
+
+
+def test_cms_replay_is_a_subcommand_that_needs_no_api(tmp_path, capsys):
+    from cms import cli
+    (tmp_path / "t.csv").write_text("0,2\n120,2\n")
+    assert cli.main(["--json", "replay", "--trace", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o")]) == 0
+    assert json.loads(capsys.readouterr().out)["configured"]["scale_outs"] == 0
+    assert cli.main(["replay", "--trace", str(tmp_path / "missing.csv")]) == 1
+    assert "cms replay: " in capsys.readouterr().err
