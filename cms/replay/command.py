@@ -190,7 +190,8 @@ def replay(inp: Inputs, groups: dict[str, cmsconfig.GroupConfig], overrides: dic
     for name, gc in groups.items():
         t0 = time.perf_counter()
         runs[name] = Sim(inp.group, gc, model, trace, start_for(gc, inp.rec), tick_s=a.tick_s, drain_s=a.drain_s,
-                         history=a.history, hosts=tuple(h.name for h in inp.cfg.hosts), name=name).replay()
+                         history=a.history, hosts=tuple(h.name for h in inp.cfg.hosts), name=name,
+                         recorded=inp.rec, client=inp.client).replay()
         took[name] = time.perf_counter() - t0
     doc: dict[str, Any] = {
         "input": {"source": inp.source, "group": inp.group, "load": trace.source, "start": trace.start or None,

@@ -176,6 +176,7 @@ class Recorded:
     ticks: list[float] = field(default_factory=list)
     ready: list[int] = field(default_factory=list)            # ready replicas per tick
     cpu: list[float | None] = field(default_factory=list)      # mean CPU of the ready ones
+    replica_cpu: list[tuple[float | None, ...]] = field(default_factory=list)   # each ready one's, oldest first
     busy: list[float] = field(default_factory=list)            # vCPUs busy, summed over the ready ones
     vcpus: list[int] = field(default_factory=list)             # their vCPUs
     decisions: list[dict[str, Any]] = field(default_factory=list)
@@ -208,8 +209,10 @@ def read_store(db: str | Path, group: str, since: float | None = None, until: fl
     t0 = stamps[0] if origin is None else origin
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     rec = Recorded(group, t0, stamps[-1] - t0, statistics.median(gaps) if gaps else 1.0, events=events)
+    became = {e.subject: e.ts for e in events if e.kind == "ready"}
     for ts in stamps:
-        ready = [s for s in by_ts[ts] if s.state == "ready"]
+        ready = sorted((s for s in by_ts[ts] if s.state == "ready"), key=lambda s: (became.get(s.domain, 0.0), s.domain))
+        rec.replica_cpu.append(tuple(s.cpu for s in ready))
         figures = [s for s in ready if s.cpu is not None]
         rec.ticks.append(ts - t0)
         rec.ready.append(len(ready))

@@ -6,9 +6,13 @@ Each tick does what ``Autoscaler.tick`` does, in its order, with the I/O replace
   started ``spawn_s`` after its decision and ready ``boot_s`` later; an unpark is ready
   after the mode's unpark time; a drain ends when its in-flight work has, at most
   ``drain_s``; a park takes ``park_s``), each at its own time within the tick;
-* measure: the model's queue (cms.replay.model) over the tick gives each ready replica's
-  CPU, which goes into a ``cms.metrics.History`` as the daemon's figures do (a replica's
-  first figure after it starts or unparks is none, as the daemon's rater has no baseline);
+* measure: each ready replica's CPU goes into a ``cms.metrics.History`` as the daemon's
+  figures do (a replica's first figure after it starts or unparks is none, as the daemon's
+  rater has no baseline). Where the replay has as many ready replicas as the recording had
+  at that moment, the figures are the recorded ones (oldest replica to oldest replica), and
+  so is the p95 latency (the load client's): the replay then sees what the daemon and the
+  clients saw, host contention and noise included. Elsewhere (another count, or no
+  recording) the model's queue (cms.replay.model) gives them;
 * plan: ``cms.autoscaler.planner.plan`` over the tracked replicas (``Track``, moved only by
   ``Track.move``) and the domains they would be, with the group's policy
   (``cms.policy.decide``) asked as ``Autoscaler.decide`` asks it;
@@ -21,7 +25,9 @@ costs the same on the first hour as on the last.
 
 from __future__ import annotations
 
+import bisect
 import collections
+import dataclasses
 import heapq
 import math
 from dataclasses import dataclass, field
@@ -32,7 +38,7 @@ from cms.autoscaler import planner as P
 from cms.autoscaler.lifecycle import COUNTING, State, Track
 from cms.config import GroupConfig
 from cms.metrics import History
-from cms.replay.inputs import Start, Trace
+from cms.replay.inputs import ClientRecord, Recorded, Start, Trace
 from cms.replay.model import Model, Queue, TickLoad
 from cms.virt import OwnedDomain, OwnerMeta
 
@@ -58,6 +64,7 @@ class Run:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     actions: collections.Counter = field(default_factory=collections.Counter)
     notes: list[str] = field(default_factory=list)
+    recorded_ticks: int = 0          # ticks whose CPU figures were the recording's
 
 
 def history_ticks(gc: GroupConfig, tick_s: float) -> int:
@@ -69,7 +76,11 @@ def history_ticks(gc: GroupConfig, tick_s: float) -> int:
 class Sim:
     def __init__(self, group: str, gc: GroupConfig, model: Model, trace: Trace, start: Start, *,
                  tick_s: float = 1.0, drain_s: float = 3.0, history: int = 900, hosts: tuple[str, ...] = ("local",),
-                 name: str = "", on_tick: Callable[[float, list[Track], TickLoad], None] | None = None) -> None:
+                 name: str = "", on_tick: Callable[[float, list[Track], TickLoad], None] | None = None,
+                 recorded: Recorded | None = None, client: ClientRecord | None = None) -> None:
+        self.rec = recorded
+        self.client_t = [ts - recorded.start for ts, _c, _p in client.ticks] if client and recorded else []
+        self.client_p95 = [p for _ts, _c, p in client.ticks] if client and recorded else []
         self.g, self.gc, self.m, self.trace = group, gc, model, trace
         self.on_tick = on_tick           # sees each tick's replicas and load as measured (tests record a run with it)
         self.dt = tick_s
@@ -86,6 +97,7 @@ class Sim:
         self.last_action = start.last_action_at
         self.recs: collections.deque = collections.deque()
         self.now = 0.0
+        self.last: float | None = None
         self.run = Run(name or gc.policy)
         self._domains: dict[tuple[str, str], OwnedDomain] = {}
         for n, ready_at in start.ready:
@@ -199,6 +211,17 @@ class Sim:
                 cap += at - start   # removed during the tick: served until it left
         return cap / (end - start), now_ready
 
+    def _recorded(self, now: float, ready: int) -> tuple[float | None, ...] | None:
+        """The recording's ready replicas' CPU at ``now`` (its tick within half a tick), when
+        it had ``ready`` of them."""
+        rec = self.rec
+        if rec is None or not ready:
+            return None
+        i = bisect.bisect_left(rec.ticks, now - 1e-6)
+        if i < len(rec.ticks) and rec.ticks[i] <= now + 1e-6 and len(rec.replica_cpu[i]) == ready:
+            return rec.replica_cpu[i]
+        return None
+
     def decide(self, _g: str, members: tuple[Track, ...]) -> policy.Decision:
         series = tuple(policy.ReplicaSeries(t.name, t.ready_at, self.history.series(t.name))
                        for t in members if t.state == S.READY)
@@ -210,15 +233,28 @@ class Sim:
     def tick(self, now: float) -> None:
         self._advance(now)
         self.now = now
-        capacity, ready_n = self._capacity(now - self.dt, now)
+        dt = now - self.last if self.last is not None else self.dt
+        self.last = now
+        capacity, ready_n = self._capacity(now - dt, now)
         self.left.clear()
-        rate = self.trace.rate_at(now - self.dt / 2)
-        load = self.queue.step(self.dt, rate, capacity, ready_n)
+        rate = self.trace.rate_at(now - dt / 2)
+        load = self.queue.step(dt, rate, capacity, ready_n)
+        ready = sorted((t for t in self.tracks.values() if t.state == S.READY), key=lambda t: (t.ready_at, t.name))
+        seen = self._recorded(now, len(ready))
+        figures = dict(zip((t.name for t in ready), seen)) if seen is not None else {}
         for t in self.tracks.values():
             if t.state in (S.READY, S.STARTING, S.UNPARKING):
                 fresh = t.name in self.no_baseline
                 self.no_baseline.discard(t.name)
-                self.history.add(t.name, now, None if fresh else load.cpu if t.state == S.READY else self.m.cpu_idle)
+                cpu = figures.get(t.name, load.cpu) if t.state == S.READY else self.m.cpu_idle
+                self.history.add(t.name, now, None if fresh else cpu)
+        if seen is not None:
+            self.run.recorded_ticks += 1
+            vals = [v for v in seen if v is not None]
+            load = dataclasses.replace(load, cpu=sum(vals) / len(vals) if vals else None)
+            i = bisect.bisect_left(self.client_t, now - dt / 2)
+            if i < len(self.client_t) and self.client_t[i] <= now + dt / 2 and self.client_p95[i] is not None:
+                load = dataclasses.replace(load, p95_s=self.client_p95[i])
         self._record(now, rate, load)         # as measured, as the daemon's samples are
         if self.on_tick is not None:
             self.on_tick(now, list(self.tracks.values()), load)
@@ -256,7 +292,15 @@ class Sim:
         r.p95_s.append(load.p95_s if load.served > 0 or load.backlog <= 0 else math.inf)
 
     def replay(self) -> Run:
-        n = int(self.trace.end / self.dt + 1e-9)
-        for k in range(1, n + 1):
-            self.tick(k * self.dt)
+        for now in self.clock():
+            self.tick(now)
         return self.run
+
+    def clock(self) -> list[float]:
+        """The ticks: the recording's own (the daemon's ticks drift from tick_s, and which
+        samples a window holds depends on them), then every tick_s to the trace's end."""
+        end = self.trace.end
+        ticks = [t for t in self.rec.ticks if 0 < t <= end + 1e-9] if self.rec is not None else []
+        t = ticks[-1] if ticks else 0.0
+        n = int((end - t) / self.dt + 1e-9)
+        return ticks + [t + k * self.dt for k in range(1, n + 1)]

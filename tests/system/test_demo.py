@@ -90,3 +90,22 @@ def test_scaled_back_in_and_left_nothing_behind(demo_run):
     h = Host("local", "qemu:///system")
     assert [d.name for d in h.stats.owned_domains(group="demo")] == []
     assert [v for v in h.storage.list_volumes("cms-demo") if v.startswith("cms-demo-")] == []
+
+
+def test_a_replay_of_the_run_with_its_own_settings_does_what_it_did(demo_run):
+    """Issue 24: `cms replay` of this recorded run with its own settings (the real planner and
+    policy on a simulated clock): every real decision replayed within 2 ticks, and the
+    replayed ready count equal to the real one for at least 90 % of the run. The error is
+    printed for the closing note."""
+    out, _, _ = demo_run
+    r = subprocess.run([str(Path(sys.executable).parent / "cms"), "replay", "--run", str(out),
+                        "--out", str(out / "replay")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    print(r.stdout, r.stderr)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "replay" / "replay.json").read_text())
+    vs = doc["settings"]["recorded"]["against_recorded"]
+    print("replay against the recording:", json.dumps(vs))
+    assert vs["real_decisions"] >= 2, vs             # the scale-out and the scale-in
+    assert vs["max_ticks_off"] is not None and vs["max_ticks_off"] <= 2, vs["decisions"]
+    assert vs["ready_count_match_share"] >= 0.9, vs
+    assert (out / "replay" / "replay.png").stat().st_size > 10_000

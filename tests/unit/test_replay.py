@@ -102,6 +102,21 @@ def test_a_decision_for_several_unparks_them_together_from_the_warm_pool():
     assert after.count(State.READY) == 4     # all three were ready by the next tick
 
 
+def test_the_replay_ticks_on_the_recordings_clock_and_sees_its_figures():
+    """The daemon's ticks drift from tick_s; which samples a 6 s window holds depends on them.
+    Here the recorded tick at 11.29 s is 6.01 s after the one at 5.28: the real window held six
+    samples (mean 0.918 > 0.9) and decided; a clock of whole seconds would hold seven (0.897)."""
+    times = [i + 0.28 for i in range(11)] + [11.29]
+    cpus = [0.5] * 5 + [0.77, 0.8995, 0.957, 0.767, 0.984, 0.945, 0.959]
+    rec = Recorded("demo", T0, 11.29, 1.0, ticks=times, ready=[1] * 12, cpu=cpus, busy=cpus, vcpus=[1] * 12,
+                   replica_cpu=[(c,) for c in cpus])
+    trace = Trace((0.0,), (3.0,), 11.29, "test")
+    run = Sim("demo", group(), M, trace, Start((("r1", -100.0),)), recorded=rec).replay()
+    assert run.t == times and run.cpu == cpus and run.recorded_ticks == 12
+    assert [(d["t"], d["action"]) for d in run.decisions] == [(11.29, "scale_out")]
+    assert "0.92 > high 0.9" in run.decisions[0]["reason"]
+
+
 def test_the_history_holds_only_what_the_policy_reads():
     sim = Sim("demo", group(), M, steps((60, 3.0)), Start((("r1", -100.0),)))
     sim.replay()
