@@ -115,6 +115,22 @@ class TargetPolicyConfig:
 
 
 @dataclass(frozen=True)
+class ConcurrencyPolicyConfig:
+    """groups.NAME.concurrency: sized on requests in flight, Knative's KPA (cms.policy)."""
+    target_in_flight: float = setting(0.0, min=0.0, max=100000.0, doc="requests in flight one replica should carry; "
+                                                                       "0: its vCPUs")
+    utilization: float = setting(0.7, min=0.01, max=1.0, doc="share of target_in_flight aimed at: headroom for bursts")
+    stable_window_s: float = setting(60.0, min=1.0, max=3600.0, doc="the mean in flight over this sizes the group")
+    panic_window_s: float = setting(6.0, min=1.0, max=3600.0, doc="...unless this window alone asks for panic_threshold "
+                                                                  "x the ready replicas: it decides then (panic)")
+    panic_threshold: float = setting(2.0, min=1.0, max=100.0, doc="panic when the panic window asks this many times "
+                                                                   "the ready replicas; no scale-in for a stable window after")
+    max_step: int = setting(10, min=1, max=1000, doc="most replicas added or removed in one decision")
+    latency_p95_s: float = setting(0.0, min=0.0, max=3600.0, doc="p95 latency over the panic window above this adds a "
+                                                                 "replica, with the cooldown, nothing starting; 0: off")
+
+
+@dataclass(frozen=True)
 class WarmPoolConfig:
     """Pre-booted replicas kept parked, taken first on a scale-out or a replacement."""
     size: int = setting(0, min=0, max=1000, doc="warm replicas to keep (never past max with the serving ones); 0: no pool")
@@ -170,7 +186,7 @@ class GroupConfig:
     vcpus: int = setting(1, min=1, max=256)
     memory_mib: int = setting(512, min=64, max=1048576)
     port: int = setting(8080, min=1, max=65535, doc="the guest server's port inside the VM")
-    policy: str = setting("threshold", choices=("threshold", "target"))
+    policy: str = setting("threshold", choices=("threshold", "target", "concurrency"))
     cooldown_s: float = setting(15.0, min=0.0, max=3600.0, doc="no scaling action for this long after one")
     warmup_s: float = setting(5.0, min=0.0, max=3600.0, doc="a new replica's CPU is left out for this long after ready, "
                                                                  "and the policy holds until then")
@@ -180,6 +196,7 @@ class GroupConfig:
     anti_affinity: bool = setting(False, doc="the balancer keeps this group's replicas on different hosts")
     threshold: ThresholdPolicyConfig = field(default_factory=ThresholdPolicyConfig)
     target: TargetPolicyConfig = field(default_factory=TargetPolicyConfig)
+    concurrency: ConcurrencyPolicyConfig = field(default_factory=ConcurrencyPolicyConfig)
     warm_pool: WarmPoolConfig = field(default_factory=WarmPoolConfig)
     vertical: VerticalConfig = field(default_factory=VerticalConfig)
 

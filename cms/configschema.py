@@ -248,6 +248,9 @@ def cross_checks(cfg: Any) -> None:
             raise ConfigError(f"{src}: groups.{g}: a group name may hold only letters, digits and '-'")
         if gc.min > gc.max:
             raise ConfigError(f"{src}: groups.{g}.min ({gc.min}) is above groups.{g}.max ({gc.max})")
+        if gc.concurrency.panic_window_s > gc.concurrency.stable_window_s:
+            raise ConfigError(f"{src}: groups.{g}.concurrency.panic_window_s ({gc.concurrency.panic_window_s:g}) is longer "
+                              f"than its stable_window_s ({gc.concurrency.stable_window_s:g})")
         if gc.threshold.low >= gc.threshold.high:
             raise ConfigError(f"{src}: groups.{g}.threshold.low ({gc.threshold.low}) must be below "
                               f"groups.{g}.threshold.high ({gc.threshold.high})")

@@ -62,16 +62,23 @@ SCALE_IN = "scale_in"
 NONE = "none"
 
 
+Series = tuple[tuple[float, float | None], ...]
+
+
 @dataclass(frozen=True)
 class ReplicaSeries:
-    """One replica as the policy sees it: when it became ready and its CPU samples.
+    """One replica as the policy sees it: when it became ready and its samples.
 
-    ``samples`` are (ts, utilization 0..1 or None), one per tick, with the tick's ts
-    shared by all replicas of the group. ``ready_at`` None: not ready yet.
+    ``samples`` are (ts, CPU utilization 0..1 or None), one per tick, with the tick's ts
+    shared by all replicas of the group; ``in_flight`` (mean requests in flight over the
+    tick) and ``p95`` (its answers' p95 latency in seconds) the same from its /status.
+    ``ready_at`` None: not ready yet.
     """
     name: str
     ready_at: float | None
-    samples: tuple[tuple[float, float | None], ...] = ()
+    samples: Series = ()
+    in_flight: Series = ()
+    p95: Series = ()
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,8 @@ class PolicyInput:
     last_action_at: float | None = None
     # target policy: earlier recommendations (ts, desired) for scale-down stabilization
     recommendations: tuple[tuple[float, int], ...] = ()
+    # concurrency policy: the last tick its panic window asked for panic_threshold x the ready ones
+    panic_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -258,7 +267,108 @@ def target(gc: GroupConfig, inp: PolicyInput) -> Decision:
     return Decision(action, desired, f"{why} -> {desired} (max step {t.max_step})", mean, raw)
 
 
-POLICIES = {"threshold": threshold, "target": target}
+def window_totals(replicas: tuple[ReplicaSeries, ...], now: float, window_s: float,
+                  since: float | None = None) -> tuple[list[float], bool]:
+    """Per tick of (now - window_s, now] (and after ``since``), the group's requests in flight:
+    the sum over the replicas that have a figure. And whether the window is whole: every
+    replica had its figure at every tick, and the data reaches back to the window's start.
+    A missing figure only lowers a sum, so it never makes a scale-out; scale-in wants whole."""
+    start = now - window_s - 1e-9 if since is None else max(now - window_s - 1e-9, since)
+    sums: dict[float, float] = {}
+    whole, reach = True, False
+    for r in replicas:
+        for ts, v in r.in_flight:
+            if ts <= now - window_s + 1e-9 and (since is None or ts > since) and v is not None:
+                reach = True
+            if ts <= start:
+                continue
+            if v is None:
+                whole = False
+                sums.setdefault(ts, 0.0)
+            else:
+                sums[ts] = sums.get(ts, 0.0) + v
+    return list(sums.values()), whole and reach
+
+
+def _group_p95(replicas: tuple[ReplicaSeries, ...], now: float, window_s: float) -> float | None:
+    """The mean over the window of each tick's worst replica p95 (the requests a slow replica
+    holds are felt), over the ticks that have one."""
+    worst: dict[float, float] = {}
+    for r in replicas:
+        for ts, v in r.p95:
+            if v is not None and ts > now - window_s - 1e-9:
+                worst[ts] = max(worst.get(ts, 0.0), v)
+    return sum(worst.values()) / len(worst) if worst else None
+
+
+def _wants(in_flight: list[float], per: float) -> tuple[float, int]:
+    mean = sum(in_flight) / len(in_flight)
+    return mean, math.ceil(mean / per - 1e-9)
+
+
+def concurrency(gc: GroupConfig, inp: PolicyInput) -> Decision:
+    """Knative's KPA: desired = ceil(in flight / (target x utilization)) over the stable
+    window, or over the panic window when that alone asks for panic_threshold x the ready
+    replicas; the whole difference in one decision, within max and max_step. Scale-out needs
+    no cooldown (the count is absolute: asking again for what is coming adds nothing);
+    scale-in needs a whole stable window after the last action, nothing starting, and no
+    panic within the last stable window."""
+    c = _clamp(gc, inp)
+    if c:
+        return c
+    k = gc.concurrency
+    per = (k.target_in_flight or gc.vcpus) * k.utilization
+    ready = max(1, inp.current - inp.starting)
+    stable, _ = window_totals(inp.replicas, inp.now, k.stable_window_s)
+    panic, _ = window_totals(inp.replicas, inp.now, k.panic_window_s)
+    if not stable or not panic:
+        return Decision(NONE, inp.current, "in-flight n/a (no figures from the replicas yet): holding")
+    (s_mean, s_want), (p_mean, p_want) = _wants(stable, per), _wants(panic, per)
+    over_panic = p_mean / per >= k.panic_threshold * ready
+    panicking = over_panic or (inp.panic_at is not None and inp.now - inp.panic_at < k.stable_window_s)
+    mean, window, raw = (p_mean, k.panic_window_s, max(s_want, p_want)) if panicking else (s_mean, k.stable_window_s, s_want)
+    p95 = _group_p95(inp.replicas, inp.now, k.panic_window_s) if k.latency_p95_s else None
+    data = {"over_panic": over_panic, "panicking": panicking, "in_flight_stable": round(s_mean, 3),
+            "in_flight_panic": round(p_mean, 3), "stable_wants": s_want, "panic_wants": p_want, "p95_s": p95}
+    tgt = f"{k.target_in_flight:g}" if k.target_in_flight else f"{gc.vcpus} vCPU"
+    why = f"in-flight {mean:.1f} over {window:g} s against {tgt} x {k.utilization:g} per replica: {inp.current} -> {raw}"
+    if over_panic:
+        why += f" (panic: the {k.panic_window_s:g} s window alone asks for {p_want}, >= {k.panic_threshold:g} x {ready} ready)"
+    hold = _hold(gc, inp)
+    if p95 is not None and p95 > k.latency_p95_s and raw <= inp.current:
+        why += f"; p95 {p95:.2f} s over {k.panic_window_s:g} s > bound {k.latency_p95_s:g} s"
+        if hold:
+            return Decision(NONE, inp.current, f"{why}, but {hold}", mean, data=data)
+        raw = inp.current + 1
+        why += f": {inp.current} -> {raw}"
+    if raw > inp.current:
+        desired = max(gc.min, min(raw, gc.max, inp.current + k.max_step))
+        if raw > gc.max:
+            why += f", capped at max {gc.max}"
+        if desired < min(raw, gc.max):
+            why += f", max step {k.max_step}"
+        if desired > inp.current:
+            return Decision(SCALE_OUT, desired, why, mean, data=data)
+        return Decision(NONE, inp.current, f"{why}: already at max", mean, data=data)
+    if raw == inp.current:
+        return Decision(NONE, inp.current, f"{why}: no change", mean, data=data)
+    # scale-in: the stable window, whole and after the last action; never while panicking
+    if panicking:
+        return Decision(NONE, inp.current, f"{why}, but panicking: no scale-in until a stable window passes "
+                                           f"without panic", mean, data=data)
+    settled, whole = window_totals(inp.replicas, inp.now, k.stable_window_s, since=inp.last_action_at)
+    if hold or not whole:
+        wait = hold or f"the {k.stable_window_s:g} s window is not whole (since the last action, every figure)"
+        return Decision(NONE, inp.current, f"{why}, but {wait}", mean, data=data)
+    desired = max(gc.min, inp.current - k.max_step, _wants(settled, per)[1])
+    if desired >= inp.current:
+        return Decision(NONE, inp.current, f"{why}, but the window since the last action asks for {desired}: "
+                                           "no change" if desired > gc.min else f"{why}: already at min", mean, data=data)
+    return Decision(SCALE_IN, desired, why + (f", max step {k.max_step}" if desired > max(gc.min, raw) else ""),
+                    mean, data=data)
+
+
+POLICIES = {"threshold": threshold, "target": target, "concurrency": concurrency}
 
 
 def decide(gc: GroupConfig, inp: PolicyInput) -> Decision:
