@@ -108,6 +108,15 @@ def merge(histograms: Sequence[Sequence[int]]) -> tuple[int, ...]:
     return tuple(sum(col) for col in zip(*histograms)) if histograms else ()
 
 
+def instant(body: Any) -> Figures | None:
+    """A guest without these counters (an image older than them): its requests in flight at
+    the moment of the poll stand for the tick's mean; no rate, no latency."""
+    v = body.get("in_flight") if isinstance(body, dict) else None
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        return None
+    return Figures(0.0, float(v), 0.0, 0, None, None, ())
+
+
 def between(prev: Counters, cur: Counters, q: float = 0.95) -> Figures | None:
     """One replica's figures between two polls; None for a restart, changed bounds or no time."""
     d = delta(prev, cur)

@@ -227,27 +227,39 @@ class LibvirtMetrics:
 # --- history -------------------------------------------------------------------------------
 
 class History:
-    """A bounded series of (ts, cpu) per domain name, in memory."""
+    """Bounded series per domain name, in memory: one point a tick of its CPU (``add``) and,
+    for a ready replica whose /status was polled, of its mean requests in flight and p95
+    latency (``add_load``; cms.histogram makes them). ``kind`` picks the series."""
+
+    KINDS = ("cpu", "in_flight", "p95")
 
     def __init__(self, maxlen: int) -> None:
         self.maxlen = maxlen
-        self._series: dict[str, collections.deque[tuple[float, float | None]]] = {}
+        self._kinds: dict[str, dict[str, collections.deque[tuple[float, float | None]]]] = {k: {} for k in self.KINDS}
+
+    def _append(self, kind: str, name: str, ts: float, value: float | None) -> None:
+        s = self._kinds[kind].get(name)
+        if s is None:
+            s = self._kinds[kind][name] = collections.deque(maxlen=self.maxlen)
+        s.append((ts, value))
 
     def add(self, name: str, ts: float, cpu: float | None) -> None:
-        s = self._series.get(name)
-        if s is None:
-            s = self._series[name] = collections.deque(maxlen=self.maxlen)
-        s.append((ts, cpu))
+        self._append("cpu", name, ts, cpu)
 
-    def series(self, name: str, since: float | None = None) -> tuple[tuple[float, float | None], ...]:
-        s = self._series.get(name, ())
-        return tuple(p for p in s if since is None or p[0] >= since)
+    def add_load(self, name: str, ts: float, in_flight: float | None, p95: float | None) -> None:
+        self._append("in_flight", name, ts, in_flight)
+        self._append("p95", name, ts, p95)
+
+    def series(self, name: str, since: float | None = None, kind: str = "cpu") -> tuple[tuple[float, float | None], ...]:
+        s = self._kinds[kind].get(name, ())
+        return tuple(s) if since is None else tuple(p for p in s if p[0] >= since)
 
     def forget(self, name: str) -> None:
-        self._series.pop(name, None)
+        for series in self._kinds.values():
+            series.pop(name, None)
 
     def names(self) -> list[str]:
-        return list(self._series)
+        return list(self._kinds["cpu"])
 
 
 def to_samples(tick: Tick, domains: Sequence[OwnedDomain], states: dict[str, str]) -> list[Sample]:

@@ -278,6 +278,8 @@ def window_totals(replicas: tuple[ReplicaSeries, ...], now: float, window_s: flo
     whole, reach = True, False
     for r in replicas:
         for ts, v in r.in_flight:
+            if r.ready_at is None or ts < r.ready_at:
+                continue     # not serving then: no figure is no gap
             if ts <= now - window_s + 1e-9 and (since is None or ts > since) and v is not None:
                 reach = True
             if ts <= start:
@@ -369,6 +371,13 @@ def concurrency(gc: GroupConfig, inp: PolicyInput) -> Decision:
 
 
 POLICIES = {"threshold": threshold, "target": target, "concurrency": concurrency}
+
+
+def reads_s(gc: GroupConfig) -> float:
+    """How far back the group's policy reads its samples (a shorter history decides the same)."""
+    if gc.policy == "threshold":
+        return max(gc.threshold.window_s, gc.threshold.window_in_s)
+    return gc.concurrency.stable_window_s if gc.policy == "concurrency" else 0.0
 
 
 def decide(gc: GroupConfig, inp: PolicyInput) -> Decision:

@@ -69,8 +69,7 @@ class Run:
 
 def history_ticks(gc: GroupConfig, tick_s: float) -> int:
     """Samples per replica the group's policy may read: its longest window, and two more."""
-    longest = max(gc.threshold.window_s, gc.threshold.window_in_s, tick_s)
-    return int(math.ceil(longest / tick_s)) + 2
+    return int(math.ceil(max(policy.reads_s(gc), tick_s) / tick_s)) + 2
 
 
 class Sim:
@@ -95,6 +94,7 @@ class Sim:
         self.left: dict[str, float] = {}        # replicas that stopped serving this tick: when
         self.desired: int | None = None
         self.last_action = start.last_action_at
+        self.panic_at: float | None = None
         self.recs: collections.deque = collections.deque()
         self.now = 0.0
         self.last: float | None = None
@@ -223,11 +223,14 @@ class Sim:
         return None
 
     def decide(self, _g: str, members: tuple[Track, ...]) -> policy.Decision:
-        series = tuple(policy.ReplicaSeries(t.name, t.ready_at, self.history.series(t.name))
+        h = self.history
+        series = tuple(policy.ReplicaSeries(t.name, t.ready_at, h.series(t.name), h.series(t.name, kind="in_flight"),
+                                            h.series(t.name, kind="p95"))
                        for t in members if t.state == S.READY)
         inp = policy.PolicyInput(now=self.now, current=len(members),
                                  starting=sum(1 for t in members if t.state != S.READY), replicas=series,
-                                 last_action_at=self.last_action, recommendations=tuple(self.recs))
+                                 last_action_at=self.last_action, recommendations=tuple(self.recs),
+                                 panic_at=self.panic_at)
         return policy.decide(self.gc, inp)
 
     def tick(self, now: float) -> None:
@@ -248,6 +251,8 @@ class Sim:
                 self.no_baseline.discard(t.name)
                 cpu = figures.get(t.name, load.cpu) if t.state == S.READY else self.m.cpu_idle
                 self.history.add(t.name, now, None if fresh else cpu)
+                if t.state == S.READY:
+                    self.history.add_load(t.name, now, load.in_flight, load.p95_s)
         if seen is not None:
             self.run.recorded_ticks += 1
             vals = [v for v in seen if v is not None]
@@ -270,6 +275,8 @@ class Sim:
                 self.recs.popleft()
             if d.recommendation is not None:
                 self.recs.append((now, d.recommendation))
+            if d.data.get("over_panic"):
+                self.panic_at = now
             if d.action != policy.NONE:
                 self.last_action = now
                 self.run.decisions.append({"t": round(now, 3), "action": d.action, "from": gd.current,

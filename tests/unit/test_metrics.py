@@ -125,3 +125,15 @@ def test_a_tick_over_listed_domains_reuses_the_listings_stats_call(node_uri, run
         assert set(tick.domains) == {d.uuid for d in owned}
     finally:
         fleet.close()
+
+
+def test_history_keeps_the_load_series_beside_cpu():
+    h = History(2)
+    h.add("a", 1.0, 0.5)
+    for i in range(3):
+        h.add_load("a", float(i), i + 0.5, None if i == 1 else 0.2)
+    assert h.series("a") == ((1.0, 0.5),)
+    assert h.series("a", kind="in_flight") == ((1.0, 1.5), (2.0, 2.5))
+    assert h.series("a", kind="p95", since=2.0) == ((2.0, 0.2),)
+    h.forget("a")
+    assert h.series("a", kind="in_flight") == () and h.names() == []
