@@ -104,6 +104,10 @@ class Decision:
     data: dict = field(default_factory=dict, compare=False)
 
 
+def _ts(point: tuple[float, float | None]) -> float:
+    return point[0]
+
+
 def group_series(replicas: tuple[ReplicaSeries, ...], warmup_s: float,
                  since: float | None = None) -> list[tuple[float, float | None]]:
     """The group's mean CPU per tick over replicas past their warm-up.
@@ -111,21 +115,21 @@ def group_series(replicas: tuple[ReplicaSeries, ...], warmup_s: float,
     A tick where a counted replica has no figure (None or no sample at that ts) is None;
     so is a tick with no counted replica at all.
     """
-    by_replica = [dict(r.samples) for r in replicas]
+    counted = [(r.ready_at + warmup_s, dict(r.samples)) for r in replicas if r.ready_at is not None]
     stamps = sorted({ts for r in replicas for ts, _ in r.samples if since is None or ts > since})
     out: list[tuple[float, float | None]] = []
     for ts in stamps:
-        vals: list[float] = []
-        missing = False
-        for r, samples in zip(replicas, by_replica):
-            if r.ready_at is None or ts < r.ready_at + warmup_s:
+        total, n = 0.0, 0
+        for start, samples in counted:
+            if ts < start:
                 continue
             v = samples.get(ts)
             if v is None:
-                missing = True
+                n = 0       # a counted replica without a figure: the tick is missing
                 break
-            vals.append(v)
-        out.append((ts, None if missing or not vals else sum(vals) / len(vals)))
+            total += v
+            n += 1
+        out.append((ts, total / n if n else None))
     return out
 
 
@@ -267,29 +271,33 @@ def target(gc: GroupConfig, inp: PolicyInput) -> Decision:
     return Decision(action, desired, f"{why} -> {desired} (max step {t.max_step})", mean, raw)
 
 
-def window_totals(replicas: tuple[ReplicaSeries, ...], now: float, window_s: float,
-                  since: float | None = None) -> tuple[list[float], bool]:
-    """Per tick of (now - window_s, now] (and after ``since``), the group's requests in flight:
-    the sum over the replicas that have a figure. And whether the window is whole: every
-    replica had its figure at every tick, and the data reaches back to the window's start.
-    A missing figure only lowers a sum, so it never makes a scale-out; scale-in wants whole."""
+def window_in_flight(replicas: tuple[ReplicaSeries, ...], now: float, window_s: float,
+                     since: float | None = None) -> tuple[float | None, bool]:
+    """The group's mean requests in flight over (now - window_s, now] (and after ``since``):
+    per tick the sum over the replicas that have a figure, averaged over the ticks; None with
+    no figure at all. And whether the window is whole: every replica had its figure at every
+    tick it was ready, and one reaches back to the window's start with a figure. A missing
+    figure only lowers a sum, so it never makes a scale-out; scale-in wants the window whole.
+
+    Series are in time order and share the group's tick stamps (a replica's are a suffix of
+    the oldest one's), so the window is bisected and its ticks are the longest run in it."""
     start = now - window_s - 1e-9 if since is None else max(now - window_s - 1e-9, since)
-    sums: dict[float, float] = {}
-    whole, reach = True, False
+    edge = now - window_s + 1e-9
+    total, ticks, whole, reach = 0.0, 0, True, False
     for r in replicas:
-        for ts, v in r.in_flight:
-            if r.ready_at is None or ts < r.ready_at:
-                continue     # not serving then: no figure is no gap
-            if ts <= now - window_s + 1e-9 and (since is None or ts > since) and v is not None:
-                reach = True
-            if ts <= start:
-                continue
-            if v is None:
-                whole = False
-                sums.setdefault(ts, 0.0)
-            else:
-                sums[ts] = sums.get(ts, 0.0) + v
-    return list(sums.values()), whole and reach
+        pts = r.in_flight
+        if r.ready_at is None or not pts:
+            continue
+        j = bisect.bisect_right(pts, edge, key=_ts) - 1      # the last point at or before the start
+        if j >= 0 and pts[j][1] is not None and pts[j][0] >= r.ready_at and (since is None or pts[j][0] > since):
+            reach = True
+        # points before it was ready are no gaps: it was not serving then
+        window = pts[bisect.bisect_right(pts, max(start, r.ready_at - 1e-9), key=_ts):]
+        vals = [v for _t, v in window if v is not None]
+        whole = whole and len(vals) == len(window)
+        total += sum(vals)
+        ticks = max(ticks, len(window))
+    return (total / ticks if ticks else None), whole and reach
 
 
 def _group_p95(replicas: tuple[ReplicaSeries, ...], now: float, window_s: float) -> float | None:
@@ -303,9 +311,8 @@ def _group_p95(replicas: tuple[ReplicaSeries, ...], now: float, window_s: float)
     return sum(worst.values()) / len(worst) if worst else None
 
 
-def _wants(in_flight: list[float], per: float) -> tuple[float, int]:
-    mean = sum(in_flight) / len(in_flight)
-    return mean, math.ceil(mean / per - 1e-9)
+def _wants(in_flight: float, per: float) -> int:
+    return math.ceil(in_flight / per - 1e-9)
 
 
 def concurrency(gc: GroupConfig, inp: PolicyInput) -> Decision:
@@ -321,11 +328,11 @@ def concurrency(gc: GroupConfig, inp: PolicyInput) -> Decision:
     k = gc.concurrency
     per = (k.target_in_flight or gc.vcpus) * k.utilization
     ready = max(1, inp.current - inp.starting)
-    stable, _ = window_totals(inp.replicas, inp.now, k.stable_window_s)
-    panic, _ = window_totals(inp.replicas, inp.now, k.panic_window_s)
-    if not stable or not panic:
+    s_mean, _ = window_in_flight(inp.replicas, inp.now, k.stable_window_s)
+    p_mean, _ = window_in_flight(inp.replicas, inp.now, k.panic_window_s)
+    if s_mean is None or p_mean is None:
         return Decision(NONE, inp.current, "in-flight n/a (no figures from the replicas yet): holding")
-    (s_mean, s_want), (p_mean, p_want) = _wants(stable, per), _wants(panic, per)
+    s_want, p_want = _wants(s_mean, per), _wants(p_mean, per)
     over_panic = p_mean / per >= k.panic_threshold * ready
     panicking = over_panic or (inp.panic_at is not None and inp.now - inp.panic_at < k.stable_window_s)
     mean, window, raw = (p_mean, k.panic_window_s, max(s_want, p_want)) if panicking else (s_mean, k.stable_window_s, s_want)
@@ -358,11 +365,11 @@ def concurrency(gc: GroupConfig, inp: PolicyInput) -> Decision:
     if panicking:
         return Decision(NONE, inp.current, f"{why}, but panicking: no scale-in until a stable window passes "
                                            f"without panic", mean, data=data)
-    settled, whole = window_totals(inp.replicas, inp.now, k.stable_window_s, since=inp.last_action_at)
-    if hold or not whole:
+    settled, whole = window_in_flight(inp.replicas, inp.now, k.stable_window_s, since=inp.last_action_at)
+    if hold or not whole or settled is None:
         wait = hold or f"the {k.stable_window_s:g} s window is not whole (since the last action, every figure)"
         return Decision(NONE, inp.current, f"{why}, but {wait}", mean, data=data)
-    desired = max(gc.min, inp.current - k.max_step, _wants(settled, per)[1])
+    desired = max(gc.min, inp.current - k.max_step, _wants(settled, per))
     if desired >= inp.current:
         return Decision(NONE, inp.current, f"{why}, but the window since the last action asks for {desired}: "
                                            "no change" if desired > gc.min else f"{why}: already at min", mean, data=data)
