@@ -5,7 +5,8 @@ Two kinds of figures, one registry:
 * State, read at scrape time from the daemon's status snapshot (``Autoscaler.status()``,
   rebuilt at the end of each tick: plain data, no lock) and the feed's plain attributes, by a
   custom collector. A scrape therefore costs no libvirt call and never waits for a tick:
-  replicas (CPU, state), hosts (up, CPU, VMs, memory), groups (replicas by state, desired,
+  replicas (CPU, state; requests in flight and the latency histogram their guest server
+  keeps, from the tick's /status poll), hosts (up, CPU, VMs, memory), groups (replicas by state, desired,
   min/max, the policy's mean and thresholds, the warm pool), the tick (seq, overruns) and
   the ZeroMQ feed (sequence, subscribers).
 * Events, counted as they happen by three hooks the daemon calls: the journal's listener
@@ -33,8 +34,9 @@ import logging
 from typing import Any, Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 
 from cms import policy
 from cms.autoscaler.lifecycle import State
@@ -87,11 +89,23 @@ class StatusCollector:
         cpu = GaugeMetricFamily("cms_replica_cpu_utilization_ratio",
                                 "CPU time of the replica's QEMU process over the last tick, per vCPU (1 = all busy)",
                                 labels=["group", "replica", "host", "state"])
+        flight = GaugeMetricFamily("cms_replica_in_flight", "Requests in flight at the replica, mean over the last "
+                                   "tick (its guest server's /status)", labels=["group", "replica", "host"])
+        latency = HistogramMetricFamily("cms_replica_latency_seconds", "The replica's /work answers by latency, since "
+                                        "its guest server started (its own histogram, from /status)",
+                                        labels=["group", "replica", "host"])
         for g, gs in groups.items():
             for r in (*gs.get("replicas", ()), *gs.get("warm_pool", {}).get("members", ())):
                 if r.get("cpu") is not None:
                     cpu.add_metric([g, r["name"], r.get("host") or "", r["state"]], r["cpu"])
-        yield cpu
+                if r.get("in_flight") is not None:
+                    flight.add_metric([g, r["name"], r.get("host") or ""], r["in_flight"])
+                lat = r.get("latency")
+                if lat:
+                    buckets = [(floatToGoString(b), n) for b, n in zip(lat["bounds_s"], lat["buckets"])]
+                    latency.add_metric([g, r["name"], r.get("host") or ""], buckets + [("+Inf", lat["buckets"][-1])],
+                                       lat["sum_s"])
+        yield from (cpu, flight, latency)
 
     @staticmethod
     def _groups(groups: Mapping[str, Any]) -> Iterable[Metric]:
