@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,12 +38,12 @@ from cms import policy  # noqa: E402
 from cms.autoscaler.lifecycle import State  # noqa: E402
 from cms.autoscaler.publisher import Publisher  # noqa: E402
 from cms.autoscaler.reconcile import Autoscaler  # noqa: E402
+from cms.lab.loadstep import capacity, read_records, start_loadgen, what_the_step_did  # noqa: E402
 from cms.lab.realstack import GOLDEN, drop_pool, real_config, wait_until  # noqa: E402
 from cms.virt import Fleet  # noqa: E402
 
 G = "bstep"
 COST = 20000
-CONNS = 4
 LOW_S, STEP_FACTOR, NEED = 20.0, 3.0, 3
 THRESHOLD = {"high": 0.9, "low": 0.25, "window_s": 6.0, "window_in_s": 600.0}
 POLICIES = {"threshold": {"policy": "threshold", "threshold": THRESHOLD, "cooldown_s": 10.0, "warmup_s": 15.0},
@@ -54,31 +53,6 @@ CASES = [f"{p}-{w}" for p in POLICIES for w in ("cold", "warm")]
 
 def say(msg: str) -> None:
     print(f"[policy_step {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def calibrate(address: str, port: int, seconds: float = 3.0) -> float:
-    """Requests/s one replica answers at COST with CONNS concurrent requests."""
-    import http.client
-    done: list[float] = []
-    t0 = time.monotonic()
-    stop = t0 + seconds
-
-    def worker() -> None:
-        c = http.client.HTTPConnection(address, port, timeout=30)
-        while time.monotonic() < stop:
-            c.request("GET", f"/work?payload=cal&cost={COST}")
-            r = c.getresponse()
-            r.read()
-            done.append(time.monotonic())
-        c.close()
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(CONNS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    counted = [t for t in done if t > t0 + 0.5]
-    return len(counted) / (seconds - 0.5)
 
 
 def case(tmp: Path, name: str, step_s: float) -> dict[str, object]:
@@ -104,40 +78,16 @@ def case(tmp: Path, name: str, step_s: float) -> dict[str, object]:
                     and all(t.state in (State.READY, State.PARKED) for t in tracks))
         wait_until(settled, 400, 0.5, f"{name}: one ready replica" + (" and 3 parked" if warm["size"] else ""))
         r1 = next(t for t in s.executor.snapshot() if t.state == State.READY)
-        c1 = calibrate(r1.address, r1.port)
+        c1 = capacity(r1.address, r1.port, COST)
         say(f"{name}: one replica answers {c1:.1f} req/s at cost {COST}; step to {STEP_FACTOR * c1:.1f} req/s")
         mark = max((e.id for e in s.store.events(limit=100000)), default=0)
         out = work / "loadgen.jsonl"
-        lg = subprocess.Popen([str(Path(sys.executable).parent / "cms-loadgen"), "--group", G,
-                               "--zmq-publish", s.publisher.publish_endpoint,
-                               "--zmq-snapshot", s.publisher.snapshot_endpoint,
-                               "--schedule", f"low:{LOW_S:g}s,high:{step_s:g}s",
-                               "--low-rate", f"{0.2 * c1:.2f}", "--high-rate", f"{STEP_FACTOR * c1:.2f}",
-                               "--cost", str(COST), "--balance", "least", "--max-conns", str(CONNS),
-                               "--timeout", "30", "--out", str(out), "--quiet", "--no-keys", "--wait-ready", "30"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        lg = start_loadgen(s.publisher.publish_endpoint, s.publisher.snapshot_endpoint, G, out, low=0.2 * c1,
+                           high=STEP_FACTOR * c1, low_s=LOW_S, high_s=step_s, cost=COST)
         lg.wait(timeout=LOW_S + step_s + 120)
-        lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
-        step = next(e["ts"] for e in lines if e.get("type") == "event" and e.get("event") == "mode"
-                    and e.get("mode") == "high")
-        events = s.store.events(since_id=mark, group=G, limit=100000)
-        outs = [e for e in events if e.kind == "decision" and e.data.get("action") == "scale_out" and e.ts >= step]
-        ready, enough = 1, None
-        for e in events:
-            if e.ts >= step and e.kind == "ready":
-                ready += 1
-                if ready >= NEED and enough is None:
-                    enough = e.ts
-            elif e.ts >= step and e.kind in ("draining", "failed"):
-                ready -= 1
-        over = sum(1 for t in lines if t.get("type") == "tick" and t["ts"] > step
-                   and (t["latency_ms"].get("p95") or 0) > 1000)
-        return {"capacity_rps": round(c1, 2),
-                "step_to_decision_s": round(outs[0].ts - step, 3) if outs else None,
-                "step_to_enough_ready_s": round(enough - step, 3) if enough else None,
-                "p95_over_1s_s": over,
-                "largest_step": max((e.data.get("desired", 0) - e.data.get("current", 0) for e in outs), default=0),
-                "decisions": len(outs)}
+        did = what_the_step_did(s.store.events(since_id=mark, group=G, limit=100000), read_records(out),
+                                ready_before=1, need=NEED)
+        return {"capacity_rps": round(c1, 2), **{k: v for k, v in did.items() if k not in ("step_ts", "decisions")}}
     finally:
         if lg is not None and lg.poll() is None:
             lg.kill()
