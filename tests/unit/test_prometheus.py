@@ -184,7 +184,8 @@ def test_rules_unit_tests_pass():
 # --- cms-autoscaler --------------------------------------------------------------------------
 
 AUTOSCALER_FAMILIES = {
-    "cms_replica_cpu_utilization_ratio": "gauge", "cms_group_replicas": "gauge",
+    "cms_replica_cpu_utilization_ratio": "gauge", "cms_replica_in_flight": "gauge",
+    "cms_replica_latency_seconds": "histogram", "cms_group_replicas": "gauge",
     "cms_group_desired_replicas": "gauge", "cms_group_min_replicas": "gauge", "cms_group_max_replicas": "gauge",
     "cms_group_cpu_mean_ratio": "gauge", "cms_group_threshold_ratio": "gauge", "cms_group_warm_pool_size": "gauge",
     "cms_group_warm_pool_target_replicas": "gauge", "cms_group_warm_replicas": "gauge",
