@@ -13,9 +13,10 @@ Validation is driven by the dataclasses themselves: a field's type annotation gi
 accepted TOML type, and ``setting(default, min=, max=, choices=)`` its range or choices. The
 machinery that walks them, the checks of URIs and addresses, and the checks across keys (a
 range's ends, the feed's endpoint pairs: ``cross_checks``) are in cms.configschema; this
-module is the schema and the loading. (`duplicates` pairs the sections with each other:
-every field is declared the same way, one ``setting`` line each. That sameness is the point
-of a declarative schema; no logic is repeated.)
+module is the schema (the scaling policies' part in cms.policyconfig) and the loading.
+(`duplicates` pairs the sections with each other: every field is declared the same way, one
+``setting`` line each. That sameness is the point of a declarative schema; no logic is
+repeated.)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 from cms import files
 from cms.configschema import build, cross_checks, libvirt_uri_problem, setting, split_hostport  # noqa: F401
 from cms.errors import ConfigError
+from cms.policyconfig import ConcurrencyPolicyConfig, TargetPolicyConfig, ThresholdPolicyConfig
 
 DEFAULT_PATH = Path("/etc/cms/cms.toml")
 ENV_VAR = "CMS_CONFIG"
@@ -94,40 +96,6 @@ class NetworkConfig:
     forward_address: str = setting("127.0.0.1", doc="host address the port forwards bind (mode = user)")
     port_min: int = setting(20000, min=1024, max=65535, doc="lowest host port handed to a replica (mode = user)")
     port_max: int = setting(20999, min=1024, max=65535, doc="highest host port handed to a replica (mode = user)")
-
-
-@dataclass(frozen=True)
-class ThresholdPolicyConfig:
-    """groups.NAME.threshold: the threshold policy's limits and windows (cms.policy)."""
-    high: float = setting(0.75, min=0.0, max=1.0, doc="scale out when the group's mean CPU stays above this")
-    low: float = setting(0.25, min=0.0, max=1.0, doc="scale in when it stays below this")
-    window_s: float = setting(5.0, min=0.0, max=3600.0, doc="how long it must stay above high")
-    window_in_s: float = setting(20.0, min=0.0, max=3600.0, doc="how long it must stay below low")
-
-
-@dataclass(frozen=True)
-class TargetPolicyConfig:
-    """groups.NAME.target: the target-tracking policy, Kubernetes HPA's rule (cms.policy)."""
-    target: float = setting(0.6, min=0.01, max=1.0, doc="desired mean CPU utilization")
-    tolerance: float = setting(0.1, min=0.0, max=1.0, doc="no action while |mean/target - 1| <= tolerance")
-    stabilization_s: float = setting(30.0, min=0.0, max=3600.0, doc="scale-down takes the highest recommendation in this window")
-    max_step: int = setting(1, min=1, max=100, doc="most replicas added or removed in one action")
-
-
-@dataclass(frozen=True)
-class ConcurrencyPolicyConfig:
-    """groups.NAME.concurrency: sized on requests in flight, Knative's KPA (cms.policy)."""
-    target_in_flight: float = setting(0.0, min=0.0, max=100000.0, doc="requests in flight one replica should carry; "
-                                                                       "0: its vCPUs")
-    utilization: float = setting(0.7, min=0.01, max=1.0, doc="share of target_in_flight aimed at: headroom for bursts")
-    stable_window_s: float = setting(60.0, min=1.0, max=3600.0, doc="the mean in flight over this sizes the group")
-    panic_window_s: float = setting(6.0, min=1.0, max=3600.0, doc="...unless this window alone asks for panic_threshold "
-                                                                  "x the ready replicas: it decides then (panic)")
-    panic_threshold: float = setting(2.0, min=1.0, max=100.0, doc="panic when the panic window asks this many times "
-                                                                   "the ready replicas; no scale-in for a stable window after")
-    max_step: int = setting(10, min=1, max=1000, doc="most replicas added or removed in one decision")
-    latency_p95_s: float = setting(0.0, min=0.0, max=3600.0, doc="p95 latency over the panic window above this adds a "
-                                                                 "replica, with the cooldown, nothing starting; 0: off")
 
 
 @dataclass(frozen=True)

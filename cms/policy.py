@@ -322,7 +322,7 @@ def concurrency(gc: GroupConfig, inp: PolicyInput) -> Decision:
     no cooldown (the count is absolute: asking again for what is coming adds nothing);
     scale-in needs a whole stable window after the last action, nothing starting, and no
     panic within the last stable window."""
-    c = _clamp(gc, inp)
+    c = _outside(gc, inp)
     if c:
         return c
     k = gc.concurrency
