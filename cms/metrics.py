@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
-from cms import errors
+from cms import errors, policy
 from cms.store import Sample
 from cms.virt import Fleet, OwnedDomain
 
@@ -253,6 +253,11 @@ class History:
     def series(self, name: str, since: float | None = None, kind: str = "cpu") -> tuple[tuple[float, float | None], ...]:
         s = self._kinds[kind].get(name, ())
         return tuple(s) if since is None else tuple(p for p in s if p[0] >= since)
+
+    def policy_series(self, ready: Iterable[tuple[str, float | None]]) -> tuple[policy.ReplicaSeries, ...]:
+        """What the group policy reads of these (name, ready_at) replicas: every series."""
+        return tuple(policy.ReplicaSeries(n, at, self.series(n), self.series(n, kind="in_flight"),
+                                          self.series(n, kind="p95")) for n, at in ready)
 
     def forget(self, name: str) -> None:
         for series in self._kinds.values():

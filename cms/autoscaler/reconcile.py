@@ -24,16 +24,15 @@ libvirt in cms.virt. docs/architecture.md follows one scale-out through all of t
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
 from typing import Any, Callable
 
-from cms import errors, policy
+from cms import errors, histogram, policy
 from cms.autoscaler import planner, status
 from cms.autoscaler.executor import Executor
-from cms.autoscaler.health import HealthChecker, HttpHealth
+from cms.autoscaler.health import HealthChecker, HttpHealth, StatusPoller
 from cms.autoscaler.journal import Journal
 from cms.autoscaler.leading import Leading
 from cms.autoscaler.lifecycle import State, Track
@@ -58,7 +57,7 @@ class Autoscaler:
                  metrics: MetricSource | None = None, health: HealthChecker | None = None, publisher: Any = None,
                  store: Store | None = None, dry_run: bool = False, groups: list[str] | None = None,
                  stop: threading.Event | None = None, clock: Callable[[], float] = time.time,
-                 election: Any = None) -> None:
+                 election: Any = None, load: StatusPoller | None = None) -> None:
         self.cfg = cfg
         unknown = [g for g in (groups or []) if g not in cfg.groups]
         if unknown:
@@ -69,6 +68,10 @@ class Autoscaler:
         self.scheduler = scheduler or Scheduler(cfg, self.fleet, self.store)
         self.metrics = metrics or LibvirtMetrics(self.fleet)
         self.health = health or HttpHealth(cfg.autoscaler.health_check_timeout_s)
+        # every ready replica's /status each tick, through the health checker's HTTP (a fake
+        # health checker in tests has none: no poller unless the test gives one)
+        self.load = load or (StatusPoller(self.health) if isinstance(self.health, HttpHealth) else None)
+        self.figures: dict[str, histogram.Figures] = {}     # the last tick's, by replica
         if publisher is None:
             from cms.autoscaler.publisher import NullPublisher, Publisher
             publisher = NullPublisher() if dry_run else Publisher(cfg.zmq)
@@ -102,9 +105,8 @@ class Autoscaler:
                                  dry_run=dry_run, on_moved=lambda u: restart_baseline(self.metrics, u))
         self._host_samples: list = []
         self.desired: dict[str, int] = {}
-        self.last_action: dict[str, float] = {}
         self.last_decision: dict[str, tuple[float, policy.Decision]] = {}
-        self.recommendations: dict[str, collections.deque] = {g: collections.deque(maxlen=10000) for g in self.groups}
+        self.memory: dict[str, policy.Memory] = {g: policy.Memory() for g in self.groups}
         self.started = False
         self.unhealthy_hosts: set[str] = set()
         self.last_tick: Tick | None = None
@@ -205,9 +207,27 @@ class Autoscaler:
         for d in alive:
             m = tick.domains.get(d.uuid)
             self.history.add(d.name, now, m.cpu if m else None)
+        self.poll_load(now)
         self._samples.extend(to_samples(tick, alive, self.registry.states()))
         self._samples.extend(to_samples(tick, vms, {}))
         self._host_samples.extend(self.balancer.observe(tick, self._listing, self._capacities()))
+
+    def poll_load(self, now: float) -> None:
+        """Every ready replica's /status (StatusPoller: at once, keep-alive, each within half a
+        tick): its requests in flight and p95 latency over the last tick, into the history."""
+        if self.load is None:
+            return
+        ready = {t.name: (t.address, t.port) for t in self.registry.snapshot()
+                 if t.state == State.READY and t.group in self.groups and t.address}
+        deadline = min(self.cfg.autoscaler.tick_s / 2, self.cfg.autoscaler.health_check_timeout_s)
+        try:
+            got = self.load.poll(ready, deadline)
+        except Exception as exc:  # noqa: BLE001 - a poll failure is a tick without load figures
+            log.warning("polling /status failed this tick: %s", exc)
+            got = {}
+        for name, f in got.items():
+            self.history.add_load(name, now, f.in_flight if f else None, f.p95_s if f else None)
+        self.figures = {n: f for n, f in got.items() if f is not None}
 
     def take_scale_requests(self, now: float) -> None:
         """Apply replica counts asked through the API (POST /v1/groups/{name}/scale).
@@ -232,21 +252,15 @@ class Autoscaler:
                 continue  # replaced by a newer one meanwhile: the next tick takes that
             before = self.desired.get(g)
             self.desired[g] = want
-            self.last_action[g] = now
-            self.recommendations[g].clear()
+            self.memory[g].overridden(now)
             self.journal.event("scale_override", g, "", f"asked through the API: {before} -> {want} replicas",
                                asked=replicas, desired=want, previous=before)
 
     def decide(self, g: str, members: tuple[Track, ...], now: float) -> policy.Decision:
         """The group policy's decision over the serving replicas (pure: reads, changes nothing)."""
-        gc = self.groups[g]
-        series = tuple(policy.ReplicaSeries(t.name, t.ready_at, self.history.series(t.name))
-                       for t in members if t.state == State.READY)
-        inp = policy.PolicyInput(now=now, current=len(members),
-                                 starting=sum(1 for t in members if t.state != State.READY),
-                                 replicas=series, last_action_at=self.last_action.get(g),
-                                 recommendations=tuple(self.recommendations[g]))
-        return policy.decide(gc, inp)
+        ready = [(t.name, t.ready_at) for t in members if t.state == State.READY]
+        inp = self.memory[g].input(now, len(members), len(members) - len(ready), self.history.policy_series(ready))
+        return policy.decide(self.groups[g], inp)
 
     def apply(self, plan: planner.Plan, now: float) -> None:
         """Take the plan's decisions: wanted counts, the policy's memory, decision events."""
@@ -256,15 +270,11 @@ class Autoscaler:
             d = gd.decision
             if d is not None:
                 self.last_decision[g] = (now, d)
-                recs = self.recommendations[g]
-                while recs and now - recs[0][0] > self.groups[g].target.stabilization_s:
-                    recs.popleft()
-                if d.recommendation is not None:
-                    recs.append((now, d.recommendation))
+                self.memory[g].remember(self.groups[g], d, now)
                 if d.action != policy.NONE:
                     self.journal.event("decision", g, "", f"{d.action} to {d.desired}: {d.reason}",
-                                       action=d.action, desired=d.desired, current=gd.current, mean=d.mean)
-                    self.last_action[g] = now
+                                       action=d.action, desired=d.desired, current=gd.current, mean=d.mean,
+                                       **{k: v for k, v in d.data.items() if k in ("panicking", "p95_s")})
                 else:
                     log.debug("group %s: no action: %s", g, d.reason)
             if not self.started:
@@ -302,7 +312,8 @@ class Autoscaler:
         self._status = status.build(
             now=now, groups=self.groups, tracks=tracks, desired=self.desired, decisions=self.last_decision,
             tick=self.last_tick, listing=self._listing, capacities=self._capacities(), tick_info=info,
-            feed_seq=int(getattr(self.publisher, "seq", 0)), hosts=tuple(self.fleet.hosts))
+            feed_seq=int(getattr(self.publisher, "seq", 0)), hosts=tuple(self.fleet.hosts),
+            load=self.figures, latency=self.load.latest if self.load is not None else {})
         self._status["controller"] = self.leading.status()
 
     # -- leading and following ----------------------------------------------------------------
@@ -311,6 +322,7 @@ class Autoscaler:
         """A new term: start as a restarted daemon would, adopting everything from libvirt."""
         self.started = False
         self.desired.clear()
+        self.memory = {g: policy.Memory() for g in self.groups}
         if not self.dry_run:
             self.journal.forget_all_replicas(self.groups)
 
@@ -376,3 +388,5 @@ class Autoscaler:
         self.journal.flush()
         self.election.stop()               # a clean handover: the lock goes now, not at its TTL
         self.publisher.close()
+        if self.load is not None:
+            self.load.close()

@@ -8,7 +8,9 @@ lock, so an exporter or the API may read it as often as they like. Shape::
      "groups": {"web": {
          "desired": 2, "min": 1, "max": 3, "serving": 2,
          "replicas": [{"name": "cms-web-19a…", "state": "ready", "host": "local",
-                       "address": "127.0.0.1", "port": 20001, "cpu": 0.41}, …],
+                       "address": "127.0.0.1", "port": 20001, "cpu": 0.41,
+                       "in_flight": 1.7, "p95_s": 0.42,              # the tick's /status poll
+                       "latency": {"bounds_s": […], "buckets": […], "sum_s": …}}, …],
          "last_decision": {"ts": …, "action": "scale_out", "desired": 2, "reason": "cpu mean …"},
          "policy": {"name": "threshold", "mean": 0.43, "high": 0.75, "low": 0.25, …},
          "warm_pool": {"size": 1, "state": "paused", "target": 1,
@@ -26,6 +28,7 @@ from cms import policy
 from cms.autoscaler import planner
 from cms.autoscaler.lifecycle import Track
 from cms.config import GroupConfig
+from cms.histogram import Counters, Figures
 from cms.metrics import Tick
 from cms.scheduler import held_mib
 from cms.virt import Capacity, Listing
@@ -34,8 +37,10 @@ from cms.virt import Capacity, Listing
 def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track, ...], desired: Mapping[str, int],
           decisions: Mapping[str, tuple[float, policy.Decision]], tick: Tick | None, listing: Listing | None,
           capacities: Mapping[str, Capacity], tick_info: dict[str, Any], feed_seq: int,
-          hosts: tuple[str, ...]) -> dict[str, Any]:
+          hosts: tuple[str, ...], load: Mapping[str, Figures] | None = None,
+          latency: Mapping[str, Counters] | None = None) -> dict[str, Any]:
     cpu = {m.name: m.cpu for m in tick.domains.values()} if tick else {}
+    figures = _load(load or {}, latency or {})
     out_groups: dict[str, Any] = {}
     for g, gc in groups.items():
         members = sorted((t for t in tracks if t.group == g), key=lambda t: (t.created, t.name))
@@ -44,13 +49,13 @@ def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track,
         want = desired.get(g, policy.clamp(gc, sum(1 for t in serving if planner.role(t, t.state) == "serving")))
         last = decisions.get(g)
         pol: dict[str, Any] = {"name": gc.policy, "mean": None, "cooldown_s": gc.cooldown_s, "warmup_s": gc.warmup_s}
-        pol.update(asdict(gc.threshold) if gc.policy == "threshold" else asdict(gc.target))
+        pol.update(asdict(getattr(gc, gc.policy)))
         if last is not None:
             pol["mean"] = last[1].mean
         out_groups[g] = {
             "desired": want, "min": gc.min, "max": gc.max,
             "serving": sum(1 for t in serving if planner.role(t, t.state) == "serving"),
-            "replicas": [_replica(t, cpu) for t in serving],
+            "replicas": [{**_replica(t, cpu), **figures.get(t.name, {})} for t in serving],
             "last_decision": None if last is None else {
                 "ts": last[0], "action": last[1].action, "desired": last[1].desired, "reason": last[1].reason},
             "policy": pol,
@@ -80,3 +85,16 @@ def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track,
 def _replica(t: Track, cpu: Mapping[str, float | None]) -> dict[str, Any]:
     return {"name": t.name, "state": str(t.state), "host": t.host, "address": t.address, "port": t.port,
             "cpu": cpu.get(t.name), "created": t.created, "ready_at": t.ready_at}
+
+
+def _load(load: Mapping[str, Figures], latency: Mapping[str, Counters]) -> dict[str, dict[str, Any]]:
+    """Per replica: the last tick's mean in flight and p95 (its /status poll), and its guest
+    server's cumulative latency histogram (the exporter's)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, f in load.items():
+        out[name] = {"in_flight": round(f.in_flight, 3), "p95_s": f.p95_s}
+    for name, c in latency.items():
+        out.setdefault(name, {})["latency"] = {"bounds_s": list(c.bounds_s), "buckets": list(c.buckets),
+                                               "sum_s": c.sum_s}
+    return out
+

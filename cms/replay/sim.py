@@ -155,9 +155,10 @@ class Sim:
 
     def execute(self, plan: P.Plan, per_replica_latency: float, in_flight: float) -> None:
         for a in plan.actions:
-            if isinstance(a, P.Spawn):
-                self._new(a.warm)
-                self.run.actions["refills" if a.warm else "spawns"] += 1
+            if isinstance(a, (P.Spawn, P.Refill)):
+                warm = isinstance(a, P.Refill)
+                self._new(warm)
+                self.run.actions["refills" if warm else "spawns"] += 1
                 continue
             t = self.tracks.get(getattr(a, "name", ""))
             if t is None or t.busy:

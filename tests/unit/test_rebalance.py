@@ -147,7 +147,7 @@ def test_scale_in_order_consolidate_removes_the_replica_that_empties_a_host(tmp_
         newest = max(s.tracks.values(), key=lambda t: t.created).name
         assert alone != [newest]                                      # "newest" would take another one
         s.desired[G] = 2
-        s.last_action[G] = time.time()                                # the policy waits its cooldown
+        s.memory[G].last_action_at = time.time()                                # the policy waits its cooldown
         run_until(s, lambda: len(ready(s)) == 2, what="the scale-in")
         s.wait_workers(5)
         assert alone[0] not in [n for _h, n in ready(s)]

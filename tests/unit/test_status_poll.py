@@ -76,8 +76,8 @@ def test_a_stuck_replica_never_holds_the_tick(guest):
     p = StatusPoller(HttpHealth(30.0))
     try:
         where = {"good": ("127.0.0.1", guest.port), "stuck": ("127.0.0.1", stuck.port)}
-        p.poll(where, 0.5)
-        got = p.poll(where, 0.5)
+        p.poll(where, 3.0)        # the stuck one holds its answer 30 s: each poll ends at its deadline
+        got = p.poll(where, 3.0)
         assert got["stuck"] is None and got["good"] is not None
         assert stuck.asked == 1                  # still waiting for its first answer: not asked again
         stuck.release.set()
