@@ -15,9 +15,11 @@ Each tick does what ``Autoscaler.tick`` does, in its order, with the I/O replace
   recording) the model's queue (cms.replay.model) gives them;
 * plan: ``cms.autoscaler.planner.plan`` over the tracked replicas (``Track``, moved only by
   ``Track.move``) and the domains they would be, with the group's policy
-  (``cms.policy.decide``) asked as ``Autoscaler.decide`` asks it;
-* apply: the wanted count, the cooldown clock and the target policy's recommendations, as
-  ``Autoscaler.apply`` keeps them; then the plan's actions start their timers.
+  (``cms.policy.decide``) asked as ``Autoscaler.decide`` asks it (``History.policy_series``,
+  ``policy.Memory.input``);
+* apply: the wanted count, and ``policy.Memory.remember`` (the cooldown clock, the target
+  policy's recommendations, the panic state), as ``Autoscaler.apply``; then the plan's
+  actions start their timers.
 
 The History keeps only the samples the policy can read (its longest window), so a tick
 costs the same on the first hour as on the last.
@@ -93,9 +95,7 @@ class Sim:
         self.no_baseline: set[str] = set()
         self.left: dict[str, float] = {}        # replicas that stopped serving this tick: when
         self.desired: int | None = None
-        self.last_action = start.last_action_at
-        self.panic_at: float | None = None
-        self.recs: collections.deque = collections.deque()
+        self.memory = policy.Memory(last_action_at=start.last_action_at)
         self.now = 0.0
         self.last: float | None = None
         self.run = Run(name or gc.policy)
@@ -224,14 +224,9 @@ class Sim:
         return None
 
     def decide(self, _g: str, members: tuple[Track, ...]) -> policy.Decision:
-        h = self.history
-        series = tuple(policy.ReplicaSeries(t.name, t.ready_at, h.series(t.name), h.series(t.name, kind="in_flight"),
-                                            h.series(t.name, kind="p95"))
-                       for t in members if t.state == S.READY)
-        inp = policy.PolicyInput(now=self.now, current=len(members),
-                                 starting=sum(1 for t in members if t.state != S.READY), replicas=series,
-                                 last_action_at=self.last_action, recommendations=tuple(self.recs),
-                                 panic_at=self.panic_at)
+        """As Autoscaler.decide: the policy over the ready members' history and the memory."""
+        ready = [(t.name, t.ready_at) for t in members if t.state == S.READY]
+        inp = self.memory.input(self.now, len(members), len(members) - len(ready), self.history.policy_series(ready))
         return policy.decide(self.gc, inp)
 
     def tick(self, now: float) -> None:
@@ -272,14 +267,8 @@ class Sim:
         gd = plan.groups[self.g]
         d = gd.decision
         if d is not None:
-            while self.recs and now - self.recs[0][0] > self.gc.target.stabilization_s:
-                self.recs.popleft()
-            if d.recommendation is not None:
-                self.recs.append((now, d.recommendation))
-            if d.data.get("over_panic"):
-                self.panic_at = now
+            self.memory.remember(self.gc, d, now)
             if d.action != policy.NONE:
-                self.last_action = now
                 self.run.decisions.append({"t": round(now, 3), "action": d.action, "from": gd.current,
                                            "desired": d.desired, "reason": d.reason})
         self.desired = gd.desired
