@@ -114,6 +114,14 @@ def analyse(out: Path, group: str) -> dict[str, Any]:
             stages["client_heard_to_first_send_s"] = round(rep["ready_to_first_send_s"], 3)
         if rep.get("first_sent_at"):
             stages["load_step_to_first_send_s"] = round(rep["first_sent_at"] - high_start, 3)
+        # every replica that decision asked for (one for threshold; the whole step for concurrency)
+        asked = max(1, int(scale_out.data.get("desired", 0)) - int(scale_out.data.get("current", 0)))
+        came = [e for e in by_kind.get("ready", []) if e.ts >= scale_out.ts][:asked]
+        if len(came) == asked:
+            stages["decision_to_all_ready_s"] = round(came[-1].ts - scale_out.ts, 3)
+            sent = [(lg_summary.get("replicas") or {}).get(e.subject, {}).get("first_sent_at") for e in came]
+            if all(sent):
+                stages["load_step_to_all_serving_s"] = round(max(sent) - high_start, 3)
 
     settle = 5.0
     # Before: the high phase while one replica carried it (from the load step, less 3 s
@@ -241,6 +249,11 @@ def build_report(out: Path, group: str, **params: Any) -> dict[str, Any]:
             "throughput_after": a["after"].get("throughput"),
             "after_before_ratio": a["ratio"],
             "reaction_s": a["stages"].get("load_step_to_first_send_s"),
+            "policy": params.get("policy", "threshold"),
+            # the first scale-out decision -> every replica it asked for ready, and the load
+            # step -> each of them serving: the two policies' runs side by side
+            "decision_to_ready_s": a["stages"].get("decision_to_all_ready_s"),
+            "step_to_serving_s": a["stages"].get("load_step_to_all_serving_s"),
         },
         "params": params,
         "before_scale_out": a["before"],

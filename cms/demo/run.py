@@ -11,6 +11,10 @@ In order it:
     ``--warm-pool N --warm-state paused|saved|stopped`` the second replica comes from a warm
     pool prepared before the load (and goes back into it on the scale-in), instead of a
     cold boot (``make demo`` stays cold: the assignment's demo shows a VM being spawned);
+    ``--policy concurrency`` scales on the replicas' requests in flight instead of their
+    CPU (cms.policy.concurrency, its defaults): the step is sized in one decision, and the
+    summary's headline gives decision -> ready and step -> serving for laying runs side by
+    side (``make demo`` stays on threshold);
  6. stops everything it started and removes every domain and volume of its group, also on
     Ctrl-C or SIGTERM;
  7. writes out/demo.png (CPU per replica as libvirt reported it, client throughput, p50/p95
@@ -80,7 +84,7 @@ CAL_BURSTS, CAL_BURST_S, CAL_GAP_S, CAL_SKIP_S = 4, 2.5, 2.0, 0.5
 
 def demo_config_data(out: Path, *, golden: str, api_port: int, pub_port: int, snap_port: int,
                      base: dict[str, Any] | None = None, warm_pool: int = 0,
-                     warm_state: str = "paused", max_replicas: int = 3) -> dict[str, Any]:
+                     warm_state: str = "paused", max_replicas: int = 3, policy: str = "threshold") -> dict[str, Any]:
     """The demo's configuration; ``base`` is the TOML of --config, whose [libvirt] and [image]
     keys are kept (the demo's own pool and golden image go over them). ``warm_pool``: replicas
     kept parked in ``warm_state`` for the scale-out (0: every new replica boots cold)."""
@@ -93,7 +97,7 @@ def demo_config_data(out: Path, *, golden: str, api_port: int, pub_port: int, sn
         "image": {**base.get("image", {}), "golden": golden},
         "network": {"port_min": 20500, "port_max": 20599},
         "groups": {GROUP: {
-            "min": 1, "max": max_replicas, "vcpus": 1, "memory_mib": 512, "policy": "threshold",
+            "min": 1, "max": max_replicas, "vcpus": 1, "memory_mib": 512, "policy": policy,
             "cooldown_s": 10.0, "warmup_s": 15.0,
             "threshold": {"high": 0.9, "low": 0.25, "window_s": 6.0, "window_in_s": 15.0},
             **pool,
@@ -169,7 +173,7 @@ class Demo:
             raise CmsError(f"golden image {golden} not found: build it with `make image` (make demo does)")
         ports = dict(api_port=a.api_port or free_port(), pub_port=free_port(), snap_port=free_port())
         data = demo_config_data(self.out, golden=golden, base=a.base, warm_pool=a.warm_pool,
-                                warm_state=a.warm_state, max_replicas=a.max, **ports)
+                                warm_state=a.warm_state, max_replicas=a.max, policy=a.policy, **ports)
         (self.out / "demo.toml").write_text("# written by cms-demo\n" + cmsconfig.to_toml(data))
         self.cfg = cmsconfig.load(self.out / "demo.toml")
         self.cleanup()  # whatever an interrupted earlier run left behind
@@ -213,7 +217,7 @@ class Demo:
         self.stop("api")
         from cms.demo.report import build_report
         summary = build_report(self.out, GROUP, cost=a.cost, low_rate=low, high_rate=high, capacity=c1,
-                               max_replicas=a.max, warm_pool=a.warm_pool,
+                               max_replicas=a.max, warm_pool=a.warm_pool, policy=a.policy,
                                warm_state=a.warm_state if a.warm_pool else "")
         say(f"wrote {self.out / 'demo.png'} and {self.out / 'summary.json'}")
         return summary
@@ -344,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                         "as make demo shows)")
     p.add_argument("--warm-state", choices=("paused", "saved", "stopped"), default="paused",
                    help="how the warm replicas are parked (default paused)")
+    p.add_argument("--policy", choices=("threshold", "concurrency"), default="threshold",
+                   help="threshold: on the replicas' CPU, the demo's settings (default, as make demo); "
+                        "concurrency: on their requests in flight, with its defaults")
     p.add_argument("--scenario", choices=("autoscale", "balance"), default="autoscale",
                    help="autoscale: 1 -> 2 -> 1 replicas (default); balance: a replica live-migrates between two "
                         "lab hosts while serving (cms.demo.host_balancing)")

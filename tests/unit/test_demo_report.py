@@ -60,7 +60,19 @@ def test_the_summary_counts_the_decisions_and_the_plot_draws_the_runs_own_thresh
     assert all(e["kind"] != "decision" for e in s["events"])
     r = s["reaction"]
     assert r["load_step_to_decision_s"] == 5.0 and r["decision_to_announced_ready_s"] == 8.0
+    # side by side with another policy's run: the decision's replicas ready, and serving
+    assert (h["policy"], h["decision_to_ready_s"], h["step_to_serving_s"]) == ("threshold", 8.0, 13.06)
     assert r["load_step_to_first_send_s"] == 13.06
     assert s["before_scale_out"]["p50_ms"] == 900.0 and s["after_scale_out"]["throughput"] == 10.0
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "summary.json").read_text())["headline"] == h
+
+
+def test_the_demo_runs_either_policy_and_make_demo_stays_on_threshold(tmp_path):
+    from cms import config
+    for policy, want in ((None, "threshold"), ("concurrency", "concurrency")):
+        kw = {"policy": policy} if policy else {}
+        data = demo_config_data(tmp_path, golden="/nonexistent/golden.qcow2", api_port=1, pub_port=2, snap_port=3, **kw)
+        (tmp_path / "demo.toml").write_text(to_toml(data))
+        gc = config.load(tmp_path / "demo.toml").groups[GROUP]
+        assert gc.policy == want and gc.warm_pool.size == 0
