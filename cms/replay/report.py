@@ -123,10 +123,10 @@ def plot(doc: dict[str, Any], runs: dict[str, Run], rec: Recorded | None, path: 
     bound = doc["latency_bound_s"]
     ax_lat.axhline(bound, color="red", ls=":", lw=1)
     ax_lat.set_yscale("log")
-    ax_lat.set_ylabel("model p95 latency s")
+    ax_lat.set_ylabel("p95 latency s\n(recorded where the group is the recorded one, else model)", fontsize=8)
     ax_n.set_ylabel("replicas (serving; dotted: ready)")
     ax_n.legend(loc="upper left", fontsize=8)
-    ax_cpu.set_ylabel("mean CPU % of ready")
+    ax_cpu.set_ylabel("mean CPU % of ready\n(recorded, else model)", fontsize=8)
     ax_cpu.set_xlabel("seconds")
     fig.suptitle(f"cms replay of {doc['input']['source']}: {len(runs)} setting(s) side by side")
     fig.tight_layout()

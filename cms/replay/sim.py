@@ -8,11 +8,14 @@ Each tick does what ``Autoscaler.tick`` does, in its order, with the I/O replace
   ``drain_s``; a park takes ``park_s``), each at its own time within the tick;
 * measure: each ready replica's CPU goes into a ``cms.metrics.History`` as the daemon's
   figures do (a replica's first figure after it starts or unparks is none, as the daemon's
-  rater has no baseline). Where the replay has as many ready replicas as the recording had
-  at that moment, the figures are the recorded ones (oldest replica to oldest replica), and
-  so is the p95 latency (the load client's): the replay then sees what the daemon and the
-  clients saw, host contention and noise included. Elsewhere (another count, or no
-  recording) the model's queue (cms.replay.model) gives them;
+  rater has no baseline). Where the replay's group is the recorded one (as many ready
+  replicas as the recording had at that moment, and at all but a few ticks of the policy's
+  longest window and warm-up before it), the figures are the recorded ones
+  (oldest replica to oldest replica), and so is the p95 latency (the load client's): the
+  replay then sees what the daemon and the clients saw, host contention and noise
+  included. Elsewhere (another group, or no recording) the model's queue
+  (cms.replay.model) gives them: a group that had other capacity a moment ago has another
+  backlog, which recorded figures would carry over;
 * plan: ``cms.autoscaler.planner.plan`` over the tracked replicas (``Track``, moved only by
   ``Track.move``) and the domains they would be, with the group's policy
   (``cms.policy.decide``) asked as ``Autoscaler.decide`` asks it (``History.policy_series``,
@@ -48,6 +51,7 @@ S = State
 RUNNING = "running"
 DOMAIN_STATE = {"paused": ("paused", 0), "saved": ("shutoff", 3), "stopped": ("shutoff", 0)}  # 3: SHUTOFF_SAVED
 DRAIN_POLL_S = 0.2
+DRIFT_TICKS = 3          # ticks of another ready count a replay may have had and still see the recording
 
 
 @dataclass
@@ -80,6 +84,8 @@ class Sim:
                  name: str = "", on_tick: Callable[[float, list[Track], TickLoad], None] | None = None,
                  recorded: Recorded | None = None, client: ClientRecord | None = None) -> None:
         self.rec = recorded
+        self.settle_s = policy.reads_s(gc) + gc.warmup_s
+        self.drift: collections.deque[float] = collections.deque()    # ticks whose group was not the recorded one
         self.client_t = [ts - recorded.start for ts, _c, _p in client.ticks] if client and recorded else []
         self.client_p95 = [p for _ts, _c, p in client.ticks] if client and recorded else []
         self.g, self.gc, self.m, self.trace = group, gc, model, trace
@@ -213,15 +219,22 @@ class Sim:
         return cap / (end - start), now_ready
 
     def _recorded(self, now: float, ready: int) -> tuple[float | None, ...] | None:
-        """The recording's ready replicas' CPU at ``now`` (its tick within half a tick), when
-        it had ``ready`` of them."""
+        """The recording's ready replicas' CPU at ``now`` (its tick at that time), when the
+        replay's group is the recorded one: as many ready replicas now, and at all but
+        ``DRIFT_TICKS`` ticks of the last ``self.settle_s`` (a boot a little faster or slower
+        than the real one is the same group; one that had other capacity for longer has
+        another backlog, which the recorded figures would carry over)."""
         rec = self.rec
-        if rec is None or not ready:
+        if rec is None:
             return None
         i = bisect.bisect_left(rec.ticks, now - 1e-6)
-        if i < len(rec.ticks) and rec.ticks[i] <= now + 1e-6 and len(rec.replica_cpu[i]) == ready:
-            return rec.replica_cpu[i]
-        return None
+        same = i < len(rec.ticks) and rec.ticks[i] <= now + 1e-6 and len(rec.replica_cpu[i]) == ready
+        drift = self.drift
+        if not same:
+            drift.append(now)
+        while drift and drift[0] < now - self.settle_s:
+            drift.popleft()
+        return rec.replica_cpu[i] if same and ready and len(drift) <= DRIFT_TICKS else None
 
     def decide(self, _g: str, members: tuple[Track, ...]) -> policy.Decision:
         """As Autoscaler.decide: the policy over the ready members' history and the memory."""
