@@ -241,36 +241,14 @@ class Demo:
         keeps the calibration itself from scaling the group out and back in before the
         load starts. The first CAL_SKIP_S of each burst (connections warming up) is left out.
         """
-        import http.client
-        import threading
+        from cms.lab.loadstep import capacity
         host, port = endpoint.rsplit(":", 1)
-        counted = 0
-        measured = 0.0
         say(f"calibrating: {CAL_BURSTS} bursts of {CAL_BURST_S:g} s of saturating load on the first replica")
+        rates = []
         for _ in range(CAL_BURSTS):
-            done: list[float] = []
-            t0 = time.monotonic()
-            stop = t0 + CAL_BURST_S
-
-            def worker() -> None:
-                conn = http.client.HTTPConnection(host, int(port), timeout=30)
-                while time.monotonic() < stop:
-                    conn.request("GET", f"/work?payload=calibrate&cost={self.args.cost}")
-                    r = conn.getresponse()
-                    r.read()
-                    if r.status == 200:
-                        done.append(time.monotonic())
-                conn.close()
-
-            threads = [threading.Thread(target=worker, daemon=True) for _ in range(CLIENT_CONNS)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(40)
-            counted += sum(1 for t in done if t0 + CAL_SKIP_S < t <= stop)
-            measured += CAL_BURST_S - CAL_SKIP_S
+            rates.append(capacity(host, int(port), self.args.cost, CLIENT_CONNS, CAL_BURST_S, CAL_SKIP_S))
             time.sleep(CAL_GAP_S)
-        rate = counted / measured
+        rate = sum(rates) / len(rates)     # bursts of one length: the rate over all of them
         if rate <= 0:
             raise CmsError("calibration got no answer from the first replica")
         return rate

@@ -23,8 +23,9 @@ CONNS = 4          # connections the load client keeps per replica, as cms-demo'
 
 
 def capacity(address: str, port: int, cost: int, conns: int = CONNS, seconds: float = 3.0, skip: float = 0.5) -> float:
-    """Requests/s one replica answers at ``cost`` with ``conns`` concurrent requests (the first
-    ``skip`` seconds, connections warming up, left out)."""
+    """Requests/s one replica answers at ``cost`` with ``conns`` concurrent requests over
+    ``seconds`` (answers in the first ``skip`` seconds, connections warming up, and after the
+    end are left out)."""
     done: list[float] = []
     t0 = time.monotonic()
     stop = t0 + seconds
@@ -46,7 +47,7 @@ def capacity(address: str, port: int, cost: int, conns: int = CONNS, seconds: fl
         t.start()
     for t in threads:
         t.join(seconds + 60)
-    return sum(1 for t in done if t > t0 + skip) / (seconds - skip)
+    return sum(1 for t in done if t0 + skip < t <= stop) / (seconds - skip)
 
 
 def start_loadgen(publish: str, snapshot: str, group: str, out: Path, *, low: float, high: float, low_s: float,
