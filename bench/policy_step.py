@@ -72,12 +72,12 @@ def case(tmp: Path, name: str, step_s: float) -> dict[str, object]:
     lg = None
     try:
         def settled() -> bool:
-            tracks = s.executor.snapshot()
+            tracks = s.registry.snapshot()
             return (sum(t.state == State.READY for t in tracks) == 1
                     and sum(t.state == State.PARKED for t in tracks) == warm["size"]
                     and all(t.state in (State.READY, State.PARKED) for t in tracks))
         wait_until(settled, 400, 0.5, f"{name}: one ready replica" + (" and 3 parked" if warm["size"] else ""))
-        r1 = next(t for t in s.executor.snapshot() if t.state == State.READY)
+        r1 = next(t for t in s.registry.snapshot() if t.state == State.READY)
         c1 = capacity(r1.address, r1.port, COST)
         say(f"{name}: one replica answers {c1:.1f} req/s at cost {COST}; step to {STEP_FACTOR * c1:.1f} req/s")
         mark = max((e.id for e in s.store.events(limit=100000)), default=0)

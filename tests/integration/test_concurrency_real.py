@@ -51,10 +51,10 @@ class Daemon:
         self.t.start()
 
     def count(self, state):
-        return sum(1 for t in self.s.executor.snapshot() if t.state == state)
+        return sum(1 for t in self.s.registry.snapshot() if t.state == state)
 
     def settled(self):
-        return self.count(State.READY) == 1 and self.count(State.PARKED) == 3 and len(self.s.executor.snapshot()) == 4
+        return self.count(State.READY) == 1 and self.count(State.PARKED) == 3 and len(self.s.registry.snapshot()) == 4
 
     def close(self):
         self.stop.set()
@@ -87,7 +87,7 @@ def both(tmp_path_factory):
     d = Daemon(cfg, fleet)
     try:
         wait_until(d.settled, 3 * BOOT, 0.5, "one ready replica and 3 parked")
-        r1 = next(t for t in d.s.executor.snapshot() if t.state == State.READY)
+        r1 = next(t for t in d.s.registry.snapshot() if t.state == State.READY)
         c1 = capacity(r1.address, r1.port, COST)
         threshold = step(d, tmp, c1, "threshold")
         d.s.store.request_scale(G, 1)       # back to one: the drained replicas park again
