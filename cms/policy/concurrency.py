@@ -25,10 +25,12 @@ from cms.policy.base import NONE, SCALE_IN, SCALE_OUT, Decision, PolicyInput, Re
 def window_in_flight(replicas: tuple[ReplicaSeries, ...], now: float, window_s: float,
                      since: float | None = None) -> tuple[float | None, bool]:
     """The group's mean requests in flight over (now - window_s, now] (and after ``since``):
-    per tick the sum over the replicas that have a figure, averaged over the ticks; None with
-    no figure at all. And whether the window is whole: every replica had its figure at every
-    tick it was ready, and one reaches back to the window's start with a figure. A missing
-    figure only lowers a sum, so it never makes a scale-out; scale-in wants the window whole.
+    per tick the sum over the replicas ready then, averaged over the ticks; None with no
+    figure at all. A tick a replica has no figure for (its /status did not answer in time:
+    a busy guest) counts at that replica's mean over the window, so a slow answer neither
+    lowers nor raises the sum; a replica with no figure at all counts 0 (it never makes a
+    scale-out). And whether the window is whole: every replica had its figure at every tick
+    it was ready, and one reaches back to the window's start with a figure: scale-in wants it.
 
     Series are in time order and share the group's tick stamps (a replica's are a suffix of
     the oldest one's), so the window is bisected and its ticks are the longest run in it."""
@@ -46,7 +48,8 @@ def window_in_flight(replicas: tuple[ReplicaSeries, ...], now: float, window_s: 
         window = pts[bisect.bisect_right(pts, max(start, r.ready_at - 1e-9), key=_ts):]
         vals = [v for _t, v in window if v is not None]
         whole = whole and len(vals) == len(window)
-        total += sum(vals)
+        if vals:
+            total += sum(vals) / len(vals) * len(window)
         ticks = max(ticks, len(window))
     return (total / ticks if ticks else None), whole and reach
 

@@ -73,7 +73,11 @@ def step(d: Daemon, tmp, c1, name):
     finally:
         stop_process(lg)
     events = d.s.store.events(since_id=mark, group=G, limit=100000)
-    return events, what_the_step_did(events, read_records(out), ready_before=1, need=NEED)
+    did = what_the_step_did(events, read_records(out), ready_before=1, need=NEED)
+    for e in events:
+        if e.kind in ("decision", "ready", "warm_used", "scale_override"):
+            print(f"{name} +{e.ts - did['step_ts']:7.2f} s {e.kind} {e.subject} {e.message}")
+    return events, did
 
 
 @pytest.fixture(scope="module")

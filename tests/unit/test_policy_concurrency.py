@@ -109,3 +109,12 @@ def test_panic_is_remembered_only_through_panic_at():
     assert policy.decide(g, inp(*low, panic_at=NOW - 59.0)).action == "none"
     assert policy.decide(g, inp(rep("a", SPIKE))).data["over_panic"] is True
     assert policy.decide(g, inp(*low)).data["over_panic"] is False
+
+
+def test_a_tick_without_a_figure_counts_at_the_replicas_mean():
+    """A saturated guest may answer /status late: the ticks it has no figure for neither lower
+    the group's in flight (which would hide the overload) nor raise it."""
+    g = group()
+    busy = [4.0, None] * 3 + [4.0]                              # every other poll late
+    d = policy.decide(g, inp(rep("a", [0.2] * 54 + busy)))
+    assert (d.action, d.desired) == ("scale_out", 4) and d.data["in_flight_panic"] == 4.0
