@@ -5,7 +5,8 @@ One group, max 4, a paused warm pool of 3, booted once for the module (4 boots).
 load step, 3 x one replica's capacity, twice in one run: first with the threshold policy
 (the demo's settings), then, after a scale request back to one replica (the drained ones
 park back into the pool) and a restart of the daemon on the concurrency policy (it adopts
-the ready replica and the parked pool), with concurrency. Asserted: with concurrency one
+the ready replica and the parked pool; the step waits for a stable window of its figures),
+with concurrency. Asserted: with concurrency one
 decision asks for +2 or more and the replicas unpark together. Reported, not asserted
 (timings belong in benchmarks): for both, step -> decision, step -> 3 ready, and when the
 client's p95 was back under 1 s.
@@ -31,7 +32,9 @@ G = "conc"
 BOOT = 240.0
 COST = 20000
 STEP_S, LOW_S, FACTOR, NEED = 50.0, 5.0, 3.0, 3
+STABLE_S = 20.0           # the concurrency policy's stable window here (60 s by default)
 GROUP = {"min": 1, "max": 4, "memory_mib": 384, "cooldown_s": 10.0, "warmup_s": 15.0,
+         "concurrency": {"stable_window_s": STABLE_S},
          "warm_pool": {"size": 3, "state": "paused", "reuse_on_scale_in": True},
          "threshold": {"high": 0.9, "low": 0.25, "window_s": 6.0, "window_in_s": 600.0}}
 
@@ -98,6 +101,12 @@ def both(tmp_path_factory):
         wait_until(d.settled, BOOT, 0.5, "back to one ready and 3 parked")
         d.close()
         d = Daemon(config(tmp, cfg.libvirt.pool, "concurrency"), fleet)    # the operator switches policy
+        # the step comes once the restarted daemon's stable window holds a whole window of figures
+        # (right after a start both windows hold the same few ticks, and the stable one decides)
+        wait_until(d.settled, BOOT, 0.5, "adopted: one ready and 3 parked")
+        first = next(t.name for t in d.s.registry.snapshot() if t.state == State.READY)
+        wait_until(lambda: len(d.s.history.series(first, kind="in_flight")) > STABLE_S + 2, 3 * STABLE_S, 0.5,
+                   "a stable window of in-flight figures")
         concurrency = step(d, tmp, c1, "concurrency")
         yield {"capacity": c1, "threshold": threshold, "concurrency": concurrency}
     finally:
