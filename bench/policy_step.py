@@ -6,9 +6,11 @@ its feed:
   threshold, cold     the demo's policy, every new replica booted
   threshold, warm     the same with a paused warm pool of 3
   (and, where cms.policy has it, concurrency cold and warm, with its defaults)
-Each case: one replica ready (and the pool parked), its capacity C1 measured (closed-loop
-bursts at the load client's connections per replica), then open-loop load at low 0.2 x C1
-for LOW_S and 3 x C1 for STEP_S. From the step it reports:
+Each case: one replica ready (and the pool parked), its capacity C1 measured over one
+connection (a CPU-bound 1-vCPU replica serves as much one request at a time; more would
+put requests in flight and the concurrency policy would rightly scale out on the
+measurement), then open-loop load at low 0.2 x C1 for LOW_S and 3 x C1 for STEP_S. From
+the step it reports:
   step_to_decision_s      the first scale-out decision (the daemon's event)
   step_to_enough_ready_s  3 replicas ready (what 3 x C1 needs), from the daemon's events
   p95_over_1s_s           seconds (client ticks) whose p95 latency was above 1 s, from the step
@@ -78,7 +80,7 @@ def case(tmp: Path, name: str, step_s: float) -> dict[str, object]:
                     and all(t.state in (State.READY, State.PARKED) for t in tracks))
         wait_until(settled, 400, 0.5, f"{name}: one ready replica" + (" and 3 parked" if warm["size"] else ""))
         r1 = next(t for t in s.registry.snapshot() if t.state == State.READY)
-        c1 = capacity(r1.address, r1.port, COST)
+        c1 = capacity(r1.address, r1.port, COST, conns=1)
         say(f"{name}: one replica answers {c1:.1f} req/s at cost {COST}; step to {STEP_FACTOR * c1:.1f} req/s")
         mark = max((e.id for e in s.store.events(limit=100000)), default=0)
         out = work / "loadgen.jsonl"

@@ -243,10 +243,13 @@ class Demo:
         """
         from cms.lab.loadstep import capacity
         host, port = endpoint.rsplit(":", 1)
+        # the concurrency policy would scale out on CLIENT_CONNS requests in flight (rightly:
+        # that is load); one at a time keeps the 1-vCPU replica as busy and nothing in flight
+        conns = 1 if self.args.policy == "concurrency" else CLIENT_CONNS
         say(f"calibrating: {CAL_BURSTS} bursts of {CAL_BURST_S:g} s of saturating load on the first replica")
         rates = []
         for _ in range(CAL_BURSTS):
-            rates.append(capacity(host, int(port), self.args.cost, CLIENT_CONNS, CAL_BURST_S, CAL_SKIP_S))
+            rates.append(capacity(host, int(port), self.args.cost, conns, CAL_BURST_S, CAL_SKIP_S))
             time.sleep(CAL_GAP_S)
         rate = sum(rates) / len(rates)     # bursts of one length: the rate over all of them
         if rate <= 0:
