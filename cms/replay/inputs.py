@@ -251,4 +251,5 @@ def offered_from_cpu(rec: Recorded, cpu_idle: float, cpu_busy: float, service_s:
         rho = 0.0 if cpu is None else min(1.0, max(0.0, (cpu - cpu_idle) / span))
         points.append((max(0.0, t - rec.tick_s), rho * vcpus / service_s))
     merged = [points[0]] + [p for a, p in zip(points, points[1:]) if p[0] > a[0]]
-    return _trace(merged, f"CPU of group {rec.group}", end=rec.end)
+    trace = _trace(merged, f"CPU of group {rec.group}", end=rec.end)
+    return Trace(trace.times, trace.rates, trace.end, trace.source, rec.start)
