@@ -282,3 +282,14 @@ def test_cms_replay_is_a_subcommand_that_needs_no_api(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["configured"]["scale_outs"] == 0
     assert cli.main(["replay", "--trace", str(tmp_path / "missing.csv")]) == 1
     assert "cms replay: " in capsys.readouterr().err
+
+
+def test_a_store_alone_replays_on_the_load_its_cpu_says_was_served(tmp_path):
+    real = record(tmp_path, {}, steps((30, 3.0), (100, 12.5), (60, 3.0)))
+    assert command.main(["--store", str(tmp_path / "state.db"), "--group", "demo", "--config",
+                         str(tmp_path / "demo.toml"), "--out", str(tmp_path / "r"), "--json"]) == 0
+    doc = json.loads((tmp_path / "r" / "replay.json").read_text())
+    assert doc["input"]["load"] == "CPU of group demo" and doc["input"]["start"] == T0 + 1.0
+    vs = doc["settings"]["recorded"]["against_recorded"]
+    assert [d["action"] for d in doc["settings"]["recorded"]["decisions"]] == [d["action"] for d in real]
+    assert vs["max_ticks_off"] <= 1 and vs["ready_count_match_share"] >= 0.95
