@@ -40,7 +40,7 @@ from cms import policy  # noqa: E402
 from cms.autoscaler.lifecycle import State  # noqa: E402
 from cms.autoscaler.publisher import Publisher  # noqa: E402
 from cms.autoscaler.reconcile import Autoscaler  # noqa: E402
-from cms.lab.loadstep import capacity, read_records, start_loadgen, what_the_step_did  # noqa: E402
+from cms.lab.loadstep import capacity, idle, read_records, start_loadgen, what_the_step_did  # noqa: E402
 from cms.lab.realstack import GOLDEN, drop_pool, real_config, wait_until  # noqa: E402
 from cms.virt import Fleet  # noqa: E402
 
@@ -80,6 +80,7 @@ def case(tmp: Path, name: str, step_s: float) -> dict[str, object]:
                     and all(t.state in (State.READY, State.PARKED) for t in tracks))
         wait_until(settled, 400, 0.5, f"{name}: one ready replica" + (" and 3 parked" if warm["size"] else ""))
         r1 = next(t for t in s.registry.snapshot() if t.state == State.READY)
+        wait_until(idle(s, G, r1.name), 240, 0.25, f"{name}: {r1.name} idle for three ticks")
         c1 = capacity(r1.address, r1.port, COST, conns=1)
         say(f"{name}: one replica answers {c1:.1f} req/s at cost {COST}; step to {STEP_FACTOR * c1:.1f} req/s")
         mark = max((e.id for e in s.store.events(limit=100000)), default=0)

@@ -5,7 +5,8 @@ cms-loadgen open-loop at a multiple of it, following the daemon's feed, and what
 connections per replica; ``start_loadgen`` runs cms-loadgen low then high (the step) against
 a feed; ``what_the_step_did`` reads the daemon's events and the client's per-second records:
 from the step to the first scale-out decision, to ``need`` replicas ready, the seconds whose
-p95 was above a bound, and when p95 was back under it for good.
+p95 was above a bound, and when p95 was back under it for good; ``idle`` waits for a
+replica to be quiet before its capacity is measured.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 CONNS = 4          # connections the load client keeps per replica, as cms-demo's
 
@@ -91,3 +92,22 @@ def what_the_step_did(events: Iterable[Any], records: list[dict[str, Any]], *, r
             "unparked": len(unparks), "unpark_spread_s": round(unparks[-1] - unparks[0], 3) if unparks else None,
             f"p95_over_{bound_s:g}s_s": len(over),
             "p95_back_under_s": round(max(over) - step, 3) if over else 0.0}
+
+
+def idle(scaler: Any, group: str, name: str, ticks: int = 3, below: float = 0.25) -> Callable[[], bool]:
+    """A condition on an Autoscaler's status: replica ``name`` is past its warm-up and its CPU
+    has been below ``below`` for the last ``ticks`` ticks (a freshly booted TCG guest burns
+    CPU for a while; a capacity measured then is a fraction of the real one)."""
+    seen: dict[int, float | None] = {}
+
+    def pred() -> bool:
+        st = scaler.status()
+        rep = next((r for r in st["groups"][group]["replicas"] if r["name"] == name), None)
+        if rep is None or rep["ready_at"] is None:
+            return False
+        seen[st["tick"]["seq"]] = rep["cpu"]
+        last = [seen[k] for k in sorted(seen)[-ticks:]]
+        warm = st["ts"] < rep["ready_at"] + scaler.cfg.groups[group].warmup_s
+        return not warm and len(last) == ticks and all(c is not None and c < below for c in last)
+    return pred
+

@@ -22,7 +22,7 @@ import pytest
 from cms.autoscaler.lifecycle import State
 from cms.autoscaler.publisher import Publisher
 from cms.autoscaler.reconcile import Autoscaler
-from cms.lab.loadstep import capacity, read_records, start_loadgen, what_the_step_did
+from cms.lab.loadstep import capacity, idle, read_records, start_loadgen, what_the_step_did
 from cms.lab.realstack import GOLDEN, drop_pool, real_config, stop_process, wait_until
 from cms.virt import Fleet
 
@@ -95,7 +95,8 @@ def both(tmp_path_factory):
     try:
         wait_until(d.settled, 3 * BOOT, 0.5, "one ready replica and 3 parked")
         r1 = next(t for t in d.s.registry.snapshot() if t.state == State.READY)
-        c1 = capacity(r1.address, r1.port, COST)
+        wait_until(idle(d.s, G, r1.name), BOOT, 0.25, f"{r1.name} idle for three ticks")
+        c1 = capacity(r1.address, r1.port, COST, conns=1)
         threshold = step(d, tmp, c1, "threshold")
         d.s.store.request_scale(G, 1)       # back to one: the drained replicas park again
         wait_until(d.settled, BOOT, 0.5, "back to one ready and 3 parked")

@@ -26,6 +26,7 @@ import pytest
 
 from cms.autoscaler.publisher import Publisher
 from cms.autoscaler.reconcile import Autoscaler
+from cms.lab.loadstep import idle
 from cms.lab.realstack import GOLDEN, drop_pool, real_config, wait_until
 from cms.virt import Fleet
 from tests.integration.test_autoscaler_real import Feed, after_ticks, work
@@ -124,24 +125,6 @@ def calibrate(replica, cost: int = COST) -> float:
     return sum(1 for t in done if t > t0 + 0.5) / 2.5
 
 
-def settled(s, name: str, ticks: int = 3, below: float = 0.25):
-    """A condition on the daemon's status: replica `name` is past its warm-up (the span the
-    policy ignores its CPU for) and its CPU figure has been below `below` for the last
-    `ticks` ticks."""
-    seen: dict[int, float | None] = {}
-
-    def pred() -> bool:
-        st = s.status()
-        rep = next((r for r in st["groups"][G]["replicas"] if r["name"] == name), None)
-        if rep is None or rep["ready_at"] is None:
-            return False
-        seen[st["tick"]["seq"]] = rep["cpu"]
-        last = [seen[k] for k in sorted(seen)[-ticks:]]
-        warm = st["ts"] < rep["ready_at"] + s.cfg.groups[G].warmup_s
-        return not warm and len(last) == ticks and all(c is not None and c < below for c in last)
-    return pred
-
-
 def test_one_step_of_load_gives_exactly_one_scale_out(tmp_path, run_dir):
     assert GOLDEN.exists(), f"{GOLDEN} is missing: run scripts/build-image.sh"
     cfg = real_config(
@@ -167,7 +150,7 @@ def test_one_step_of_load_gives_exactly_one_scale_out(tmp_path, run_dir):
         first = wait_until(ready, BOOT, 1.0, "replica 1 ready")[0]
         # a new guest is slow at first under TCG (it translates code it runs for the first
         # time): calibrate once its CPU, idle, has stayed low for three ticks
-        wait_until(settled(s, first.name), BOOT, 0.25, f"{first.name} idle for three ticks")
+        wait_until(idle(s, G, first.name), BOOT, 0.25, f"{first.name} idle for three ticks")
         capacity, cost = calibrate(first), COST
         load = SpreadLoad(feed, 0.6 * capacity, cost)
 
