@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cms import policy  # noqa: E402
+from cms import config, policy  # noqa: E402
 from cms.autoscaler.lifecycle import State  # noqa: E402
 from cms.autoscaler.publisher import Publisher  # noqa: E402
 from cms.autoscaler.reconcile import Autoscaler  # noqa: E402
@@ -123,6 +123,13 @@ def main() -> None:
     for c in cases:
         result[c.replace("-", "_")] = case(tmp, c, args.step_s)
         say(f"{c}: {result[c.replace('-', '_')]}")
+    warm = result.get("concurrency_warm")
+    if isinstance(warm, dict):
+        bound = config.ConcurrencyPolicyConfig().panic_window_s + 1.0
+        took = warm.get("step_to_enough_ready_s")
+        result["target"] = {"concurrency_warm_step_to_enough_ready_max_s": bound,
+                            "met": took is not None and took <= bound}
+    result["host_cpus"] = os.cpu_count()    # 3 x one replica's capacity needs 3 CPUs to be served at all
     print(json.dumps(result))
 
 
