@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -214,6 +215,18 @@ def test_a_run_replayed_with_its_own_settings_does_what_it_did(tmp_path, capsys)
     assert (tmp_path / "r" / "replay.png").stat().st_size > 10_000
     assert "recorded:" in capsys.readouterr().out
 
+
+
+def test_the_readme_figure_settings_replay_a_demo_run(tmp_path):
+    """docs/replay.toml (what docs/replay.png compares): the run's own threshold and concurrency."""
+    record(tmp_path, {}, steps((30, 3.0), (100, 12.5), (60, 3.0)))
+    docs = Path(__file__).resolve().parents[2] / "docs" / "replay.toml"
+    assert command.main(["--run", str(tmp_path), "--settings", str(docs), "--out", str(tmp_path / "r")]) == 0
+    doc = json.loads((tmp_path / "r" / "replay.json").read_text())
+    assert set(doc["settings"]) == {"threshold", "concurrency"}
+    assert doc["settings"]["threshold"]["against_recorded"]["max_ticks_off"] == 0
+    first = doc["settings"]["concurrency"]["decisions"][0]
+    assert first["action"] == "scale_out" and "in-flight" in first["reason"]
 
 # --- bad input: one line, exit 1 (2 for usage) ---------------------------------------------------
 
