@@ -16,7 +16,7 @@ import collections
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from cms import errors, policy
 from cms.store import Sample
@@ -267,17 +267,22 @@ class History:
         return list(self._kinds["cpu"])
 
 
-def to_samples(tick: Tick, domains: Sequence[OwnedDomain], states: dict[str, str]) -> list[Sample]:
+def to_samples(tick: Tick, domains: Sequence[OwnedDomain], states: dict[str, str],
+               load: Mapping[str, Any] | None = None) -> list[Sample]:
     """The store rows of one tick: one per domain, with its figures when the tick has them.
 
     ``states`` maps a domain's name to the state to record (the replica's lifecycle state);
-    a domain not in it is recorded with libvirt's domain state.
+    a domain not in it is recorded with libvirt's domain state. ``load`` maps a replica's
+    name to its /status figures this tick (cms.histogram.Figures: in_flight, rate, p95_s).
     """
     rows = []
+    load = load or {}
     for d in domains:
         m = tick.domains.get(d.uuid)
+        f = load.get(d.name)
         rows.append(Sample(tick.ts, d.host, d.name, d.meta.group, m.cpu if m else None,
                            m.vcpus if m else d.vcpus, m.memory_kib if m else d.memory_mib * 1024,
                            states.get(d.name, d.state),
-                           tuple(v for _i, v in sorted(m.vcpu.items())) if m else ()))
+                           tuple(v for _i, v in sorted(m.vcpu.items())) if m else (),
+                           f.in_flight if f else None, f.rate if f else None, f.p95_s if f else None))
     return rows

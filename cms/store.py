@@ -62,6 +62,10 @@ CREATE TABLE IF NOT EXISTS replicas (
 );
 """
 
+# The replicas' load figures (issue 24), added to samples the way vcpu was: a named set of
+# columns, so an older file gains them on open and a schema module can take them over as one.
+LOAD_COLUMNS = {"in_flight": "REAL", "rate": "REAL", "p95_s": "REAL"}
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -74,6 +78,10 @@ class Sample:
     memory_kib: int
     state: str
     vcpu: tuple[float | None, ...] = ()   # each vCPU's busy fraction this tick (libvirt's vcpu.N.time)
+    # A ready replica's /status poll this tick (cms.histogram.Figures); None: not polled or no answer
+    in_flight: float | None = None        # mean requests in flight over the tick
+    rate: float | None = None             # answers per second
+    p95_s: float | None = None            # p95 latency of those answers; None also when none completed
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,7 @@ class Store:
         self._local = threading.local()
         self.ensure_schema(SCHEMA)
         self._add_columns("samples", {"vcpu": "TEXT"})   # added after the table: older files lack it
+        self._add_columns("samples", LOAD_COLUMNS)
 
     def _add_columns(self, table: str, columns: dict[str, str]) -> None:
         c = self.connect()
@@ -201,12 +210,12 @@ class Store:
 
     def add_samples(self, samples: Iterable[Sample]) -> None:
         rows = [(s.ts, s.host, s.domain, s.group, s.cpu, s.vcpus, s.memory_kib, s.state,
-                 json.dumps(list(s.vcpu)) if s.vcpu else None) for s in samples]
+                 json.dumps(list(s.vcpu)) if s.vcpu else None, s.in_flight, s.rate, s.p95_s) for s in samples]
         if not rows:
             return
         with self.write() as c:
-            c.executemany("INSERT INTO samples (ts, host, domain, grp, cpu, vcpus, memory_kib, state, vcpu) "
-                          "VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            c.executemany("INSERT INTO samples (ts, host, domain, grp, cpu, vcpus, memory_kib, state, vcpu, "
+                          "in_flight, rate, p95_s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def samples(self, group: str | None = None, since: float = 0.0, domain: str | None = None,
                 limit: int = 100000) -> list[Sample]:
@@ -214,7 +223,7 @@ class Store:
         q += " ORDER BY ts LIMIT ?"
         args.append(limit)
         return [Sample(r["ts"], r["host"], r["domain"], r["grp"], r["cpu"], r["vcpus"], r["memory_kib"], r["state"],
-                       tuple(json.loads(r["vcpu"])) if r["vcpu"] else ())
+                       tuple(json.loads(r["vcpu"])) if r["vcpu"] else (), r["in_flight"], r["rate"], r["p95_s"])
                 for r in self.connect().execute(q, args)]
 
     def prune_samples(self, older_than: float) -> int:
@@ -277,12 +286,15 @@ class Store:
     def tick_buckets(self, since: float, until: float, step: float, *, host: str | None = None,
                      group: str | None = None) -> list[sqlite3.Row]:
         """Per bucket, from the per-domain samples: ticks seen, mean over ticks of the CPUs the
-        domains used (Σ cpu x vCPUs), of their vCPUs, of the domains counted, and the mean CPU."""
+        domains used (Σ cpu x vCPUs), of their vCPUs, of the domains counted, and the mean CPU;
+        of the polled replicas' mean in flight per replica, and of the highest p95 among them."""
         q, args = _where("SELECT ts, SUM(cpu * vcpus) AS cpus_used, SUM(vcpus) AS vcpus, COUNT(*) AS domains, "
-                         "AVG(cpu) AS cpu FROM samples WHERE ts>=? AND ts<?", [since, until], host=host, grp=group)
+                         "AVG(cpu) AS cpu, AVG(in_flight) AS in_flight, MAX(p95_s) AS p95_s "
+                         "FROM samples WHERE ts>=? AND ts<?", [since, until], host=host, grp=group)
         return self.connect().execute(
             "SELECT CAST((ts - ?) / ? AS INTEGER) AS b, COUNT(*) AS ticks, AVG(cpus_used) AS cpus_used, "
-            "AVG(vcpus) AS vcpus, AVG(domains) AS domains, AVG(cpu) AS cpu "
+            "AVG(vcpus) AS vcpus, AVG(domains) AS domains, AVG(cpu) AS cpu, AVG(in_flight) AS in_flight, "
+            "AVG(p95_s) AS p95_s "
             f"FROM ({q} GROUP BY ts) GROUP BY b ORDER BY b", [since, step, *args]).fetchall()
 
     def state_buckets(self, group: str, since: float, until: float, step: float) -> list[sqlite3.Row]:

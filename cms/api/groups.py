@@ -49,7 +49,7 @@ class Groups:
                              "created": d.meta.created, "cpu": cpu.get(d.name, [])[-60:]})
         ov = self.store.scale_requests().get(name)
         policy = {"name": gc.policy, "cooldown_s": gc.cooldown_s, "warmup_s": gc.warmup_s}
-        policy.update(vars(gc.threshold) if gc.policy == "threshold" else vars(gc.target))
+        policy.update(vars({"threshold": gc.threshold, "target": gc.target, "concurrency": gc.concurrency}[gc.policy]))
         return {"name": name, "min": gc.min, "max": gc.max, "vcpus": gc.vcpus, "memory_mib": gc.memory_mib,
                 "policy": policy, "replicas": replicas, "warm_pool": vars(gc.warm_pool),
                 "desired_override": None if ov is None else {"replicas": ov[0], "ts": ov[1]}}

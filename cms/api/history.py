@@ -24,8 +24,13 @@ What the series count:
   ``vms`` and ``vcpus`` are summed from the per-domain samples instead (``source`` says
   which), and free RAM is null.
 - group: ``cpu`` (the mean over its replicas), ``replicas`` (mean count over the bucket)
-  and ``states`` (mean replicas in each state), the policy's ``thresholds``, and
-  ``markers``: its decisions and scaling events in the range, with their reasons.
+  and ``states`` (mean replicas in each state), ``in_flight`` (requests in flight per ready
+  replica, from each tick's /status poll) and ``p95_s`` (the slowest replica's p95 latency
+  that tick, its mean over the bucket), the policy's ``thresholds`` (CPU: ``high``/``low``
+  or ``target``; none for ``concurrency``) and ``load`` (the in-flight per replica the
+  concurrency policy aims at, ``target_in_flight`` x ``utilization``, and its
+  ``latency_p95_s`` bound when set), and ``markers``: its decisions and scaling events in
+  the range, with their reasons.
 """
 
 from __future__ import annotations
@@ -158,7 +163,12 @@ def group_metrics(svc: Service, name: str, since: float, until: float, step: flo
         if 0 <= r["b"] < buckets and per_tick.get(r["b"]):
             states.setdefault(r["state"] or "unknown", [None] * buckets)[r["b"]] = round(r["n"] / per_tick[r["b"]], 2)
     thresholds = ({"high": gc.threshold.high, "low": gc.threshold.low} if gc.policy == "threshold"
-                  else {"target": gc.target.target, "tolerance": gc.target.tolerance})
+                  else {"target": gc.target.target, "tolerance": gc.target.tolerance} if gc.policy == "target"
+                  else {})
+    k = gc.concurrency
+    load = {"in_flight": round((k.target_in_flight or gc.vcpus) * k.utilization, 4)} if gc.policy == "concurrency" else {}
+    if gc.policy == "concurrency" and k.latency_p95_s:
+        load["latency_p95_s"] = k.latency_p95_s
     markers = [{"ts": e.ts, "kind": e.kind, "subject": e.subject, "message": e.message}
                for e in store.events(group=name, kinds=MARKER_KINDS, limit=MAX_POINTS, newest_first=True,
                                      since_id=0)
@@ -166,8 +176,10 @@ def group_metrics(svc: Service, name: str, since: float, until: float, step: flo
     markers.reverse()
     series = {"cpu": lay_out(ticks, buckets, lambda r: _r(r["cpu"])),
               "replicas": lay_out(ticks, buckets, lambda r: _r(r["domains"], 2)),
-              "states": states}
-    return {"group": name, "policy": gc.policy, "thresholds": thresholds, "min": gc.min, "max": gc.max,
+              "states": states,
+              "in_flight": lay_out(ticks, buckets, lambda r: _r(r["in_flight"])),
+              "p95_s": lay_out(ticks, buckets, lambda r: _r(r["p95_s"]))}
+    return {"group": name, "policy": gc.policy, "thresholds": thresholds, "load": load, "min": gc.min, "max": gc.max,
             **_frame(since, until, step, buckets), "points": sum(1 for v in series["cpu"] if v is not None),
             "series": series, "markers": markers}
 

@@ -80,8 +80,9 @@ HOST_METRICS = _obj({"pmid": INT, "host": STR, "cpus": INT, "source": {"type": "
                                      "vms": SERIES, "vcpus": SERIES}),
                      "domains": {"type": "object", "additionalProperties": SERIES}})
 GROUP_METRICS = _obj({"group": STR, "policy": STR, "thresholds": {"type": "object", "additionalProperties": NUM},
+                      "load": {"type": "object", "additionalProperties": NUM},
                       "min": INT, "max": INT, **FRAME,
-                      "series": _obj({"cpu": SERIES, "replicas": SERIES,
+                      "series": _obj({"cpu": SERIES, "replicas": SERIES, "in_flight": SERIES, "p95_s": SERIES,
                                       "states": {"type": "object", "additionalProperties": SERIES}}),
                       "markers": {"type": "array", "items": _obj({"ts": NUM, "kind": STR, "subject": STR, "message": STR})}})
 RANGE = [{"name": "since", "in": "query", "required": False, "description": "epoch seconds; default until - 3600",

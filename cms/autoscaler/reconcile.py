@@ -208,7 +208,7 @@ class Autoscaler:
             m = tick.domains.get(d.uuid)
             self.history.add(d.name, now, m.cpu if m else None)
         self.poll_load(now)
-        self._samples.extend(to_samples(tick, alive, self.registry.states()))
+        self._samples.extend(to_samples(tick, alive, self.registry.states(), self.figures))
         self._samples.extend(to_samples(tick, vms, {}))
         self._host_samples.extend(self.balancer.observe(tick, self._listing, self._capacities()))
 

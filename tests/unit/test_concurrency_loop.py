@@ -79,6 +79,10 @@ def test_one_decision_unparks_three_together(loop):
         ready_names(s), 40.0)
     assert all(r["latency"]["buckets"] == [3, 5, 5] for r in st["replicas"] if r["state"] == "ready")
     assert s.history.series(first, kind="in_flight")[-1][1] == 40.0
+    last = s.store.samples(group=G, domain=first)[-1]           # and the store's history keeps them
+    assert (last.in_flight, last.rate, last.p95_s) == (40.0, 2.0, 0.3)
+    early = s.store.samples(group=G, domain=first)[0]            # ...from the first tick it was polled
+    assert early.in_flight == 0.2
 
 
 def test_one_decision_spawns_three_together_without_a_pool(loop):

@@ -3,6 +3,7 @@ file serving, in-process over libvirt test:/// hosts with samples written straig
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -159,6 +160,27 @@ def test_group_metrics_states_thresholds_and_decisions(api):
     assert [(k["kind"], k["ts"]) for k in m["markers"]] == [("decision", T0 + 4.5)]
 
 
+def test_group_metrics_load_in_flight_per_replica_and_p95_against_the_concurrency_target(api):
+    c, deps = api
+    rows = []
+    for i in range(10):   # two ready replicas polled: 1 and 3 in flight, p95 0.2 and 0.6; a third not polled
+        rows.append(Sample(T0 + i, "pm1", "cms-web-a", "web", 0.5, 1, 1024, "ready", (), 1.0, 2.0, 0.2))
+        rows.append(Sample(T0 + i, "pm1", "cms-web-b", "web", 0.9, 1, 1024, "ready", (), 3.0, 2.0, 0.6 if i < 5 else None))
+        rows.append(Sample(T0 + i, "pm1", "cms-web-c", "web", 0.1, 1, 1024, "starting"))
+    deps.store.add_samples(rows)
+    status, m = _metrics(c, "/v1/groups/web/metrics", since=T0, until=T0 + 10, step=5)
+    assert status == 200
+    assert m["series"]["in_flight"] == [2.0, 2.0]           # per polled replica, the starting one not counted
+    assert m["series"]["p95_s"] == [0.6, 0.2]               # the slowest polled replica's (b's had no answers)
+    assert m["load"] == {} and m["thresholds"] == {"high": 0.75, "low": 0.25}
+    web = deps.cfg.groups["web"]
+    deps.cfg.groups["web"] = dataclasses.replace(      # the API reads the group's settings at each request
+        web, policy="concurrency", concurrency=dataclasses.replace(web.concurrency, utilization=0.5, latency_p95_s=1.5))
+    status, m = _metrics(c, "/v1/groups/web/metrics", since=T0, until=T0 + 10, step=5)
+    assert status == 200 and m["thresholds"] == {}
+    assert m["load"] == {"in_flight": 0.5 * web.vcpus, "latency_p95_s": 1.5}
+
+
 def test_prune_history_keeps_the_store_bounded(tmp_path):
     s = Store(tmp_path / "s.db")
     s.add_samples([Sample(T0 + i, "h", "d", "", 0.1, 1, 1, "running", (0.1,)) for i in range(100)])
@@ -181,8 +203,9 @@ def test_an_older_state_db_gets_the_vcpu_column(tmp_path):
     c.commit()
     c.close()
     s = Store(p)
-    s.add_samples([Sample(2, "h", "d", "", 0.5, 2, 1, "running", (0.25, 0.75))])
+    s.add_samples([Sample(2, "h", "d", "", 0.5, 2, 1, "running", (0.25, 0.75), 1.5, 3.0, 0.4)])
     assert [x.vcpu for x in s.samples()] == [(), (0.25, 0.75)]
+    assert [(x.in_flight, x.rate, x.p95_s) for x in s.samples()] == [(None, None, None), (1.5, 3.0, 0.4)]
 
 
 def test_parse_range_is_pure_and_bounded():

@@ -42,6 +42,10 @@ export const UNITS = {
          axis: (vals, top) => vals.map((v) => fmt.mib(v, top).replace(/\.0 GiB$/, " GiB")) },
   count: { text: (v) => String(v), show: (v) => Math.round(v), incrs: () => COUNT_INCRS, stepped: true,
            axis: (vals) => vals.map((v) => String(Math.round(v))) },
+  // a mean of counts (requests in flight per replica over a tick): not rounded, not stepped
+  load: { text: (v) => v.toFixed(1), show: (v) => v, axis: (vals) => vals.map((v) => String(+v.toFixed(2))) },
+  s: { text: (v) => (v < 1 ? `${Math.round(v * 1000)} ms` : `${v.toFixed(2)} s`), show: (v) => v,
+       axis: (vals) => vals.map((v) => `${+v.toFixed(2)} s`) },
 };
 
 // The series' value now: its last point, if that is one of the last RECENT points (a VM that

@@ -21,6 +21,12 @@ const POLICY_WORDS = [
   ["target", "target mean CPU", (v) => fmt.pct(v)],
   ["tolerance", "tolerance", (v) => `± ${fmt.pct(v)}`],
   ["stabilization_s", "stabilization", fmt.secs],
+  ["target_in_flight", "requests in flight per replica", (v) => (v ? String(v) : "its vCPUs")],
+  ["utilization", "aimed at", (v) => `${fmt.pct(v)} of that`],
+  ["stable_window_s", "stable window", fmt.secs],
+  ["panic_window_s", "panic window", fmt.secs],
+  ["panic_threshold", "panic at", (v) => `${v} x the ready replicas`],
+  ["latency_p95_s", "p95 latency bound", (v) => (v ? fmt.secs(v) : "off")],
   ["max_step", "at most per step", (v) => fmt.n(v, "replica")],
   ["cooldown_s", "cooldown", fmt.secs],
   ["warmup_s", "warm-up", fmt.secs],
@@ -61,7 +67,7 @@ export function groupPage(el, name) {
   const policyBox = h("div", { id: "group-policy" });
   const warmBox = h("div", { id: "group-warm" });
   const logBox = h("div", { id: "group-log" });
-  const charts = groupCharts(name, "grp");
+  const charts = groupCharts(name, "grp", { load: true });
   let asked = null;         // what this page asked for, to follow it to "applied"
   let group = null;
   let polls = 0;            // polls started; a poll that started before the ask cannot tell it applied
@@ -86,7 +92,8 @@ export function groupPage(el, name) {
   replace(el, h("h1", {}, `Group ${name}`), section("Now", summary, scaleStatus),
     section("Replicas", replicasBox), section("Scale", form),
     section("Charts", ranged.picker("grp-range", () => poller.now()),
-      h("div", { class: "pair" }, charts.count.el, charts.cpu.el)),
+      h("div", { class: "pair" }, charts.count.el, charts.cpu.el),
+      h("div", { class: "pair" }, charts.inFlight.el, charts.p95.el)),
     section("Policy", policyBox), section("Warm pool", warmBox), section("Decision log", logBox));
 
   function serving(gr) {
@@ -155,5 +162,5 @@ export function groupPage(el, name) {
   poller.start();
   form.querySelector("input[name=replicas]").addEventListener("input", () => { form.dataset.touched = "1"; });
 
-  return () => { poller.stop(); charts.count.destroy(); charts.cpu.destroy(); if (form.cleanup) form.cleanup(); };
+  return () => { poller.stop(); charts.destroy(); if (form.cleanup) form.cleanup(); };
 }

@@ -64,9 +64,16 @@ export function hostCpuSeries(m, present) {
 
 export function hostLive(m) { return latestPoint(m.ts, m.series.cpu); }
 
-export function groupCharts(name, prefix) {
+// The replica count and mean CPU charts; with `load` (the group page) also the requests in
+// flight per ready replica against the concurrency policy's aim, and the slowest replica's p95
+// latency against its bound (both from the replicas' /status, polled each tick).
+export function groupCharts(name, prefix, { load = false } = {}) {
   const count = new TimeChart({ id: `${prefix}-replicas-${name}`, title: "Replicas over time", unit: "count", height: 140 });
   const cpu = new TimeChart({ id: `${prefix}-cpu-${name}`, title: "Mean CPU against the thresholds", unit: "pct", height: 140, yMax: 1 });
+  const inFlight = load ? new TimeChart({ id: `${prefix}-inflight-${name}`, title: "Requests in flight per ready replica",
+                                          unit: "load", height: 140 }) : null;
+  const p95 = load ? new TimeChart({ id: `${prefix}-p95-${name}`, title: "p95 latency (slowest ready replica)",
+                                     unit: "s", height: 140 }) : null;
   const update = (m) => {
     const ts = m.ts;
     // A state with no replica in a bucket the group was sampled in had 0 there, not "no data".
@@ -78,8 +85,17 @@ export function groupCharts(name, prefix) {
     const th = Object.entries(m.thresholds).filter(([k]) => k !== "tolerance")
       .map(([k, v]) => ({ key: k, label: k, values: constant(ts, v), dash: [6, 4], color: k === "low" ? "#16a34a" : "#dc2626" }));
     cpu.update(ts, [{ key: "cpu", label: "mean CPU", values: m.series.cpu, color: "#2563eb" }, ...th], m.markers);
+    if (!load) return;
+    const aim = m.load || {};
+    inFlight.update(ts, [{ key: "in_flight", label: "in flight per replica", values: m.series.in_flight || ts.map(() => null), color: "#2563eb" },
+      ...(aim.in_flight === undefined ? [] : [{ key: "target", label: "target x utilization", values: constant(ts, aim.in_flight), dash: [6, 4], color: "#dc2626" }])],
+      m.markers);
+    p95.update(ts, [{ key: "p95", label: "p95", values: m.series.p95_s || ts.map(() => null), color: "#ea580c" },
+      ...(aim.latency_p95_s === undefined ? [] : [{ key: "bound", label: "latency_p95_s", values: constant(ts, aim.latency_p95_s), dash: [6, 4], color: "#dc2626" }])],
+      m.markers);
   };
-  return { count, cpu, update };
+  const destroy = () => { for (const c of [count, cpu, inFlight, p95]) if (c) c.destroy(); };
+  return { count, cpu, inFlight, p95, update, destroy };
 }
 
 export function decisionText(e) {
@@ -162,6 +178,6 @@ export function overviewPage(el) {
   return () => {
     poller.stop();
     for (const c of hostCards.values()) c.chart.destroy();
-    for (const c of groupCards.values()) { c.charts.count.destroy(); c.charts.cpu.destroy(); }
+    for (const c of groupCards.values()) c.charts.destroy();
   };
 }
