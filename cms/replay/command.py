@@ -42,7 +42,8 @@ from cms.autoscaler.planner import pool_target
 from cms.errors import ConfigError
 from cms.replay import fit as fitting
 from cms.replay import report
-from cms.replay.inputs import ClientRecord, Recorded, ReplayError, Start, Trace, offered_from_cpu, read_load, read_store
+from cms.replay.inputs import (ClientRecord, Recorded, ReplayError, Start, Trace, offered_from_cpu, offered_from_rates,
+                               read_load, read_store)
 from cms.replay.model import Model
 from cms.replay.sim import Sim
 
@@ -184,7 +185,7 @@ def replay(inp: Inputs, groups: dict[str, cmsconfig.GroupConfig], overrides: dic
     trace = inp.trace
     if trace is None:
         assert inp.rec is not None
-        trace = offered_from_cpu(inp.rec, model.cpu_idle, model.cpu_busy, model.service_s)
+        trace = offered_from_rates(inp.rec) or offered_from_cpu(inp.rec, model.cpu_idle, model.cpu_busy, model.service_s)
     a = inp.cfg.autoscaler
     runs, took = {}, {}
     for name, gc in groups.items():

@@ -12,8 +12,11 @@ Two kinds of input:
   (decisions, spawn stages, warm-pool use), read through ``Store.samples`` and
   ``Store.events``. It gives the run's starting point, the real replica count and decisions
   to compare the replay with, and the records cms.replay.fit fits the model from. Without a
-  trace, the offered load is what the replicas' CPU says they served (``offered_from_cpu``):
-  exact below saturation, a lower bound above it (what nobody served was not measured).
+  trace, the offered load is what the replicas say they served: the answers per second their
+  /status reported, summed (``offered_from_rates``), where the store has them for most
+  ticks (a store written since the daemon polls /status), else what their CPU says
+  (``offered_from_cpu``). Either is exact below saturation, a lower bound above it (what
+  nobody served was not measured).
 
 Bad input is one ``ReplayError`` line naming the file and the line.
 """
@@ -179,6 +182,8 @@ class Recorded:
     replica_cpu: list[tuple[float | None, ...]] = field(default_factory=list)   # each ready one's, oldest first
     busy: list[float] = field(default_factory=list)            # vCPUs busy, summed over the ready ones
     vcpus: list[int] = field(default_factory=list)             # their vCPUs
+    rate: list[float | None] = field(default_factory=list)     # answers/s summed over them (their /status);
+    in_flight: list[float | None] = field(default_factory=list)  # requests in flight, summed; None: one had no figure
     decisions: list[dict[str, Any]] = field(default_factory=list)
     events: list[Any] = field(default_factory=list)            # every event of the group (for fitting)
     begin: Start = field(default_factory=Start)
@@ -219,6 +224,10 @@ def read_store(db: str | Path, group: str, since: float | None = None, until: fl
         rec.cpu.append(statistics.fmean(s.cpu for s in figures) if figures and len(figures) == len(ready) else None)
         rec.busy.append(sum(s.cpu * s.vcpus for s in figures))
         rec.vcpus.append(sum(s.vcpus for s in ready))
+        polled = [s for s in ready if s.rate is not None and s.in_flight is not None]
+        whole = bool(ready) and len(polled) == len(ready)
+        rec.rate.append(sum(s.rate for s in polled) if whole else None)
+        rec.in_flight.append(sum(s.in_flight for s in polled) if whole else None)
     end = stamps[-1]
     rec.decisions = [{"t": e.ts - t0, "action": e.data.get("action"), "desired": e.data.get("desired"),
                       "reason": e.message} for e in events if e.kind == "decision" and t0 <= e.ts <= end]
@@ -240,6 +249,19 @@ def start_of(events: list[Any], first: list[Any], t0: float) -> Start:
     actions = [e.ts - t0 for e in events if e.ts <= t0 and (e.kind == "scale_override" or
                                                           (e.kind == "decision" and e.data.get("action") != "none"))]
     return Start(ready, parked, max(actions) if actions else None)
+
+
+def offered_from_rates(rec: Recorded, share: float = 0.9) -> Trace | None:
+    """The load the ready replicas answered, from their /status request rates; None when fewer
+    than ``share`` of the ticks have every ready replica's rate (an older store: use the CPU).
+    A tick without a figure carries the last one on."""
+    have = [(t, r) for t, r in zip(rec.ticks, rec.rate) if r is not None]
+    if not rec.ticks or len(have) < share * len(rec.ticks):
+        return None
+    points = [(max(0.0, t - rec.tick_s), r) for t, r in have]
+    merged = [points[0]] + [p for a, p in zip(points, points[1:]) if p[0] > a[0]]
+    trace = _trace(merged, f"request rates of group {rec.group} (/status)", end=rec.end)
+    return Trace(trace.times, trace.rates, trace.end, trace.source, rec.start)
 
 
 def offered_from_cpu(rec: Recorded, cpu_idle: float, cpu_busy: float, service_s: float) -> Trace:

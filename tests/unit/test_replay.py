@@ -165,8 +165,9 @@ def test_cost_recovers_idle_cpu_and_the_cost_of_a_request():
 
 # --- a recorded run replayed back ---------------------------------------------------------------
 
-def record(out, gc_data: dict, trace: Trace) -> list:
-    """A run made up by the model itself, written as the daemon and the load client write theirs."""
+def record(out, gc_data: dict, trace: Trace, polled: bool = False) -> list:
+    """A run made up by the model itself, written as the daemon and the load client write theirs
+    (``polled``: the ready replicas' /status figures too, as the daemon stores them now)."""
     from cms.demo.run import demo_config_data, to_toml
     data = demo_config_data(out, golden="/nonexistent", api_port=1, pub_port=2, snap_port=3)
     data["groups"]["demo"].update(gc_data)
@@ -176,10 +177,13 @@ def record(out, gc_data: dict, trace: Trace) -> list:
     rows, ticks, seen = [], [], set()
 
     def on_tick(now, tracks, load):
+        n = sum(t.state == State.READY for t in tracks)
         for t in tracks:
             if t.state in (State.READY, State.STARTING, State.DRAINING):
-                rows.append(Sample(T0 + now, "local", t.name, "demo", load.cpu if t.state == State.READY else None,
-                                   1, 0, str(t.state)))
+                ready = t.state == State.READY
+                figures = (load.in_flight, load.served / n, None) if polled and ready else (None, None, None)
+                rows.append(Sample(T0 + now, "local", t.name, "demo", load.cpu if ready else None,
+                                   1, 0, str(t.state), (), *figures))
             if t.state == State.READY and t.name not in seen:
                 seen.add(t.name)
                 store.add_event("ready", "up", group="demo", subject=t.name, ts=T0 + t.ready_at,
@@ -295,6 +299,19 @@ def test_cms_replay_is_a_subcommand_that_needs_no_api(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["configured"]["scale_outs"] == 0
     assert cli.main(["replay", "--trace", str(tmp_path / "missing.csv")]) == 1
     assert "cms replay: " in capsys.readouterr().err
+
+
+def test_a_store_with_status_figures_replays_on_the_request_rate_its_replicas_answered(tmp_path):
+    real = record(tmp_path, {}, steps((30, 3.0), (100, 12.5), (60, 3.0)), polled=True)
+    assert command.main(["--store", str(tmp_path / "state.db"), "--group", "demo", "--config",
+                         str(tmp_path / "demo.toml"), "--out", str(tmp_path / "r"), "--json"]) == 0
+    doc = json.loads((tmp_path / "r" / "replay.json").read_text())
+    assert doc["input"]["load"] == "request rates of group demo (/status)"
+    rates = {round(r, 6) for r in doc["settings"]["recorded"]["series"]["offered_rps"]}
+    assert 3.0 in rates                                  # the low phase, answered in full
+    vs = doc["settings"]["recorded"]["against_recorded"]
+    assert [d["action"] for d in doc["settings"]["recorded"]["decisions"]] == [d["action"] for d in real]
+    assert vs["max_ticks_off"] <= 2 and vs["ready_count_match_share"] >= 0.9
 
 
 def test_a_store_alone_replays_on_the_load_its_cpu_says_was_served(tmp_path):
