@@ -7,7 +7,8 @@ load step, 3 x one replica's capacity, twice in one run: first with the threshol
 park back into the pool) and a restart of the daemon on the concurrency policy (it adopts
 the ready replica and the parked pool; the step waits for a stable window of its figures),
 with concurrency. Asserted: with concurrency one
-decision asks for +2 or more and the replicas unpark together. Reported, not asserted
+decision asks for +2 or more and the replicas unpark together; the store keeps each ready
+replica's /status figures through the step. Reported, not asserted
 (timings belong in benchmarks): for both, step -> decision, step -> 3 ready, and when the
 client's p95 was back under 1 s.
 """
@@ -109,7 +110,7 @@ def both(tmp_path_factory):
         wait_until(lambda: len(d.s.history.series(first, kind="in_flight")) > STABLE_S + 2, 3 * STABLE_S, 0.5,
                    "a stable window of in-flight figures")
         concurrency = step(d, tmp, c1, "concurrency")
-        yield {"capacity": c1, "threshold": threshold, "concurrency": concurrency}
+        yield {"capacity": c1, "threshold": threshold, "concurrency": concurrency, "store": d.s.store}
     finally:
         d.close()
         for dom in fleet.owned(G):
@@ -133,6 +134,20 @@ def test_one_decision_sizes_the_step_and_the_pool_unparks_together(both):
     took = [e for e in events if e.kind == "warm_used" and first.ts <= e.ts < until]
     assert len(took) == first.data["desired"] - first.data["current"], [(e.subject, e.ts - first.ts) for e in took]
     assert did["unparked"] >= len(took) and did["step_to_enough_ready_s"] is not None
+
+
+def test_the_store_keeps_each_ready_replicas_load_through_the_step(both):
+    """What the console's charts and cms replay read: per ready replica and tick, its /status
+    figures beside its CPU; over the step, several replicas carrying requests."""
+    store, did = both["store"], both["concurrency"][1]
+    ready = [s for s in store.samples(group=G, since=did["step_ts"]) if s.state == "ready"]
+    polled = [s for s in ready if s.in_flight is not None]
+    assert len({s.domain for s in polled}) >= NEED, sorted({s.domain for s in ready})
+    assert max(s.in_flight for s in polled) >= 1.0 and max(s.rate or 0 for s in polled) > 0
+    assert any(s.p95_s for s in polled)
+    assert all(s.in_flight is None for s in store.samples(group=G, since=did["step_ts"]) if s.state == "parked")
+    ticks = store.tick_buckets(did["step_ts"], did["step_ts"] + STEP_S, STEP_S / 5, group=G)
+    assert [r["in_flight"] for r in ticks if r["in_flight"]], ticks
 
 
 def test_report_both_policies_on_the_same_step(both):
