@@ -180,6 +180,7 @@ class Recorded:
     ready: list[int] = field(default_factory=list)            # ready replicas per tick
     cpu: list[float | None] = field(default_factory=list)      # mean CPU of the ready ones
     replica_cpu: list[tuple[float | None, ...]] = field(default_factory=list)   # each ready one's, oldest first
+    replica_in_flight: list[tuple[float | None, ...]] = field(default_factory=list)   # the same, from /status
     busy: list[float] = field(default_factory=list)            # vCPUs busy, summed over the ready ones
     vcpus: list[int] = field(default_factory=list)             # their vCPUs
     rate: list[float | None] = field(default_factory=list)     # answers/s summed over them (their /status);
@@ -218,6 +219,7 @@ def read_store(db: str | Path, group: str, since: float | None = None, until: fl
     for ts in stamps:
         ready = sorted((s for s in by_ts[ts] if s.state == "ready"), key=lambda s: (became.get(s.domain, 0.0), s.domain))
         rec.replica_cpu.append(tuple(s.cpu for s in ready))
+        rec.replica_in_flight.append(tuple(s.in_flight for s in ready))
         figures = [s for s in ready if s.cpu is not None]
         rec.ticks.append(ts - t0)
         rec.ready.append(len(ready))

@@ -11,7 +11,8 @@ Each tick does what ``Autoscaler.tick`` does, in its order, with the I/O replace
   rater has no baseline). Where the replay's group is the recorded one (as many ready
   replicas as the recording had at that moment, and at all but a few ticks of the policy's
   longest window and warm-up before it), the figures are the recorded ones
-  (oldest replica to oldest replica), and so is the p95 latency (the load client's): the
+  (oldest replica to oldest replica; in flight too, where the store has every ready
+  replica's /status figure), and so is the p95 latency (the load client's): the
   replay then sees what the daemon and the clients saw, host contention and noise
   included. Elsewhere (another group, or no recording) the model's queue
   (cms.replay.model) gives them: a group that had other capacity a moment ago has another
@@ -236,6 +237,15 @@ class Sim:
             drift.popleft()
         return rec.replica_cpu[i] if same and ready and len(drift) <= DRIFT_TICKS else None
 
+    def _recorded_in_flight(self, now: float) -> tuple[float, ...] | None:
+        """The recording's ready replicas' in-flight figures at ``now``, where it has one for
+        each (a store written before the daemon polled /status has none: the model's)."""
+        rec = self.rec
+        assert rec is not None
+        i = bisect.bisect_left(rec.ticks, now - 1e-6)
+        got = rec.replica_in_flight[i] if i < len(rec.replica_in_flight) else ()
+        return got if got and all(v is not None for v in got) else None  # type: ignore[return-value]
+
     def decide(self, _g: str, members: tuple[Track, ...]) -> policy.Decision:
         """As Autoscaler.decide: the policy over the ready members' history and the memory."""
         ready = [(t.name, t.ready_at) for t in members if t.state == S.READY]
@@ -254,6 +264,8 @@ class Sim:
         ready = sorted((t for t in self.tracks.values() if t.state == S.READY), key=lambda t: (t.ready_at, t.name))
         seen = self._recorded(now, len(ready))
         figures = dict(zip((t.name for t in ready), seen)) if seen is not None else {}
+        flight = self._recorded_in_flight(now) if seen is not None else None
+        in_flight = dict(zip((t.name for t in ready), flight)) if flight is not None else {}
         for t in self.tracks.values():
             if t.state in (S.READY, S.STARTING, S.UNPARKING):
                 fresh = t.name in self.no_baseline
@@ -261,7 +273,7 @@ class Sim:
                 cpu = figures.get(t.name, load.cpu) if t.state == S.READY else self.m.cpu_idle
                 self.history.add(t.name, now, None if fresh else cpu)
                 if t.state == S.READY:
-                    self.history.add_load(t.name, now, load.in_flight, load.p95_s)
+                    self.history.add_load(t.name, now, in_flight.get(t.name, load.in_flight), load.p95_s)
         if seen is not None:
             self.run.recorded_ticks += 1
             vals = [v for v in seen if v is not None]

@@ -165,9 +165,10 @@ def test_cost_recovers_idle_cpu_and_the_cost_of_a_request():
 
 # --- a recorded run replayed back ---------------------------------------------------------------
 
-def record(out, gc_data: dict, trace: Trace, polled: bool = False) -> list:
+def record(out, gc_data: dict, trace: Trace, polled: bool = False, in_flight: float | None = None) -> list:
     """A run made up by the model itself, written as the daemon and the load client write theirs
-    (``polled``: the ready replicas' /status figures too, as the daemon stores them now)."""
+    (``polled``: the ready replicas' /status figures too, as the daemon stores them now;
+    ``in_flight``: theirs instead of the model's)."""
     from cms.demo.run import demo_config_data, to_toml
     data = demo_config_data(out, golden="/nonexistent", api_port=1, pub_port=2, snap_port=3)
     data["groups"]["demo"].update(gc_data)
@@ -181,7 +182,8 @@ def record(out, gc_data: dict, trace: Trace, polled: bool = False) -> list:
         for t in tracks:
             if t.state in (State.READY, State.STARTING, State.DRAINING):
                 ready = t.state == State.READY
-                figures = (load.in_flight, load.served / n, None) if polled and ready else (None, None, None)
+                figures = ((load.in_flight if in_flight is None else in_flight, load.served / n, None)
+                           if polled and ready else (None, None, None))
                 rows.append(Sample(T0 + now, "local", t.name, "demo", load.cpu if ready else None,
                                    1, 0, str(t.state), (), *figures))
             if t.state == State.READY and t.name not in seen:
@@ -312,6 +314,22 @@ def test_a_store_with_status_figures_replays_on_the_request_rate_its_replicas_an
     vs = doc["settings"]["recorded"]["against_recorded"]
     assert [d["action"] for d in doc["settings"]["recorded"]["decisions"]] == [d["action"] for d in real]
     assert vs["max_ticks_off"] <= 2 and vs["ready_count_match_share"] >= 0.9
+
+
+@pytest.mark.parametrize("polled, scales_out", [(True, True), (False, False)])
+def test_the_concurrency_policy_replayed_sees_the_recorded_in_flight(tmp_path, polled, scales_out):
+    """Replicas that carried 5 requests each (slow requests the model's 0.3 cannot tell): the
+    replay's concurrency policy sees the store's figures where it has them, else the model's."""
+    record(tmp_path, {}, steps((120, 3.0)), polled=polled, in_flight=5.0)
+    (tmp_path / "s.toml").write_text('[settings.kpa]\npolicy = "concurrency"\n'
+                                     'concurrency = {stable_window_s = 10.0, panic_window_s = 2.0}\n')
+    assert command.main(["--run", str(tmp_path), "--settings", str(tmp_path / "s.toml"),
+                         "--out", str(tmp_path / "r")]) == 0
+    doc = json.loads((tmp_path / "r" / "replay.json").read_text())
+    outs = [d for d in doc["settings"]["kpa"]["decisions"] if d["action"] == "scale_out"]
+    assert bool(outs) is scales_out, outs
+    if outs:
+        assert "in-flight 5.0" in outs[0]["reason"], outs[0]["reason"]
 
 
 def test_a_store_alone_replays_on_the_load_its_cpu_says_was_served(tmp_path):
