@@ -179,6 +179,8 @@ def test_group_metrics_load_in_flight_per_replica_and_p95_against_the_concurrenc
     status, m = _metrics(c, "/v1/groups/web/metrics", since=T0, until=T0 + 10, step=5)
     assert status == 200 and m["thresholds"] == {}
     assert m["load"] == {"in_flight": 0.5 * web.vcpus, "latency_p95_s": 1.5}
+    policy = c.simulate_get("/v1/groups/web").json["policy"]        # the group's own keys, not target's
+    assert policy["name"] == "concurrency" and policy["utilization"] == 0.5 and "tolerance" not in policy
 
 
 def test_prune_history_keeps_the_store_bounded(tmp_path):
