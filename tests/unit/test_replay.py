@@ -169,10 +169,10 @@ def record(out, gc_data: dict, trace: Trace, polled: bool = False, in_flight: fl
     """A run made up by the model itself, written as the daemon and the load client write theirs
     (``polled``: the ready replicas' /status figures too, as the daemon stores them now;
     ``in_flight``: theirs instead of the model's)."""
-    from cms.demo.run import demo_config_data, to_toml
+    from cms.demo.run import demo_config_data
     data = demo_config_data(out, golden="/nonexistent", api_port=1, pub_port=2, snap_port=3)
     data["groups"]["demo"].update(gc_data)
-    (out / "demo.toml").write_text(to_toml(data))
+    (out / "demo.toml").write_text(cmsconfig.to_toml(data))
     gc = cmsconfig.load(out / "demo.toml").groups["demo"]
     store = Store(out / "state.db")
     rows, ticks, seen = [], [], set()
