@@ -53,6 +53,14 @@ class HostConfig:
                                       "empty: network.forward_address")
     cpus: int = setting(0, min=0, max=65536, doc="CPUs this host counts for placement and host load; 0: what libvirt "
                                             "reports (set it when hosts share a machine, as the lab's do)")
+    timeout_s: float = setting(2.0, min=0.05, max=600.0,
+                               doc="a tick waits this long for this host's listing; past it the host did not answer "
+                                   "this tick (the other hosts' listings are used at once)")
+    fence_command: str = setting("", doc="run with the host's name appended when it is declared down (IPMI power-off, "
+                                    "a fence_* agent; the lab's: scripts/lab.sh fence); exit 0 means the host is "
+                                    "fenced. Empty: none, so VMs made through the API there are only marked lost")
+    fence_timeout_s: float = setting(60.0, min=1.0, max=3600.0,
+                                     doc="a fence_command still running after this is killed and counts as failed")
 
 
 @dataclass(frozen=True)
@@ -180,6 +188,9 @@ class AutoscalerConfig:
                                        doc="one /health check's timeout; generous, as a saturated replica answers slowly")
     drain_s: float = setting(3.0, min=0.0, max=3600.0, doc="time given to in-flight work after draining is announced")
     shutdown_timeout_s: float = setting(10.0, min=0.0, max=3600.0, doc="graceful shutdown wait before destroy")
+    host_down_s: float = setting(10.0, min=0.1, max=3600.0,
+                                 doc="a host that has not answered for this long is down: its replicas are declared "
+                                     "lost and replaced on live hosts (vSphere HA waits 15 s)")
     metrics_listen: str = setting("127.0.0.1:9481", doc="HOST:PORT where the daemon serves Prometheus' /metrics; "
                                                    "empty: no endpoint")
 

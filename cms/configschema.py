@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 import types
 import typing
 from dataclasses import field
@@ -226,6 +227,12 @@ def cross_checks(cfg: Any) -> None:
         why = libvirt_uri_problem(h.uri)
         if why:
             raise ConfigError(f"{src}: hosts[{i}].uri = {h.uri!r} is not a libvirt URI cms can use: {why}")
+        if h.fence_command:
+            try:
+                shlex.split(h.fence_command)
+            except ValueError as exc:
+                raise ConfigError(f"{src}: hosts[{i}].fence_command = {h.fence_command!r}: {exc} (it is split "
+                                  "like a shell command line)") from None
     checks = [("api.bind", cfg.api.bind, bind_problem(cfg.api.bind))]
     checks += [(f"zmq.{k}[{i}]", e, zmq_problem(e)) for k in ("publish", "snapshot")
                for i, e in enumerate(getattr(cfg.zmq, k))]

@@ -102,6 +102,10 @@ def test_values_are_typed():
     ("[api]\nbind = \"127.0.0.1:0\"", "api.bind = '127.0.0.1:0': want HOST:PORT"),
     ("[zmq]\nsnapshot = \"udp://1.2.3.4:5\"", "zmq.snapshot[0] = 'udp://1.2.3.4:5': want tcp://HOST:PORT"),
     ("state_db = \"a\\u0007b\"", "state_db = 'a\\x07b' holds a control character"),
+    ("[[hosts]]\nname = \"a\"\nuri = \"test:///default\"\nfence_command = \"ipmitool 'x\"",
+     "hosts[0].fence_command = \"ipmitool 'x\": No closing quotation"),
+    ("[[hosts]]\nname = \"a\"\nuri = \"test:///default\"\ntimeout_s = 0", "hosts[0].timeout_s = 0.0 is below the minimum 0.05"),
+    ("[autoscaler]\nhost_down_s = 0", "autoscaler.host_down_s = 0.0 is below the minimum 0.1"),
 ])
 def test_bad_values_name_the_key_and_file(tmp_path, text, needle):
     p = tmp_path / "cms.toml"
