@@ -4,7 +4,10 @@ Runs on libvirt's test driver (test:///default, no daemon) with 10, 100 and 1,00
 and started domains carrying cms metadata. The test driver fills only state.* in
 getAllDomainStats, so CPU counters are injected into each record after the real call.
 Prints ONE JSON line: median ms per size, the per-domain slope, and the observe cost
-(owned_domains, which reads each domain's metadata) separately.
+(owned_domains, which reads each domain's metadata) separately. ``listing_ms`` is the
+tick's listing at each size once the metadata is cached, both ways, alternating: the
+bulk call made directly and ``Fleet.list_domains`` (each host on its own thread, with a
+deadline), so the thread hand-off's cost shows beside the call.
 
 Then, under "exporter", the whole daemon tick (``Autoscaler.tick``: listing, metrics, plan,
 execute, publish) at 1,000 ready replicas with the Prometheus exporter off and on, tick by
@@ -161,6 +164,7 @@ def main() -> None:
     result: dict[str, object] = {"bench": "monitor_tick", "uri": "test:///default", "ticks": args.ticks}
     medians = {}
     observe = {}
+    listing = {}
     port = 20000
     for n in SIZES:
         g = f"b{n}"
@@ -170,6 +174,15 @@ def main() -> None:
         owned = h.stats.owned_domains(g)
         observe[n] = (time.perf_counter() - t0) * 1000
         assert len(owned) == n
+        direct, threaded = [], []
+        for k in range(args.ticks):
+            for via_fleet in ((False, True) if k % 2 == 0 else (True, False)):
+                t0 = time.perf_counter()
+                got = fleet.list_domains(g).on("t") if via_fleet else h.stats.owned_domains(g)
+                (threaded if via_fleet else direct).append((time.perf_counter() - t0) * 1000)
+                assert len(got) == n
+        listing[n] = {"direct": round(statistics.median(direct), 2),
+                      "list_domains": round(statistics.median(threaded), 2)}
         src = LibvirtMetrics(fleet)
         hist = History(cfg.autoscaler.history)
         gc = cfg.groups[g]
@@ -191,6 +204,7 @@ def main() -> None:
         "median_ms": {str(n): round(v, 3) for n, v in medians.items()},
         "per_domain_ms": round(slope, 5),
         "observe_owned_domains_ms": {str(n): round(v, 2) for n, v in observe.items()},
+        "listing_ms": {str(n): v for n, v in listing.items()},
         "target_ms_at_1000": 20, "ok": medians[1000] <= 20,
         "history_depth": args.ticks,
     })

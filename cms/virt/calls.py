@@ -38,6 +38,10 @@ _EXISTS = {libvirt.VIR_ERR_DOM_EXIST, getattr(libvirt, "VIR_ERR_STORAGE_VOL_EXIS
 _LINK_DOWN = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_SYSTEM_ERROR,
               libvirt.VIR_ERR_RPC, getattr(libvirt, "VIR_ERR_AUTH_FAILED", -1)}
 
+# ... and what the link's end says in words under other codes (a keepalive timeout is an
+# internal error to libvirt, but to cms the host did not answer).
+_LINK_DOWN_WORDS = ("unable to connect", "end of file while reading", "keepalive timeout", "connection closed")
+
 
 def translate(exc: "libvirt.libvirtError", host: str, obj: str) -> errors.VirtError:
     """The one place a libvirt error becomes a cms error."""
@@ -50,7 +54,7 @@ def translate(exc: "libvirt.libvirtError", host: str, obj: str) -> errors.VirtEr
         return errors.AlreadyExists(msg, host, obj)
     if "not enough free space" in low or "no space left" in low:
         return errors.NoSpace(msg, host, obj)
-    if code in _LINK_DOWN or "unable to connect" in low or "end of file while reading" in low:
+    if code in _LINK_DOWN or any(w in low for w in _LINK_DOWN_WORDS):
         return errors.HostUnreachable(msg, host, obj)
     if code in _UNSUPPORTED:
         return errors.Unsupported(msg, host, obj)

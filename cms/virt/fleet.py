@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import queue
 import socket
@@ -28,6 +29,7 @@ from cms.netutil import bindable
 from cms.virt import xml as vxml
 from cms.virt.guest import Guest
 from cms.virt.host import Capacity, DomainEvent, Host, is_local_uri, start_event_loop
+from cms.virt.perhost import PerHost
 from cms.virt.stats import OwnedDomain
 
 SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
@@ -68,7 +70,10 @@ class Fleet:
     def __init__(self, cfg: Config, *, events: bool = False) -> None:
         self.cfg = cfg
         self.event_queue: "queue.Queue[DomainEvent] | None" = None
-        if events and start_event_loop():
+        # libvirt's keepalive runs on its event loop: without one a dead link is never noticed
+        # and a call on it waits for TCP. So the loop runs whenever keepalives are asked for.
+        loop = start_event_loop() if events or cfg.libvirt.keepalive_interval else False
+        if events and loop:
             self.event_queue = queue.Queue(maxsize=10000)
         self.hosts = {
             h.name: Host(h.name, h.uri, keepalive_interval=cfg.libvirt.keepalive_interval,
@@ -79,6 +84,7 @@ class Fleet:
         self._domain_types: dict[str, str] = {}
         self._local_addresses: dict[str, bool] = {}
         self._cpus: dict[str, int] = {}
+        self._listers = PerHost()
 
     def host(self, name: str) -> Host:
         try:
@@ -90,6 +96,7 @@ class Fleet:
         return self.host(host_name).guest(name)
 
     def close(self) -> None:
+        self._listers.close()
         for h in self.hosts.values():
             h.close()
 
@@ -112,14 +119,18 @@ class Fleet:
     # -- reading what exists ----------------------------------------------------------------
 
     def list_domains(self, group: str | None = None) -> Listing:
-        """Every host's owned domains (one bulk call each); unreachable hosts land in ``down``."""
-        out: dict[str, list[OwnedDomain]] = {}
-        down: dict[str, str] = {}
-        for name, h in self.hosts.items():
-            try:
-                out[name] = h.stats.owned_domains(group)
-            except errors.VirtError as exc:
-                down[name] = str(exc)
+        """Every host's owned domains, one bulk call each, all hosts at once (cms.virt.perhost).
+
+        A host that fails, does not answer within its ``hosts[].timeout_s``, or is still busy
+        with the previous listing lands in ``down``; the others' domains are in the listing.
+        """
+        calls = {name: (functools.partial(h.stats.owned_domains, group), self.cfg.host(name).timeout_s)
+                 for name, h in self.hosts.items()}
+        out, down, raised = self._listers.call_all(calls)
+        for name, exc in raised.items():
+            if not isinstance(exc, errors.VirtError):
+                raise exc
+            down[name] = str(exc)
         return Listing(out, down, time.monotonic())
 
     def owned(self, group: str | None = None) -> list[OwnedDomain]:

@@ -98,3 +98,81 @@ def test_start_failure_rolls_back(fleet):
         assert h.storage.list_volumes(fleet.cfg.libvirt.pool) == []
     finally:
         busy.close()
+
+
+class FreezableLink:
+    """A unix socket in front of the system libvirtd's that can stop passing bytes: a link
+    that goes silent under an open connection, as a host does when its network is cut."""
+
+    def __init__(self, path: str, target: str = "/run/libvirt/libvirt-sock") -> None:
+        import socket
+        import threading
+        self.path, self.target = path, target
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.srv = socket.socket(socket.AF_UNIX)
+        self.srv.bind(path)
+        self.srv.listen(4)
+        self.socks: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+        while True:
+            try:
+                a, _ = self.srv.accept()
+            except OSError:
+                return
+            b = socket.socket(socket.AF_UNIX)
+            b.connect(self.target)
+            self.socks += [a, b]
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    return
+                self.flowing.wait()      # frozen: the bytes wait, as on a dead link
+                dst.sendall(data)
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self.flowing.set()
+        self.srv.close()
+        for s in self.socks:
+            s.close()
+
+
+def test_keepalive_drops_a_silent_connection_and_the_next_call_opens_a_new_one(tmp_path):
+    import threading
+    from cms.virt import Host, start_event_loop
+    assert start_event_loop()            # keepalives run on libvirt's event loop
+    link = FreezableLink(str(tmp_path / "sock"))
+    h = Host("ka", f"qemu+unix:///system?socket={tmp_path / 'sock'}", keepalive_interval=1)
+    try:
+        first = h.conn()
+        assert h.ping()
+        link.flowing.clear()
+        box: list = []
+
+        def call() -> None:
+            try:
+                box.append(h.stats.owned_domains())
+            except errors.VirtError as exc:
+                box.append(exc)
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        t.join(30)      # keepalive: 1 s interval, 3 unanswered -> dropped after about 4 s
+        assert box and isinstance(box[0], errors.HostUnreachable), box
+        link.flowing.set()
+        assert h.ping()
+        assert h.conn() is not first     # never reused: a new connection
+    finally:
+        h.close()
+        link.close()
