@@ -179,7 +179,8 @@ class Fleet:
         """A free forward port on the host's forward address.
 
         Taken: the ports of the owned domains of every host that forwards on the same
-        address, from the tick's listing (hosts it does not cover are listed here). A
+        address, from the tick's listing (hosts it does not cover are listed here; hosts it
+        has down are skipped, as their ports cannot be read without waiting on them). A
         test-bind also skips ports some other program holds, but only where it means
         something: the address is this controller's and the host is on this machine. A
         hypervisor in its own network namespace, or a remote one, forwards on an address
@@ -191,6 +192,8 @@ class Fleet:
         for other in self.hosts.values():
             if self.forward_address(other.name) != address:
                 continue
+            if listing is not None and other.name in listing.down:
+                continue    # it did not answer this tick; asking again would wait on it
             doms = listing.on(other.name) if listing is not None else None
             if doms is None:
                 with contextlib.suppress(errors.VirtError):
