@@ -9,6 +9,11 @@
 #                            and an etcd cluster they alone reach; writes a cms.toml per controller
 #   scripts/lab.sh cut-etcd C / heal-etcd C
 #                            controller C (2 or c2) loses etcd (still reaching the hosts) / gets it back
+#   scripts/lab.sh kill N    host N loses power: its libvirtd and QEMUs killed, its link down
+#   scripts/lab.sh cut N     host N is partitioned: its link down, its libvirtd and QEMUs left running
+#   scripts/lab.sh fence N   what a fence agent does: host N's libvirtd and QEMUs killed (N or hvN;
+#                            the fragment's hosts[].fence_command)
+#   scripts/lab.sh revive N  host N's link up, and its libvirtd started again if it was killed
 # Options before the command: --name NAME (default cmslab), --subnet S (169.254.S.0/24, default 90).
 # Env: CMS_VENV (default .venv). Needs root.
 set -euo pipefail

@@ -5,6 +5,7 @@
     python -m cms.lab.hosts status [--name cmslab]
     python -m cms.lab.hosts up N --controllers M [--etcd 3]    (controllers and etcd: cms.lab.controllers)
     python -m cms.lab.hosts cut-etcd|heal-etcd C               (controller C loses etcd, or gets it back)
+    python -m cms.lab.hosts kill|cut|fence|revive N    (losing a host: cms.lab.outage)
 
 What ``up`` makes, for host i of N (hv1, hv2, ...):
 
@@ -164,12 +165,14 @@ class Lab:
         _run("ip", "-n", ns, "link", "set", "eth0", "up")
         _run("ip", "-n", ns, "link", "set", "lo", "up")
 
-    def _start_libvirtd(self, i: int) -> LabHost:
+    def _start_libvirtd(self, i: int, host_uuid: str = "") -> LabHost:
+        """Configure and start host i's libvirtd; ``host_uuid`` given: the same host again
+        (scripts/lab.sh revive), its state directories as they were left."""
         hroot = self.root / f"hv{i}"
         for sub in [*OVERLAID, "log/qemu", qemucaps.CACHE_SUBDIR, "sock"]:
             (hroot / sub).mkdir(parents=True, exist_ok=True)
             os.chmod(hroot / sub, 0o755 if sub != "sock" else 0o700)
-        host_uuid = str(uuid.uuid4())
+        host_uuid = host_uuid or str(uuid.uuid4())
         (hroot / "etc" / "libvirtd.conf").write_text(
             "# written by cms.lab.hosts\n"
             f'unix_sock_dir = "{hroot / "sock"}"\n'
@@ -263,19 +266,22 @@ class Lab:
 
     # -- what cms needs to use it ---------------------------------------------------------------
 
-    def config_data(self, hosts: list[LabHost], cpus: int = 0) -> dict:
-        """The lab's part of a cms configuration, as plain data (cms.config.parse takes it)."""
+    def config_data(self, hosts: list[LabHost], cpus: int = 0, fence: bool = False) -> dict:
+        """The lab's part of a cms configuration, as plain data (cms.config.parse takes it);
+        ``fence``: with the lab's fence agent as each host's fence_command (cms.lab.outage)."""
+        from cms.lab.outage import fence_command
         from cms.virt.host import resolve_domain_type
         return {
             "libvirt": {"domain_type": resolve_domain_type("auto", "qemu:///system"), "pool": self.pool,
                         "pool_path": self.pool_path},
             "image": {"golden": self.golden},
             "hosts": [{"name": h.name, "uri": h.uri, "migration_address": h.address, "shared_storage": True,
-                       "forward_address": h.address, "cpus": cpus} for h in hosts],
+                       "forward_address": h.address, "cpus": cpus, **({"fence_command": fence_command(self)}
+                                                                      if fence else {})} for h in hosts],
         }
 
     def config_fragment(self, hosts: list[LabHost], cpus: int = 0) -> str:
-        d = self.config_data(hosts, cpus)
+        d = self.config_data(hosts, cpus, fence=True)
         return (f"# cms.toml fragment for the lab {self.name!r} (cms.lab.hosts): {len(hosts)} host(s) on "
                 f"169.254.{self.subnet}.0/24, shared storage under {self.root}\n\n" + to_toml(d))
 
@@ -307,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(cmd, help=f"controller C (2 or c2): {what}").add_argument("controller")
     sub.add_parser("down", help="remove the lab")
     sub.add_parser("status", help="what of the lab exists")
+    for cmd, what in (("kill", "a power cut: its libvirtd and QEMUs killed, its link down"),
+                      ("cut", "a partition: its link down, libvirtd and QEMUs left running"),
+                      ("fence", "what a fence agent does: its libvirtd and QEMUs killed (hosts[].fence_command)"),
+                      ("revive", "its link up; its libvirtd started again if it was killed")):
+        sub.add_parser(cmd, help=f"host N (2 or hv2): {what}").add_argument("host")
     a = ap.parse_args(argv)
     try:
         lab = Lab(a.name, a.subnet)
@@ -337,8 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "down":
             removed = lab.down()
             print(f"lab {a.name}: " + ("removed " + "; ".join(removed) if removed else "nothing to remove"))
-        else:
+        elif a.cmd == "status":
             print(json.dumps(lab.status(), indent=1))
+        else:
+            from cms.lab import outage
+            i = outage.host_index(lab, a.host)
+            print(f"lab {a.name}: hv{i}: " + "; ".join(outage.ACTIONS[a.cmd](lab, i)))
     except CmsError as exc:   # LabError, EtcdError
         print(f"lab: {exc}", file=sys.stderr)
         return 1

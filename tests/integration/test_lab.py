@@ -187,3 +187,100 @@ def test_lab_sh_refuses_bad_input_in_one_line(argv, needle):
 def test_lab_refuses_a_name_that_would_not_fit_an_interface_name():
     with pytest.raises(LabError, match="at most 10"):
         Lab("averylongname")
+
+
+# -- losing a host (cms.lab.outage) ------------------------------------------------------------
+
+def tiny_domain(h, name: str) -> None:
+    """A real QEMU on the lab host with no disk: it sits in its firmware, costing next to nothing."""
+    from cms.lab.realstack import wait_until
+    from cms.virt.host import resolve_domain_type
+    kind = resolve_domain_type("auto", "qemu:///system")
+    xml = (f"<domain type='{kind}'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>"
+           "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices/></domain>")
+    h.conn().defineXML(xml).create()
+    wait_until(lambda: h.guest(name).state() == "running", 30, what=f"{name} running")
+
+
+def link(address: str) -> str:
+    """What this machine sees at the host's libvirtd port: listening, refused (the link is up but
+    nothing listens) or silent (the packets go nowhere)."""
+    import socket
+    s = socket.socket()
+    s.settimeout(1.0)
+    try:
+        s.connect((address, 16509))
+        return "listening"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError:
+        return "silent"
+    finally:
+        s.close()
+
+
+def lab_sh(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ROOT / "scripts" / "lab.sh"), "--name", NAME, "--subnet", str(SUBNET), *argv],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_host_can_be_killed_cut_fenced_and_revived():
+    import shlex
+    from cms.lab.outage import fence_command, is_running, libvirtd_pid
+    from cms.lab.realstack import wait_until
+    with running(2, name=NAME, subnet=SUBNET) as (lab, hosts):
+        h1, h2 = hosts
+        conns = {h.name: Host(h.name, h.uri) for h in hosts}
+        try:
+            for h in hosts:
+                tiny_domain(conns[h.name], f"cms-labtest-{h.name}")
+            qemu = {h.name: [p for p in netns_pids(h.netns) if p != h.pid] for h in hosts}
+            assert all(len(q) == 1 for q in qemu.values()), qemu
+
+            # (libvirtd is this process's child: a killed one stays a zombie here, which is_running
+            # tells from a running one)
+            # cut: a partition. Nothing answers from here, but libvirtd and the QEMU run on.
+            p = lab_sh("cut", "1")
+            assert p.returncode == 0 and p.stdout == "lab cmstest: hv1: link cmstest1 down\n", p.stderr
+            assert link(h1.address) == "silent" and alive(h1.pid) and alive(qemu["hv1"][0])
+            p = lab_sh("revive", "hv1")
+            assert p.returncode == 0 and p.stdout == "lab cmstest: hv1: link cmstest1 up\n", p.stderr
+            wait_until(lambda: link(h1.address) == "listening", 30, what="hv1 reachable again")
+            assert libvirtd_pid(lab, 1) == h1.pid
+            assert Host("again", h1.uri).guest("cms-labtest-hv1").state() == "running"
+
+            # kill: a power cut. Its libvirtd and QEMU are gone and its link is down.
+            p = lab_sh("kill", "2")
+            assert p.returncode == 0, p.stderr
+            assert p.stdout == (f"lab cmstest: hv2: killed processes {', '.join(map(str, sorted([h2.pid] + qemu['hv2'])))}"
+                                "; link cmstest2 down\n")
+            assert not is_running(h2.pid) and not is_running(qemu["hv2"][0]) and netns_pids(h2.netns) == set()
+            assert link(h2.address) == "silent"
+            # revive: the link up and libvirtd started again on its own state: the same host, its
+            # domain defined and shut off, as after a reboot
+            p = lab_sh("revive", "2")
+            assert p.returncode == 0 and p.stdout.startswith("lab cmstest: hv2: link cmstest2 up; libvirtd started "
+                                                             "again (pid "), p.stderr
+            new_pid = libvirtd_pid(lab, 2)
+            assert new_pid != h2.pid and is_running(new_pid) and netns_pids(h2.netns) == {new_pid}
+            back = Host("back", h2.uri)
+            assert f"<uuid>{h2.host_uuid}</uuid>" in back.capabilities()
+            assert back.guest("cms-labtest-hv2").state() == "shutoff"
+            back.close()
+
+            # fence, the way cms runs hosts[].fence_command: the host's name appended
+            fenced = subprocess.run(shlex.split(fence_command(lab)) + ["hv1"], capture_output=True, text=True,
+                                    timeout=60)
+            assert fenced.returncode == 0, fenced.stderr
+            assert fenced.stdout.startswith("lab cmstest: hv1: fenced: killed processes ")
+            assert not is_running(h1.pid) and not is_running(qemu["hv1"][0]) and netns_pids(h1.netns) == set()
+            assert link(h1.address) == "refused"       # the link stays up; nothing listens
+            assert lab_sh("revive", "1").returncode == 0
+            assert Host("fenced", h1.uri).guest("cms-labtest-hv1").state() == "shutoff"
+
+            p = lab_sh("kill", "7")
+            assert p.returncode == 1 and p.stderr == ("lab: lab cmstest has no host hv7 (scripts/lab.sh status "
+                                                      "lists what it has)\n")
+        finally:
+            for c in conns.values():
+                c.close()
