@@ -30,10 +30,11 @@ from cms.netutil import free_port
 class Stack:
     def __init__(self, lab: Lab, hosts: list[LabHost], workdir: Path, *, group: str, group_cfg: dict[str, Any],
                  cpus: dict[str, int], balancer: dict[str, Any], placement: dict[str, Any] | None = None,
-                 libvirt: dict[str, Any] | None = None) -> None:
+                 libvirt: dict[str, Any] | None = None, autoscaler: dict[str, Any] | None = None,
+                 fence: bool = False) -> None:
         self.dir = workdir
         self.group = group
-        data = lab.config_data(hosts)
+        data = lab.config_data(hosts, fence=fence)
         for h in data["hosts"]:
             h["cpus"] = cpus.get(h["name"], 0)
         data["libvirt"].update(libvirt or {})
@@ -43,7 +44,7 @@ class Stack:
             "network": {"port_min": 21000, "port_max": 21199},
             "groups": {group: group_cfg},
             "autoscaler": {"tick_s": 1.0, "health_timeout_s": 180, "drain_s": 1.0, "shutdown_timeout_s": 2.0,
-                           "metrics_listen": ""},
+                           "metrics_listen": "", **(autoscaler or {})},
             "zmq": {"publish": f"tcp://127.0.0.1:{free_port()}", "snapshot": f"tcp://127.0.0.1:{free_port()}"},
             "balancer": balancer,
         })
@@ -86,6 +87,11 @@ class Stack:
             ts = [t for t in self.scaler.registry.snapshot() if str(t.state) == "ready" and t.group == self.group]
             return ts if len(ts) == n else None
         return wait_until(tracks, timeout, 0.5, what=f"{n} ready replica(s) of {self.group}")
+
+    def states(self) -> dict[str, tuple[str, str]]:
+        """Replica -> (its lifecycle state, its host), for every replica the daemon tracks."""
+        with self.scaler.lock:
+            return {t.name: (str(t.state), t.host) for t in self.scaler.tracks.values() if t.group == self.group}
 
     def track(self, name: str) -> Any:
         """A copy of the daemon's record of replica ``name`` (None when it tracks none)."""
