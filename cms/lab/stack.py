@@ -90,8 +90,7 @@ class Stack:
 
     def states(self) -> dict[str, tuple[str, str]]:
         """Replica -> (its lifecycle state, its host), for every replica the daemon tracks."""
-        with self.scaler.lock:
-            return {t.name: (str(t.state), t.host) for t in self.scaler.tracks.values() if t.group == self.group}
+        return {t.name: (str(t.state), t.host) for t in self.scaler.registry.snapshot() if t.group == self.group}
 
     def track(self, name: str) -> Any:
         """A copy of the daemon's record of replica ``name`` (None when it tracks none)."""
