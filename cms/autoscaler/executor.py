@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
+from typing import Callable
 
 from cms.autoscaler import planner as P
 from cms.autoscaler.lifecycle import State, Track
@@ -31,14 +32,16 @@ S = State
 
 
 class Executor:
-    def __init__(self, cfg: Config, registry: Registry, steps: Steps) -> None:
+    def __init__(self, cfg: Config, registry: Registry, steps: Steps,
+                 host_up: Callable[[str], bool] = lambda _h: True) -> None:
         self.cfg, self.registry, self.steps = cfg, registry, steps
+        self.host_up = host_up      # health checks only where the host answers (cms.autoscaler.hostwatch)
         self.journal, self.dry_run = steps.journal, steps.dry_run
         self.checks = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="cms-health")
         self.handlers: dict[type, P.Handler] = {
             P.Adopt: self._adopt, P.Cleanup: self._cleanup, P.CleanOrphanVolumes: self._clean_orphans,
             P.Fail: self._fail_action, P.FinishRemoval: self._finish_removal, P.Spawn: self._spawn,
-            P.Drain: self._drain,
+            P.Drain: self._drain, P.Lose: self._lose,
         }
 
     def register(self, kind: type, handler: P.Handler) -> None:
@@ -96,6 +99,12 @@ class Executor:
         # held by a worker: it sees the state and stops; the next tick removes it
         self.steps.start_worker(self.steps.remove, t, reason)
 
+    def _lose(self, a: P.Lose, _listing: Listing | None) -> None:
+        """Its host is down: announced failed and removed now; its domain waits for the fence."""
+        t = self.registry.get(a.name)
+        if t is not None:
+            self.registry.lose(t, a.reason)
+
     def _finish_removal(self, a: P.FinishRemoval, _listing: Listing | None) -> None:
         t = self.registry.take(a.name, (S.DRAINING, S.FAILED))
         if t is None:
@@ -119,7 +128,7 @@ class Executor:
         self.steps.start_worker(self._spawn_worker, t, a, listing)
 
     def _spawn_worker(self, t: Track, a: P.Spawn, listing: Listing | None) -> None:
-        stages = self.steps.place_new(t, listing, warm=False)
+        stages = self.steps.place_new(t, listing, warm=False, avoid=a.avoid_hosts)
         if stages is None:
             return
         self.steps.succeeded(t.group, warm=False)
@@ -178,7 +187,7 @@ class Executor:
 
     def probe_ready(self) -> None:
         """One /health check per ready replica, off the tick's thread."""
-        for t in self.registry.checks_due():
+        for t in self.registry.checks_due(self.host_up):
             try:
                 self.checks.submit(self._check_one, t)
             except RuntimeError:  # shutting down

@@ -22,6 +22,10 @@ Warm pool (issue 13; never announced, never counted by the policy)::
 * PARKED: parked in the pool's state, waiting for a scale-out or a replacement.
 * UNPARKING: being resumed / restored / started, then probed at once and every 25 ms
   (cms.autoscaler.health.UNPARK_PROBE_S).
+* LOST: its host is down (cms.autoscaler.hoststate): announced failed, then removed, at
+  once; its domain may still run behind a partition, so it is kept, never counted nor
+  adopted again, until the host answers and is fenced (its domain destroyed); then forgotten.
+  Any state may end here.
 
 A replica's ``park_mode`` says where it goes in the pool: a warm spawn is SPAWNING with
 it set (then WARMING), a replica drained for reuse_on_scale_in is DRAINING with it set;
@@ -50,6 +54,7 @@ class State(str, enum.Enum):
     PARKING = "parking"
     PARKED = "parked"
     UNPARKING = "unparking"
+    LOST = "lost"
 
     def __str__(self) -> str:
         return self.value
@@ -58,15 +63,16 @@ class State(str, enum.Enum):
 S = State
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    S.SPAWNING: frozenset({S.STARTING, S.WARMING, S.FAILED}),
-    S.STARTING: frozenset({S.READY, S.DRAINING, S.FAILED}),
-    S.READY: frozenset({S.DRAINING, S.FAILED, S.PARKING}),
-    S.DRAINING: frozenset({S.FAILED, S.PARKING}),
-    S.FAILED: frozenset(),
-    S.WARMING: frozenset({S.PARKING, S.FAILED}),
-    S.PARKING: frozenset({S.PARKED, S.FAILED}),
-    S.PARKED: frozenset({S.UNPARKING, S.PARKING, S.FAILED}),
-    S.UNPARKING: frozenset({S.READY, S.FAILED}),
+    S.SPAWNING: frozenset({S.STARTING, S.WARMING, S.FAILED, S.LOST}),
+    S.STARTING: frozenset({S.READY, S.DRAINING, S.FAILED, S.LOST}),
+    S.READY: frozenset({S.DRAINING, S.FAILED, S.PARKING, S.LOST}),
+    S.DRAINING: frozenset({S.FAILED, S.PARKING, S.LOST}),
+    S.FAILED: frozenset({S.LOST}),
+    S.WARMING: frozenset({S.PARKING, S.FAILED, S.LOST}),
+    S.PARKING: frozenset({S.PARKED, S.FAILED, S.LOST}),
+    S.PARKED: frozenset({S.UNPARKING, S.PARKING, S.FAILED, S.LOST}),
+    S.UNPARKING: frozenset({S.READY, S.FAILED, S.LOST}),
+    S.LOST: frozenset(),
 }
 
 # The replica count the policy sees: what serves or is about to.

@@ -17,6 +17,12 @@ The steps, in order:
     by default), and parked back into the warm pool when ``reuse_on_scale_in`` wants it;
  4. per group with a warm pool: refill it, one boot at a time per host, never letting
     serving plus warm exceed ``max``.
+
+It acts on what answers (issue 20): the view carries every host's state
+(cms.autoscaler.hoststate). A replica on a SUSPECT host keeps its state (nothing is replaced
+on one miss) and its group holds scale-in; one on a DOWN or FENCING host is lost (``Lose``)
+and its group's gap is closed on the hosts that are up; nothing is placed, unparked or
+adopted on a host that is not up.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from cms import policy
+from cms.autoscaler.hoststate import LOST, PLACEABLE, HostState
 from cms.autoscaler.lifecycle import COUNTING, WARM, State, Track
 from cms.config import GroupConfig
 from cms.hostplan import consolidate_order
@@ -79,6 +86,11 @@ class Fail(ReplicaAction):
     remove: bool = True
 
 
+class Lose(ReplicaAction):
+    """Its host is down: announce it failed and removed at once, and keep it LOST until its
+    host is fenced (nothing is asked of that host)."""
+
+
 @dataclass(frozen=True)
 class FinishRemoval(ReplicaAction):
     """A draining or failed replica nobody is removing: remove it (or just forget a gone one)."""
@@ -87,16 +99,17 @@ class FinishRemoval(ReplicaAction):
 
 @dataclass(frozen=True)
 class Spawn(Action):
-    """Place and make a new serving replica. ``pool_empty``: booted cold because the group's
-    warm pool had none parked."""
+    """Place and make a new serving replica, never on ``avoid_hosts`` (hosts that are not up).
+    ``pool_empty``: booted cold because the group's warm pool had none parked."""
     group: str
     pool_empty: bool = False
+    avoid_hosts: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
 class Refill(Action):
     """Place and boot a warm-pool member, parked once healthy; never on ``avoid_hosts`` (hosts
-    booting a warm replica already)."""
+    booting a warm replica already, and hosts that are not up)."""
     group: str
     avoid_hosts: frozenset[str] = frozenset()
 
@@ -155,6 +168,7 @@ class View:
     spawn_paused: frozenset[str] = frozenset()   # groups backing off after failed spawns
     refill_paused: frozenset[str] = frozenset()  # groups whose warm refills back off after a failure
     hosts: frozenset[str] = frozenset()          # hosts that are up (warm refills: one boot per host)
+    host_states: Mapping[str, HostState] = field(default_factory=dict)   # every host's; one missing is up
     # host -> (running cms domains, load): what scale_in_order = "consolidate" weighs
     occupancy: Mapping[str, tuple[int, float]] = field(default_factory=dict)
 
@@ -192,15 +206,22 @@ def victims(gc: GroupConfig, counting: list[Track], n: int,
 
 # --- the plan -------------------------------------------------------------------------------
 
+def host_state(v: View, host: str) -> HostState:
+    return v.host_states.get(host, HostState.UP)
+
+
 def plan(v: View, decide: Decide) -> Plan:
     actions: list[Action] = []
     notes: list[str] = []
     state = {t.name: t.state for t in v.tracks}
     tracked = {t.name: t for t in v.tracks}
+    unplaceable = frozenset(h for h, st in v.host_states.items() if st not in PLACEABLE)
+    suspect = frozenset(h for h, st in v.host_states.items() if st == HostState.SUSPECT)
 
-    # 1. what libvirt has and we do not track
+    # 1. what libvirt has and we do not track (only on hosts that are up: a fencing host's
+    #    leftovers are the fence's)
     for name, d in v.observed.items():
-        if name in tracked:
+        if name in tracked or d.host in unplaceable:
             continue
         when = "found at daemon start" if v.first else "appeared in libvirt"
         if d.meta.warm:
@@ -219,9 +240,16 @@ def plan(v: View, decide: Decide) -> Plan:
         actions.append(CleanOrphanVolumes("volumes of our groups with no domain", tuple(v.groups),
                                           frozenset(v.observed)))
 
-    # 2. tracked replicas against their domains
+    # 2. tracked replicas against their domains, on the hosts that answered
     for t in v.tracks:
         d = v.observed.get(t.name)
+        hs = host_state(v, t.host) if t.host else HostState.UP
+        if t.state == S.LOST or hs == HostState.SUSPECT:
+            continue  # lost: the fence's when its host answers; suspect: kept as it is, unseen
+        if hs in LOST:
+            actions.append(Lose(f"its host {t.host} is down", t.name))
+            state[t.name] = S.LOST
+            continue
         if t.state in (S.SPAWNING, S.WARMING, S.PARKING, S.UNPARKING):
             continue  # a worker owns it and ends it either way
         if t.state in (S.DRAINING, S.FAILED):
@@ -259,21 +287,29 @@ def plan(v: View, decide: Decide) -> Plan:
         members = [t for t in mine if role(t, state.get(t.name)) == "serving"]
         pool = [t for t in mine if role(t, state.get(t.name)) == "pool"]
         n = len(members)
+        held = sorted({t.host for t in mine if t.host in suspect})   # scale-in waits for these hosts
         desired = v.desired.get(g)
         if desired is None:
             desired = policy.clamp(gc, n)
         decision = None
         if n == desired:
             decision = decide(g, tuple(members))
+            if held and decision.desired < n:
+                decision = policy.Decision(policy.NONE, n, f"{decision.reason}; scale-in held while "
+                                           f"{', '.join(held)} is suspect", decision.mean, decision.recommendation)
             if decision.action != policy.NONE:
                 desired = decision.desired
         elif n < desired:
             notes.append(f"group {g}: {n} of {desired} replicas: closing the gap")
+        if held and desired < n:
+            notes.append(f"group {g}: scale-in held while {', '.join(held)} is suspect")
+            desired = n
         groups[g] = GroupDecision(g, desired, decision, n)
         gap = desired - n
         if gap > 0:
             why = f"group {g} has {n} of {desired} wanted replicas"
-            parked = sorted((t for t in pool if state.get(t.name) == S.PARKED and not t.busy and t.name in tracked),
+            parked = sorted((t for t in pool if state.get(t.name) == S.PARKED and not t.busy and t.name in tracked
+                             and t.host not in unplaceable),
                             key=lambda t: (_unpark_speed(t.park_mode), t.created, t.name))
             for t in parked[:gap]:
                 actions.append(Unpark(f"{why}: from the warm pool ({t.park_mode})", t.name))
@@ -282,8 +318,11 @@ def plan(v: View, decide: Decide) -> Plan:
             cold = gap - min(gap, len(parked))
             if cold and g in v.spawn_paused:
                 notes.append(f"group {g}: spawns back off after a failure")
+            elif cold and v.host_states and unplaceable >= set(v.host_states):
+                notes.append(f"group {g}: no host is up to place a replica on")
             elif cold:
-                actions.extend(Spawn(why, g, pool_empty=gc.warm_pool.size > 0) for _ in range(cold))
+                actions.extend(Spawn(why, g, pool_empty=gc.warm_pool.size > 0, avoid_hosts=unplaceable)
+                               for _ in range(cold))
         elif gap < 0:
             room = pool_target(gc, desired) - len(pool) if gc.warm_pool.reuse_on_scale_in else 0
             for t in victims(gc, [m for m in members if m.name in tracked], -gap, v.occupancy):
@@ -301,10 +340,12 @@ def plan(v: View, decide: Decide) -> Plan:
         if len(pool) < target and g not in v.refill_paused:
             booting = None if refill_planned else _warm_boots(v, state)
             if booting is not None:
-                actions.append(Refill(f"warm pool of {g} has {len(pool)} of {target}", g, avoid_hosts=booting))
+                actions.append(Refill(f"warm pool of {g} has {len(pool)} of {target}", g,
+                                      avoid_hosts=booting | unplaceable))
                 refill_planned = True  # one new warm boot per tick: its host is known next tick
         elif len(pool) > target:
-            spare = [t for t in pool if state.get(t.name) == S.PARKED and not t.busy and t.name in tracked]
+            spare = [t for t in pool if state.get(t.name) == S.PARKED and not t.busy and t.name in tracked
+                     and t.host not in unplaceable]
             for t in sorted(spare, key=lambda t: (t.created, t.name), reverse=True)[:len(pool) - target]:
                 actions.append(Discard(f"warm pool of {g} holds {len(pool)}, wants {target}", t.name))
                 state[t.name] = S.FAILED

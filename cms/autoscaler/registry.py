@@ -19,10 +19,10 @@ writes its own ``timings``, which nothing else reads while it runs).
 Modules that may take the registry's lock: registry.py. Nothing else imports ``_lock`` or
 ``_tracks`` (tests/unit/test_registry.py checks it).
 
-A lost hypervisor host (issue 20) plugs in here: ``on_host(H)`` names the replicas on H,
-and each is moved and announced failed (reason "host H is down") under this lock, in the
-same loop, as ``mark_failed`` does; keeping one tracked as lost until H is fenced is one
-more state in cms.autoscaler.lifecycle and one more method beside ``mark_failed``.
+A lost hypervisor host (issue 20): ``lose`` moves a replica of a host that is down to LOST
+and announces it failed, then removed (reason "host H is down"); it stays tracked, so
+nothing adopts or counts it, until H answers again and is fenced: ``lost_on(H)`` names what
+the fence destroys there, and ``forget`` drops each once it is gone.
 """
 
 from __future__ import annotations
@@ -149,10 +149,12 @@ class Registry:
             t.address = address or t.address
         self.announce(t, "moved", reason, **data)
 
-    def checks_due(self) -> list[Track]:
-        """The ready replicas no worker holds and no health check is running on, marked checking."""
+    def checks_due(self, hosts_up: Callable[[str], bool] = lambda _h: True) -> list[Track]:
+        """The ready replicas no worker holds and no health check is running on, marked checking;
+        only on hosts that are up (a replica of a silent host waits for its host's verdict)."""
         with self._lock:
-            due = [t for t in self._tracks.values() if t.state == S.READY and not t.busy and not t.checking]
+            due = [t for t in self._tracks.values()
+                   if t.state == S.READY and not t.busy and not t.checking and hosts_up(t.host)]
             for t in due:
                 t.checking = True
             return due
@@ -171,7 +173,8 @@ class Registry:
         """Move it to FAILED (if it is still tracked, not failed already, and in ``only_from``
         when given) and say so: announced when subscribers know it, else an event."""
         with self._lock:
-            if self._tracks.get(t.name) is not t or t.state == S.FAILED or (only_from and t.state not in only_from):
+            if self._tracks.get(t.name) is not t or t.state in (S.FAILED, S.LOST) or (only_from and
+                                                                                    t.state not in only_from):
                 return False
             t.move(S.FAILED)
         if t.announced:
@@ -180,10 +183,30 @@ class Registry:
             self.journal.event("failed", t.group, t.name, why, host=t.host)
         return True
 
+    def lose(self, t: Track, why: str) -> bool:
+        """Its host is down: LOST, announced failed and then removed (when subscribers know it;
+        else a "failed" event), so clients stop sending to it at once and never see the name
+        again. False when it is not tracked or lost already."""
+        with self._lock:
+            if self._tracks.get(t.name) is not t or t.state == S.LOST:
+                return False
+            t.move(S.LOST)
+        if t.announced:
+            self.announce(t, "failed", why)
+            self.announce(t, "removed", why)
+        else:
+            self.journal.event("failed", t.group, t.name, why, host=t.host)
+        return True
+
+    def lost_on(self, host: str) -> tuple[str, ...]:
+        """The replicas declared lost with ``host``, which its fence destroys."""
+        with self._lock:
+            return tuple(n for n, t in self._tracks.items() if t.host == host and t.state == S.LOST)
+
     def fail_quietly(self, t: Track) -> None:
         """FAILED without a word (a removal that did not finish: the error is its event)."""
         with self._lock:
-            if t.state != S.FAILED:
+            if t.state not in (S.FAILED, S.LOST):
                 t.move(S.FAILED)
 
     def forget(self, t: Track, reason: str | None = None) -> None:

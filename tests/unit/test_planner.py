@@ -12,6 +12,7 @@ import pytest
 
 from cms import policy
 from cms.autoscaler import planner as P
+from cms.autoscaler.hoststate import HostState
 from cms.autoscaler.lifecycle import State, Track
 from cms.virt import OwnedDomain, OwnerMeta
 from tests.support import make_config
@@ -238,8 +239,91 @@ def test_the_one_clamp(n, want):
 
 @pytest.mark.parametrize("state, role", [(S.SPAWNING, "serving"), (S.STARTING, "serving"), (S.READY, "serving"),
                                          (S.UNPARKING, "serving"), (S.DRAINING, ""), (S.FAILED, ""),
-                                         (S.WARMING, "pool"), (S.PARKING, "pool"), (S.PARKED, "pool")])
+                                         (S.WARMING, "pool"), (S.PARKING, "pool"), (S.PARKED, "pool"), (S.LOST, "")])
 def test_roles(state, role):
     assert P.role(track("a", state), state) == role
     if state in (S.SPAWNING, S.DRAINING):
         assert P.role(track("a", state, park_mode="paused"), state) == "pool"    # a warm spawn, a drain into the pool
+
+
+# -- a partial view: hosts that do not answer (issue 20) -------------------------------------------
+
+H = HostState
+UP3 = {"h1": H.UP, "h2": H.UP, "h3": H.UP}
+
+
+def partial(**states):
+    return {**UP3, **{h: H(s) for h, s in states.items()}}
+
+
+def seen(a: P.Action) -> tuple:
+    """describe(), with the hosts a new replica must not go to."""
+    d = describe(a)
+    return d + (tuple(sorted(a.avoid_hosts)),) if isinstance(a, P.Spawn) else d
+
+
+# (what, group config, tracks, domains listed, wanted, host states, decide, expected actions). Only
+# the hosts that answered are listed: a silent host's domains are missing from the view.
+SPREAD = [track("a", S.READY, 1.0, "h1"), track("b", S.READY, 2.0, "h2"), track("c", S.READY, 3.0, "h3")]
+PARTIAL = [
+    ("a suspect host: its replica keeps its state, nothing replaced", {}, SPREAD, running(*SPREAD[:2]), 3,
+     partial(h3="suspect"), hold, []),
+    ("a down host: its replica is lost and replaced on the hosts that are up", {}, SPREAD, running(*SPREAD[:2]), 3,
+     partial(h3="down"), hold, [("Lose", "c"), ("Spawn", "g", False, ("h3",))]),
+    ("a fencing host answers, but its lost replica stays the fence's; nothing goes there", {},
+     SPREAD[:2] + [track("c", S.LOST, 3.0, "h3")], running(*SPREAD), 3, partial(h3="fencing"), hold,
+     [("Spawn", "g", False, ("h3",))]),
+    ("an untracked domain on a fencing host is not adopted", {}, SPREAD[:2], running(*SPREAD), 3,
+     partial(h3="fencing"), hold, [("Spawn", "g", False, ("h3",))]),
+    ("scale-in is held while a group has a replica on a suspect host", {}, SPREAD, running(*SPREAD[:2]), 3,
+     partial(h3="suspect"), scale_to(2), []),
+    ("scale-out goes on while a host is suspect, never onto it", {}, SPREAD, running(*SPREAD[:2]), 3,
+     partial(h3="suspect"), scale_to(4), [("Spawn", "g", False, ("h3",))]),
+    ("an asked-for scale-in waits for the suspect host too", {}, SPREAD, running(*SPREAD[:2]), 2,
+     partial(h3="suspect"), hold, []),
+    ("a group with nothing on the suspect host scales in", {}, SPREAD[:2], running(*SPREAD[:2]), 2,
+     partial(h3="suspect"), scale_to(1), [("Drain", "b", "")]),
+    ("a parked replica on a down host is lost; the pool refills elsewhere, the gap from the pool first", POOL,
+     [track("a", S.READY, 1.0, "h1"), track("w", S.PARKED, 2.0, "h3", park_mode="paused")],
+     running(track("a", S.READY, 1.0, "h1")), 1, partial(h3="down"), hold,
+     [("Lose", "w"), ("Refill", "g", ("h3",))]),
+    ("the warm pool on a live host replaces a lost replica", POOL,
+     [track("a", S.READY, 1.0, "h1"), track("b", S.READY, 2.0, "h3"), track("w", S.PARKED, 3.0, "h2",
+                                                                               park_mode="paused")],
+     running(track("a", S.READY, 1.0, "h1"), track("w", S.PARKED, 3.0, "h2", park_mode="paused")), 2,
+     partial(h3="down"), hold, [("Lose", "b"), ("Unpark", "w"), ("Refill", "g", ("h3",))]),
+    ("a parked replica on a suspect host is not unparked; a cold boot closes the gap", POOL,
+     [track("a", S.READY, 1.0, "h1"), track("w", S.PARKED, 3.0, "h2", park_mode="paused")],
+     running(track("a", S.READY, 1.0, "h1")), 1, partial(h2="suspect"), scale_to(2),
+     [("Spawn", "g", True, ("h2",))]),
+    ("replicas in any state on a down host are lost, a worker's too", {},
+     [track("a", S.READY, 1.0, "h1"), track("s", S.STARTING, 2.0, "h2", busy=True),
+      track("f", S.FAILED, 3.0, "h2"), track("d", S.DRAINING, 4.0, "h2")],
+     running(track("a", S.READY, 1.0, "h1")), 2, partial(h2="down"), hold,
+     [("Lose", "s"), ("Lose", "f"), ("Lose", "d"), ("Spawn", "g", False, ("h2",))]),
+    ("every host down: nothing to place on", {}, SPREAD, [], 3,
+     {"h1": H.DOWN, "h2": H.DOWN, "h3": H.DOWN}, hold, [("Lose", "a"), ("Lose", "b"), ("Lose", "c")]),
+]
+
+
+@pytest.mark.parametrize("what, group, tracks, doms, desired, states, decide, expect", PARTIAL,
+                         ids=[r[0] for r in PARTIAL])
+def test_a_plan_acts_on_what_answers(what, group, tracks, doms, desired, states, decide, expect):
+    up = frozenset(h for h, st in states.items() if st == H.UP)
+    p = plan(gcfg(**group), tracks, doms, {"g": desired}, decide, host_states=states, hosts=up)
+    assert [seen(a) for a in p.actions] == expect
+    assert all(a.reason for a in p.actions)
+    for a in p.actions:
+        if isinstance(a, P.Lose):
+            assert a.reason == f"its host {next(t.host for t in tracks if t.name == a.name)} is down"
+
+
+def test_a_held_scale_in_says_why():
+    p = plan(gcfg(), SPREAD, running(*SPREAD[:2]), {"g": 3}, scale_to(2), host_states=partial(h3="suspect"),
+             hosts=frozenset({"h1", "h2"}))
+    d = p.groups["g"]
+    assert d.desired == 3 and d.decision.action == policy.NONE
+    assert d.decision.reason == "to 2; scale-in held while h3 is suspect"
+    p = plan(gcfg(), SPREAD, running(*SPREAD[:2]), {"g": 2}, hold, host_states=partial(h3="suspect"),
+             hosts=frozenset({"h1", "h2"}))
+    assert p.groups["g"].desired == 3 and "group g: scale-in held while h3 is suspect" in p.notes

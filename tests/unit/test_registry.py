@@ -115,6 +115,31 @@ def test_health_checks_fail_a_replica_after_the_limit(reg):
     assert not reg.checked(t, None, 2) and not t.checking                  # not asked: nothing counted
 
 
+def test_a_replica_of_a_down_host_is_lost_announced_failed_then_removed_and_kept_for_the_fence(reg):
+    t = ready(reg, host="h2")
+    other = ready(reg, host="h1")
+    assert reg.lose(t, "its host h2 is down") and not reg.lose(t, "again")
+    assert reg.publisher.events()[-2:] == [("failed", t.name), ("removed", t.name)]
+    assert [r.name for r in reg.publisher.updates[-1].replicas] == [other.name]     # gone from the set at once
+    assert t.state == S.LOST and not t.announced and reg.get(t.name) is t            # still tracked: unadoptable
+    assert reg.lost_on("h2") == (t.name,) and reg.lost_on("h1") == ()
+    assert not reg.mark_failed(t, "later") and reg.take(t.name, (S.READY, S.FAILED)) is None
+    reg.fail_quietly(t)
+    assert t.state == S.LOST
+    warm = reg.reserve("g", park_mode="paused")
+    reg.place(warm, host="h2")
+    assert reg.lose(warm, "its host h2 is down") and reg.events[-1] == ("failed", warm.name, "h2")
+    n = len(reg.publisher.updates)
+    reg.forget(t, "destroyed by the fence of h2")        # the fence: gone, no second announcement
+    assert reg.get(t.name) is None and len(reg.publisher.updates) == n
+    assert reg.events[-1][:2] == ("removed", t.name)
+
+
+def test_health_checks_skip_replicas_whose_host_is_not_up(reg):
+    a, b = ready(reg, host="h1"), ready(reg, host="h2")
+    assert reg.checks_due(lambda h: h != "h2") == [a] and not b.checking
+
+
 def test_parked_forgets_the_cpu_history(reg):
     t = reg.reserve("g", park_mode="paused")
     assert reg.advance(t, (S.SPAWNING,), S.WARMING) and reg.advance(t, (S.WARMING,), S.PARKING)
