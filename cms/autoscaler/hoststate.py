@@ -19,8 +19,10 @@ before anything runs on it again::
   it declared lost on it; only then is the host UP again.
 
 ``step`` is the one way a host's state changes: what this tick saw in, the new record and
-its events out (``host_suspect``, ``host_down``, ``host_fenced``, ``host_up``, each with its
-reason). The moves are the table ``RULES``; no clock, no I/O.
+its events out (``host_suspect``, ``host_down``, ``host_fencing``, ``host_fenced``,
+``host_up``, each with its reason): every move is an event, so the newest host event says a
+host's state to any process that reads the journal (``STATE_OF``). The moves are the table
+``RULES``; no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ RULES: dict[tuple[HostState, Seen], tuple[HostState, tuple[str, ...]]] = {
     (H.SUSPECT, Seen.ANSWERED): (H.UP, ("host_up",)),
     (H.SUSPECT, Seen.MISSED): (H.SUSPECT, ()),
     (H.SUSPECT, Seen.SILENT): (H.DOWN, ("host_down",)),
-    (H.DOWN, Seen.ANSWERED): (H.FENCING, ()),
+    (H.DOWN, Seen.ANSWERED): (H.FENCING, ("host_fencing",)),
     (H.DOWN, Seen.MISSED): (H.DOWN, ()),
     (H.DOWN, Seen.SILENT): (H.DOWN, ()),
     (H.FENCING, Seen.ANSWERED): (H.FENCING, ()),             # the fence is still under way
@@ -69,6 +71,9 @@ RULES: dict[tuple[HostState, Seen], tuple[HostState, tuple[str, ...]]] = {
 
 TRANSITIONS: dict[HostState, frozenset[HostState]] = {
     s: frozenset(dst for (src, _seen), (dst, _ev) in RULES.items() if src == s and dst != s) for s in HostState}
+
+# The state each event leaves a host in (the API and the CLI read host states from events).
+STATE_OF = {"host_suspect": H.SUSPECT, "host_down": H.DOWN, "host_fencing": H.FENCING, "host_up": H.UP}
 
 # Placement may put a new VM there.
 PLACEABLE = frozenset({H.UP})
@@ -93,7 +98,7 @@ class HostTrack:
 
 @dataclass(frozen=True)
 class HostEvent:
-    kind: str                       # host_suspect | host_down | host_fenced | host_up
+    kind: str                       # host_suspect | host_down | host_fencing | host_fenced | host_up
     host: str
     reason: str
     names: tuple[str, ...] = ()     # host_fenced: the domains destroyed there
@@ -133,6 +138,9 @@ def _reason(kind: str, before: HostTrack, after: HostTrack, now: float, host_dow
         if before.state == H.FENCING:
             return f"host {before.name} stopped answering again while being fenced{why}"
         return f"host {before.name} has not answered for {silent:.1f} s (host_down_s {host_down_s:g}){why}"
+    if kind == "host_fencing":
+        return (f"host {before.name} answers again after {now - before.last_answer:.1f} s; fencing what was "
+                "declared lost there before anything else runs on it")
     if kind == "host_fenced":
         if not names:
             return f"host {before.name} answers again; nothing declared lost was left there"

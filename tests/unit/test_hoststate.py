@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cms.autoscaler.hoststate import LOST, PLACEABLE, RULES, TRANSITIONS, HostState, HostTrack, Seen, step
+from cms.autoscaler.hoststate import LOST, PLACEABLE, RULES, STATE_OF, TRANSITIONS, HostState, HostTrack, Seen, step
 
 H = HostState
 DOWN_S = 10.0
@@ -25,9 +25,9 @@ CASES = [
     ("suspect, misses again within host_down_s", at(H.SUSPECT, misses=1), False, 9.9, None, H.SUSPECT, ()),
     ("suspect, silent for host_down_s", at(H.SUSPECT, misses=9), False, 10.0, None, H.DOWN, ("host_down",)),
     ("down, still silent", at(H.DOWN), False, 30.0, None, H.DOWN, ()),
-    ("down, answers: fenced before anything else", at(H.DOWN), True, 31.0, None, H.FENCING, ()),
+    ("down, answers: fenced before anything else", at(H.DOWN), True, 31.0, None, H.FENCING, ("host_fencing",)),
     ("down, answers with a fence already done: still fencing first", at(H.DOWN), True, 31.0, ("a",), H.FENCING,
-     ()),
+     ("host_fencing",)),
     ("fencing, answers, fence under way", at(H.FENCING, last=31.0), True, 32.0, None, H.FENCING, ()),
     ("fencing, fence done", at(H.FENCING, last=31.0), True, 32.0, ("cms-web-1",), H.UP, ("host_fenced", "host_up")),
     ("fencing, silent again", at(H.FENCING, last=31.0), False, 32.0, None, H.DOWN, ("host_down",)),
@@ -52,7 +52,8 @@ def test_step(what, before, answered, now, fenced, state, kinds):
 def test_every_rule_moves_along_the_lifecycle_and_every_state_is_covered():
     for (src, seen), (dst, kinds) in RULES.items():
         assert dst == src or dst in TRANSITIONS[src]
-        assert bool(kinds) == (dst != src) or (src, dst) == (H.DOWN, H.FENCING), (src, seen)
+        assert bool(kinds) == (dst != src), (src, seen)          # every move is an event, and only a move
+        assert all(k == "host_fenced" or STATE_OF[k] == dst for k in kinds)
     for s in HostState:
         for seen in (Seen.ANSWERED, Seen.MISSED, Seen.SILENT):
             assert (s, seen) in RULES, (s, seen)
@@ -72,6 +73,8 @@ def test_a_lost_host_walks_the_whole_cycle_with_reasons():
     assert seen == [
         (102, "suspect", "host_suspect", "host hv2 did not answer this tick: no route to host", ()),
         (111, "down", "host_down", "host hv2 has not answered for 10.0 s (host_down_s 10): no route to host", ()),
+        (141, "fencing", "host_fencing", "host hv2 answers again after 40.0 s; fencing what was declared lost there "
+                                         "before anything else runs on it", ()),
         (142, "up", "host_fenced", "host hv2 answers again; the 2 domain(s) declared lost there are destroyed: "
                                    "cms-web-a, cms-web-b", ("cms-web-a", "cms-web-b")),
         (142, "up", "host_up", "host hv2 is fenced and up again", ()),
