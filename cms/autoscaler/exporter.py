@@ -39,11 +39,13 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from cms import policy
+from cms.autoscaler.hoststate import HostState
 from cms.autoscaler.lifecycle import State
 from cms.config import split_hostport
 
 log = logging.getLogger("cms.autoscaler.exporter")
 
+HOST_STATES = tuple(str(h) for h in HostState)
 MIB = 1024 * 1024
 STATES = tuple(str(s) for s in State)
 ACTIONS = (policy.SCALE_OUT, policy.SCALE_IN)
@@ -154,7 +156,10 @@ class StatusCollector:
 
     @staticmethod
     def _hosts(hosts: Mapping[str, Any]) -> Iterable[Metric]:
-        up = GaugeMetricFamily("cms_host_up", "1 when the host's libvirt answered the last tick", labels=["host"])
+        up = GaugeMetricFamily("cms_host_up", "1 when the host is up: it answers and nothing lost is left on it",
+                               labels=["host"])
+        state = GaugeMetricFamily("cms_host_state", "1 for the host's state (up, suspect, down, fencing), 0 for "
+                                  "the others", labels=["host", "state"])
         cpu = GaugeMetricFamily("cms_host_cpu_utilization_ratio",
                                 "Share of the host's CPUs cms's domains used over the last tick", labels=["host"])
         cpus = GaugeMetricFamily("cms_host_cpus", "The host's CPUs", labels=["host"])
@@ -164,6 +169,8 @@ class StatusCollector:
         free = GaugeMetricFamily("cms_host_memory_free_bytes", "The host's free memory", labels=["host"])
         for h, hs in hosts.items():
             up.add_metric([h], 1 if hs.get("up") else 0)
+            for st in HOST_STATES:
+                state.add_metric([h, st], 1 if hs.get("state", "up" if hs.get("up") else "down") == st else 0)
             vms.add_metric([h], hs.get("vms") or 0)
             vcpus.add_metric([h], hs.get("vcpus") or 0)
             for fam, v in ((cpu, hs.get("cpu")), (cpus, hs.get("cpus"))):
@@ -172,7 +179,7 @@ class StatusCollector:
             for fam, mib in ((mem, hs.get("memory_mib")), (free, hs.get("free_memory_mib"))):
                 if mib is not None:
                     fam.add_metric([h], mib * MIB)
-        yield from (up, cpu, cpus, vms, vcpus, mem, free)
+        yield from (up, state, cpu, cpus, vms, vcpus, mem, free)
 
     def _loop(self, st: Mapping[str, Any]) -> Iterable[Metric]:
         tick = st.get("tick") or {}

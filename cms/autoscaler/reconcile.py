@@ -33,6 +33,7 @@ from cms import errors, histogram, policy
 from cms.autoscaler import planner, status
 from cms.autoscaler.executor import Executor
 from cms.autoscaler.health import HealthChecker, HttpHealth, StatusPoller
+from cms.autoscaler.hostwatch import HostWatch
 from cms.autoscaler.journal import Journal
 from cms.autoscaler.leading import Leading
 from cms.autoscaler.lifecycle import State, Track
@@ -95,7 +96,10 @@ class Autoscaler:
                                  dry_run=dry_run)
         self.steps = Steps(cfg, self.scheduler, self.health, self.registry, self.journal, stop=self.stop,
                            dry_run=dry_run)
-        self.executor = Executor(cfg, self.registry, self.steps)
+        # the hosts' liveness (up -> suspect -> down -> fencing -> up): the planner acts on what answers
+        self.hosts = HostWatch(cfg, self.scheduler, self.registry, self.journal, groups=tuple(self.groups),
+                               clock=clock, dry_run=dry_run)
+        self.executor = Executor(cfg, self.registry, self.steps, host_up=self.hosts.up)
         self.warm = WarmPool(cfg, self.registry, self.steps, self.history, clock=clock,
                              on_unpark=lambda t: restart_baseline(self.metrics, t.uuid))
         for kind, handler in self.warm.handlers().items():
@@ -138,50 +142,42 @@ class Autoscaler:
         self._drain_lifecycle_events()
         if not self.leading.step():
             if self.leading.view_due():
-                self.observe()              # read-only: a warm view of the fleet, no plan, no write
+                self.observe(now, verdicts=False)   # read-only: a warm view of the fleet, no plan, no write
             self._rebuild_status(now, t0, ())
             return
-        observed = self.observe()
-        if observed is not None and not self.leading.confirm(observed.values()):
+        observed = self.observe(now)
+        if not self.leading.confirm(observed.values()):
             return                          # a newer term in libvirt and etcd agrees: deposed
-        if observed is not None:
-            self.measure(observed, now)
-            self.take_scale_requests(now)
-            view = planner.View(self.groups, observed, self.registry.snapshot(), dict(self.desired),
-                                first=not self.started, dead=frozenset(self._dead),
-                                spawn_paused=self.steps.spawn_paused(),
-                                refill_paused=self.steps.spawn_paused(warm=True),
-                                hosts=frozenset(h for h in self.fleet.hosts if h not in self.unhealthy_hosts),
-                                occupancy=self.balancer.occupancy(self._listing, self.last_tick))
-            plan = planner.plan(view, lambda g, members: self.decide(g, members, now))
-            self.apply(plan, now)
-            self.executor.execute(plan, self._listing)
-            self.executor.probe_ready()
-            self.started = True
-            self._dead.clear()
-            self.leading.open_feed(self.registry.snapshot())
+        self.measure(observed, now)
+        self.take_scale_requests(now)
+        view = planner.View(self.groups, observed, self.registry.snapshot(), dict(self.desired),
+                            first=not self.started, dead=frozenset(self._dead),
+                            spawn_paused=self.steps.spawn_paused(),
+                            refill_paused=self.steps.spawn_paused(warm=True),
+                            hosts=self.hosts.placeable(), host_states=self.hosts.states(),
+                            occupancy=self.balancer.occupancy(self._listing, self.last_tick))
+        plan = planner.plan(view, lambda g, members: self.decide(g, members, now))
+        self.apply(plan, now)
+        self.executor.execute(plan, self._listing)
+        self.executor.probe_ready()
+        self.started = True
+        self._dead.clear()
+        self.leading.open_feed(self.registry.snapshot())
         self.leading.heartbeat()
         self.publish(now, t0)
-        if observed is not None:
-            self.balancer.step(now, self._listing)
+        self.balancer.step(now, self._listing)
 
-    def observe(self) -> dict[str, OwnedDomain] | None:
-        """This tick's replica domains by name; None when a host did not answer."""
+    def observe(self, now: float, verdicts: bool = True) -> dict[str, OwnedDomain]:
+        """This tick's replica domains by name, from the hosts that are up; every host's verdict
+        (cms.autoscaler.hostwatch) first, when leading (``verdicts``: a follower only looks). A
+        host that did not answer is left out, never waited on."""
         listing = self.scheduler.list_domains()
-        if listing.down:
-            for name, why in listing.down.items():
-                if name not in self.unhealthy_hosts:
-                    log.warning("libvirt on host %s does not answer (%s); retrying every tick", name, why)
-                else:
-                    log.debug("host %s still down: %s", name, why)
-            self.unhealthy_hosts = set(listing.down)
-            self._listing = listing
-            return None  # acting on a partial view would replace replicas that are fine
-        if self.unhealthy_hosts:
-            log.info("libvirt answers again on %s", ", ".join(sorted(self.unhealthy_hosts)))
-            self.unhealthy_hosts = set()
+        self.unhealthy_hosts = set(listing.down)
         self._listing = listing
-        return {d.name: d for d in listing.all() if d.meta.group in self.groups and d.meta.role == "replica"}
+        if verdicts:
+            self.hosts.step(listing, now)
+        return {d.name: d for d in listing.all()
+                if d.meta.group in self.groups and d.meta.role == "replica" and self.hosts.up(d.host)}
 
     def _drain_lifecycle_events(self) -> None:
         q = self.fleet.event_queue
@@ -313,7 +309,8 @@ class Autoscaler:
             now=now, groups=self.groups, tracks=tracks, desired=self.desired, decisions=self.last_decision,
             tick=self.last_tick, listing=self._listing, capacities=self._capacities(), tick_info=info,
             feed_seq=int(getattr(self.publisher, "seq", 0)), hosts=tuple(self.fleet.hosts),
-            load=self.figures, latency=self.load.latest if self.load is not None else {})
+            load=self.figures, latency=self.load.latest if self.load is not None else {},
+            host_states={h: str(st) for h, st in self.hosts.states().items()})
         self._status["controller"] = self.leading.status()
 
     # -- leading and following ----------------------------------------------------------------
@@ -385,6 +382,7 @@ class Autoscaler:
         self.stop.set()
         self.executor.close(timeout)
         self.balancer.wait(timeout)
+        self.hosts.wait(timeout)
         self.journal.flush()
         self.election.stop()               # a clean handover: the lock goes now, not at its TTL
         self.publisher.close()

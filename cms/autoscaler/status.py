@@ -15,7 +15,7 @@ lock, so an exporter or the API may read it as often as they like. Shape::
          "policy": {"name": "threshold", "mean": 0.43, "high": 0.75, "low": 0.25, …},
          "warm_pool": {"size": 1, "state": "paused", "target": 1,
                        "members": [{"name": …, "state": "parked", "mode": "paused", "host": …}]}}},
-     "hosts": {"local": {"up": true, "cpu": 0.52, "cpus": 2, "vms": 3, "vcpus": 3,
+     "hosts": {"local": {"state": "up", "up": true, "cpu": 0.52, "cpus": 2, "vms": 3, "vcpus": 3,
                          "memory_mib": 24000, "used_memory_mib": 1536, "free_memory_mib": 20100}}}
 """
 
@@ -38,7 +38,9 @@ def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track,
           decisions: Mapping[str, tuple[float, policy.Decision]], tick: Tick | None, listing: Listing | None,
           capacities: Mapping[str, Capacity], tick_info: dict[str, Any], feed_seq: int,
           hosts: tuple[str, ...], load: Mapping[str, Figures] | None = None,
-          latency: Mapping[str, Counters] | None = None) -> dict[str, Any]:
+          latency: Mapping[str, Counters] | None = None, host_states: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``host_states``: each host's state (cms.autoscaler.hoststate); a host's ``up`` is its
+    state being up (without states: that it answered the last listing)."""
     cpu = {m.name: m.cpu for m in tick.domains.values()} if tick else {}
     figures = _load(load or {}, latency or {})
     out_groups: dict[str, Any] = {}
@@ -67,13 +69,15 @@ def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track,
         }
     out_hosts: dict[str, Any] = {}
     for h in hosts:
-        up = listing is not None and h not in listing.down
-        doms = (listing.domains.get(h) or []) if listing is not None and up else []
+        answered = listing is not None and h not in listing.down
+        state = (host_states or {}).get(h, "up" if answered else "down")
+        up = state == "up"
+        doms = (listing.domains.get(h) or []) if listing is not None and answered else []
         cap = capacities.get(h)
         hm = tick.hosts.get(h) if tick else None
         running = [d for d in doms if d.alive]
         out_hosts[h] = {
-            "up": up, "cpu": hm.cpu if hm else None, "cpus": hm.cpus if hm else (cap.cpus if cap else None),
+            "state": state, "up": up, "cpu": hm.cpu if hm else None, "cpus": hm.cpus if hm else (cap.cpus if cap else None),
             "vms": len(running), "defined": len(doms), "vcpus": sum(d.vcpus for d in running),
             "memory_mib": cap.memory_mib if cap else None,
             "used_memory_mib": sum(held_mib(d, now) for d in running),   # what the guests hold

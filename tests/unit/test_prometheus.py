@@ -189,7 +189,7 @@ AUTOSCALER_FAMILIES = {
     "cms_group_desired_replicas": "gauge", "cms_group_min_replicas": "gauge", "cms_group_max_replicas": "gauge",
     "cms_group_cpu_mean_ratio": "gauge", "cms_group_threshold_ratio": "gauge", "cms_group_warm_pool_size": "gauge",
     "cms_group_warm_pool_target_replicas": "gauge", "cms_group_warm_replicas": "gauge",
-    "cms_host_up": "gauge", "cms_host_cpu_utilization_ratio": "gauge", "cms_host_cpus": "gauge",
+    "cms_host_up": "gauge", "cms_host_state": "gauge", "cms_host_cpu_utilization_ratio": "gauge", "cms_host_cpus": "gauge",
     "cms_host_vms": "gauge", "cms_host_vcpus": "gauge", "cms_host_memory_bytes": "gauge",
     "cms_host_memory_free_bytes": "gauge", "cms_autoscaler_tick_overruns": "counter",
     "cms_autoscaler_tick_interval_seconds": "gauge", "cms_autoscaler_last_tick_timestamp_seconds": "gauge",
@@ -375,6 +375,10 @@ def test_a_host_that_does_not_answer_is_down(tmp_path, run_dir):
         s.tick()
         fams = scrape(ex)[1]
         assert samples(fams, "cms_host_up") == {(("host", "n1"),): 1.0, (("host", "gone"),): 0.0}
+        states = samples(fams, "cms_host_state")
+        assert {k for k, v in states.items() if v == 1.0} == {(("host", "gone"), ("state", "suspect")),
+                                                             (("host", "n1"), ("state", "up"))}
+        assert len(states) == 8                      # every state of each host, 0 or 1
         assert dict(samples(fams, "cms_libvirt_errors", "_total"))[
             (("call", "virConnectOpen"), ("code", "VIR_ERR_SYSTEM_ERROR"))] >= 1
     finally:
