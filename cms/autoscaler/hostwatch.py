@@ -23,8 +23,11 @@ while it is being fenced is DOWN again (the fence is tried again when it returns
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shlex
+import signal
 import subprocess
 import threading
 import time
@@ -111,13 +114,20 @@ class HostWatch:
         argv = shlex.split(command) + [host]
         t0 = time.monotonic()
         try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-            ok, said = p.returncode == 0, (p.stdout + p.stderr).strip()[-400:]
-            why = f"exit {p.returncode}"
-        except subprocess.TimeoutExpired:
-            ok, said, why = False, "", f"still running after fence_timeout_s {timeout:g} s: killed"
+            # its own process group, so a timeout kills whatever it started too
+            p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 text=True, start_new_session=True)
         except OSError as exc:
-            ok, said, why = False, "", f"could not run it: {exc.strerror or exc}"
+            p, ok, said, why = None, False, "", f"could not run it: {exc.strerror or exc}"
+        if p is not None:
+            try:
+                out, _ = p.communicate(timeout=timeout)
+                ok, said, why = p.returncode == 0, " ".join(out.split())[-400:], f"exit {p.returncode}"
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.communicate()
+                ok, said, why = False, "", f"still running after fence_timeout_s {timeout:g} s: killed"
         took = time.monotonic() - t0
         self.fenced_by_command[host] = ok
         verdict = "fenced" if ok else "NOT fenced"

@@ -1,0 +1,151 @@
+"""A host that stops answering, through the whole reconcile loop on libvirt's test driver: two
+hosts, an injected clock, a host's listing made to fail. The lab tests
+(tests/integration/test_host_failure_real.py) do the same with real QEMU and the load client."""
+
+from __future__ import annotations
+
+import pytest
+
+from cms import errors
+from cms.autoscaler.reconcile import Autoscaler
+from cms.store import Store
+from cms.virt import Fleet
+from tests.support import make_config, write_node_xml
+from tests.unit.test_autoscaler import FakeClock, FakeHealth, FakeMetrics, Recorder, run_until
+
+G = "hf"
+DOWN_S = 10.0
+
+
+@pytest.fixture
+def two(tmp_path, run_dir):
+    hosts = [{"name": n, "uri": write_node_xml(tmp_path / f"{n}.xml")} for n in ("n1", "n2")]
+
+    def build(**host_extra):
+        cfg = make_config(hosts=[{**h, **host_extra.get(h["name"], {})} for h in hosts],
+                          image={"golden": "/nonexistent/golden.qcow2"}, placement={"algorithm": "spread"},
+                          groups={G: {"min": 2, "max": 3, "cooldown_s": 0, "warmup_s": 0,
+                                      "threshold": {"high": 1.0, "low": 0.0}}},
+                          state_db=str(tmp_path / "state.db"),
+                          autoscaler={"tick_s": 0.05, "host_down_s": DOWN_S, "drain_s": 0.1,
+                                      "shutdown_timeout_s": 0.1},
+                          zmq={"publish": "tcp://127.0.0.1:*", "snapshot": "tcp://127.0.0.1:*"})
+        fleet = Fleet(cfg)
+        for h in fleet.hosts.values():
+            h.conn()          # a test:///file URI starts fresh at each open: keep these for the test
+        clock = FakeClock()
+        s = Autoscaler(cfg, fleet=fleet, metrics=FakeMetrics(), health=FakeHealth(), publisher=Recorder(),
+                       store=Store(cfg.state_db), clock=clock)
+        made.append((s, fleet))
+        return s, fleet, clock
+
+    made: list = []
+    yield build
+    for s, fleet in made:
+        s.close()
+        fleet.close()
+
+
+def cut(fleet, host: str, monkeypatch) -> None:
+    """The host's listing fails, as a host whose link is down."""
+    def silent(group=None):
+        raise errors.HostUnreachable("no route to host", host)
+    monkeypatch.setattr(fleet.host(host), "owned_domains", silent)
+
+
+def ready_on(s) -> dict[str, str]:
+    return {t.name: t.host for t in s.tracks.values() if t.state == "ready"}
+
+
+def host_events(s) -> list[tuple[str, str]]:
+    s.journal.flush()
+    return [(e.kind, e.subject) for e in sorted(s.store.events(limit=1000), key=lambda e: e.id)
+            if e.kind.startswith(("host_", "fence"))]
+
+
+def test_a_lost_host_is_suspect_then_down_its_replica_replaced_and_fenced_when_it_answers(two, monkeypatch):
+    s, fleet, clock = two()
+    run_until(s, lambda: sorted(ready_on(s).values()) == ["n1", "n2"], what="one ready replica on each host")
+    [lost] = [n for n, h in ready_on(s).items() if h == "n2"]
+
+    cut(fleet, "n2", monkeypatch)
+    clock.advance(1)
+    s.tick()
+    assert s.hosts.states()["n2"] == "suspect" and ready_on(s)[lost] == "n2"     # one miss replaces nothing
+    assert s.status()["hosts"]["n2"]["state"] == "suspect" and not s.status()["hosts"]["n2"]["up"]
+    assert ("failed", lost) not in s.publisher.events()
+
+    clock.advance(DOWN_S)
+    s.tick()
+    assert s.hosts.states()["n2"] == "down"
+    assert s.publisher.events()[-2:] == [("failed", lost), ("removed", lost)]
+    assert s.publisher.updates[-2].replicas[-1].state == "failed"
+    assert "host n2 is down" in s.publisher.updates[-2].reason
+    assert s.registry.get(lost).state == "lost"
+    # replaced on the host that is up; nothing is placed on the down one
+    run_until(s, lambda: len(ready_on(s)) == 2, what="a replacement ready")
+    assert set(ready_on(s).values()) == {"n1"} and lost not in ready_on(s)
+
+    monkeypatch.undo()                               # n2 answers again, its lost replica still defined there
+    assert lost in {d.name for d in fleet.host("n2").owned_domains()}
+    clock.advance(1)
+    s.tick()
+    assert s.hosts.states()["n2"] == "fencing"
+    run_until(s, lambda: s.hosts.states()["n2"] == "up", what="n2 fenced and up")
+    assert fleet.host("n2").owned_domains() == [] and s.registry.get(lost) is None
+    assert host_events(s) == [("host_suspect", "n2"), ("host_down", "n2"), ("host_fencing", "n2"),
+                              ("host_fenced", "n2"), ("host_up", "n2")]
+    fenced = next(e for e in s.store.events(limit=100) if e.kind == "host_fenced")
+    assert fenced.data["names"] == [lost] and lost in fenced.message
+    # the client never sees the lost name again after its removal
+    after = s.publisher.events().index(("removed", lost))
+    assert all(u.replica != lost and lost not in {r.name for r in u.replicas} for u in s.publisher.updates[after + 1:])
+
+
+def test_a_suspect_host_that_answers_again_is_up_and_nothing_was_touched(two, monkeypatch):
+    s, fleet, clock = two()
+    run_until(s, lambda: len(ready_on(s)) == 2, what="two ready")
+    before = dict(ready_on(s))
+    cut(fleet, "n2", monkeypatch)
+    for _ in range(3):
+        clock.advance(1)
+        s.tick()
+    monkeypatch.undo()
+    clock.advance(1)
+    s.tick()
+    assert s.hosts.states()["n2"] == "up" and ready_on(s) == before
+    assert host_events(s) == [("host_suspect", "n2"), ("host_up", "n2")]
+    assert not any(e == "failed" for e, _ in s.publisher.events())
+
+
+@pytest.mark.parametrize("command, ok, said", [("echo fenced", True, ("exit 0 in", ": fenced n2")),
+                                               ("sh -c 'echo no power >&2; exit 3'", False, ("exit 3 in", ": no power"))])
+def test_the_fence_command_runs_with_the_host_name_when_it_is_declared_down(two, monkeypatch, command, ok, said):
+    s, fleet, clock = two(n2={"fence_command": command, "fence_timeout_s": 10})
+    run_until(s, lambda: len(ready_on(s)) == 2, what="two ready")
+    cut(fleet, "n2", monkeypatch)
+    clock.advance(1)
+    s.tick()
+    clock.advance(DOWN_S)
+    s.tick()
+    s.hosts.wait(10)
+    assert s.hosts.fenced_by_command["n2"] is ok
+    s.journal.flush()
+    [e] = [e for e in s.store.events(limit=100) if e.kind == "fence_command"]
+    assert e.subject == "n2" and e.data["ok"] is ok and all(w in e.message for w in said)
+    assert e.message.startswith(f"host n2 {'fenced' if ok else 'NOT fenced'} by `{command} n2`")
+
+
+def test_a_fence_command_past_its_timeout_is_killed_and_counts_as_failed(two, monkeypatch):
+    s, fleet, clock = two(n2={"fence_command": "sh -c 'sleep 30'", "fence_timeout_s": 1})
+    run_until(s, lambda: len(ready_on(s)) == 2, what="two ready")
+    cut(fleet, "n2", monkeypatch)
+    clock.advance(1)
+    s.tick()
+    clock.advance(DOWN_S)
+    s.tick()
+    s.hosts.wait(20)
+    assert s.hosts.fenced_by_command["n2"] is False
+    s.journal.flush()
+    [e] = [e for e in s.store.events(limit=100) if e.kind == "fence_command"]
+    assert "still running after fence_timeout_s 1 s: killed" in e.message
