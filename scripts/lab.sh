@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A multi-host cms lab on this one machine (cms/lab/hosts.py says what it makes):
+# A multi-host cms lab on this one machine (cms/lab/hosts.py says what it makes, cms/lab/outage.py how
+# a host is lost; cms/lab/cli.py is this command line):
 #   scripts/lab.sh up N      N hypervisors, each in its own network + mount namespace with its own
 #                            libvirtd on 169.254.90.(10+i), reached over qemu+tcp; prints a cms.toml fragment
 #   scripts/lab.sh down      removes all of it (also what a crashed run left)
@@ -23,4 +24,4 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "lab: $VENV/bin/python is missing; run scripts/bootstrap.sh first" >&2
   exit 1
 fi
-exec "$VENV/bin/python" -m cms.lab.hosts "$@"
+exec "$VENV/bin/python" -m cms.lab.cli "$@"

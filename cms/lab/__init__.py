@@ -4,4 +4,7 @@
   golden image's path, cleanup of pools, bounded waits and process stops.
 - cms.lab.hosts: a multi-host lab: N hypervisors in network + mount namespaces, each with its
   own libvirtd on a link-local address (``scripts/lab.sh up N``, ``running(n)`` for fixtures).
+- cms.lab.outage: losing one of those hosts and bringing it back (``scripts/lab.sh kill|cut|
+  fence|revive N``); cms.lab.cli: scripts/lab.sh's command line.
+- cms.lab.stack: cms on a lab, for tests and benchmarks.
 """

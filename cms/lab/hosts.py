@@ -1,11 +1,11 @@
 """A multi-host lab on one machine: N hypervisors, each in its own network and mount namespace.
 
-    python -m cms.lab.hosts up N [--name cmslab] [--subnet 90] [--cpus C]   (scripts/lab.sh up N)
-    python -m cms.lab.hosts down [--name cmslab]                            (scripts/lab.sh down)
-    python -m cms.lab.hosts status [--name cmslab]
-    python -m cms.lab.hosts up N --controllers M [--etcd 3]    (controllers and etcd: cms.lab.controllers)
-    python -m cms.lab.hosts cut-etcd|heal-etcd C               (controller C loses etcd, or gets it back)
-    python -m cms.lab.hosts kill|cut|fence|revive N    (losing a host: cms.lab.outage)
+    python -m cms.lab.cli up N [--name cmslab] [--subnet 90] [--cpus C]   (scripts/lab.sh up N)
+    python -m cms.lab.cli down [--name cmslab]                            (scripts/lab.sh down)
+    python -m cms.lab.cli status [--name cmslab]
+    python -m cms.lab.cli up N --controllers M [--etcd 3]    (controllers and etcd: cms.lab.controllers)
+    python -m cms.lab.cli cut-etcd|heal-etcd C               (controller C loses etcd, or gets it back)
+    python -m cms.lab.cli kill|cut|fence|revive N    (losing a host: cms.lab.outage)
 
 What ``up`` makes, for host i of N (hv1, hv2, ...):
 
@@ -40,10 +40,10 @@ libvirt: the names say what is the lab's, so it also reaps what a crashed run le
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Iterator
 
 from cms.config import to_toml
-from cms.errors import CmsError
 from cms.lab import qemucaps
 from cms.lab.proc import LabError, _kill, _pid_alive, _run  # noqa: F401 - the lab's helpers, used here and by its users
 
@@ -266,17 +265,21 @@ class Lab:
 
     # -- what cms needs to use it ---------------------------------------------------------------
 
+    def fence_command(self) -> str:
+        """The lab's fence agent (cms.lab.outage) as a hosts[].fence_command; cms appends the
+        host's name, which ``fence`` takes as well as its number."""
+        return f"{shlex.quote(sys.executable)} -m cms.lab.cli --name {self.name} --subnet {self.subnet} fence"
+
     def config_data(self, hosts: list[LabHost], cpus: int = 0, fence: bool = False) -> dict:
         """The lab's part of a cms configuration, as plain data (cms.config.parse takes it);
         ``fence``: with the lab's fence agent as each host's fence_command (cms.lab.outage)."""
-        from cms.lab.outage import fence_command
         from cms.virt.host import resolve_domain_type
         return {
             "libvirt": {"domain_type": resolve_domain_type("auto", "qemu:///system"), "pool": self.pool,
                         "pool_path": self.pool_path},
             "image": {"golden": self.golden},
             "hosts": [{"name": h.name, "uri": h.uri, "migration_address": h.address, "shared_storage": True,
-                       "forward_address": h.address, "cpus": cpus, **({"fence_command": fence_command(self)}
+                       "forward_address": h.address, "cpus": cpus, **({"fence_command": self.fence_command()}
                                                                       if fence else {})} for h in hosts],
         }
 
@@ -294,71 +297,3 @@ def running(n: int, *, name: str = "cmslab", subnet: int = 90, **kw) -> Iterator
         yield lab, lab.up(n)
     finally:
         lab.down()
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="lab.sh", description="A multi-host cms lab on this machine "
-                                 "(network + mount namespaces, one libvirtd each).")
-    ap.add_argument("--name", default="cmslab", help="lab name: its namespaces, links and directory (default cmslab)")
-    ap.add_argument("--subnet", type=int, default=90, help="the lab uses 169.254.SUBNET.0/24 (default 90)")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("up", help="make N hosts (removing an earlier lab of the same name first)")
-    p.add_argument("n", type=int)
-    p.add_argument("--cpus", type=int, default=-1,
-                   help="each host's cpus in the fragment (default: this machine's CPUs shared out, at least 1)")
-    p.add_argument("--controllers", type=int, default=0, metavar="M",
-                   help="also M controllers, each in its own network namespace, and an etcd cluster (default 0)")
-    p.add_argument("--etcd", type=int, default=3, metavar="E", help="etcd members with --controllers (default 3)")
-    for cmd, what in (("cut-etcd", "cut off from etcd (it still reaches the hosts)"), ("heal-etcd", "etcd back")):
-        sub.add_parser(cmd, help=f"controller C (2 or c2): {what}").add_argument("controller")
-    sub.add_parser("down", help="remove the lab")
-    sub.add_parser("status", help="what of the lab exists")
-    for cmd, what in (("kill", "a power cut: its libvirtd and QEMUs killed, its link down"),
-                      ("cut", "a partition: its link down, libvirtd and QEMUs left running"),
-                      ("fence", "what a fence agent does: its libvirtd and QEMUs killed (hosts[].fence_command)"),
-                      ("revive", "its link up; its libvirtd started again if it was killed")):
-        sub.add_parser(cmd, help=f"host N (2 or hv2): {what}").add_argument("host")
-    a = ap.parse_args(argv)
-    try:
-        lab = Lab(a.name, a.subnet)
-        if a.cmd == "up":
-            hosts = lab.up(a.n)
-            cpus = a.cpus if a.cpus >= 0 else max(1, (os.cpu_count() or 1) // a.n)
-            frag = lab.config_fragment(hosts, cpus)
-            (lab.root / "cms.toml").write_text(frag)
-            print(f"lab {a.name}: bridge {lab.bridge} at {lab.gateway}/24, shared storage {lab.root}")
-            for h in hosts:
-                print(f"  {h.name}: netns {h.netns}, address {h.address}, libvirtd pid {h.pid}, "
-                      f"host_uuid {h.host_uuid}, {h.uri}, first define {h.first_define_s:.2f} s")
-                if h.caps_note:
-                    print(f"  {h.name}: {h.caps_note}")
-            print(f"cms.toml fragment (also in {lab.root / 'cms.toml'}):\n")
-            print(frag, end="")
-            if a.controllers:
-                from cms.lab import controllers as lc
-                ctl = lc.Controllers(lab)
-                made, etcd = ctl.up(a.controllers, a.etcd)
-                lc.write_configs(ctl, made, etcd, frag)
-                print("\n" + lc.describe(ctl, made, etcd))
-        elif a.cmd in ("cut-etcd", "heal-etcd"):
-            from cms.lab.controllers import Controllers
-            ctl = Controllers(lab)
-            i = ctl.index(a.controller)
-            print(f"lab {a.name}: " + "; ".join(ctl.cut(i) if a.cmd == "cut-etcd" else ctl.heal(i)))
-        elif a.cmd == "down":
-            removed = lab.down()
-            print(f"lab {a.name}: " + ("removed " + "; ".join(removed) if removed else "nothing to remove"))
-        elif a.cmd == "status":
-            print(json.dumps(lab.status(), indent=1))
-        else:
-            from cms.lab import outage
-            i = outage.host_index(lab, a.host)
-            print(f"lab {a.name}: hv{i}: " + "; ".join(outage.ACTIONS[a.cmd](lab, i)))
-    except CmsError as exc:   # LabError, EtcdError
-        print(f"lab: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

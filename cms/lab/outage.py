@@ -9,7 +9,7 @@ hardware:
 * ``cut``: a partition. The link goes down; libvirtd and the QEMUs go on running, unseen.
 * ``fence``: what a fence agent does (IPMI power-off, STONITH): every process of the host
   is killed; the link is left as it is. It takes the host's name (``hv2``) as well as its
-  number, so ``python -m cms.lab.hosts --name L fence`` serves as ``hosts[].fence_command``,
+  number, so ``python -m cms.lab.cli --name L fence`` (``Lab.fence_command``) serves as ``hosts[].fence_command``,
   which cms runs with the host's name appended.
 * ``revive``: the link comes up; a libvirtd that was killed starts again on the same state
   directories and host UUID, and finds its domains defined and shut off, as after a reboot.
@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
-import sys
 import time
 
-from cms.lab.hosts import Lab, LabError, _run
+from cms.lab.hosts import Lab
+from cms.lab.proc import LabError, _run
 
 
 def host_index(lab: Lab, which: str) -> int:
@@ -124,8 +123,3 @@ def revive(lab: Lab, i: int, timeout: float = 60.0) -> list[str]:
 
 
 ACTIONS = {"kill": kill, "cut": cut, "fence": fence, "revive": revive}
-
-
-def fence_command(lab: Lab) -> str:
-    """The lab's fence agent as a cms hosts[].fence_command (cms appends the host's name)."""
-    return f"{shlex.quote(sys.executable)} -m cms.lab.hosts --name {lab.name} --subnet {lab.subnet} fence"

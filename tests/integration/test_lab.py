@@ -226,7 +226,7 @@ def lab_sh(*argv: str) -> subprocess.CompletedProcess:
 
 def test_a_host_can_be_killed_cut_fenced_and_revived():
     import shlex
-    from cms.lab.outage import fence_command, is_running, libvirtd_pid
+    from cms.lab.outage import is_running, libvirtd_pid
     from cms.lab.realstack import wait_until
     with running(2, name=NAME, subnet=SUBNET) as (lab, hosts):
         h1, h2 = hosts
@@ -269,7 +269,7 @@ def test_a_host_can_be_killed_cut_fenced_and_revived():
             back.close()
 
             # fence, the way cms runs hosts[].fence_command: the host's name appended
-            fenced = subprocess.run(shlex.split(fence_command(lab)) + ["hv1"], capture_output=True, text=True,
+            fenced = subprocess.run(shlex.split(lab.fence_command()) + ["hv1"], capture_output=True, text=True,
                                     timeout=60)
             assert fenced.returncode == 0, fenced.stderr
             assert fenced.stdout.startswith("lab cmstest: hv1: fenced: killed processes ")

@@ -50,7 +50,7 @@ def cut(fleet, host: str, monkeypatch) -> None:
     """The host's listing fails, as a host whose link is down."""
     def silent(group=None):
         raise errors.HostUnreachable("no route to host", host)
-    monkeypatch.setattr(fleet.host(host), "owned_domains", silent)
+    monkeypatch.setattr(fleet.host(host).stats, "owned_domains", silent)
 
 
 def ready_on(s) -> dict[str, str]:
@@ -78,21 +78,22 @@ def test_a_lost_host_is_suspect_then_down_its_replica_replaced_and_fenced_when_i
     clock.advance(DOWN_S)
     s.tick()
     assert s.hosts.states()["n2"] == "down"
-    assert s.publisher.events()[-2:] == [("failed", lost), ("removed", lost)]
-    assert s.publisher.updates[-2].replicas[-1].state == "failed"
-    assert "host n2 is down" in s.publisher.updates[-2].reason
+    about = [u for u in s.publisher.updates if u.replica == lost]
+    assert [u.event for u in about] == ["added", "ready", "failed", "removed"]
+    assert [r.state for r in about[2].replicas if r.name == lost] == ["failed"]
+    assert all("host n2 is down" in u.reason for u in about[2:])
     assert s.registry.get(lost).state == "lost"
     # replaced on the host that is up; nothing is placed on the down one
     run_until(s, lambda: len(ready_on(s)) == 2, what="a replacement ready")
     assert set(ready_on(s).values()) == {"n1"} and lost not in ready_on(s)
 
     monkeypatch.undo()                               # n2 answers again, its lost replica still defined there
-    assert lost in {d.name for d in fleet.host("n2").owned_domains()}
+    assert lost in {d.name for d in fleet.host("n2").stats.owned_domains()}
     clock.advance(1)
     s.tick()
     assert s.hosts.states()["n2"] == "fencing"
     run_until(s, lambda: s.hosts.states()["n2"] == "up", what="n2 fenced and up")
-    assert fleet.host("n2").owned_domains() == [] and s.registry.get(lost) is None
+    assert fleet.host("n2").stats.owned_domains() == [] and s.registry.get(lost) is None
     assert host_events(s) == [("host_suspect", "n2"), ("host_down", "n2"), ("host_fencing", "n2"),
                               ("host_fenced", "n2"), ("host_up", "n2")]
     fenced = next(e for e in s.store.events(limit=100) if e.kind == "host_fenced")
