@@ -48,14 +48,14 @@ def is_running(pid: int) -> bool:
         return False
 
 
-def _host_pids(lab: Lab, i: int) -> list[int]:
+def host_pids(lab: Lab, i: int) -> list[int]:
     out = _run("ip", "netns", "pids", lab.netns(i), check=False).stdout.split()
     return sorted(int(p) for p in out if p.isdigit() and is_running(int(p)))
 
 
 def _kill_all(lab: Lab, i: int, timeout: float = 10.0) -> list[int]:
     """SIGKILL every process in the host's network namespace; wait (bounded) until they are gone."""
-    pids = _host_pids(lab, i)
+    pids = host_pids(lab, i)
     for p in pids:
         try:
             os.kill(p, signal.SIGKILL)

@@ -5,7 +5,8 @@ the lab's hypervisors (each its own libvirtd in its own namespaces, reached over
 qemu+tcp), with the real metrics, health checks and ZeroMQ feed; the load client runs as
 the ``cms-loadgen`` process, following that feed. A test can read the daemon's state (its
 tracks, its events) and change its balancing settings between steps. ``close`` stops
-everything and removes every domain it made, whatever happened.
+everything and removes every domain it made, whatever happened (or leaves the replicas for
+the next stack to adopt).
 """
 
 from __future__ import annotations
@@ -31,18 +32,20 @@ class Stack:
     def __init__(self, lab: Lab, hosts: list[LabHost], workdir: Path, *, group: str, group_cfg: dict[str, Any],
                  cpus: dict[str, int], balancer: dict[str, Any], placement: dict[str, Any] | None = None,
                  libvirt: dict[str, Any] | None = None, autoscaler: dict[str, Any] | None = None,
-                 fence: bool = False) -> None:
+                 fence: bool = False, more_groups: dict[str, dict[str, Any]] | None = None,
+                 host_settings: dict[str, Any] | None = None) -> None:
         self.dir = workdir
         self.group = group
         data = lab.config_data(hosts, fence=fence)
         for h in data["hosts"]:
             h["cpus"] = cpus.get(h["name"], 0)
+            h.update(host_settings or {})
         data["libvirt"].update(libvirt or {})
         data.update({
             "state_db": str(workdir / "state.db"),
             "placement": placement or {"algorithm": "first_fit"},
             "network": {"port_min": 21000, "port_max": 21199},
-            "groups": {group: group_cfg},
+            "groups": {group: group_cfg, **(more_groups or {})},
             "autoscaler": {"tick_s": 1.0, "health_timeout_s": 180, "drain_s": 1.0, "shutdown_timeout_s": 2.0,
                            "metrics_listen": "", **(autoscaler or {})},
             "zmq": {"publish": f"tcp://127.0.0.1:{free_port()}", "snapshot": f"tcp://127.0.0.1:{free_port()}"},
@@ -143,7 +146,9 @@ class Stack:
 
     # -- the end ------------------------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, keep: bool = False) -> None:
+        """Stop everything; ``keep``: leave the replicas running for the next stack to adopt
+        (tests that share booted replicas), else remove every domain on the lab."""
         for p in self.loads:
             with contextlib.suppress(Exception):
                 stop_process(p, grace=5)
@@ -153,7 +158,7 @@ class Stack:
                 self.thread.join(15)
             fleet = self.scaler.fleet
             with contextlib.suppress(Exception):
-                for d in fleet.owned():
+                for d in [] if keep else fleet.owned():
                     with contextlib.suppress(Exception):
                         fleet.remove(d.host, d.name)
             fleet.close()

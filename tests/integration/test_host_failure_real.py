@@ -1,0 +1,210 @@
+"""A hypervisor host dies (issue 20), on a 3-host lab with real QEMU and the real load client.
+
+One lab (cms.lab.hosts: three hypervisors in their own namespaces, reached over qemu+tcp at
+169.254.96.11-13, storage shared) for the module. Each test runs its own cms-autoscaler
+(cms.lab.stack) on it; the replicas one test leaves running, the next one adopts, so the
+module boots few guests. Between tests every host is revived and fenced (up).
+
+Group ``hf`` keeps 3 replicas spread over the hosts (its policy never acts: the count is
+what the tests move); group ``side`` has 1 and is scaled out during an outage.
+
+1. kill: a host with a replica of hf (and none of side) loses power under load. Its
+   replica is announced failed within host_down_s + 2 ticks (+ the first listing's
+   deadline), 3 are ready again on the live hosts, side scales out meanwhile, the client
+   sends nothing to the lost one after the announcement and accounts for every request.
+   When the host is revived, the lost domain is destroyed before the host is up.
+2. warm: the same with a paused warm pool of 1: the replacement is resumed, not booted, and
+   the client sends to it within host_down_s + 1 s of the kill.
+3. cut: a partition, the QEMU left running. When the link returns, the stale replica is
+   destroyed within a tick, nothing of it runs anywhere, and the announced set never holds
+   its name again.
+
+What the module adds to the suite: one lab of 3 hosts; 4 boots at the start, then one
+replacement boot (kill), one warm boot (warm), one replacement boot (cut).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from cms.lab import outage
+from cms.lab.hosts import running
+from cms.lab.realstack import wait_until
+from cms.lab.stack import Stack
+
+pytestmark = pytest.mark.real
+
+NAME, SUBNET = "cmshf", 96
+G, SIDE = "hf", "side"
+DOWN_S, TICK_S, TIMEOUT_S = 4.0, 0.5, 0.4
+INERT = {"high": 1.0, "low": 0.0, "window_s": 3600, "window_in_s": 3600}
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with running(3, name=NAME, subnet=SUBNET) as (lab, hosts):
+        yield lab, hosts
+
+
+@pytest.fixture
+def stack(lab, tmp_path):
+    """A daemon on the lab (made by the test with ``make``); afterwards every host is revived and
+    fenced, and the replicas are left running for the next test to adopt."""
+    made: list[Stack] = []
+
+    def make(warm: int = 0) -> Stack:
+        gc = {"min": 3, "max": 3 + warm, "memory_mib": 384, "cooldown_s": 0, "warmup_s": 0, "threshold": INERT,
+              "warm_pool": {"size": warm, "state": "paused"}}
+        s = Stack(*lab, tmp_path, group=G, group_cfg=gc, cpus={h.name: 2 for h in lab[1]},
+                  balancer={"enabled": False}, placement={"algorithm": "spread"},
+                  autoscaler={"tick_s": TICK_S, "host_down_s": DOWN_S, "health_failures": 3},
+                  more_groups={SIDE: {"min": 1, "max": 2, "memory_mib": 384, "cooldown_s": 0, "warmup_s": 0,
+                                      "threshold": INERT}},
+                  host_settings={"timeout_s": TIMEOUT_S})
+        made.append(s)
+        s.start()
+        return s
+
+    yield make
+    for s in made:
+        try:
+            for i in range(1, len(lab[1]) + 1):
+                outage.revive(lab[0], i)
+            wait_until(lambda: set(s.scaler.hosts.states().values()) == {"up"}, 60, 0.5, "every host up again")
+        finally:
+            s.close(keep=True)
+
+
+def serving(s: Stack, group: str = G) -> dict[str, str]:
+    """Ready replica -> its host."""
+    return {t.name: t.host for t in s.scaler.registry.snapshot() if t.group == group and str(t.state) == "ready"}
+
+
+def settle(s: Stack, warm: int = 0) -> None:
+    def done() -> bool:
+        states = [st for n, (st, _h) in s.states().items()]
+        return states.count("ready") == 3 and states.count("parked") == warm and len(states) == 3 + warm \
+            and len(serving(s, SIDE)) >= 1
+    wait_until(done, 300, 0.5, f"3 ready replicas of {G}" + (f" and {warm} parked" if warm else ""))
+
+
+def victim(s: Stack, avoid: set[str] = frozenset()) -> tuple[int, str, list[str]]:
+    """A host with a ready replica of hf and nothing of side, nor a parked replica: (its
+    number, its name, the hf replicas on it)."""
+    side_hosts = set(serving(s, SIDE).values())
+    parked = {h for st, h in s.states().values() if st != "ready"}
+    for host in sorted(set(serving(s).values()) - side_hosts - parked - set(avoid)):
+        return int(host[2:]), host, sorted(n for n, h in serving(s).items() if h == host)
+    raise AssertionError(f"no host for the test: hf {serving(s)}, side {serving(s, SIDE)}, states {s.states()}")
+
+
+def records(s: Stack, name: str) -> list[dict]:
+    path = s.dir / f"{name}.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")] if path.exists() else []
+
+
+def client_event(s: Stack, load: str, event: str, replica: str) -> dict | None:
+    return next((r for r in records(s, load) if r.get("event") == event and r.get("replica") == replica), None)
+
+
+def completed_for(s: Stack, load: str) -> int:
+    return sum(r["completed"] for r in records(s, load) if r.get("type") == "tick")
+
+
+def never_back(s: Stack, load: str, lost: list[str]) -> None:
+    """After its failure, no lost name is announced again nor seen ready by the client."""
+    recs = records(s, load)
+    for name in lost:
+        i = next(k for k, r in enumerate(recs) if r.get("event") == "replica_failed" and r.get("replica") == name)
+        for r in recs[i + 1:]:
+            assert not (r.get("replica") == name and r.get("event") in ("replica_starting", "replica_ready")), r
+            assert (r.get("replicas") or {}).get(name, {}).get("state") != "ready", r
+
+
+def test_kill_a_host_under_load(stack, lab):
+    s = stack()
+    settle(s)
+    i, host, lost = victim(s)
+    load = s.loadgen("kill", "--low-rate", "6", "--cost", "2000", "--duration", "90", "--timeout", "5")
+    wait_until(lambda: completed_for(s, "kill") >= 10, 60, 0.5, "the load client served")
+    killed = time.time()
+    outage.kill(lab[0], i)
+    bound = DOWN_S + 2 * TICK_S + TIMEOUT_S
+    for name in lost:
+        seen = wait_until(lambda: client_event(s, "kill", "replica_failed", name), bound + 5, 0.1,
+                          f"{name} announced failed")
+        assert seen["ts"] - killed <= bound, (seen, killed)
+        assert "host " + host + " is down" in seen["reason"]
+    down = s.wait_event("host_down", 5, subject=host)
+    assert down.ts - killed <= bound
+    # the other group scales out while the host is down, on the live hosts
+    s.scaler.store.request_scale(SIDE, 2)
+    wait_until(lambda: len(serving(s)) == 3 and host not in serving(s).values() and len(serving(s, SIDE)) == 2,
+               240, 0.5, "3 ready on the live hosts and side at 2")
+    assert host not in serving(s, SIDE).values() and s.scaler.hosts.states()[host] == "down"
+    s.stop_loadgen(load)
+    summary, recs = s.loadgen_result("kill", load)
+    assert summary["accounted"] and summary["outstanding"] == 0
+    for name in lost:
+        failed_at = client_event(s, "kill", "replica_failed", name)["ts"]
+        last = summary["replicas"][name]["last_sent_at"]
+        assert last is not None and last <= failed_at, (name, last, failed_at)
+    never_back(s, "kill", lost)
+    # back: the lost domains are destroyed before the host is up
+    outage.revive(lab[0], i)
+    up = s.wait_event("host_up", 60, subject=host, after_id=down.id)
+    fenced = s.events("host_fenced")[0]
+    assert fenced.id < up.id and sorted(fenced.data["names"]) == lost
+    assert not {d.name for d in s.scaler.fleet.owned(G)} & set(lost)
+
+
+def test_a_warm_pool_on_a_live_host_replaces_a_killed_replica_at_once(stack, lab):
+    s = stack(warm=1)
+    settle(s, warm=1)
+    i, host, lost = victim(s)
+    [parked] = [n for n, (st, _h) in s.states().items() if st == "parked"]
+    load = s.loadgen("warm", "--low-rate", "6", "--cost", "2000", "--duration", "60", "--timeout", "5")
+    wait_until(lambda: completed_for(s, "warm") >= 10, 60, 0.5, "the load client served")
+    killed = time.time()
+    outage.kill(lab[0], i)
+    used = wait_until(lambda: client_event(s, "warm", "replica_ready", parked), 60, 0.1,
+                      f"the warm replica {parked} announced ready")
+    s.stop_loadgen(load)
+    summary, _recs = s.loadgen_result("warm", load)
+    first = summary["replicas"][parked]["first_sent_at"]
+    assert first is not None and summary["replicas"][parked]["completed"] > 0
+    assert first - killed <= DOWN_S + 1.0, (first - killed, used)
+    assert summary["accounted"]
+    assert s.events("warm_used")[0].subject == parked
+    never_back(s, "warm", lost)
+
+
+def test_a_partitioned_host_comes_back_and_its_stale_replica_is_destroyed_within_a_tick(stack, lab):
+    s = stack()
+    settle(s)
+    i, host, lost = victim(s)
+    load = s.loadgen("cut", "--low-rate", "6", "--cost", "2000", "--duration", "120", "--timeout", "5")
+    wait_until(lambda: completed_for(s, "cut") >= 10, 60, 0.5, "the load client served")
+    qemus = outage.host_pids(lab[0], i)
+    outage.cut(lab[0], i)
+    down = s.wait_event("host_down", 30, subject=host)
+    wait_until(lambda: len(serving(s)) == 3 and host not in serving(s).values(), 240, 0.5,
+               "3 ready on the live hosts")
+    assert all(outage.is_running(p) for p in qemus), "a partition leaves the QEMUs running"
+    outage.revive(lab[0], i)
+    fencing = s.wait_event("host_fencing", 60, subject=host, after_id=down.id)
+    fenced = s.wait_event("host_fenced", 30, subject=host, after_id=down.id)
+    assert sorted(fenced.data["names"]) == lost
+    assert fenced.ts - fencing.ts <= 2 * TICK_S           # the fence starts the tick it answers
+    libvirtd = outage.libvirtd_pid(lab[0], i)
+    assert [p for p in qemus if p != libvirtd and outage.is_running(p)] == []   # the stale QEMU is gone
+    s.wait_event("host_up", 30, subject=host, after_id=down.id)
+    running_now = [d.name for d in s.scaler.fleet.owned(G) if d.alive]
+    assert len(running_now) == len(set(running_now)) == 3 and not set(running_now) & set(lost)
+    s.stop_loadgen(load)
+    summary, _recs = s.loadgen_result("cut", load)
+    assert summary["accounted"]
+    never_back(s, "cut", lost)
