@@ -7,7 +7,7 @@ before anything runs on it again::
     UP ──(missed a tick)──> SUSPECT ──(no answer for host_down_s)──> DOWN
      ^                         │                                      │ (answers again)
      └────(answers again)──────┘                                      v
-     ^                                                            FENCING ──(stops answering)──> DOWN
+     ^                                                            FENCING ──(silent host_down_s)──> DOWN
      └──────────(its lost domains destroyed: fenced)──────────────────┘
 
 * UP: it answered this tick; placement may use it.
@@ -64,7 +64,7 @@ RULES: dict[tuple[HostState, Seen], tuple[HostState, tuple[str, ...]]] = {
     (H.DOWN, Seen.MISSED): (H.DOWN, ()),
     (H.DOWN, Seen.SILENT): (H.DOWN, ()),
     (H.FENCING, Seen.ANSWERED): (H.FENCING, ()),             # the fence is still under way
-    (H.FENCING, Seen.MISSED): (H.DOWN, ("host_down",)),
+    (H.FENCING, Seen.MISSED): (H.FENCING, ()),                # one miss: as for an up host, no verdict yet
     (H.FENCING, Seen.SILENT): (H.DOWN, ("host_down",)),
     (H.FENCING, Seen.FENCED): (H.UP, ("host_fenced", "host_up")),
 }

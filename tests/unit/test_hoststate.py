@@ -30,7 +30,8 @@ CASES = [
      ("host_fencing",)),
     ("fencing, answers, fence under way", at(H.FENCING, last=31.0), True, 32.0, None, H.FENCING, ()),
     ("fencing, fence done", at(H.FENCING, last=31.0), True, 32.0, ("cms-web-1",), H.UP, ("host_fenced", "host_up")),
-    ("fencing, silent again", at(H.FENCING, last=31.0), False, 32.0, None, H.DOWN, ("host_down",)),
+    ("fencing, one miss: still fencing", at(H.FENCING, last=31.0), False, 32.0, None, H.FENCING, ()),
+    ("fencing, silent for host_down_s again", at(H.FENCING, last=31.0), False, 41.0, None, H.DOWN, ("host_down",)),
     ("up, fenced names mean nothing outside fencing", at(H.UP), True, 1.0, ("x",), H.UP, ()),
 ]
 
@@ -100,5 +101,5 @@ def test_suspect_comes_back_with_the_count_of_its_misses_and_fencing_with_nothin
     assert up.reason == "host hv2 is fenced and up again"
     _t, (back,) = step(at(H.SUSPECT, misses=3), True, 4.0, DOWN_S)
     assert back.reason == "host hv2 answers again after 3 missed tick(s)"
-    _t, (again,) = step(at(H.FENCING, last=20.0), False, 21.0, DOWN_S, why="EOF")
+    _t, (again,) = step(at(H.FENCING, last=20.0), False, 30.0, DOWN_S, why="EOF")
     assert again.reason == "host hv2 stopped answering again while being fenced: EOF"
