@@ -64,6 +64,7 @@ class HostWatch:
         self._fencing: set[str] = set()                  # hosts whose fence worker runs
         self._fenced: dict[str, tuple[str, ...]] = {}    # host -> what its finished fence destroyed
         self.fenced_by_command: dict[str, bool] = {}     # host -> its fence_command's outcome since it went down
+        self.fence_seconds: dict[str, float] = {}        # host -> how long its last fence took
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -91,8 +92,9 @@ class HostWatch:
             self.tracks[name] = after
             for e in events:
                 level = logging.WARNING if e.kind in ("host_suspect", "host_down") else logging.INFO
-                self.journal.event(e.kind, "", name, e.reason, level=level, state=str(after.state),
-                                   **({"names": list(e.names)} if e.kind == "host_fenced" else {}))
+                extra = {"names": list(e.names), "fence_s": round(self.fence_seconds.get(name, 0.0), 3)} \
+                    if e.kind == "host_fenced" else {}
+                self.journal.event(e.kind, "", name, e.reason, level=level, state=str(after.state), **extra)
             if after.state == H.DOWN and before.state != H.DOWN:
                 self.fenced_by_command.pop(name, None)
                 self._run_fence_command(name)
@@ -150,22 +152,34 @@ class HostWatch:
                            done=lambda: self._fencing.discard(host))
 
     def _fence(self, host: str, stale: list[str]) -> None:
-        """Destroy and undefine what was declared lost on ``host``, delete its volumes (a worker)."""
-        gone = []
+        """Destroy what was declared lost on ``host``, all at once (none may run a moment longer
+        than it must), then undefine it and delete its volume (a worker)."""
+        t0 = time.monotonic()
+        failures: list[str] = []
+
+        def remove(name: str) -> None:
+            try:
+                if not self.dry_run:
+                    self.scheduler.remove(host, name)      # destroy (no graceful shutdown), undefine, volume
+            except errors.VirtError as exc:
+                failures.append(f"{name}: {exc}")
+
+        threads = [threading.Thread(target=remove, args=(n,), name=f"cms-fence-{n}", daemon=True) for n in stale]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if failures:
+            self.journal.event("fence_failed", "", host, f"host {host}: could not destroy {'; '.join(failures)}; "
+                               "the next tick tries again", level=logging.WARNING)
+            return
         for name in stale:
-            if not self.dry_run:
-                try:
-                    self.scheduler.remove(host, name)       # destroy at once: it must not run a moment longer
-                except errors.VirtError as exc:
-                    self.journal.event("fence_failed", "", host, f"host {host}: could not destroy {name}: {exc}; "
-                                       "the next tick tries again", level=logging.WARNING, name=name)
-                    return
             t = self.registry.get(name)
             if t is not None:
                 self.registry.forget(t, f"destroyed by the fence of host {host}")
-            gone.append(name)
         with self._lock:
-            self._fenced[host] = tuple(gone)
+            self._fenced[host] = tuple(stale)
+            self.fence_seconds[host] = time.monotonic() - t0
 
     def wait(self, timeout: float) -> None:
         self.workers.join(timeout)
