@@ -1,6 +1,8 @@
 """The API's tables in the state database, and every SQL statement on them.
 
-  api_vms           vmid <-> name, libvirt domain, host, type, image, state (creating | active)
+  api_vms           vmid <-> name, libvirt domain, host, type, image, state (creating | active),
+                    ha (restarted elsewhere when its host is fenced), lost (when its host was
+                    declared down and it was not restarted elsewhere; NULL: not lost)
   api_types         the types_file, imported when the API starts
   api_images        the image_file, imported when the API starts (ids 100, 101, ... in file
                     order), and the images registered with POST /v1/images
@@ -46,6 +48,7 @@ class ApiTables:
     def __init__(self, store: Store) -> None:
         self.store = store
         store.ensure_schema(SCHEMA)
+        store._add_columns("api_vms", {"ha": "INTEGER NOT NULL DEFAULT 0", "lost": "REAL"})   # issue 20
 
     def _rows(self, query: str, args: Sequence[Any] = ()) -> list[Row]:
         return [dict(r) for r in self.store.connect().execute(query, args)]
@@ -130,12 +133,13 @@ class ApiTables:
 
     # -- api_vms ----------------------------------------------------------------------------------
 
-    def reserve_vm(self, name: str, tid: int, image_id: int) -> int:
+    def reserve_vm(self, name: str, tid: int, image_id: int, ha: bool = False) -> int:
         """A 'creating' row holding the name, before anything exists in libvirt; its vmid.
         Taken when a VM of that name exists."""
         with self._write_new(name) as c:
-            return int(c.execute("INSERT INTO api_vms (name, instance_type, image_id, state, created) "
-                                 "VALUES (?,?,?, 'creating', ?)", (name, tid, image_id, time.time())).lastrowid)
+            return int(c.execute("INSERT INTO api_vms (name, instance_type, image_id, state, created, ha) "
+                                 "VALUES (?,?,?, 'creating', ?, ?)",
+                                 (name, tid, image_id, time.time(), int(ha))).lastrowid)
 
     def activate_vm(self, vmid: int, domain: str, host: str) -> None:
         with self.store.write() as c:
@@ -169,3 +173,22 @@ class ApiTables:
         """An API VM now runs on `host` (the spec's /pm/listvms reads it); nothing when no row has that domain."""
         with self.store.write() as c:
             c.execute("UPDATE api_vms SET host=? WHERE domain=?", (host, domain))
+
+    # -- a host declared down (issue 20; cms.autoscaler.rescue) -------------------------------------
+
+    def mark_lost(self, host: str, at: float) -> list[Row]:
+        """The active VMs on ``host`` not marked lost yet are, from ``at``; their rows."""
+        with self.store.write() as c:
+            rows = [dict(r) for r in c.execute("SELECT * FROM api_vms WHERE state='active' AND host=? AND lost IS NULL",
+                                               (host,))]
+            c.execute("UPDATE api_vms SET lost=? WHERE state='active' AND host=? AND lost IS NULL", (at, host))
+        return rows
+
+    def lost_vms(self, host: str) -> list[Row]:
+        return self._rows("SELECT * FROM api_vms WHERE state='active' AND host=? AND lost IS NOT NULL ORDER BY vmid",
+                          (host,))
+
+    def found(self, vmid: int, host: str) -> None:
+        """No longer lost: back on its host, or restarted on ``host`` (evacuated)."""
+        with self.store.write() as c:
+            c.execute("UPDATE api_vms SET lost=NULL, host=? WHERE vmid=?", (host, vmid))

@@ -178,7 +178,9 @@ def run(a: argparse.Namespace, c: Client) -> tuple[Any, str]:
         return r, f"destroyed VM {a.vmid}"
     if a.cmd == "vm" and a.sub == "list":
         r = c.call("GET", "/v1/vms")
-        return r, table(r["vms"], ["vmid", "name", "instance_type", "pmid", "host", "domain", "state"])
+        rows = [{**v, "state": "LOST" if v.get("lost") else v["state"], "ha": "ha" if v.get("ha") else ""}
+                for v in r["vms"]]
+        return r, table(rows, ["vmid", "name", "instance_type", "pmid", "host", "domain", "state", "ha"])
     if a.cmd == "types":
         r = c.call("GET", "/vm/types")
         return r, table(r["types"], ["tid", "cpu", "ram", "disk"])
@@ -190,10 +192,11 @@ def run(a: argparse.Namespace, c: Client) -> tuple[Any, str]:
         return r, table(r["images"], ["id", "name"])
     if a.cmd == "pm" and a.sub == "list":
         r = c.call("GET", "/v1/hosts")
-        rows = [{"pmid": h["pmid"], "name": h["name"], "uri": h["uri"], "up": "up" if h["up"] else "DOWN",
+        rows = [{"pmid": h["pmid"], "name": h["name"], "uri": h["uri"],
+                 "state": h["state"] if h["state"] == "up" else h["state"].upper(),
                  "cpu": h["capacity"]["cpu"], "ram": h["capacity"]["ram"], "free_cpu": h["free"]["cpu"],
                  "free_ram": h["free"]["ram"], "vms": h["vms"]} for h in r["hosts"]]
-        return r, table(rows, ["pmid", "name", "up", "cpu", "ram", "free_cpu", "free_ram", "vms", "uri"])
+        return r, table(rows, ["pmid", "name", "state", "cpu", "ram", "free_cpu", "free_ram", "vms", "uri"])
     if a.cmd == "pm" and a.sub == "query":
         r = c.call("GET", "/pm/query", {"pmid": a.pmid})
         if not r.get("pmid"):

@@ -373,6 +373,15 @@ class Store:
                             (ts or time.time(), kind, group, subject, message, json.dumps(data or {})))
             return int(cur.lastrowid or 0)
 
+    def latest_events(self, kinds: Iterable[str]) -> dict[str, Event]:
+        """The newest event of any of ``kinds`` for each subject (a host's last state move, say)."""
+        kinds = list(kinds)
+        marks = ",".join("?" * len(kinds))
+        q = (f"SELECT * FROM events WHERE id IN (SELECT MAX(id) FROM events WHERE kind IN ({marks}) "
+             "GROUP BY subject)")
+        return {r["subject"]: Event(r["id"], r["ts"], r["kind"], r["grp"], r["subject"], r["message"],
+                                    json.loads(r["data"])) for r in self.connect().execute(q, kinds)}
+
     def events(self, since_id: int = 0, group: str | None = None, kinds: Iterable[str] | None = None,
                limit: int = 1000, newest_first: bool = False, before_id: int | None = None) -> list[Event]:
         q, args = _where("SELECT * FROM events WHERE id > ? AND id < ?",

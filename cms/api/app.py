@@ -211,10 +211,11 @@ class V1Vms(Resource):
         body = _body(req)
         name = body.get("name")
         tid = _opt_int(body, "instance_type")
-        if not isinstance(name, str) or tid is None:
+        ha = body.get("ha", False)
+        if not isinstance(name, str) or tid is None or not isinstance(ha, bool):
             raise Invalid('expected {"name": string, "instance_type": integer, "image_id": integer (optional), '
-                          '"pmid": integer (optional)}')
-        resp.media = self.svc.vms.create(name, tid, _opt_int(body, "image_id", 0), _opt_int(body, "pmid"))
+                          '"pmid": integer (optional), "ha": boolean (optional)}')
+        resp.media = self.svc.vms.create(name, tid, _opt_int(body, "image_id", 0), _opt_int(body, "pmid"), ha)
         resp.status = falcon.HTTP_201
 
 

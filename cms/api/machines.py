@@ -2,7 +2,9 @@
 
 A machine's pmid is its 1-based position in the configuration (pm_file order). Its load
 and capacity are the scheduler's (``Scheduler.host_state``: what placement counts), so the
-free figures here are what a create could still take.
+free figures here are what a create could still take. Its ``state`` is the one cms-autoscaler
+declared (up, suspect, down, fencing: ``declared_states``), else whether it answers; a host
+declared anything but up is not asked for its figures.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from typing import Any
 
 from cms.api.failures import Unknown
+from cms.autoscaler.hoststate import STATE_OF
 from cms.api_tables import ApiTables
 from cms.config import Config
 from cms.placement import HostLoad, ram_room, vcpu_room
@@ -27,6 +30,12 @@ def host_of(sched: Scheduler, pmid: int) -> str:
     if name is None:
         raise Unknown(f"no machine {pmid}")
     return name
+
+
+def declared_states(store: Store) -> dict[str, str]:
+    """Each host's state as cms-autoscaler last declared it (cms.autoscaler.hoststate: every move
+    is an event, the newest says where a host is); a host it never declared is not listed."""
+    return {h: str(STATE_OF[e.kind]) for h, e in store.latest_events(STATE_OF).items()}
 
 
 def kind(d: OwnedDomain) -> str:
@@ -49,7 +58,12 @@ class Machines:
 
     def get(self, pmid: int, full: bool = False) -> dict[str, Any]:
         name = host_of(self.sched, pmid)
-        load, doms, cap = self.sched.host_state(name)
+        declared = declared_states(self.store).get(name)
+        if declared not in (None, "up"):
+            # the daemon has it suspect, down or fencing: not asked (it would only make us wait)
+            load, doms, cap = HostLoad(name, 0, 0, up=False), [], None
+        else:
+            load, doms, cap = self.sched.host_state(name)
         rules = self.sched.rules
         if cap is None:
             capacity = {"cpu": 0, "ram": 0, "disk": 0}
@@ -61,6 +75,7 @@ class Machines:
         out: dict[str, Any] = {"pmid": pmid, "capacity": capacity, "free": free, "vms": len(self.tables.vms(name))}
         if full:
             out.update(name=name, uri=self.cfg.hosts[pmid - 1].uri, up=load.up,
+                       state=declared or ("up" if load.up else "down"),
                        used={"vcpus": load.used_vcpus, "ram": load.used_memory_mib})
             out.update(self._figures(name, load, doms, cap))
         return out

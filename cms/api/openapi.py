@@ -28,8 +28,14 @@ def _obj(props: dict[str, Any], required: list[str] | None = None, extra: bool =
 
 TRIPLE = _obj({"cpu": INT, "ram": INT, "disk": INT})
 VM = _obj({"vmid": INT, "name": STR, "instance_type": INT, "pmid": INT, "host": STR, "domain": STR,
-           "image_id": INT, "state": STR, "created": NUM})
-HOST = _obj({"pmid": INT, "name": STR, "uri": STR, "up": {"type": "boolean"}, "capacity": TRIPLE, "free": TRIPLE,
+           "image_id": INT, "state": STR, "created": NUM,
+           # ha: restarted on a live host from its own disk when its host is declared down and fenced;
+           # lost: its host is down and it was not restarted elsewhere (it comes back with its host)
+           "ha": {"type": "boolean"}, "lost": {"type": "boolean"}})
+HOST_STATES = ["up", "suspect", "down", "fencing"]
+HOST = _obj({"pmid": INT, "name": STR, "uri": STR, "up": {"type": "boolean"},
+             # as cms-autoscaler declared it (cms.autoscaler.hoststate), else whether it answered now
+             "state": {"type": "string", "enum": HOST_STATES}, "capacity": TRIPLE, "free": TRIPLE,
              "used": _obj({"vcpus": INT, "ram": INT}), "vms": INT,
              # what the console shows: every cms domain there by kind (vms above counts API VMs only),
              # vCPUs against the host's CPUs and the overcommit, RAM, the pool, and its last CPU sample
@@ -125,6 +131,9 @@ SPEC: dict[str, Any] = {
                                 _obj({"vmid": INT})),
         "/vm/query": _spec_get("Query a VM", [("vmid", True)],
                                {"oneOf": [_obj({"vmid": INT, "name": STR, "instance_type": INT, "pmid": INT}, extra=False),
+                                          # while its host is down (and it was not restarted elsewhere)
+                                          _obj({"vmid": INT, "name": STR, "instance_type": INT, "pmid": INT,
+                                                "lost": {"type": "boolean", "enum": [True]}}, extra=False),
                                           _obj({"vmid": {"type": "integer", "enum": [0]}}, extra=False)]}),
         "/vm/destroy": _spec_get("Destroy a VM", [("vmid", True)], _obj({"status": {"type": "integer", "enum": [0, 1]}})),
         "/vm/types": _spec_get("Instance types", [], _obj({"types": {"type": "array", "items": TYPE}})),
@@ -143,7 +152,9 @@ SPEC: dict[str, Any] = {
                          {"name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
                           "instance_type": {"type": "integer", "minimum": 1},
                           "image_id": {"type": "integer", "minimum": 0},
-                          "pmid": {"type": "integer", "minimum": 1, "description": "this machine, not placement's choice"}},
+                          "pmid": {"type": "integer", "minimum": 1, "description": "this machine, not placement's choice"},
+                          "ha": {"type": "boolean", "description": "restart it on a live host from its own disk when "
+                                 "its host is declared down and fenced (default false)"}},
                          ["name", "instance_type"])}}},
                      "responses": {"201": _json(_ref("Vm"), "created"), **MUT_ERRS}},
         },

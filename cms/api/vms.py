@@ -16,7 +16,7 @@ from typing import Any
 from cms import errors, images
 from cms.api.catalog import Catalog, check_name
 from cms.api.failures import Duplicate, NotImported, Unknown
-from cms.api.machines import host_of
+from cms.api.machines import declared_states, host_of
 from cms.api_tables import ApiTables, Taken
 from cms.config import Config
 from cms.scheduler import Scheduler
@@ -43,7 +43,9 @@ class Vms:
                "pmid": self.sched.pmid(r["host"])}
         if full:
             out.update(host=r["host"], domain=r["domain"], image_id=r["image_id"], state=r["state"],
-                       created=r["created"])
+                       created=r["created"], ha=bool(r["ha"]), lost=r["lost"] is not None)
+        elif r["lost"] is not None:
+            out["lost"] = True      # the spec's shape, and this one word while its host is down
         return out
 
     def _row(self, vmid: int) -> dict[str, Any]:
@@ -58,16 +60,19 @@ class Vms:
     def list(self, host: str | None = None) -> list[dict[str, Any]]:
         return [self._json(r, True) for r in self.tables.vms(host)]
 
-    def create(self, name: str, tid: int, image_id: int | None = None, pmid: int | None = None) -> dict[str, Any]:
+    def create(self, name: str, tid: int, image_id: int | None = None, pmid: int | None = None,
+               ha: bool = False) -> dict[str, Any]:
         """Make a VM; on the host placement picks, or on machine `pmid` when given (409 when it
-        has no room: placement's rules still apply there)."""
+        has no room: placement's rules still apply there). Never on a host cms-autoscaler has
+        declared anything but up. ``ha``: when its host is declared down and fenced, it is
+        restarted on a live host from its own disk (cms.autoscaler.rescue)."""
         check_name("VM", name)
         t = self.catalog.type(tid)
         img = self.catalog.image(image_id)
-        avoid: frozenset[str] = frozenset()
+        avoid = frozenset(h for h, st in declared_states(self.store).items() if st != "up")
         if pmid is not None:
             only = host_of(self.sched, pmid)
-            avoid = frozenset(h.name for h in self.cfg.hosts if h.name != only)
+            avoid |= frozenset(h.name for h in self.cfg.hosts if h.name != only)
         # The source may sit where QEMU cannot read it, or on another machine: VMs are backed
         # by its copy in the hosts' image pool, made now if ./install or POST /v1/images did not.
         try:
@@ -79,7 +84,7 @@ class Vms:
         # Reserve the name first: the UNIQUE constraint makes a duplicate fail here, before
         # anything exists in libvirt; the row is removed again if the spawn fails.
         try:
-            vmid = self.tables.reserve_vm(name, tid, img["id"])
+            vmid = self.tables.reserve_vm(name, tid, img["id"], ha)
         except Taken:
             raise Duplicate(f"a VM named {name!r} exists already") from None
         domain = domain_of(vmid)

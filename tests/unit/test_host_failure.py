@@ -150,3 +150,63 @@ def test_a_fence_command_past_its_timeout_is_killed_and_counts_as_failed(two, mo
     s.journal.flush()
     [e] = [e for e in s.store.events(limit=100) if e.kind == "fence_command"]
     assert "still running after fence_timeout_s 1 s: killed" in e.message
+
+
+# -- what the API and the CLI show (the API reads the daemon's host events) ----------------------
+
+def test_the_api_shows_declared_host_states_and_places_nothing_on_a_host_that_is_not_up(tmp_path, run_dir):
+    from cms import cli
+    from tests.unit.test_api import AUTH, build
+    client, deps = build(tmp_path)
+    try:
+        deps.store.add_event("host_suspect", "missed a tick", subject="pm1")
+        deps.store.add_event("host_down", "silent for 10 s", subject="pm1")
+        deps.store.add_event("host_up", "answers again", subject="pm2")
+        hosts = {h["name"]: h for h in client.simulate_get("/v1/hosts").json["hosts"]}
+        assert {n: (h["state"], h["up"]) for n, h in hosts.items()} == {
+            "pm1": ("down", False), "pm2": ("up", True), "pm3": ("down", False)}   # pm3: never declared, no answer
+        r = client.simulate_post("/v1/vms", json={"name": "a", "instance_type": 1}, headers=AUTH)
+        assert r.status_code == 201 and r.json["host"] == "pm2"          # first fit, but pm1 is down
+        _r, text = cli.run(cli._parser().parse_args(["pm", "list"]), FakeApi(client))
+        lines = text.splitlines()
+        assert lines[0].split()[:3] == ["PMID", "NAME", "STATE"]
+        assert [ln.split()[2] for ln in lines[1:]] == ["DOWN", "up", "DOWN"]
+    finally:
+        deps.fleet.close()
+
+
+def test_an_api_vm_is_ha_when_asked_and_lost_while_its_host_is_down(tmp_path, run_dir):
+    from cms import cli
+    from tests.unit.test_api import AUTH, build
+    client, deps = build(tmp_path)
+    try:
+        ha = client.simulate_post("/v1/vms", json={"name": "keep", "instance_type": 1, "ha": True}, headers=AUTH).json
+        plain = client.simulate_post("/v1/vms", json={"name": "plain", "instance_type": 1}, headers=AUTH).json
+        assert (ha["ha"], ha["lost"], plain["ha"], plain["lost"]) == (True, False, False, False)
+        bad = client.simulate_post("/v1/vms", json={"name": "x", "instance_type": 1, "ha": "yes"}, headers=AUTH)
+        assert bad.status_code == 400 and '"ha": boolean (optional)' in bad.json["description"]
+        from cms.api_tables import ApiTables
+        marked = ApiTables(deps.store).mark_lost("pm1", 1000.0)
+        assert sorted(r["name"] for r in marked) == ["keep", "plain"]
+        assert ApiTables(deps.store).mark_lost("pm1", 2000.0) == []          # marked once
+        vms = {v["name"]: v for v in client.simulate_get("/v1/vms").json["vms"]}
+        assert vms["keep"]["lost"] and vms["plain"]["lost"]
+        assert client.simulate_get("/vm/query", params={"vmid": ha["vmid"]}).json == {
+            "vmid": ha["vmid"], "name": "keep", "instance_type": 1, "pmid": 1, "lost": True}
+        _r, text = cli.run(cli._parser().parse_args(["vm", "list"]), FakeApi(client))
+        assert [ln.split()[6:] for ln in text.splitlines()[1:]] == [["LOST", "ha"], ["LOST"]]
+        ApiTables(deps.store).found(ha["vmid"], "pm2")
+        assert client.simulate_get("/vm/query", params={"vmid": ha["vmid"]}).json == {
+            "vmid": ha["vmid"], "name": "keep", "instance_type": 1, "pmid": 2}
+    finally:
+        deps.fleet.close()
+
+
+class FakeApi:
+    """cms's API client, answered in-process by the falcon test client."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def call(self, method, path, params=None, body=None):
+        return self.client.simulate_request(method, path, params=params, json=body).json
