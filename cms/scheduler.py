@@ -205,6 +205,32 @@ class Scheduler:
                                                                 vcpus, memory_mib, meta)))
             return spawned
 
+    def restart_elsewhere(self, name: str, disk: str, vcpus: int, memory_mib: int, meta: OwnerMeta,
+                          max_vcpus: int = 0, max_memory_mib: int = 0, avoid: frozenset[str] = frozenset(),
+                          listing: Listing | None = None) -> Spawned:
+        """Place a VM whose host was fenced and start it there from its own disk (shared
+        storage: the same path on every host), as a spawn places one. PlacementError when no
+        host has room."""
+        with self.lock():
+            listing = self._with_own_spawns(listing)
+            choice = self.choose(Request(vcpus, memory_mib), avoid, listing)
+            return self.fleet.restart_on(choice.host, name, disk, vcpus=vcpus, memory_mib=memory_mib, meta=meta,
+                                         max_vcpus=max_vcpus, max_memory_mib=max_memory_mib, listing=listing)
+
+    def start(self, host: str, name: str) -> None:
+        """Start a defined VM on its host (a VM a power cut left shut off)."""
+        self.fleet.guest(host, name).start()
+
+    def undefine(self, host: str, name: str) -> None:
+        """Stop and forget a VM's definition on one host, keeping its disk (idempotent): what is
+        left on a fenced host of a VM that now runs elsewhere from that disk."""
+        try:
+            g = self.fleet.guest(host, name)
+        except errors.NotFound:
+            return
+        g.destroy()
+        g.undefine()
+
     def _with_own_spawns(self, listing: Listing | None) -> Listing | None:
         """The listing plus the VMs this scheduler made after it was read (a tick may spawn twice)."""
         now = time.monotonic()

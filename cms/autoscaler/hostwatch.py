@@ -10,12 +10,20 @@ What a move sets off here:
 * into DOWN: the host's ``fence_command``, when it has one, runs with the host's name
   appended, on a worker, bounded by ``fence_timeout_s``; its outcome is an event
   (``fence_command``: ok or failed, with its output) and ``fenced_by_command`` remembers it.
-  The replicas there are the planner's business (``Lose``).
+  The replicas there are the planner's business (``Lose``); the VMs made through the API
+  are marked lost, and restarted elsewhere when the fence command succeeded and they are ha
+  (cms.autoscaler.rescue).
 * into FENCING (it answers again): before anything else runs there, a worker destroys and
   undefines every replica domain of our groups on it that was declared lost (or that no
   replica tracks: a daemon restarted while the host was away declared nothing, but knows
-  nothing there either) and deletes their volumes; the names go to ``step`` on the next tick,
-  which moves the host to UP with ``host_fenced`` (the names) and ``host_up``.
+  nothing there either) and deletes their volumes, and undefines what it holds of API VMs
+  restarted elsewhere (their disks are in use); then its other lost API VMs are back. The
+  names go to ``step`` on the next tick, which moves the host to UP with ``host_fenced``
+  (the names) and ``host_up``.
+
+A daemon that starts takes each host's last declared state from the journal (the newest host
+event): a host it left down or fencing starts down, so it is fenced when it answers, even
+though this run declared nothing lost there.
 
 Nothing here waits on a host: the fence runs on a worker, and a host that stops answering
 while it is being fenced is DOWN again (the fence is tried again when it returns).
@@ -38,6 +46,7 @@ from cms.autoscaler import hoststate
 from cms.autoscaler.hoststate import PLACEABLE, HostState, HostTrack
 from cms.autoscaler.journal import Journal
 from cms.autoscaler.registry import Registry
+from cms.autoscaler.rescue import Rescue
 from cms.autoscaler.workers import Workers
 from cms.config import Config
 from cms.scheduler import Scheduler
@@ -57,8 +66,17 @@ class HostWatch:
         self.groups = groups
         self.clock = clock
         self.dry_run = dry_run
+        self.rescue = Rescue(cfg, scheduler, journal, dry_run=dry_run)
         now = clock()
         self.tracks = {h.name: HostTrack.new(h.name, now) for h in cfg.hosts}
+        try:
+            declared = scheduler.store.latest_events(hoststate.STATE_OF)
+        except Exception as exc:  # noqa: BLE001 - the journal is history: without it every host starts up
+            log.warning("could not read the hosts' last states: %s", exc)
+            declared = {}
+        for name, e in declared.items():
+            if name in self.tracks and hoststate.STATE_OF[e.kind] in hoststate.LOST:
+                self.tracks[name] = HostTrack(name, H.DOWN, now, now)
         self.workers = Workers()
         self._lock = threading.Lock()
         self._fencing: set[str] = set()                  # hosts whose fence worker runs
@@ -97,6 +115,7 @@ class HostWatch:
                 self.journal.event(e.kind, "", name, e.reason, level=level, state=str(after.state), **extra)
             if after.state == H.DOWN and before.state != H.DOWN:
                 self.fenced_by_command.pop(name, None)
+                self.rescue.lost(name, now)
                 self._run_fence_command(name)
             if after.state == H.FENCING:
                 self._start_fence(name, listing)
@@ -136,6 +155,8 @@ class HostWatch:
         self.journal.event("fence_command", "", host, f"host {host} {verdict} by `{command} {host}`: {why} in "
                            f"{took:.1f} s{': ' + said if said else ''}",
                            level=logging.INFO if ok else logging.WARNING, ok=ok, seconds=round(took, 3))
+        if ok:
+            self.rescue.evacuate(host, [h for h in self.tracks if not self.up(h)])
 
     # -- the fence of a host that answers again ------------------------------------------------
 
@@ -146,25 +167,34 @@ class HostWatch:
             self._fencing.add(host)
         lost = set(self.registry.lost_on(host))
         tracked = {t.name for t in self.registry.snapshot()}
-        stale = sorted(lost | {d.name for d in listing.on(host) or [] if d.meta.group in self.groups
+        there = list(listing.on(host) or [])
+        stale = sorted(lost | {d.name for d in there if d.meta.group in self.groups
                                and d.meta.role == "replica" and d.name not in tracked})
-        self.workers.start(f"cms-fence-{host}", self._fence, host, stale,
+        moved = self.rescue.stale_on(host, there)
+        self.workers.start(f"cms-fence-{host}", self._fence, host, stale, moved, there,
                            done=lambda: self._fencing.discard(host))
 
-    def _fence(self, host: str, stale: list[str]) -> None:
+    def _fence(self, host: str, stale: list[str], moved: list[str], there: list) -> None:
         """Destroy what was declared lost on ``host``, all at once (none may run a moment longer
-        than it must), then undefine it and delete its volume (a worker)."""
+        than it must), then undefine it and delete its volume; undefine what it holds of API VMs
+        restarted elsewhere (``moved``: their disks are in use); then its lost API VMs are back
+        (a worker)."""
         t0 = time.monotonic()
         failures: list[str] = []
 
         def remove(name: str) -> None:
             try:
-                if not self.dry_run:
+                if self.dry_run:
+                    return
+                if name in moved:
+                    self.scheduler.undefine(host, name)    # destroy, undefine; the disk runs elsewhere
+                else:
                     self.scheduler.remove(host, name)      # destroy (no graceful shutdown), undefine, volume
             except errors.VirtError as exc:
                 failures.append(f"{name}: {exc}")
 
-        threads = [threading.Thread(target=remove, args=(n,), name=f"cms-fence-{n}", daemon=True) for n in stale]
+        threads = [threading.Thread(target=remove, args=(n,), name=f"cms-fence-{n}", daemon=True)
+                   for n in stale + moved]
         for th in threads:
             th.start()
         for th in threads:
@@ -177,8 +207,9 @@ class HostWatch:
             t = self.registry.get(name)
             if t is not None:
                 self.registry.forget(t, f"destroyed by the fence of host {host}")
+        self.rescue.back(host, there)
         with self._lock:
-            self._fenced[host] = tuple(stale)
+            self._fenced[host] = tuple(stale + moved)
             self.fence_seconds[host] = time.monotonic() - t0
 
     def wait(self, timeout: float) -> None:

@@ -14,6 +14,7 @@ host loads and taken ports from it instead of listing domains again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import os
@@ -223,6 +224,33 @@ class Fleet:
         Callers that share hosts with other processes hold the scheduler's spawn lock (the
         port choice and the define must not interleave with another spawn).
         """
+        host, spec, backing = self._spec(host_name, name, vcpus, memory_mib, meta, max_vcpus, max_memory_mib, image,
+                                         listing)
+        made = host.domains.clone_and_start(spec, self.cfg.libvirt.pool, backing, start=start)
+        return self._spawned(host_name, spec, made.uuid, made.timings)
+
+    def restart_on(self, host_name: str, name: str, disk: str, *, vcpus: int, memory_mib: int,
+                   meta: vxml.OwnerMeta, max_vcpus: int = 0, max_memory_mib: int = 0,
+                   listing: Listing | None = None) -> Spawned:
+        """Define a VM on this host from its own disk (left by a host that was fenced, on
+        storage both share) and start it: no clone. A failed start leaves nothing defined."""
+        host, spec, _backing = self._spec(host_name, name, vcpus, memory_mib, meta, max_vcpus, max_memory_mib, "",
+                                          listing)
+        t0 = time.monotonic()
+        uuid = host.domains.define(dataclasses.replace(spec, disk_path=disk))
+        t1 = time.monotonic()
+        try:
+            host.guest(name).start()
+        except BaseException:
+            with contextlib.suppress(errors.VirtError):
+                host.guest(name).undefine()
+            raise
+        return self._spawned(host_name, spec, uuid, {"define": t1 - t0, "start": time.monotonic() - t1})
+
+    def _spec(self, host_name: str, name: str, vcpus: int, memory_mib: int, meta: vxml.OwnerMeta, max_vcpus: int,
+              max_memory_mib: int, image: str, listing: Listing | None) -> tuple[Host, vxml.DomainSpec, str]:
+        """The host, the DomainSpec of a VM made there from the config (its disk still to be
+        set) and the image its disk is a clone of."""
         host = self.host(host_name)
         lv = self.cfg.libvirt
         if host_name not in self._pools_ready:
@@ -250,9 +278,12 @@ class Fleet:
             host_port=port if net.mode == "user" else 0, guest_port=meta.guest_port,
             serial_log="" if host.is_local_test else f"{SERIAL_LOG_DIR}/{name}-serial.log",
         )
-        made = host.domains.clone_and_start(spec, lv.pool, backing, start=start)
-        return Spawned(host_name, name, made.uuid, address if net.mode == "user" else "", port, created,
-                       made.timings)
+        return host, spec, backing
+
+    def _spawned(self, host_name: str, spec: vxml.DomainSpec, uuid: str, timings: dict[str, float]) -> Spawned:
+        user = self.cfg.network.mode == "user"
+        return Spawned(host_name, spec.name, uuid, spec.forward_address if user else "", spec.meta.port,
+                       spec.meta.created, timings)
 
     def remove(self, host_name: str, name: str, graceful_timeout: float = 0.0,
                wait: Callable[[float], Any] = time.sleep) -> None:

@@ -210,3 +210,79 @@ class FakeApi:
 
     def call(self, method, path, params=None, body=None):
         return self.client.simulate_request(method, path, params=params, json=body).json
+
+
+# -- VMs made through the API on a host that goes down (cms.autoscaler.rescue) ----------------------
+
+def api_vm(s, fleet, host: str, name: str, ha: bool) -> int:
+    """A VM as /vm/create leaves one: its row in api_vms and its domain cms-vm-N on ``host``."""
+    from cms.api_tables import ApiTables
+    from cms.virt import OwnerMeta
+    tables = ApiTables(s.store)
+    tables.replace_inventory([(1, 1, 256, 1)], [(100, "img", "/srv/img.qcow2")], [("n1", ""), ("n2", "")])
+    vmid = tables.reserve_vm(name, 1, 100, ha)
+    fleet.build_on(host, f"cms-vm-{vmid}", vcpus=1, memory_mib=256,
+                   meta=OwnerMeta(role="vm", vmid=vmid, instance_type=1, image="/srv/img.qcow2"))
+    tables.activate_vm(vmid, f"cms-vm-{vmid}", host)
+    return vmid
+
+
+def down_and_back(s, fleet, clock, monkeypatch, while_down=lambda: None):
+    cut(fleet, "n2", monkeypatch)
+    clock.advance(1)
+    s.tick()
+    clock.advance(DOWN_S)
+    s.tick()
+    s.hosts.wait(10)
+    while_down()
+    monkeypatch.undo()
+    clock.advance(1)
+    run_until(s, lambda: s.hosts.states()["n2"] == "up", what="n2 fenced and up")
+
+
+def test_an_ha_vm_is_restarted_elsewhere_from_its_disk_once_its_host_is_fenced(two, monkeypatch):
+    from cms.api_tables import ApiTables
+    s, fleet, clock = two(n2={"fence_command": "true", "shared_storage": True},
+                          n1={"shared_storage": True})
+    vmid = api_vm(s, fleet, "n2", "keep", ha=True)
+    plain = api_vm(s, fleet, "n2", "plain", ha=False)
+    run_until(s, lambda: len(ready_on(s)) == 2, what="two ready")
+    tables = ApiTables(s.store)
+
+    def while_down():
+        assert tables.vm(vmid)["host"] == "n1" and tables.vm(vmid)["lost"] is None      # evacuated
+        assert tables.vm(plain)["host"] == "n2" and tables.vm(plain)["lost"] is not None  # not ha: lost
+        [d] = [d for d in fleet.host("n1").stats.owned_domains() if d.name == f"cms-vm-{vmid}"]
+        assert d.alive and d.meta.role == "vm" and d.meta.vmid == vmid
+        disk = fleet.host("n1").guest(f"cms-vm-{vmid}").disk_paths()
+        assert disk == [f"{s.cfg.libvirt.pool_path}/cms-vm-{vmid}.qcow2"]          # its own disk, no clone
+
+    down_and_back(s, fleet, clock, monkeypatch, while_down)
+    s.journal.flush()
+    kinds = [(e.kind, e.subject) for e in s.store.events(limit=1000) if e.kind.startswith("vm_") or
+             e.kind == "evacuated"]
+    assert kinds == [("vm_lost", "keep"), ("vm_lost", "plain"), ("evacuated", "keep"), ("vm_back", "plain")]
+    on_n2 = {d.name for d in fleet.host("n2").stats.owned_domains()}
+    assert f"cms-vm-{vmid}" not in on_n2 and f"cms-vm-{plain}" in on_n2   # the stale definition is gone
+    assert tables.vm(plain)["lost"] is None and tables.vm(plain)["host"] == "n2"
+    fenced = next(e for e in s.store.events(limit=1000) if e.kind == "host_fenced")
+    assert f"cms-vm-{vmid}" in fenced.data["names"]
+
+
+def test_without_a_fence_command_an_ha_vm_stays_lost_and_comes_back_with_its_host(two, monkeypatch):
+    from cms.api_tables import ApiTables
+    s, fleet, clock = two(n1={"shared_storage": True}, n2={"shared_storage": True})
+    vmid = api_vm(s, fleet, "n2", "keep", ha=True)
+    run_until(s, lambda: len(ready_on(s)) == 2, what="two ready")
+    tables = ApiTables(s.store)
+
+    def while_down():
+        assert tables.vm(vmid)["host"] == "n2" and tables.vm(vmid)["lost"] is not None
+
+    fleet.host("n2").guest(f"cms-vm-{vmid}").destroy()          # the power cut left it shut off
+    down_and_back(s, fleet, clock, monkeypatch, while_down)
+    assert tables.vm(vmid)["lost"] is None and tables.vm(vmid)["host"] == "n2"
+    assert fleet.host("n2").guest(f"cms-vm-{vmid}").state() == "running"          # back as it was
+    s.journal.flush()
+    [back] = [e for e in s.store.events(limit=1000) if e.kind == "vm_back"]
+    assert "started again" in back.message
