@@ -105,7 +105,8 @@ export function dl(pairs) {
 export function stateBadge(state) {
   const s = String(state || "unknown");
   const cls = ["running", "ready", "up"].includes(s) ? "ok"
-    : ["starting", "spawning", "draining", "paused", "pending", "warm", "warming"].some((w) => s.includes(w)) ? "warn"
+    : ["starting", "spawning", "draining", "paused", "pending", "warm", "warming", "suspect", "fencing"]
+      .some((w) => s.includes(w)) ? "warn"
     : ["failed", "crashed", "shutoff", "down", "unknown"].includes(s) ? "bad" : "";
   return h("span", { class: `badge ${cls}` }, s);
 }

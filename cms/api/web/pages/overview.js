@@ -142,8 +142,11 @@ export function overviewPage(el) {
         hostsBox.append(card.el);
       }
       const m = hostFrames[i];
+      // the state cms-autoscaler declared (up, suspect, down, fencing): a card that is not up shows it
+      const state = x.state || (x.up ? "up" : "down");
       card.el.dataset.up = x.up;
-      replace(card.head, h("a", { href: `#/hosts/${x.pmid}` }, x.name), " ", stateBadge(x.up ? "up" : "down"),
+      card.el.dataset.state = state;
+      replace(card.head, h("a", { href: `#/hosts/${x.pmid}` }, x.name), " ", stateBadge(state),
         h("small", { class: "muted" }, ` ${x.uri}`));
       replace(card.body, hostSummary(x, hostLive(m)));
       card.chart.update(m.ts, hostCpuSeries(m, domainsOn(x.name, vms, groups)));
