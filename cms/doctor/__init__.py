@@ -16,6 +16,7 @@ The checks, by name (``--skip`` takes these):
   ports        the replicas' forward ports (network.mode = user): free to bind
   zmq          the ZeroMQ endpoints: free to bind, or held by cms-autoscaler
   state-db     the SQLite state database: writable
+  host-state   each host's state as cms-autoscaler last declared it (up, suspect, down, fencing)
   api          cms-api answers (a fail only when a URL was given with --url or $CMS_URL)
   controller   cms-autoscaler's /health: the leader (its term) or a follower (naming the leader)
   etcd         with [coordination]: every etcd member's health; a fail without a majority
@@ -43,13 +44,13 @@ from cms import config as cms_config
 from cms.doctor.check import FAIL, OK, WARN, Check
 from cms.doctor import hosts
 from cms.doctor.controller import check_controller, check_etcd
-from cms.doctor.machine import (KVM_DEVICE, check_api, check_image, check_kvm_device, check_ports,
-                                check_state_db, check_zmq)
+from cms.doctor.machine import (KVM_DEVICE, check_api, check_host_states, check_image, check_kvm_device,
+                                check_ports, check_state_db, check_zmq)
 from cms.virt.fleet import Fleet
 from cms.virt.host import is_local_uri
 
 CHECKS = ("config", "kvm-device", "libvirt", "domain-type", "define", "pool", "image", "ports", "zmq",
-          "state-db", "api", "controller", "etcd")
+          "state-db", "host-state", "api", "controller", "etcd")
 __all__ = ["CHECKS", "Check", "OK", "WARN", "FAIL", "run", "command"]
 
 
@@ -74,6 +75,8 @@ def run(cfg: cms_config.Config, *, skip: set[str] = frozenset(), timeout: float 
         eps = getattr(cfg.zmq, k)
         out.extend(check_zmq(f"zmq.{k}", e, several=len(eps) > 1) for e in eps)
     out.append(check_state_db(cfg.state_db))
+    if "host-state" not in skip:
+        out.extend(check_host_states(cfg))
     out.append(check_api(url or cfg.api.url, explicit=bool(url)))
     out.append(check_controller(cfg))
     out.extend(check_etcd(cfg))

@@ -10,6 +10,7 @@ import re
 import sqlite3
 import stat
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -227,6 +228,38 @@ def check_state_db(path: str) -> Check:
         return Check("state-db", FAIL, path, f"not writable: {exc}",
                      "make the file and its directory writable (or wait for the process holding the lock)")
     return Check("state-db", OK, path, "writable")
+
+
+def check_host_states(cfg: cms_config.Config) -> list[Check]:
+    """Each host's state as cms-autoscaler last declared it (the newest host event in the state
+    database): up is ok, suspect or fencing a warning, down a failure; none yet says so."""
+    if not os.path.exists(cfg.state_db):
+        return [Check("host-state", OK, cfg.state_db, "no state database yet: cms-autoscaler has declared nothing")]
+    from cms.autoscaler.hoststate import STATE_OF
+    from cms.store import Store
+    try:
+        declared = Store(cfg.state_db).latest_events(STATE_OF)
+    except sqlite3.Error as exc:
+        return [Check("host-state", WARN, cfg.state_db, f"cannot read the hosts' states: {exc}")]
+    out = []
+    for h in cfg.hosts:
+        e = declared.get(h.name)
+        if e is None:
+            out.append(Check("host-state", OK, h.name, "no state declared by cms-autoscaler yet"))
+            continue
+        state = str(STATE_OF[e.kind])
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts))
+        detail = f"{state} since {since}: {e.message}"
+        if state == "up":
+            out.append(Check("host-state", OK, h.name, detail))
+        elif state == "down":
+            out.append(Check("host-state", FAIL, h.name, detail,
+                             "bring the host (or its link) back: its replicas were replaced elsewhere, and "
+                             "cms-autoscaler fences it (destroys what it declared lost there) when it answers"))
+        else:
+            out.append(Check("host-state", WARN, h.name, detail, "watch it: cms-autoscaler decides within "
+                             f"autoscaler.host_down_s ({cfg.autoscaler.host_down_s:g} s)"))
+    return out
 
 
 def check_api(url: str, explicit: bool) -> Check:

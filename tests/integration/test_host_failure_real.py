@@ -18,13 +18,19 @@ what the tests move); group ``side`` has 1 and is scaled out during an outage.
 3. cut: a partition, the QEMU left running. When the link returns, the stale replica is
    destroyed within a tick, nothing of it runs anywhere, and the announced set never holds
    its name again.
+4. API VMs (made through the API, in-process on the daemon's state database): with the
+   lab's fence command, an ha VM on a killed host is restarted on a live host from its own
+   disk after the fence; without one, it is lost, then back (started again) on its revived
+   host.
 
 What the module adds to the suite: one lab of 3 hosts; 4 boots at the start, then one
-replacement boot (kill), one warm boot (warm), one replacement boot (cut).
+replacement boot (kill), one warm boot (warm), one replacement boot (cut), and for the API
+VMs two creates, one evacuation and one restart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -55,7 +61,7 @@ def stack(lab, tmp_path):
     fenced, and the replicas are left running for the next test to adopt."""
     made: list[Stack] = []
 
-    def make(warm: int = 0) -> Stack:
+    def make(warm: int = 0, fence: bool = False) -> Stack:
         gc = {"min": 3, "max": 3 + warm, "memory_mib": 384, "cooldown_s": 0, "warmup_s": 0, "threshold": INERT,
               "warm_pool": {"size": warm, "state": "paused"}}
         s = Stack(*lab, tmp_path, group=G, group_cfg=gc, cpus={h.name: 2 for h in lab[1]},
@@ -63,7 +69,7 @@ def stack(lab, tmp_path):
                   autoscaler={"tick_s": TICK_S, "host_down_s": DOWN_S, "health_failures": 3},
                   more_groups={SIDE: {"min": 1, "max": 2, "memory_mib": 384, "cooldown_s": 0, "warmup_s": 0,
                                       "threshold": INERT}},
-                  host_settings={"timeout_s": TIMEOUT_S})
+                  host_settings={"timeout_s": TIMEOUT_S}, fence=fence)
         made.append(s)
         s.start()
         return s
@@ -214,3 +220,99 @@ def test_a_partitioned_host_comes_back_and_its_stale_replica_is_destroyed_within
     summary, _recs = s.loadgen_result("cut", load)
     assert summary["accounted"]
     never_back(s, "cut", lost)
+
+
+@pytest.fixture
+def api(tmp_path, run_dir):
+    """The API in-process on a stack's configuration and state database (``attach(stack)``)."""
+    made = []
+
+    def attach(s: Stack):
+        import falcon.testing
+
+        from cms.api.app import create_app
+        from cms.api.service import Deps
+        from cms.inventory import Image, VmType
+        from cms.scheduler import Scheduler
+        from cms.store import Store
+        from cms.virt import Fleet
+        from tests.unit.test_api import TOKEN, pretend_imported
+        cfg = dataclasses.replace(s.cfg, api=dataclasses.replace(s.cfg.api, token=TOKEN))
+        golden = cfg.image.golden
+        store = Store(cfg.state_db)
+        fleet = Fleet(cfg)
+        pretend_imported(cfg, store, [Image(100, "golden", golden)])
+        deps = Deps(cfg, store, fleet, Scheduler(cfg, fleet, store), types=[VmType(1, 1, 384, 1)],
+                    images=[Image(100, "golden", golden)])
+        made.append(fleet)
+        return falcon.testing.TestClient(create_app(deps))
+
+    yield attach
+    for f in made:
+        f.close()
+
+
+def vm_on(client, name: str, pmid: int, ha: bool) -> dict:
+    from tests.unit.test_api import AUTH
+    r = client.simulate_post("/v1/vms", json={"name": name, "instance_type": 1, "image_id": 100, "pmid": pmid,
+                                              "ha": ha}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    return r.json
+
+
+def vm(client, vmid: int) -> dict:
+    return next(v for v in client.simulate_get("/v1/vms").json["vms"] if v["vmid"] == vmid)
+
+
+def test_an_ha_vm_on_a_killed_host_is_restarted_elsewhere_after_the_fence(stack, lab, api):
+    s = stack(fence=True)
+    client = api(s)
+    settle(s)
+    made = vm_on(client, "survivor", 2, ha=True)
+    assert (made["host"], made["ha"], made["lost"]) == ("hv2", True, False)
+    domain = made["domain"]
+    killed = s.scaler.store.events(limit=1, newest_first=True)[0].id
+    outage.kill(lab[0], 2)
+    command = s.wait_event("fence_command", 60, subject="hv2", after_id=killed)
+    assert command.data["ok"], command.message
+    moved = s.wait_event("evacuated", 120, subject="survivor", after_id=killed)
+    now = vm(client, made["vmid"])
+    assert now["host"] == moved.data["host"] != "hv2" and not now["lost"]
+    detail = client.simulate_get(f"/v1/vms/{made['vmid']}").json
+    assert detail["domain_state"] == "running" and detail["host"] == now["host"]
+    there = {d.name: d for d in s.scaler.fleet.host(now["host"]).stats.owned_domains()}
+    disk = s.scaler.fleet.host(now["host"]).guest(domain).disk_paths()
+    assert there[domain].alive and disk == [f"{s.cfg.libvirt.pool_path}/{domain}.qcow2"]   # its own disk
+    # the host returns: its stale definition is undefined, the disk (in use elsewhere) kept
+    outage.revive(lab[0], 2)
+    s.wait_event("host_up", 90, subject="hv2", after_id=killed)
+    assert domain not in {d.name for d in s.scaler.fleet.host("hv2").stats.owned_domains()}
+    assert s.scaler.fleet.host(now["host"]).guest(domain).state() == "running"
+    assert client.simulate_delete(f"/v1/vms/{made['vmid']}", headers=_auth()).status_code == 200
+
+
+def test_without_a_fence_command_an_api_vm_is_lost_then_back_with_its_host(stack, lab, api):
+    s = stack()
+    client = api(s)
+    settle(s)
+    made = vm_on(client, "patient", 3, ha=True)
+    killed = s.scaler.store.events(limit=1, newest_first=True)[0].id
+    outage.kill(lab[0], 3)
+    s.wait_event("vm_lost", 60, subject="patient", after_id=killed)
+    assert vm(client, made["vmid"])["lost"] and vm(client, made["vmid"])["host"] == "hv3"
+    assert client.simulate_get("/vm/query", params={"vmid": made["vmid"]}).json["lost"] is True
+    hosts = {h["name"]: h["state"] for h in client.simulate_get("/v1/hosts").json["hosts"]}
+    assert hosts["hv3"] == "down"
+    assert s.events("evacuated") == []                       # never restarted on a guess
+    outage.revive(lab[0], 3)
+    back = s.wait_event("vm_back", 90, subject="patient", after_id=killed)
+    assert "started again" in back.message
+    now = vm(client, made["vmid"])
+    assert now["host"] == "hv3" and not now["lost"]
+    assert s.scaler.fleet.host("hv3").guest(made["domain"]).state() == "running"
+    assert client.simulate_delete(f"/v1/vms/{made['vmid']}", headers=_auth()).status_code == 200
+
+
+def _auth() -> dict:
+    from tests.unit.test_api import AUTH
+    return AUTH

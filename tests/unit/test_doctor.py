@@ -289,7 +289,7 @@ def test_cli_json_and_exit_codes(tmp_path: Path, node_uri: str, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] is True and doc["config"] == str(toml)
     assert {c["check"] for c in doc["checks"]} == {"config", "libvirt", "domain-type", "define", "pool", "image",
-                                                   "ports", "zmq", "state-db"}
+                                                   "ports", "zmq", "state-db", "host-state"}
     assert all(set(c) == {"check", "status", "subject", "detail", "fix"} for c in doc["checks"])
 
     g.unlink()
@@ -359,3 +359,21 @@ def test_controller_and_etcd_checks_say_the_role_and_the_quorum():
         assert check_controller(gone).status == WARN and "does not answer" in check_controller(gone).detail
     finally:
         srv.close()
+def test_host_state_says_what_the_autoscaler_declared(tmp_path: Path, node_uri: str):
+    from cms.doctor.machine import check_host_states
+    from cms.store import Store
+    cfg = make_config(hosts=[{"name": n, "uri": node_uri} for n in ("a", "b", "c", "d")],
+                      state_db=str(tmp_path / "state.db"))
+    assert [(c.status, c.detail) for c in check_host_states(cfg)] == [
+        (OK, "no state database yet: cms-autoscaler has declared nothing")]
+    store = Store(cfg.state_db)
+    store.add_event("host_suspect", "host a did not answer this tick", subject="a")
+    store.add_event("host_down", "host a has not answered for 10.0 s", subject="a")
+    store.add_event("host_suspect", "host b did not answer this tick", subject="b")
+    store.add_event("host_up", "host c answers again", subject="c")
+    got = {c.subject: c for c in check_host_states(cfg)}
+    assert [got[h].status for h in "abcd"] == [FAIL, WARN, OK, OK]
+    assert got["a"].detail.startswith("down since ") and got["a"].detail.endswith(": host a has not answered for 10.0 s")
+    assert "fences it" in got["a"].fix and "host_down_s (10 s)" in got["b"].fix
+    assert got["d"].detail == "no state declared by cms-autoscaler yet"
+
