@@ -53,6 +53,17 @@ def cut(fleet, host: str, monkeypatch) -> None:
     monkeypatch.setattr(fleet.host(host).stats, "owned_domains", silent)
 
 
+def declare_down(s, fleet, clock, monkeypatch) -> None:
+    """n2 stops answering: suspect at the next tick, down host_down_s later; its workers (the
+    fence command, an evacuation) done."""
+    cut(fleet, "n2", monkeypatch)
+    clock.advance(1)
+    s.tick()
+    clock.advance(DOWN_S)
+    s.tick()
+    s.hosts.wait(20)
+
+
 def ready_on(s) -> dict[str, str]:
     return {t.name: t.host for t in s.tracks.values() if t.state == "ready"}
 
@@ -124,12 +135,7 @@ def test_a_suspect_host_that_answers_again_is_up_and_nothing_was_touched(two, mo
 def test_the_fence_command_runs_with_the_host_name_when_it_is_declared_down(two, monkeypatch, command, ok, said):
     s, fleet, clock = two(n2={"fence_command": command, "fence_timeout_s": 10})
     run_until(s, lambda: len(ready_on(s)) == 2, what="two ready")
-    cut(fleet, "n2", monkeypatch)
-    clock.advance(1)
-    s.tick()
-    clock.advance(DOWN_S)
-    s.tick()
-    s.hosts.wait(10)
+    declare_down(s, fleet, clock, monkeypatch)
     assert s.hosts.fenced_by_command["n2"] is ok
     s.journal.flush()
     [e] = [e for e in s.store.events(limit=100) if e.kind == "fence_command"]
@@ -140,12 +146,7 @@ def test_the_fence_command_runs_with_the_host_name_when_it_is_declared_down(two,
 def test_a_fence_command_past_its_timeout_is_killed_and_counts_as_failed(two, monkeypatch):
     s, fleet, clock = two(n2={"fence_command": "sh -c 'sleep 30'", "fence_timeout_s": 1})
     run_until(s, lambda: len(ready_on(s)) == 2, what="two ready")
-    cut(fleet, "n2", monkeypatch)
-    clock.advance(1)
-    s.tick()
-    clock.advance(DOWN_S)
-    s.tick()
-    s.hosts.wait(20)
+    declare_down(s, fleet, clock, monkeypatch)
     assert s.hosts.fenced_by_command["n2"] is False
     s.journal.flush()
     [e] = [e for e in s.store.events(limit=100) if e.kind == "fence_command"]
@@ -228,12 +229,7 @@ def api_vm(s, fleet, host: str, name: str, ha: bool) -> int:
 
 
 def down_and_back(s, fleet, clock, monkeypatch, while_down=lambda: None):
-    cut(fleet, "n2", monkeypatch)
-    clock.advance(1)
-    s.tick()
-    clock.advance(DOWN_S)
-    s.tick()
-    s.hosts.wait(10)
+    declare_down(s, fleet, clock, monkeypatch)
     while_down()
     monkeypatch.undo()
     clock.advance(1)
