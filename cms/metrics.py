@@ -173,11 +173,10 @@ class LibvirtMetrics:
         host); None where libvirt has no node figures or there is no baseline yet. Hosts that
         share one kernel (the lab's) all report that kernel's figure."""
         out: dict[str, float | None] = {}
+        hosts = list(hosts)
+        got, _silent = self.fleet.per_host(lambda host: host.node_cpu_times(), hosts)   # never waits on one host
         for h in hosts:
-            try:
-                cur = self.fleet.host(h).node_cpu_times()
-            except errors.VirtError:
-                cur = None
+            cur = got.get(h)
             out[h] = node_utilization(self._node_prev.get(h), cur)
             if cur is None:
                 self._node_prev.pop(h, None)

@@ -143,8 +143,10 @@ class Scheduler:
                         up=True, disk_free_bytes=cap.pool_available_bytes or None)
         return load, doms, cap
 
-    def loads(self, listing: Listing | None = None) -> list[HostLoad]:
-        return [self.host_state(h.name, listing)[0] for h in self.cfg.hosts]
+    def loads(self, listing: Listing | None = None, skip: frozenset[str] = frozenset()) -> list[HostLoad]:
+        """Every host's load; the ``skip`` hosts counted as down without asking them."""
+        return [HostLoad(h.name, 0, 0, up=False) if h.name in skip else self.host_state(h.name, listing)[0]
+                for h in self.cfg.hosts]
 
     def host_cpus(self, name: str) -> int:
         """A host's CPUs as cms.virt.Fleet.host_cpus counts them; 0 while libvirt cannot tell."""
@@ -173,8 +175,7 @@ class Scheduler:
     def choose(self, req: Request, avoid: frozenset[str] = frozenset(), listing: Listing | None = None) -> Choice:
         """Where placement puts a VM of that size now; `avoid`: hosts not to place on this time
         (counted as down). PlacementError when no other host has room."""
-        loads = [HostLoad(h.name, h.cpus, h.memory_mib, h.used_vcpus, h.used_memory_mib, False) if h.name in avoid
-                 else h for h in self.loads(listing)]
+        loads = self.loads(listing, skip=avoid)
         return choose(self.cfg.placement.algorithm, loads, req, self.rules, self._cursor())
 
     def spawn(self, name: str, vcpus: int, memory_mib: int, meta: OwnerMeta, image: str = "",

@@ -347,15 +347,11 @@ class Autoscaler:
     def _capacities(self) -> dict[str, Capacity]:
         """Each host's capacity, re-read at most every CAPACITY_REFRESH_S (it hardly changes)."""
         mono = time.monotonic()
-        for h in self.fleet.hosts:
-            if h in self.unhealthy_hosts:
-                continue
-            at = self._caps.get(h, (-1e9, None))[0]
-            if mono - at >= CAPACITY_REFRESH_S:
-                try:
-                    self._caps[h] = (mono, self.fleet.host(h).capacity())
-                except errors.VirtError:
-                    continue
+        due = [h for h in self.fleet.hosts if h not in self.unhealthy_hosts
+               and mono - self._caps.get(h, (-1e9, None))[0] >= CAPACITY_REFRESH_S]
+        if due:
+            got, _silent = self.fleet.per_host(lambda host: host.capacity(), due)   # never waits on one host
+            self._caps.update({h: (mono, cap) for h, cap in got.items()})
         return {h: c for h, (_at, c) in self._caps.items()}
 
     # -- running and stopping -------------------------------------------------------------

@@ -125,14 +125,21 @@ class Fleet:
         A host that fails, does not answer within its ``hosts[].timeout_s``, or is still busy
         with the previous listing lands in ``down``; the others' domains are in the listing.
         """
-        calls = {name: (functools.partial(h.stats.owned_domains, group), self.cfg.host(name).timeout_s)
-                 for name, h in self.hosts.items()}
+        out, down = self.per_host(lambda h: h.stats.owned_domains(group), self.hosts)
+        return Listing(out, down, time.monotonic())
+
+    def per_host(self, fn: Callable[[Host], Any], hosts: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        """``fn(host)`` for each of ``hosts`` at once, each on that host's own thread (the
+        listing's) and within its ``hosts[].timeout_s``: (the values, host -> why it gave none).
+        A host still busy with an earlier call is not asked; a VirtError is an answer of none.
+        For the calls a tick makes besides the listing, so none of them waits on one host."""
+        calls = {name: (functools.partial(fn, self.host(name)), self.cfg.host(name).timeout_s) for name in hosts}
         out, down, raised = self._listers.call_all(calls)
         for name, exc in raised.items():
             if not isinstance(exc, errors.VirtError):
                 raise exc
             down[name] = str(exc)
-        return Listing(out, down, time.monotonic())
+        return out, down
 
     def owned(self, group: str | None = None) -> list[OwnedDomain]:
         """Owned domains on every reachable host (an unreachable host contributes none)."""

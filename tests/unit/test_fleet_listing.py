@@ -124,3 +124,22 @@ def test_a_bug_in_a_listing_is_raised_not_taken_for_a_down_host(tmp_path, monkey
             fleet.list_domains()
     finally:
         fleet.close()
+
+
+def test_a_ticks_other_per_host_calls_do_not_wait_on_a_hanging_host_either(tmp_path, silent):
+    from cms.metrics import LibvirtMetrics
+    uri = write_node_xml(tmp_path / "n.xml")
+    cfg = make_config(hosts=[{"name": "hang", "uri": f"qemu+tcp://127.0.0.1:{silent.port}/system", "timeout_s": 0.3},
+                             {"name": "t", "uri": uri, "timeout_s": 5}])
+    fleet = Fleet(cfg)
+    try:
+        box: list = []
+        t = threading.Thread(target=lambda: box.append(LibvirtMetrics(fleet).node_cpu(["hang", "t"])), daemon=True)
+        t.start()
+        t.join(20)
+        assert box == [{"hang": None, "t": None}]        # no figure from either (the test driver has none)
+        caps, silent_hosts = fleet.per_host(lambda h: h.capacity(), ["hang", "t"])
+        assert list(caps) == ["t"] and caps["t"].cpus == 4
+        assert silent_hosts["hang"].startswith("still busy with its previous call")
+    finally:
+        fleet.close()
