@@ -41,6 +41,8 @@ from cms.virt.storage import Storage
 
 log = logging.getLogger(__name__)
 
+CLOSE_WAIT_S = 1.0      # how long close() waits for a call or a connect in progress
+
 
 # --- the event loop: one native thread per process, callbacks only queue work ------------
 
@@ -205,11 +207,19 @@ class Host:
                 c.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None)
 
     def close(self) -> None:
-        with self._lock:
+        # A connect to a host whose link is down holds the lock for as long as TCP takes:
+        # closing does not wait for it (that attempt ends, or fails, on its own).
+        if not self._lock.acquire(timeout=CLOSE_WAIT_S):
+            log.warning("libvirt link to %s (%s): a connect still hangs; not waiting for it to close", self.name,
+                        self.uri)
+            return
+        try:
             if self._conn is not None:
                 with contextlib.suppress(libvirt.libvirtError):
                     self._conn.close()
                 self._conn = None
+        finally:
+            self._lock.release()
 
     def _link_down(self) -> None:
         """A call found the link broken: the next one reconnects."""
