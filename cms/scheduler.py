@@ -125,28 +125,45 @@ class Scheduler:
 
         The domains come from `listing` when it covers the host, else from one listing call.
         """
-        hc = self.fleet.host(name)
-        if self.is_down(name) or (listing is not None and name in listing.down):
-            return HostLoad(name, 0, 0, up=False), [], None
-        try:
-            cap = hc.capacity(self.cfg.libvirt.pool)
-            doms = listing.on(name) if listing is not None else None
-            if doms is None:
-                doms = hc.stats.owned_domains()
-        except errors.VirtError:
-            self._mark_down(name)
-            return HostLoad(name, 0, 0, up=False), [], None
+        return self._states([name], listing)[name]
+
+    def _states(self, names: list[str], listing: Listing | None
+                ) -> dict[str, tuple[HostLoad, list[OwnedDomain], Capacity | None]]:
+        """host_state of each of ``names``, all asked at once, each within its hosts[].timeout_s
+        (Fleet.per_host): a host that does not answer in time is down, and not asked again for
+        DOWN_RETRY_S."""
+        out: dict[str, tuple[HostLoad, list[OwnedDomain], Capacity | None]] = {}
+        ask = []
+        for name in names:
+            if self.is_down(name) or (listing is not None and name in listing.down):
+                out[name] = (HostLoad(name, 0, 0, up=False), [], None)
+            else:
+                ask.append(name)
+
+        def read(h: Any) -> tuple[Capacity, list[OwnedDomain]]:
+            doms = listing.on(h.name) if listing is not None else None
+            return h.capacity(self.cfg.libvirt.pool), doms if doms is not None else h.stats.owned_domains()
+
+        got, _silent = self.fleet.per_host(read, ask, queue_behind=True)
         now = time.time()
-        charges = [charge_of(d.state, d.meta.warm, d.vcpus, held_mib(d, now)) for d in doms]
-        load = HostLoad(name, self.fleet.host_cpus(name, cap), cap.memory_mib,
-                        used_vcpus=sum(v for v, _m in charges), used_memory_mib=sum(m for _v, m in charges),
-                        up=True, disk_free_bytes=cap.pool_available_bytes or None)
-        return load, doms, cap
+        for name in ask:
+            if name not in got:
+                self._mark_down(name)
+                out[name] = (HostLoad(name, 0, 0, up=False), [], None)
+                continue
+            cap, doms = got[name]
+            charges = [charge_of(d.state, d.meta.warm, d.vcpus, held_mib(d, now)) for d in doms]
+            load = HostLoad(name, self.fleet.host_cpus(name, cap), cap.memory_mib,
+                            used_vcpus=sum(v for v, _m in charges), used_memory_mib=sum(m for _v, m in charges),
+                            up=True, disk_free_bytes=cap.pool_available_bytes or None)
+            out[name] = (load, doms, cap)
+        return out
 
     def loads(self, listing: Listing | None = None, skip: frozenset[str] = frozenset()) -> list[HostLoad]:
-        """Every host's load; the ``skip`` hosts counted as down without asking them."""
-        return [HostLoad(h.name, 0, 0, up=False) if h.name in skip else self.host_state(h.name, listing)[0]
-                for h in self.cfg.hosts]
+        """Every host's load, all hosts asked at once; the ``skip`` hosts counted as down
+        without asking them."""
+        states = self._states([h.name for h in self.cfg.hosts if h.name not in skip], listing)
+        return [states[h.name][0] if h.name in states else HostLoad(h.name, 0, 0, up=False) for h in self.cfg.hosts]
 
     def host_cpus(self, name: str) -> int:
         """A host's CPUs as cms.virt.Fleet.host_cpus counts them; 0 while libvirt cannot tell."""

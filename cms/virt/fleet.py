@@ -128,13 +128,15 @@ class Fleet:
         out, down = self.per_host(lambda h: h.stats.owned_domains(group), self.hosts)
         return Listing(out, down, time.monotonic())
 
-    def per_host(self, fn: Callable[[Host], Any], hosts: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    def per_host(self, fn: Callable[[Host], Any], hosts: Any, *, queue_behind: bool = False
+                 ) -> tuple[dict[str, Any], dict[str, str]]:
         """``fn(host)`` for each of ``hosts`` at once, each on that host's own thread (the
         listing's) and within its ``hosts[].timeout_s``: (the values, host -> why it gave none).
-        A host still busy with an earlier call is not asked; a VirtError is an answer of none.
-        For the calls a tick makes besides the listing, so none of them waits on one host."""
+        A host still busy with an earlier call is not asked (``queue_behind``: unless that call
+        is younger than the timeout; cms.virt.perhost); a VirtError is an answer of none. For
+        the calls a tick makes besides the listing, and placement's, so none waits on one host."""
         calls = {name: (functools.partial(fn, self.host(name)), self.cfg.host(name).timeout_s) for name in hosts}
-        out, down, raised = self._listers.call_all(calls)
+        out, down, raised = self._listers.call_all(calls, queue_behind=queue_behind)
         for name, exc in raised.items():
             if not isinstance(exc, errors.VirtError):
                 raise exc

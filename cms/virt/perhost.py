@@ -27,21 +27,31 @@ class _Job:
 
 
 class _Worker:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, clock: Callable[[], float]) -> None:
         self.jobs: "queue.SimpleQueue[_Job | None]" = queue.SimpleQueue()
-        self.running: _Job | None = None
+        self.clock = clock
+        self.current: _Job | None = None     # the job it runs now, since when
         self.since = 0.0
         self.thread = threading.Thread(target=self._run, name=f"libvirt-{name}", daemon=True)
         self.thread.start()
 
+    def busy_for(self) -> float | None:
+        """How long its current call has run (0 for one still queued), or None when it is free."""
+        job = self.current
+        if job is not None and not job.done.is_set():
+            return self.clock() - self.since
+        return None if self.jobs.empty() else 0.0
+
     def _run(self) -> None:
         while (job := self.jobs.get()) is not None:
+            self.current, self.since = job, self.clock()
             try:
                 job.value = job.fn()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, which decides
                 job.error = exc
             finally:
                 job.done.set()
+                self.current = None
 
 
 class PerHost:
@@ -55,32 +65,31 @@ class PerHost:
     def busy(self, host: str) -> float | None:
         """How long the host's previous call has run, or None when its thread is free."""
         w = self._workers.get(host)
-        if w is None or w.running is None or w.running.done.is_set():
-            return None
-        return self.clock() - w.since
+        return None if w is None else w.busy_for()
 
-    def call_all(self, calls: dict[str, tuple[Callable[[], Any], float]]
+    def call_all(self, calls: dict[str, tuple[Callable[[], Any], float]], *, queue_behind: bool = False
                  ) -> tuple[dict[str, Any], dict[str, str], dict[str, BaseException]]:
         """Run ``fn`` for every host at once, each with its timeout in seconds.
 
         Returns (values of the calls done in time, host -> why it did not answer, host -> the
-        exception its call raised). A host still busy with an earlier call is not asked.
+        exception its call raised). A host still busy with an earlier call is not asked; with
+        ``queue_behind`` (a caller that is not the tick: placement) it is asked after that call
+        unless that one has run for the timeout already, and the wait counts in the timeout.
         """
         started: dict[str, tuple[_Job, float, float]] = {}
         late: dict[str, str] = {}
         with self._lock:
             for host, (fn, timeout) in calls.items():
                 ran = self.busy(host)
-                if ran is not None:
+                if ran is not None and not (queue_behind and ran < timeout):
                     late[host] = f"still busy with its previous call ({ran:.1f} s)"
                     continue
                 w = self._workers.get(host)
                 if w is None:
-                    w = self._workers[host] = _Worker(host)
+                    w = self._workers[host] = _Worker(host, self.clock)
                 job = _Job(fn)
-                w.running, w.since = job, self.clock()
                 w.jobs.put(job)
-                started[host] = (job, w.since + timeout, timeout)
+                started[host] = (job, self.clock() + timeout, timeout)
         values: dict[str, Any] = {}
         raised: dict[str, BaseException] = {}
         for host, (job, deadline, timeout) in started.items():
