@@ -9,7 +9,7 @@ registry (cms.autoscaler.registry), which owns the tracks and their lock.
 
 Each action type has one handler in ``self.handlers``; ``register`` adds a kind without
 touching the loop. The executor's own handlers are the serving path's (adopt, clean up,
-fail, finish a removal, spawn, drain); the warm pool (cms.autoscaler.warm) plugs its own
+fail, lose (its host is down), finish a removal, spawn, drain); the warm pool (cms.autoscaler.warm) plugs its own
 in through ``register`` (AdoptWarm, Refill, Park, Unpark, Forget, Discard).
 """
 

@@ -2,7 +2,10 @@
 
 Each tick:
   observe  list every host's owned domains (libvirt's <metadata> is the truth) in one bulk
-           call per host, and read the tick's CPU figures from that same listing;
+           call per host, all hosts at once, each within its deadline; each host's verdict
+           (up, suspect, down, fencing: cms.autoscaler.hostwatch); read the tick's CPU figures
+           from that same listing. A host that did not answer is left out, never waited on:
+           the plan acts on what answers;
   plan     the pure planner (cms.autoscaler.planner) compares what exists with what is
            wanted, asks the group policy (cms.policy) when the count is settled, and returns
            actions, each with its reason;
