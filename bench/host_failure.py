@@ -104,7 +104,7 @@ def trial(lab, hosts, workdir: Path, mode: str, host_down_s: float, timeout: flo
         parked_on = {h for st, h in states.values() if st == "parked"}
         lost, host = next((n, h) for n, (st, h) in sorted(states.items()) if st == "ready" and h not in parked_on)
         victim = int(host[2:])
-        before = set(states)
+        ready_before = {n for n, (st, _h) in states.items() if st == "ready"}
         say(f"{mode}: killing {host}, which runs {lost}")
         t0 = time.time()
         outage.kill(lab, victim)
@@ -113,7 +113,7 @@ def trial(lab, hosts, workdir: Path, mode: str, host_down_s: float, timeout: flo
         at, _u = wait_until(lambda: feed.first(lambda u: u.event == "failed" and u.replica == lost), timeout, 0.01,
                             f"{mode}: {lost} announced failed")
         out["announced_s"] = round(at - t0, 3)
-        at, u = wait_until(lambda: feed.first(lambda u: u.event == "ready" and u.replica not in before), timeout, 0.01,
+        at, u = wait_until(lambda: feed.first(lambda u: u.event == "ready" and u.replica not in ready_before), timeout, 0.01,
                            f"{mode}: a replacement announced ready")
         out["ready_s"] = round(at - t0, 3)
         new = next(r for r in u.replicas if r.name == u.replica)
