@@ -236,7 +236,11 @@ def plan(v: View, decide: Decide) -> Plan:
             state[name] = S.STARTING
         elif v.first:
             actions.append(Cleanup(f"leftover domain in state {d.state}: removing", d))
-    if v.first:
+    if v.first and unplaceable:
+        # a host that did not answer may hold the domains of volumes that look orphaned (on
+        # shared storage every host sees them), and asking it would wait on it
+        notes.append(f"orphan volumes left for the next start: {', '.join(sorted(unplaceable))} is not up")
+    elif v.first:
         actions.append(CleanOrphanVolumes("volumes of our groups with no domain", tuple(v.groups),
                                           frozenset(v.observed)))
 

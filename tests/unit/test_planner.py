@@ -301,6 +301,8 @@ PARTIAL = [
       track("f", S.FAILED, 3.0, "h2"), track("d", S.DRAINING, 4.0, "h2")],
      running(track("a", S.READY, 1.0, "h1")), 2, partial(h2="down"), hold,
      [("Lose", "s"), ("Lose", "f"), ("Lose", "d"), ("Spawn", "g", False, ("h2",))]),
+    ("the first tick cleans no orphan volumes while a host is not up (they may be its domains')", {}, [],
+     running(*SPREAD[:2]), 3, partial(h3="suspect"), hold, [("Adopt", "a"), ("Adopt", "b"), ("Spawn", "g", False, ("h3",))]),
     ("every host down: nothing to place on", {}, SPREAD, [], 3,
      {"h1": H.DOWN, "h2": H.DOWN, "h3": H.DOWN}, hold, [("Lose", "a"), ("Lose", "b"), ("Lose", "c")]),
 ]
@@ -310,7 +312,7 @@ PARTIAL = [
                          ids=[r[0] for r in PARTIAL])
 def test_a_plan_acts_on_what_answers(what, group, tracks, doms, desired, states, decide, expect):
     up = frozenset(h for h, st in states.items() if st == H.UP)
-    p = plan(gcfg(**group), tracks, doms, {"g": desired}, decide, host_states=states, hosts=up)
+    p = plan(gcfg(**group), tracks, doms, {"g": desired}, decide, host_states=states, hosts=up, first=not tracks)
     assert [seen(a) for a in p.actions] == expect
     assert all(a.reason for a in p.actions)
     for a in p.actions:
