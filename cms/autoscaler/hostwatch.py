@@ -67,22 +67,29 @@ class HostWatch:
         self.clock = clock
         self.dry_run = dry_run
         self.rescue = Rescue(cfg, scheduler, journal, dry_run=dry_run)
-        now = clock()
-        self.tracks = {h.name: HostTrack.new(h.name, now) for h in cfg.hosts}
-        try:
-            declared = scheduler.store.latest_events(hoststate.STATE_OF)
-        except Exception as exc:  # noqa: BLE001 - the journal is history: without it every host starts up
-            log.warning("could not read the hosts' last states: %s", exc)
-            declared = {}
-        for name, e in declared.items():
-            if name in self.tracks and hoststate.STATE_OF[e.kind] in hoststate.LOST:
-                self.tracks[name] = HostTrack(name, H.DOWN, now, now)
+        self.tracks: dict[str, HostTrack] = {}
+        self.resume()
         self.workers = Workers()
         self._lock = threading.Lock()
         self._fencing: set[str] = set()                  # hosts whose fence worker runs
         self._fenced: dict[str, tuple[str, ...]] = {}    # host -> what its finished fence destroyed
         self.fenced_by_command: dict[str, bool] = {}     # host -> its fence_command's outcome since it went down
         self.fence_seconds: dict[str, float] = {}        # host -> how long its last fence took
+
+    def resume(self) -> None:
+        """Start from the hosts' last declared states (the newest host events in the journal):
+        one left down or fencing starts down, so it is fenced when it answers; the others up.
+        At start, and when this controller becomes the leader."""
+        now = self.clock()
+        self.tracks = {h.name: HostTrack.new(h.name, now) for h in self.cfg.hosts}
+        try:
+            declared = self.scheduler.store.latest_events(hoststate.STATE_OF)
+        except Exception as exc:  # noqa: BLE001 - the journal is history: without it every host starts up
+            log.warning("could not read the hosts' last states: %s", exc)
+            declared = {}
+        for name, e in declared.items():
+            if name in self.tracks and hoststate.STATE_OF[e.kind] in hoststate.LOST:
+                self.tracks[name] = HostTrack(name, H.DOWN, now, now)
 
     # -- reads ------------------------------------------------------------------------------
 

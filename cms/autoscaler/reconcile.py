@@ -319,10 +319,12 @@ class Autoscaler:
     # -- leading and following ----------------------------------------------------------------
 
     def _won(self, term: int) -> None:
-        """A new term: start as a restarted daemon would, adopting everything from libvirt."""
+        """A new term: start as a restarted daemon would, adopting everything from libvirt (the
+        hosts' states too, from the journal: a host the last leader had down is fenced first)."""
         self.started = False
         self.desired.clear()
         self.memory = {g: policy.Memory() for g in self.groups}
+        self.hosts.resume()
         if not self.dry_run:
             self.journal.forget_all_replicas(self.groups)
 
