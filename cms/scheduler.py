@@ -129,39 +129,32 @@ class Scheduler:
 
     def _states(self, names: list[str], listing: Listing | None
                 ) -> dict[str, tuple[HostLoad, list[OwnedDomain], Capacity | None]]:
-        """host_state of each of ``names``, all asked at once, each within its hosts[].timeout_s
-        (Fleet.per_host): a host that does not answer in time is down, and not asked again for
-        DOWN_RETRY_S."""
-        out: dict[str, tuple[HostLoad, list[OwnedDomain], Capacity | None]] = {}
-        ask = []
-        for name in names:
-            if self.is_down(name) or (listing is not None and name in listing.down):
-                out[name] = (HostLoad(name, 0, 0, up=False), [], None)
-            else:
-                ask.append(name)
+        """host_state of each of ``names``, asked at once, each within its hosts[].timeout_s
+        (Fleet.per_host); one that does not answer is down, not asked again for DOWN_RETRY_S."""
+        ask = [n for n in names if not (self.is_down(n) or (listing is not None and n in listing.down))]
 
         def read(h: Any) -> tuple[Capacity, list[OwnedDomain]]:
             doms = listing.on(h.name) if listing is not None else None
             return h.capacity(self.cfg.libvirt.pool), doms if doms is not None else h.stats.owned_domains()
 
-        got, _silent = self.fleet.per_host(read, ask, queue_behind=True)
+        got, _silent = self.fleet.per_host(read, ask)
+        out: dict[str, tuple[HostLoad, list[OwnedDomain], Capacity | None]] = {}
         now = time.time()
-        for name in ask:
+        for name in names:
             if name not in got:
-                self._mark_down(name)
+                if name in ask:
+                    self._mark_down(name)
                 out[name] = (HostLoad(name, 0, 0, up=False), [], None)
                 continue
             cap, doms = got[name]
             charges = [charge_of(d.state, d.meta.warm, d.vcpus, held_mib(d, now)) for d in doms]
-            load = HostLoad(name, self.fleet.host_cpus(name, cap), cap.memory_mib,
-                            used_vcpus=sum(v for v, _m in charges), used_memory_mib=sum(m for _v, m in charges),
-                            up=True, disk_free_bytes=cap.pool_available_bytes or None)
-            out[name] = (load, doms, cap)
+            out[name] = (HostLoad(name, self.fleet.host_cpus(name, cap), cap.memory_mib,
+                                  used_vcpus=sum(v for v, _m in charges), used_memory_mib=sum(m for _v, m in charges),
+                                  up=True, disk_free_bytes=cap.pool_available_bytes or None), doms, cap)
         return out
 
     def loads(self, listing: Listing | None = None, skip: frozenset[str] = frozenset()) -> list[HostLoad]:
-        """Every host's load, all hosts asked at once; the ``skip`` hosts counted as down
-        without asking them."""
+        """Every host's load, all asked at once; the ``skip`` hosts down without asking them."""
         states = self._states([h.name for h in self.cfg.hosts if h.name not in skip], listing)
         return [states[h.name][0] if h.name in states else HostLoad(h.name, 0, 0, up=False) for h in self.cfg.hosts]
 
@@ -197,23 +190,25 @@ class Scheduler:
 
     def spawn(self, name: str, vcpus: int, memory_mib: int, meta: OwnerMeta, image: str = "",
               disk_bytes: int = 0, max_vcpus: int = 0, max_memory_mib: int = 0,
-              listing: Listing | None = None, avoid: frozenset[str] = frozenset()) -> Spawned:
+              listing: Listing | None = None, avoid: frozenset[str] = frozenset(), from_disk: str = "") -> Spawned:
         """Place and make one VM (all or nothing). PlacementError when no host has room.
 
         Placement charges `vcpus`/`memory_mib`; `max_*` only leave room for live vertical
         scaling (cms.virt's defaults: none). `image` defaults to the configured golden image.
         `listing`: the caller's fresh listing of the fleet, so the spawn lists no domain again
         (the VMs this scheduler made since that listing are added to it). `avoid`: hosts not
-        to place on this time (a warm refill keeps to one boot per host).
+        to place on this time (a warm refill keeps to one boot per host). `from_disk`: no clone,
+        the VM boots from this disk (an API VM whose host was fenced, on shared storage).
         """
         meta = self.stamped(meta)
         with self.lock():
             self.guard(f"spawn {name}")
             listing = self._with_own_spawns(listing)
             choice = self.choose(Request(vcpus, memory_mib, disk_bytes), avoid, listing)
-            spawned = self.fleet.build_on(choice.host, name, vcpus=vcpus, memory_mib=memory_mib, meta=meta,
-                                          image=image, max_vcpus=max_vcpus, max_memory_mib=max_memory_mib,
-                                          listing=listing)
+            size = {"vcpus": vcpus, "memory_mib": memory_mib, "meta": meta, "max_vcpus": max_vcpus,
+                    "max_memory_mib": max_memory_mib, "listing": listing}
+            spawned = self.fleet.restart_on(choice.host, name, from_disk, **size) if from_disk else \
+                self.fleet.build_on(choice.host, name, image=image, **size)
             if self.cfg.placement.algorithm == "round_robin":
                 self._save_cursor(choice.next_cursor)
             if listing is not None:
@@ -223,31 +218,11 @@ class Scheduler:
                                                                 vcpus, memory_mib, meta)))
             return spawned
 
-    def restart_elsewhere(self, name: str, disk: str, vcpus: int, memory_mib: int, meta: OwnerMeta,
-                          max_vcpus: int = 0, max_memory_mib: int = 0, avoid: frozenset[str] = frozenset(),
-                          listing: Listing | None = None) -> Spawned:
-        """Place a VM whose host was fenced and start it there from its own disk (shared
-        storage: the same path on every host), as a spawn places one. PlacementError when no
-        host has room."""
-        with self.lock():
-            listing = self._with_own_spawns(listing)
-            choice = self.choose(Request(vcpus, memory_mib), avoid, listing)
-            return self.fleet.restart_on(choice.host, name, disk, vcpus=vcpus, memory_mib=memory_mib, meta=meta,
-                                         max_vcpus=max_vcpus, max_memory_mib=max_memory_mib, listing=listing)
-
     def start(self, host: str, name: str) -> None:
         """Start a defined VM on its host (a VM a power cut left shut off)."""
+        self.guard(f"start {name}")
         self.fleet.guest(host, name).start()
 
-    def undefine(self, host: str, name: str) -> None:
-        """Stop and forget a VM's definition on one host, keeping its disk (idempotent): what is
-        left on a fenced host of a VM that now runs elsewhere from that disk."""
-        try:
-            g = self.fleet.guest(host, name)
-        except errors.NotFound:
-            return
-        g.destroy()
-        g.undefine()
 
     def _with_own_spawns(self, listing: Listing | None) -> Listing | None:
         """The listing plus the VMs this scheduler made after it was read (a tick may spawn twice)."""
@@ -265,10 +240,11 @@ class Scheduler:
         return Listing(domains, listing.down, listing.at)
 
     def remove(self, host: str, name: str, graceful_timeout: float = 0.0,
-               wait: Callable[[float], Any] = time.sleep) -> None:
-        """Remove a VM and its disk (idempotent); a graceful shutdown first when a timeout is given."""
+               wait: Callable[[float], Any] = time.sleep, keep_disk: bool = False) -> None:
+        """Remove a VM and its disk (idempotent); a graceful shutdown first when a timeout is given.
+        ``keep_disk``: the disk stays (what a fenced host holds of a VM restarted elsewhere)."""
         self.guard(f"remove {name}")
-        self.fleet.remove(host, name, graceful_timeout, wait)
+        self.fleet.remove(host, name, graceful_timeout, wait, keep_disk)
 
     def remove_everywhere(self, name: str) -> None:
         """Remove a VM of that name, and its disk, from every host (idempotent); HostUnreachable

@@ -193,10 +193,8 @@ class HostWatch:
             try:
                 if self.dry_run:
                     return
-                if name in moved:
-                    self.scheduler.undefine(host, name)    # destroy, undefine; the disk runs elsewhere
-                else:
-                    self.scheduler.remove(host, name)      # destroy (no graceful shutdown), undefine, volume
+                # destroy (no graceful shutdown), undefine, and the volume unless its VM runs elsewhere
+                self.scheduler.remove(host, name, keep_disk=name in moved)
             except errors.VirtError as exc:
                 failures.append(f"{name}: {exc}")
 

@@ -7,7 +7,7 @@ fence before you restart anything stateful):
 * the host is declared down: its VMs are marked lost (``api_vms.lost``; /vm/query and
   /v1/vms say so), event ``vm_lost``;
 * its ``fence_command`` succeeded, so nothing runs there any more: each of its lost VMs with
-  ``ha`` is restarted on a live host from its own disk (``Scheduler.restart_elsewhere``: the
+  ``ha`` is restarted on a live host from its own disk (``Scheduler.spawn`` with ``from_disk``: the
   overlay on the shared pool, at the same path on every host), placed as a create is, and
   its row follows it; event ``evacuated``. Only between hosts whose storage is shared
   (``hosts[].shared_storage`` on both); otherwise, or without ``ha``, it stays lost;
@@ -78,8 +78,8 @@ class Rescue:
         disk = f"{self.cfg.libvirt.pool_path}/{r['domain']}.qcow2"
         meta = OwnerMeta(role="vm", vmid=r["vmid"], instance_type=r["instance_type"], image=img["path"] if img else "")
         try:
-            s = self.scheduler.restart_elsewhere(r["domain"], disk, t["cpu"], t["ram"], meta, max_vcpus=2 * t["cpu"],
-                                                 max_memory_mib=2 * t["ram"], avoid=avoid)
+            s = self.scheduler.spawn(r["domain"], t["cpu"], t["ram"], meta, max_vcpus=2 * t["cpu"],
+                                     max_memory_mib=2 * t["ram"], avoid=avoid, from_disk=disk)
         except errors.CmsError as exc:
             self.journal.event("vm_not_evacuated", "", r["name"], f"VM {r['name']} stays lost: restarting it "
                                f"elsewhere failed: {exc}", level=logging.WARNING, vmid=r["vmid"], error=str(exc))

@@ -77,8 +77,9 @@ class Domains:
             raise
 
     def remove(self, name: str, pool: str, graceful_timeout: float = 0.0,
-               wait: Callable[[float], Any] = time.sleep) -> None:
-        """Shut down (gracefully first if a timeout is given), destroy, undefine, delete the disk.
+               wait: Callable[[float], Any] = time.sleep, keep_disk: bool = False) -> None:
+        """Shut down (gracefully first if a timeout is given), destroy, undefine, delete the disk
+        (``keep_disk``: not the disk, which a VM restarted elsewhere boots from).
 
         Idempotent: parts already gone are skipped. `wait` lets a daemon pass its stop
         event's wait so a SIGTERM is not held up by a slow guest.
@@ -91,6 +92,8 @@ class Domains:
             g.undefine()
         except errors.NotFound:
             pass
+        if keep_disk:
+            return
         vol_names = {os.path.basename(d) for d in disks} | {name + ".qcow2"}
         for v in sorted(vol_names):
             self._storage.delete_volume(pool, v)

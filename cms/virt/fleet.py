@@ -128,15 +128,14 @@ class Fleet:
         out, down = self.per_host(lambda h: h.stats.owned_domains(group), self.hosts)
         return Listing(out, down, time.monotonic())
 
-    def per_host(self, fn: Callable[[Host], Any], hosts: Any, *, queue_behind: bool = False
-                 ) -> tuple[dict[str, Any], dict[str, str]]:
+    def per_host(self, fn: Callable[[Host], Any], hosts: Any) -> tuple[dict[str, Any], dict[str, str]]:
         """``fn(host)`` for each of ``hosts`` at once, each on that host's own thread (the
         listing's) and within its ``hosts[].timeout_s``: (the values, host -> why it gave none).
-        A host still busy with an earlier call is not asked (``queue_behind``: unless that call
-        is younger than the timeout; cms.virt.perhost); a VirtError is an answer of none. For
-        the calls a tick makes besides the listing, and placement's, so none waits on one host."""
+        A host whose earlier call hangs is not asked (cms.virt.perhost); a VirtError is an
+        answer of none. For the calls a tick makes besides the listing, and placement's, so
+        none waits on one host."""
         calls = {name: (functools.partial(fn, self.host(name)), self.cfg.host(name).timeout_s) for name in hosts}
-        out, down, raised = self._listers.call_all(calls, queue_behind=queue_behind)
+        out, down, raised = self._listers.call_all(calls)
         for name, exc in raised.items():
             if not isinstance(exc, errors.VirtError):
                 raise exc
@@ -295,8 +294,8 @@ class Fleet:
                        spec.meta.created, timings)
 
     def remove(self, host_name: str, name: str, graceful_timeout: float = 0.0,
-               wait: Callable[[float], Any] = time.sleep) -> None:
-        """Remove a VM and its disk from one host (idempotent)."""
-        self.host(host_name).domains.remove(name, self.cfg.libvirt.pool, graceful_timeout, wait)
+               wait: Callable[[float], Any] = time.sleep, keep_disk: bool = False) -> None:
+        """Remove a VM and its disk (``keep_disk``: not its disk) from one host (idempotent)."""
+        self.host(host_name).domains.remove(name, self.cfg.libvirt.pool, graceful_timeout, wait, keep_disk)
 
 

@@ -6,7 +6,7 @@ connection). ``PerHost.call_all`` runs each host's call on that host's own threa
 kept: a daemon thread, so a call that never returns cannot hold the process at exit) and waits
 for each at most its own timeout; the answers in time are used at once. A host whose previous
 call still runs is not asked again: it did not answer this tick either, and no thread piles up
-behind a dead link.
+behind a dead link; one busy with a short call (a placement's) is asked right after it.
 """
 
 from __future__ import annotations
@@ -67,21 +67,21 @@ class PerHost:
         w = self._workers.get(host)
         return None if w is None else w.busy_for()
 
-    def call_all(self, calls: dict[str, tuple[Callable[[], Any], float]], *, queue_behind: bool = False
+    def call_all(self, calls: dict[str, tuple[Callable[[], Any], float]]
                  ) -> tuple[dict[str, Any], dict[str, str], dict[str, BaseException]]:
         """Run ``fn`` for every host at once, each with its timeout in seconds.
 
         Returns (values of the calls done in time, host -> why it did not answer, host -> the
-        exception its call raised). A host still busy with an earlier call is not asked; with
-        ``queue_behind`` (a caller that is not the tick: placement) it is asked after that call
-        unless that one has run for the timeout already, and the wait counts in the timeout.
+        exception its call raised). A host busy with an earlier call (placement's, say) is
+        asked after it, the wait counting in the timeout; one whose earlier call has run for
+        the timeout already hangs, and is not asked.
         """
         started: dict[str, tuple[_Job, float, float]] = {}
         late: dict[str, str] = {}
         with self._lock:
             for host, (fn, timeout) in calls.items():
                 ran = self.busy(host)
-                if ran is not None and not (queue_behind and ran < timeout):
+                if ran is not None and ran >= timeout:
                     late[host] = f"still busy with its previous call ({ran:.1f} s)"
                     continue
                 w = self._workers.get(host)

@@ -145,23 +145,21 @@ def test_a_ticks_other_per_host_calls_do_not_wait_on_a_hanging_host_either(tmp_p
         fleet.close()
 
 
-def test_placement_queues_behind_a_short_call_but_never_behind_a_hung_one():
+def test_a_call_queues_behind_a_short_one_but_never_behind_a_hung_one():
     ph = PerHost()
     release = threading.Event()
     try:
         first = threading.Thread(target=lambda: ph.call_all({"a": (lambda: release.wait(10), 10)}), daemon=True)
         first.start()
         wait_until(lambda: ph.busy("a") is not None, 5, 0.01, what="the first call running")
-        _v, late, _r = ph.call_all({"a": (lambda: "tick", 0.2)})
-        assert late["a"].startswith("still busy")                       # the tick: not asked
         threading.Timer(0.2, release.set).start()
-        values, late, _r = ph.call_all({"a": (lambda: "placed", 5)}, queue_behind=True)
-        assert values == {"a": "placed"} and late == {}                  # placement: after the first call
+        values, late, _r = ph.call_all({"a": (lambda: "tick", 5)})
+        assert values == {"a": "tick"} and late == {}                    # asked right after the short call
         release.clear()
         threading.Thread(target=lambda: ph.call_all({"a": (lambda: release.wait(10), 10)}), daemon=True).start()
         wait_until(lambda: (ph.busy("a") or 0) > 0.3, 5, 0.01, what="a call running for a while")
-        _v, late, _r = ph.call_all({"a": (lambda: "placed", 0.3)}, queue_behind=True)
-        assert late["a"].startswith("still busy")                       # older than the deadline: hung
+        _v, late, _r = ph.call_all({"a": (lambda: "tick", 0.3)})
+        assert late["a"].startswith("still busy")                       # older than the deadline: it hangs
     finally:
         release.set()
         ph.close()
