@@ -67,11 +67,15 @@ def listing_within(fleet: Fleet, bound: float):
     return box[0]
 
 
-def test_a_hanging_host_does_not_hold_the_listing_and_is_not_asked_again_while_it_hangs(tmp_path, silent):
-    uri = write_node_xml(tmp_path / "n.xml")
+def hanging_and_fine(tmp_path, silent) -> Fleet:
+    """A fleet of two hosts: "hang" (the silent listener, 0.3 s deadline) and "t" (a test driver)."""
     cfg = make_config(hosts=[{"name": "hang", "uri": f"qemu+tcp://127.0.0.1:{silent.port}/system", "timeout_s": 0.3},
-                             {"name": "t", "uri": uri, "timeout_s": 5}])
-    fleet = Fleet(cfg)
+                             {"name": "t", "uri": write_node_xml(tmp_path / "n.xml"), "timeout_s": 5}])
+    return Fleet(cfg)
+
+
+def test_a_hanging_host_does_not_hold_the_listing_and_is_not_asked_again_while_it_hangs(tmp_path, silent):
+    fleet = hanging_and_fine(tmp_path, silent)
     try:
         t = fleet.host("t")
         t.domains.define(vxml.DomainSpec(name="cms-web-1", uuid=t.new_uuid(), vcpus=1, memory_mib=128, disk_path="/dev/null",
@@ -128,10 +132,7 @@ def test_a_bug_in_a_listing_is_raised_not_taken_for_a_down_host(tmp_path, monkey
 
 def test_a_ticks_other_per_host_calls_do_not_wait_on_a_hanging_host_either(tmp_path, silent):
     from cms.metrics import LibvirtMetrics
-    uri = write_node_xml(tmp_path / "n.xml")
-    cfg = make_config(hosts=[{"name": "hang", "uri": f"qemu+tcp://127.0.0.1:{silent.port}/system", "timeout_s": 0.3},
-                             {"name": "t", "uri": uri, "timeout_s": 5}])
-    fleet = Fleet(cfg)
+    fleet = hanging_and_fine(tmp_path, silent)
     try:
         box: list = []
         t = threading.Thread(target=lambda: box.append(LibvirtMetrics(fleet).node_cpu(["hang", "t"])), daemon=True)
