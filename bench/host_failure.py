@@ -58,11 +58,12 @@ def say(msg: str) -> None:
 class Feed:
     """A subscriber of the group's replica feed that timestamps every update as it arrives."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoints: list[str]) -> None:
         self.ctx = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, topic(G))
-        self.sub.connect(endpoint)
+        for endpoint in endpoints:      # zmq.publish: every controller's (one here)
+            self.sub.connect(endpoint)
         self.updates: "queue.Queue[tuple[float, object]]" = queue.Queue()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._listen, daemon=True)
