@@ -18,8 +18,8 @@ scheduler takes it. The round-robin cursor lives in the state database (table
 A caller that has just listed the fleet (the autoscaler's tick) passes that ``Listing``:
 a spawn then reads host loads and taken ports from it and lists no domain again.
 
-A host whose capacity cannot be read is down: placement skips it, and it is not asked again
-for ``DOWN_RETRY_S`` seconds, so an unreachable machine does not slow every request.
+Placement asks every host at once, each within its ``hosts[].timeout_s`` (Fleet.per_host); one
+that does not answer is down: skipped, and not asked again for ``DOWN_RETRY_S`` seconds.
 """
 
 from __future__ import annotations
@@ -90,12 +90,9 @@ class Scheduler:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Serialise "read the loads, choose a host and a port, define" across processes and threads.
-
-        The API's gunicorn workers and the autoscaler may spawn at once; holding this from
-        the placement decision to the define means two requests never take the same last
-        slot or port. Not re-entrant: each public method here takes it once.
-        """
+        """Serialise "read the loads, choose a host and a port, define" across processes and
+        threads: the API's workers and the autoscaler may spawn at once, and two requests never
+        take the same last slot or port. Not re-entrant: each public method here takes it once."""
         with runlock.held("spawn"):
             yield
 
@@ -121,10 +118,8 @@ class Scheduler:
 
     def host_state(self, name: str, listing: Listing | None = None
                    ) -> tuple[HostLoad, list[OwnedDomain], Capacity | None]:
-        """(load, owned domains, Capacity or None when down) of one host.
-
-        The domains come from `listing` when it covers the host, else from one listing call.
-        """
+        """(load, owned domains, Capacity or None when down) of one host; its domains from
+        `listing` when it covers the host, else from one listing call."""
         return self._states([name], listing)[name]
 
     def _states(self, names: list[str], listing: Listing | None
@@ -138,8 +133,7 @@ class Scheduler:
             return h.capacity(self.cfg.libvirt.pool), doms if doms is not None else h.stats.owned_domains()
 
         got, _silent = self.fleet.per_host(read, ask)
-        out: dict[str, tuple[HostLoad, list[OwnedDomain], Capacity | None]] = {}
-        now = time.time()
+        out, now = {}, time.time()
         for name in names:
             if name not in got:
                 if name in ask:
@@ -192,7 +186,6 @@ class Scheduler:
               disk_bytes: int = 0, max_vcpus: int = 0, max_memory_mib: int = 0,
               listing: Listing | None = None, avoid: frozenset[str] = frozenset(), from_disk: str = "") -> Spawned:
         """Place and make one VM (all or nothing). PlacementError when no host has room.
-
         Placement charges `vcpus`/`memory_mib`; `max_*` only leave room for live vertical
         scaling (cms.virt's defaults: none). `image` defaults to the configured golden image.
         `listing`: the caller's fresh listing of the fleet, so the spawn lists no domain again
@@ -222,7 +215,6 @@ class Scheduler:
         """Start a defined VM on its host (a VM a power cut left shut off)."""
         self.guard(f"start {name}")
         self.fleet.guest(host, name).start()
-
 
     def _with_own_spawns(self, listing: Listing | None) -> Listing | None:
         """The listing plus the VMs this scheduler made after it was read (a tick may spawn twice)."""
@@ -291,12 +283,9 @@ class Scheduler:
 
     def remove_orphan_volumes(self, prefixes: tuple[str, ...], keep: set[str], dry_run: bool = False
                               ) -> list[tuple[str, str]]:
-        """Delete volumes named ``PREFIX….qcow2`` whose domain is neither in `keep` nor defined.
-
-        Under the spawn lock: a spawn holds it from its volume to its define, so no
-        half-made VM is mistaken for an orphan. Returns (host, volume) of each one found
-        (deleted unless `dry_run`). A host without the pool yet has none.
-        """
+        """Delete volumes named ``PREFIX….qcow2`` whose domain is neither in `keep` nor defined;
+        (host, volume) of each found (deleted unless `dry_run`). Under the spawn lock, which a
+        spawn holds from its volume to its define: no half-made VM is taken for an orphan."""
         pool = self.cfg.libvirt.pool
         found: list[tuple[str, str]] = []
         with self.lock():
@@ -335,19 +324,13 @@ class Scheduler:
 
     def migrate(self, name: str, dest: str | None = None, *, listing: Listing | None = None,
                 on_switchover: Callable[[str, str, int], None] | None = None) -> str:
-        """Live-migrate a domain; the destination is chosen by the placement policy when not given.
-
-        Returns the destination host's name. libvirt's refusal (e.g. the test driver, which
-        cannot migrate, or no shared storage) comes back as a VirtError, and the domain
-        stays where it was.
-
-        With user-mode networking the domain's port forward moves to the destination's
-        forward address, on a port free there. `on_switchover(dest, address, port)` is
-        called once with where the domain then answers: when the source pauses it for the
-        switch-over (before the old address goes away), or after the migration if that
-        moment was missed. A caller that heard it and then gets an error knows the domain
-        stayed where it was after all.
-        """
+        """Live-migrate a domain to `dest`, or where placement chooses; returns the destination.
+        libvirt's refusal (the test driver cannot migrate; no shared storage) is a VirtError and
+        the domain stays. With user networking its port forward moves to the destination's
+        forward address, on a port free there. `on_switchover(dest, address, port)` is called
+        once with where it then answers: when the source pauses it for the switch-over (before
+        the old address goes away), or after the migration if that moment was missed; a caller
+        that heard it and then gets an error knows the domain stayed where it was after all."""
         with self.lock():
             d = self.find(name)
             if dest is None:
