@@ -38,7 +38,8 @@ def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track,
           decisions: Mapping[str, tuple[float, policy.Decision]], tick: Tick | None, listing: Listing | None,
           capacities: Mapping[str, Capacity], tick_info: dict[str, Any], feed_seq: int,
           hosts: tuple[str, ...], load: Mapping[str, Figures] | None = None,
-          latency: Mapping[str, Counters] | None = None, host_states: Mapping[str, str] | None = None) -> dict[str, Any]:
+          latency: Mapping[str, Counters] | None = None,
+          host_states: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``host_states``: each host's state (cms.autoscaler.hoststate); a host's ``up`` is its
     state being up (without states: that it answered the last listing)."""
     cpu = {m.name: m.cpu for m in tick.domains.values()} if tick else {}
