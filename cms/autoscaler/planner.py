@@ -262,8 +262,8 @@ def plan(v: View, decide: Decide) -> Plan:
                                              t.name, gone=d is None))
                 state[t.name] = S.FAILED
         elif t.state == S.PARKED:
-            if t.busy:
-                continue
+            if t.busy or (d is not None and d.state == "shutdown"):
+                continue  # its worker's; or on its way off (a listing taken while a stop ended): next tick
             if d is None:
                 actions.append(Forget("warm replica destroyed from outside; the pool refills", t.name))
                 del state[t.name]

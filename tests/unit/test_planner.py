@@ -118,6 +118,9 @@ PLANS = [
     pytest.param(POOL, [track("a", S.READY), track("w", S.PARKED, park_mode="paused")],
                  [dom("a"), dom("w", "shutoff", True)], {"g": 1}, {}, hold, [("Discard", "w"), ("Refill", "g", ())],
                  id="a parked replica found in another state is discarded and replaced"),
+    pytest.param(POOL, [track("a", S.READY), track("w", S.PARKED, park_mode="stopped")],
+                 [dom("a"), dom("w", "shutdown", True)], {"g": 1}, {}, hold, [],
+                 id="a stopped replica listed while it was still going off is judged next tick, not discarded"),
     # -- the serving count
     pytest.param({}, [], [], {}, {}, hold, [("Spawn", "g", False)], id="no wanted count yet: min"),
     pytest.param({}, [track("a", S.READY)], None, {"g": 1}, {}, scale_to(3), [("Spawn", "g", False)] * 2,
