@@ -11,7 +11,8 @@ Two kinds of input:
   (CPU, lifecycle state; in-flight and request rate where the store has them) and its events
   (decisions, spawn stages, warm-pool use), read through ``Store.samples`` and
   ``Store.events``. It gives the run's starting point, the real replica count and decisions
-  to compare the replay with, and the records cms.replay.fit fits the model from. Without a
+  to compare the replay with, the replicas those decisions started and how long each took
+  (``RecordedStart``), and the records cms.replay.fit fits the model from. Without a
   trace, the offered load is what the replicas say they served: the answers per second their
   /status reported, summed (``offered_from_rates``), where the store has them for most
   ticks (a store written since the daemon polls /status), else what their CPU says
@@ -169,6 +170,17 @@ class Start:
     last_action_at: float | None = None
 
 
+@dataclass(frozen=True)
+class RecordedStart:
+    """A replica the recorded group started on a decision, and how long each stage took: a cold
+    one (``mode`` "") was started ``spawn_s`` after the decision and ready ``ready_s`` later; an
+    unpark (``mode`` its park mode) was ready ``ready_s`` after the decision."""
+    decided: float                 # s from the start
+    mode: str
+    spawn_s: float
+    ready_s: float
+
+
 @dataclass
 class Recorded:
     """A window of a group's records, times in s from ``start`` (epoch)."""
@@ -186,6 +198,7 @@ class Recorded:
     rate: list[float | None] = field(default_factory=list)     # answers/s summed over them (their /status);
     in_flight: list[float | None] = field(default_factory=list)  # requests in flight, summed; None: one had no figure
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    starts: list[RecordedStart] = field(default_factory=list)  # replicas the window's decisions started
     events: list[Any] = field(default_factory=list)            # every event of the group (for fitting)
     begin: Start = field(default_factory=Start)
 
@@ -233,8 +246,24 @@ def read_store(db: str | Path, group: str, since: float | None = None, until: fl
     end = stamps[-1]
     rec.decisions = [{"t": e.ts - t0, "action": e.data.get("action"), "desired": e.data.get("desired"),
                       "reason": e.message} for e in events if e.kind == "decision" and t0 <= e.ts <= end]
+    rec.starts = [s for e in events if (s := started(e, t0)) is not None and 0 <= s.decided <= end - t0]
     rec.begin = start_of(events, by_ts[stamps[0]], t0)
     return rec
+
+
+def started(e: Any, t0: float) -> RecordedStart | None:
+    """The start an event reports: a cold replica's "ready" (its decision -> ready and boot
+    times) or a "warm_used" (decision -> ready of an unpark); None for any other event."""
+    d = e.data
+    try:
+        if e.kind == "ready" and d.get("boot_s") is not None and d.get("decision_to_ready_s") is not None:
+            whole, boot = float(d["decision_to_ready_s"]), float(d["boot_s"])
+            return RecordedStart(e.ts - whole - t0, "", max(0.0, whole - boot), min(boot, whole))
+        if e.kind == "warm_used" and d.get("seconds") is not None:
+            return RecordedStart(e.ts - float(d["seconds"]) - t0, str(d.get("mode") or "paused"), 0.0, float(d["seconds"]))
+    except (TypeError, ValueError):
+        return None
+    return None
 
 
 def start_of(events: list[Any], first: list[Any], t0: float) -> Start:

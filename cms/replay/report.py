@@ -42,6 +42,7 @@ def summary(run: Run, dt: float, bound_s: float, high: float) -> dict[str, Any]:
         "largest_step": max((abs(d["desired"] - d["from"]) for d in run.decisions), default=0),
         "actions": dict(sorted(run.actions.items())),
         "recorded_cpu_share": round(run.recorded_ticks / len(run.t), 4) if run.t else 0.0,
+        "recorded_starts": run.recorded_starts,
         "notes": run.notes[:20],
     }
 

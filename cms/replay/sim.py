@@ -5,7 +5,13 @@ Each tick does what ``Autoscaler.tick`` does, in its order, with the I/O replace
 * what the executor's workers finished since the last tick happens first (a spawn is
   started ``spawn_s`` after its decision and ready ``boot_s`` later; an unpark is ready
   after the mode's unpark time; a drain ends when its in-flight work has, at most
-  ``drain_s``; a park takes ``park_s``), each at its own time within the tick;
+  ``drain_s``; a park takes ``park_s``), each at its own time within the tick. A spawn or
+  unpark decided within ``DRIFT_TICKS`` ticks of one the recording's group decided is that
+  one (the replay does what the run did): it takes the recorded replica's own times
+  (``Recorded.starts``), not the model's medians. The boot a replica really had decides
+  when its warm-up ends and so when the policy's windows start again; a median boot a tick
+  shorter than the real one lets a window fill a tick early, on figures the real policy
+  never read together;
 * measure: each ready replica's CPU goes into a ``cms.metrics.History`` as the daemon's
   figures do (a replica's first figure after it starts or unparks is none, as the daemon's
   rater has no baseline). Where the replay's group is the recorded one (as many ready
@@ -44,7 +50,7 @@ from cms.autoscaler import planner as P
 from cms.autoscaler.lifecycle import COUNTING, State, Track
 from cms.config import GroupConfig
 from cms.metrics import History
-from cms.replay.inputs import ClientRecord, Recorded, Start, Trace
+from cms.replay.inputs import ClientRecord, Recorded, RecordedStart, Start, Trace
 from cms.replay.model import Model, Queue, TickLoad
 from cms.virt import OwnedDomain, OwnerMeta
 
@@ -72,6 +78,7 @@ class Run:
     actions: collections.Counter = field(default_factory=collections.Counter)
     notes: list[str] = field(default_factory=list)
     recorded_ticks: int = 0          # ticks whose CPU figures were the recording's
+    recorded_starts: int = 0         # spawns and unparks that took the recording's times
 
 
 def history_ticks(gc: GroupConfig, tick_s: float) -> int:
@@ -99,6 +106,8 @@ class Sim:
         self.tracks: dict[str, Track] = {}
         self.timers: list[tuple[float, int, str, str]] = []
         self._seq = 0
+        self.starts = list(recorded.starts) if recorded is not None else []   # not yet taken by a replayed start
+        self.boot: dict[str, float] = {}        # a spawned replica's boot, when the recording's
         self.no_baseline: set[str] = set()
         self.left: dict[str, float] = {}        # replicas that stopped serving this tick: when
         self.desired: int | None = None
@@ -132,7 +141,7 @@ class Sim:
         if step == "started":
             t.move(S.WARMING if t.park_mode else S.STARTING)
             self.no_baseline.add(t.name)
-            self._after(self.m.boot_s, t.name, "healthy")
+            self._after(self.boot.pop(t.name, self.m.boot_s), t.name, "healthy")
         elif step == "healthy" and t.state == S.WARMING:
             t.move(S.PARKING)
             self._after(self.m.park_s, t.name, "parked")
@@ -157,8 +166,22 @@ class Sim:
         host = self.hosts[self._seq % len(self.hosts)]
         t = self.tracks[name] = Track(name, self.g, self.now, S.SPAWNING, host=host,
                                       park_mode=self.gc.warm_pool.state if warm else "", busy=True)
-        self._after(self.m.spawn_s, name, "started")
+        got = None if warm else self._recorded_start("")
+        if got is not None:
+            self.boot[name] = got.ready_s
+        self._after(self.m.spawn_s if got is None else got.spawn_s, name, "started")
         return t
+
+    def _recorded_start(self, mode: str) -> RecordedStart | None:
+        """The recording's start of this kind (cold: mode "") decided nearest to now, within
+        DRIFT_TICKS ticks, not yet taken by another replayed start; taken."""
+        near = [s for s in self.starts if s.mode == mode and abs(s.decided - self.now) <= DRIFT_TICKS * self.dt + 1e-6]
+        if not near:
+            return None
+        got = min(near, key=lambda s: abs(s.decided - self.now))
+        self.starts.remove(got)
+        self.run.recorded_starts += 1
+        return got
 
     def execute(self, plan: P.Plan, per_replica_latency: float, in_flight: float) -> None:
         for a in plan.actions:
@@ -176,7 +199,8 @@ class Sim:
                 t.busy = True
                 self.history.forget(t.name)
                 self.no_baseline.add(t.name)
-                self._after(self.m.unpark(mode), t.name, "unparked")
+                got = self._recorded_start(mode)
+                self._after(self.m.unpark(mode) if got is None else got.ready_s, t.name, "unparked")
                 self.run.actions["unparks"] += 1
             elif isinstance(a, P.Drain) and t.state in (S.STARTING, S.READY):
                 was_ready = t.state == S.READY

@@ -3,6 +3,7 @@ a recorded run replayed back, and bad input (one line, exit 1)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,7 @@ from cms import config as cmsconfig
 from cms.autoscaler.lifecycle import State
 from cms.replay import command
 from cms.replay.fit import cost, fit, stages
-from cms.replay.inputs import ClientRecord, Recorded, Start, Trace, read_csv
+from cms.replay.inputs import ClientRecord, Recorded, RecordedStart, Start, Trace, read_csv, started
 from cms.replay.model import Model, Queue
 from cms.replay.sim import Sim
 from cms.store import Sample, Store
@@ -122,6 +123,69 @@ def test_the_history_holds_only_what_the_policy_reads():
     sim = Sim("demo", group(), M, steps((60, 3.0)), Start((("r1", -100.0),)))
     sim.replay()
     assert len(sim.history.series("r1")) == 17      # window_in_s 15 at 1 s ticks, and two more
+
+
+def _slow_boot_recording(starts: list) -> Recorded:
+    """A run whose scale-out's replica booted slower than the model's median (8.7 s, not 7.0:
+    the machine was busy with the first replica's load), then both replicas at 0.95 for the
+    first 7 ticks after the warm-up and at 0.6 from 36.3 s: the real policy's 6 s window first
+    filled (from 30.6, the end of the real warm-up) at 37.3 and held 0.85, so one scale-out."""
+    times = [i + 0.3 for i in range(80)]
+    ready = [1 if t < 15.6 else 2 for t in times]
+    cpu = [0.95 if t < 36 else 0.6 for t in times]
+    return Recorded("demo", T0, times[-1], 1.0, ticks=times, ready=ready, cpu=cpu,
+                    busy=[c * n for c, n in zip(cpu, ready)], vcpus=ready,
+                    replica_cpu=[(c,) * n for c, n in zip(cpu, ready)],
+                    decisions=[{"t": 6.3, "action": "scale_out", "desired": 2, "reason": ""}], starts=starts)
+
+
+def test_a_replayed_scale_out_boots_as_the_recorded_one_did():
+    """The fault of tests/system/test_demo.py's replay (run 2026-12-06 11:29): the replayed
+    replica was ready at the model's median boot, ahead of the real one, so its warm-up ended
+    and the policy's window filled a tick or more early, on recorded figures the real policy
+    never read together (its mean over the threshold), and the replay scaled out a second time
+    where the run had not. The spawn the recording itself made takes the recorded times."""
+    model = dataclasses.replace(M, spawn_s=0.5, boot_s=7.0)     # ready 7.5 s after the decision
+    trace = Trace((0.0,), (6.0,), 79.3, "test")
+    start = Start((("r1", -100.0),))
+    real = RecordedStart(6.3, "", 0.6, 8.7)                      # ready at 15.6
+    run = Sim("demo", group(), model, trace, start, recorded=_slow_boot_recording([real])).replay()
+    assert [(d["t"], d["action"]) for d in run.decisions] == [(6.3, "scale_out")]
+    assert run.recorded_starts == 1 and run.recorded_ticks == len(run.t)
+    assert run.ready[run.t.index(15.3)] == 1 and run.ready[run.t.index(16.3)] == 2
+    # the model's boot alone: ready at 13.8, warm-up over at 28.8, the window full at 35.3 on
+    # seven ticks at 0.95 -> a second scale-out the run never made (and, on three replicas, the
+    # model's figures from then on)
+    median = Sim("demo", group(), model, trace, start, recorded=_slow_boot_recording([])).replay()
+    assert [(d["t"], d["action"]) for d in median.decisions][:2] == [(6.3, "scale_out"), (35.3, "scale_out")]
+    assert median.recorded_starts == 0 and max(median.ready) == 3
+
+
+def test_a_start_far_from_the_recorded_one_keeps_the_model_times():
+    """Another setting that scales out at another time is not the recorded start."""
+    model = dataclasses.replace(M, spawn_s=0.5, boot_s=7.0)
+    rec = _slow_boot_recording([RecordedStart(20.3, "", 0.6, 8.7)])    # > 3 ticks from 6.3
+    run = Sim("demo", group(), model, Trace((0.0,), (6.0,), 79.3, "test"), Start((("r1", -100.0),)),
+              recorded=rec).replay()
+    assert run.recorded_starts == 0 and run.ready[run.t.index(14.3)] == 2   # 6.3 + 7.5 = 13.8
+
+
+@pytest.mark.parametrize("kind, data, want", [
+    ("ready", {"boot_s": 8.72, "decision_to_ready_s": 9.344}, RecordedStart(100.0 - 9.344, "", 0.624, 8.72)),
+    ("warm_used", {"mode": "saved", "seconds": 1.2}, RecordedStart(98.8, "saved", 0.0, 1.2)),
+    ("ready", {"boot_s": 8.0}, None),                     # adopted: no decision to start from
+    ("ready", {"mode": "paused", "unpark_to_ready_s": 0.1}, None),    # an unpark's ready: its warm_used counts
+    ("decision", {"action": "scale_out"}, None),
+])
+def test_the_starts_a_recording_holds(kind, data, want):
+    e = E(kind, data)
+    e.ts = T0 + 100.0
+    got = started(e, T0)
+    if want is None:
+        assert got is None
+    else:
+        assert got is not None and got.mode == want.mode
+        assert (got.decided, got.spawn_s, got.ready_s) == pytest.approx((want.decided, want.spawn_s, want.ready_s))
 
 
 # --- fitting ------------------------------------------------------------------------------
