@@ -170,6 +170,24 @@ def test_a_start_far_from_the_recorded_one_keeps_the_model_times():
     assert run.recorded_starts == 0 and run.ready[run.t.index(14.3)] == 2   # 6.3 + 7.5 = 13.8
 
 
+def test_unparks_the_recording_made_take_its_unpark_times_by_mode():
+    gc = cmsconfig.parse({"groups": {"demo": {"min": 1, "max": 4, "policy": "target", "warmup_s": 0.0,
+                                              "target": {"target": 0.25, "max_step": 3},
+                                              "warm_pool": {"size": 3, "state": "paused"}}}}).groups["demo"]
+    model = Model(service_s=0.1, unpark_s={"paused": 0.05})
+    start = Start((("r1", -100.0),), (("w1", "paused"), ("w2", "paused"), ("w3", "paused")))
+    ticks = [float(i + 1) for i in range(30)]
+    # the run unparked three at 11 s (as the replay decides, below) in 2.5 s each; a saved one
+    # at the same time is another mode's and stays unused
+    starts = [RecordedStart(11.0, "paused", 0.0, 2.5)] * 3 + [RecordedStart(11.0, "saved", 0.0, 9.0)]
+    rec = Recorded("demo", T0, 30.0, 1.0, ticks=ticks, ready=[1] * 30, cpu=[None] * 30, busy=[0.0] * 30,
+                   vcpus=[1] * 30, replica_cpu=[()] * 30, starts=starts)
+    run = Sim("demo", gc, model, steps((10, 2.0), (20, 30.0)), start, recorded=rec).replay()
+    assert (run.decisions[0]["t"], run.decisions[0]["desired"]) == (11.0, 4)
+    assert [run.ready[run.t.index(t)] for t in (12.0, 13.0, 14.0)] == [1, 1, 4]     # 11 + 2.5, not 11.05
+    assert run.recorded_starts == 3
+
+
 @pytest.mark.parametrize("kind, data, want", [
     ("ready", {"boot_s": 8.72, "decision_to_ready_s": 9.344}, RecordedStart(100.0 - 9.344, "", 0.624, 8.72)),
     ("warm_used", {"mode": "saved", "seconds": 1.2}, RecordedStart(98.8, "saved", 0.0, 1.2)),
