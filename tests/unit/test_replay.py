@@ -88,12 +88,17 @@ def test_threshold_scales_out_when_the_window_is_full_and_in_after_the_low_windo
     assert max(run.serving) == 2
 
 
-def test_a_decision_for_several_unparks_them_together_from_the_warm_pool():
+def warm_target() -> tuple[cmsconfig.GroupConfig, Model, Start]:
+    """The target policy up to 4 in one step, one ready replica and three paused (0.05 s to unpark)."""
     gc = cmsconfig.parse({"groups": {"demo": {"min": 1, "max": 4, "policy": "target", "warmup_s": 0.0,
                                               "target": {"target": 0.25, "max_step": 3},
                                               "warm_pool": {"size": 3, "state": "paused"}}}}).groups["demo"]
-    model = Model(service_s=0.1, unpark_s={"paused": 0.05})
     start = Start((("r1", -100.0),), (("w1", "paused"), ("w2", "paused"), ("w3", "paused")))
+    return gc, Model(service_s=0.1, unpark_s={"paused": 0.05}), start
+
+
+def test_a_decision_for_several_unparks_them_together_from_the_warm_pool():
+    gc, model, start = warm_target()
     ticks = []
     run = Sim("demo", gc, model, steps((10, 2.0), (20, 30.0)), start,
               on_tick=lambda now, tracks, load: ticks.append((now, sorted(t.state for t in tracks)))).replay()
@@ -171,11 +176,7 @@ def test_a_start_far_from_the_recorded_one_keeps_the_model_times():
 
 
 def test_unparks_the_recording_made_take_its_unpark_times_by_mode():
-    gc = cmsconfig.parse({"groups": {"demo": {"min": 1, "max": 4, "policy": "target", "warmup_s": 0.0,
-                                              "target": {"target": 0.25, "max_step": 3},
-                                              "warm_pool": {"size": 3, "state": "paused"}}}}).groups["demo"]
-    model = Model(service_s=0.1, unpark_s={"paused": 0.05})
-    start = Start((("r1", -100.0),), (("w1", "paused"), ("w2", "paused"), ("w3", "paused")))
+    gc, model, start = warm_target()
     ticks = [float(i + 1) for i in range(30)]
     # the run unparked three at 11 s (as the replay decides, below) in 2.5 s each; a saved one
     # at the same time is another mode's and stays unused
