@@ -76,7 +76,15 @@ start_daemon() {
     systemctl start "$name"
   else
     say "starting $name (no systemd here)"
-    "/usr/sbin/$name" -d
+    # without the caller's open files: a daemon that inherits a descriptor (a `flock` lock
+    # around `make image`, a pipe) holds it for as long as it runs
+    (
+      for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+      done
+      exec "/usr/sbin/$name" -d
+    )
   fi
   for _ in $(seq 50); do [ -S "$sock" ] && return; sleep 0.1; done
   echo "bootstrap: $name did not create $sock" >&2
