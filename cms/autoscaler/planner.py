@@ -254,8 +254,12 @@ def plan(v: View, decide: Decide) -> Plan:
             actions.append(Lose(f"its host {t.host} is down", t.name))
             state[t.name] = S.LOST
             continue
-        if t.state in (S.SPAWNING, S.WARMING, S.PARKING, S.UNPARKING):
-            continue  # a worker owns it and ends it either way
+        if t.state in (S.SPAWNING, S.WARMING, S.PARKING, S.UNPARKING) or (t.state == S.READY and t.busy):
+            # a worker owns it and ends it either way; a ready one held is being moved or
+            # resized (the balancer's): mid-migration a listing may show its domain on both
+            # hosts, or the destination's copy shut off as an aborted move ends, so its domain
+            # is judged once the worker lets it go
+            continue
         if t.state in (S.DRAINING, S.FAILED):
             if not t.busy:
                 actions.append(FinishRemoval("gone from libvirt" if d is None else "finishing an earlier removal",
