@@ -52,6 +52,13 @@ class Feed:
         self.ctx.destroy(0)
 
 
+def story(s: Autoscaler, feed: Feed) -> str:
+    """What the daemon did and said, for a failure's message: its events and its feed."""
+    events = "\n".join(f"  {e.kind} {e.subject}: {e.message}" for e in s.store.events(group=G)[-30:])
+    return (f"tracks {[(t.name, str(t.state), t.busy) for t in s.registry.snapshot()]}, hosts "
+            f"{s.hosts.states()}\nfeed {feed.events()}\nevents:\n{events}")
+
+
 class Load:
     def __init__(self, address, port, cost, threads=4):
         self.stop = threading.Event()
@@ -160,7 +167,10 @@ def test_scale_out_in_replace_restart(tmp_path, run_dir):
         # 4. a replica destroyed behind the daemon's back: failed at once, then replaced
         [survivor] = [d.name for d in fleet.owned(G)]
         host.guest(survivor).destroy()
-        wait_until(lambda: ("failed", survivor) in feed.events(), 30, 0.5, "failed announced")
+        try:
+            wait_until(lambda: ("failed", survivor) in feed.events(), 30, 0.5, "failed announced")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {survivor} destroyed; {story(s, feed)}") from None
         wait_until(lambda: [r for r in ready(feed) if r.name != survivor], BOOT, 1.0, "replacement ready")
         ev = feed.events()
         assert ev.index(("failed", survivor)) < ev.index(("removed", survivor))
