@@ -50,6 +50,9 @@ snapshot = "tcp://127.0.0.1:{free_port()}"
 bind = "127.0.0.1:{api_port}"
 [autoscaler]
 metrics_listen = "127.0.0.1:{metrics_port or free_port()}"
+# no groups (the embedded default has "web" with min 1): the autoscaler this test runs would
+# spawn a replica of the blank image, and leave its domain defined after the pool is dropped
+[groups]
 """
 
 
