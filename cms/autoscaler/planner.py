@@ -9,7 +9,8 @@ through the handlers cms.autoscaler.warm plugs into it).
 The steps, in order:
  1. adopt or clean what libvirt has and the daemon does not track (all of it on the first
     tick after a start: the restart path);
- 2. compare each tracked replica with its domain: a vanished or dead domain fails it; a
+ 2. compare each tracked replica with its domain: a vanished or dead domain fails it (not
+    while a worker holds it: a spawn, a park or a live migration ends it either way); a
     removal that did not finish is finished; a parked warm replica found running is parked
     again, one destroyed from outside is forgotten (the pool refill replaces it);
  3. per group: the policy decides when the count equals the wanted count; a gap is closed
