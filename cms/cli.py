@@ -7,6 +7,7 @@
       doctor [--config F] [--json] [--skip CHECK,...] [--timeout S]   (needs no API; see cms.doctor)
       images import IMAGE_FILE [--config F]   (needs no API: what ./install runs; see cms.images)
       replay --run DIR | --store DB --group G | --trace FILE [--settings F] ...   (needs no API; cms.replay)
+      db current | db upgrade                                          (needs no API; see cms.db.command)
 
 The URL comes from --url, else $CMS_URL, else http://<api.bind of the configuration>.
 The token (for `group scale`) from --token, else $CMS_TOKEN, else api.token of the
@@ -152,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="what policy settings would have done on recorded load (needs no API; "
                             "`cms replay --help`)")
     p.add_argument("replay_args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("db", help="the state database's schema revision (needs no API)")
+    p.add_argument("db_sub", choices=("current", "upgrade"), help="current: where it stands; upgrade: bring it to head")
+    p.add_argument("--config", dest="db_config", help="cms.toml (as the global --config)")
     return ap
 
 
@@ -294,7 +298,7 @@ def import_images(config: str | None, image_file: str) -> int:
         return 2
     fleet = Fleet(cfg)
     try:
-        store = images.ImageStore(cfg, Store(cfg.state_db), fleet)
+        store = images.ImageStore(cfg, Store.of(cfg), fleet)
         for i in wanted:
             imp = store.import_file(i.path, label=f"image {i.id} {i.name}", out=sys.stdout)
             how = f"copied to {', '.join(imp.uploaded)}" if imp.uploaded else "already on every host"
@@ -320,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "replay":
         from cms.replay.command import main as replay
         return replay((["--config", a.config] if a.config else []) + (["--json"] if a.json else []) + a.replay_args)
+    if a.cmd == "db":
+        from cms.db import command
+        return command.main(a.db_sub, a.db_config or a.config, as_json=a.json)
     url, token = _default_url_and_token(a.config)
     if not 0 < a.timeout <= 86400:
         ap.error("--timeout must be above 0 and at most 86400 seconds")

@@ -260,7 +260,10 @@ class PlacementConfig:
 
 @dataclass(frozen=True)
 class HistoryConfig:
-    """How long the state database keeps history (the console's charts and /v1/.../metrics)."""
+    """Where the console's charts and /v1/.../metrics read history (cms.history); how long the store keeps it."""
+    source: str = setting("store", choices=("store", "prometheus"), doc="prometheus: read prometheus_url, store no samples")
+    prometheus_url: str = setting("", doc="the Prometheus that scrapes cms-autoscaler (source = prometheus)")
+    prometheus_timeout_s: float = setting(10.0, min=0.1, max=300.0, doc="deadline of each query to it")
     retention_s: float = setting(86400.0, min=60.0, max=31536000.0,
                             doc="per-domain and per-host samples older than this are deleted (one row per domain "
                                 "per tick: about 11 MB per domain and day at tick_s = 1)")
@@ -270,7 +273,8 @@ class HistoryConfig:
 
 @dataclass(frozen=True)
 class Config:
-    state_db: str = setting("/var/lib/cms/state.db", doc="SQLite database of metrics, events and API state")
+    state_db: str = setting("/var/lib/cms/state.db", doc="a path (SQLite) or postgresql://USER@HOST/DB (cms.db)")
+    state_db_password_file: str = setting("", doc="the PostgreSQL password, read from this file")
     log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
     hosts: list[HostConfig] = setting([{"name": "local", "uri": "qemu:///system"}])
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)

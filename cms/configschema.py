@@ -152,6 +152,37 @@ def libvirt_uri_problem(uri: str) -> str | None:
     return None
 
 
+def state_db_problem(value: str) -> str | None:
+    """Why ``value`` cannot be state_db (a path, or postgresql://USER@HOST[:PORT]/DB); None when it can."""
+    if "://" not in value:
+        return None if value else "empty: give a file path (SQLite) or a postgresql:// URL"
+    want = "want a file path (SQLite) or postgresql://USER@HOST[:PORT]/DB"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f"{exc}; {want}"
+    if parts.scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
+        return f"{parts.scheme}:// is not supported; {want}"
+    if parts.password is not None:
+        return "holds a password: put it in a file and name that file in state_db_password_file"
+    if not parts.hostname or parts.path in ("", "/"):
+        return f"names no {'database' if parts.hostname else 'host'}; {want}"
+    return None
+
+
+def url_problem(value: str) -> str | None:
+    """Why ``value`` is not an http(s)://HOST[:PORT][/PATH] URL; None when it is."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "want http://HOST:PORT"
+    return None
+
+
 def host_port_problem(value: str, wildcard_port: bool = False) -> str | None:
     host, sep, port = value.rpartition(":")
     if sep and host and (port.isdigit() and 0 < int(port) < 65536 or wildcard_port and port == "*"):
@@ -233,7 +264,10 @@ def cross_checks(cfg: Any) -> None:
             except ValueError as exc:
                 raise ConfigError(f"{src}: hosts[{i}].fence_command = {h.fence_command!r}: {exc} (it is split "
                                   "like a shell command line)") from None
-    checks = [("api.bind", cfg.api.bind, bind_problem(cfg.api.bind))]
+    checks = [("state_db", cfg.state_db, state_db_problem(cfg.state_db)),
+              ("history.prometheus_url", cfg.history.prometheus_url,
+               cfg.history.source == "prometheus" and url_problem(cfg.history.prometheus_url)),
+              ("api.bind", cfg.api.bind, bind_problem(cfg.api.bind))]
     checks += [(f"zmq.{k}[{i}]", e, zmq_problem(e)) for k in ("publish", "snapshot")
                for i, e in enumerate(getattr(cfg.zmq, k))]
     checks += [(f"coordination.url[{i}]", u, etcd_url_problem(u)) for i, u in enumerate(cfg.coordination.url)]

@@ -1,27 +1,31 @@
-"""The state database: SQLite, shared by the autoscaler and the API's gunicorn workers.
+"""The state database: samples, events, scale requests and replica states, shared by the
+autoscaler and the API's gunicorn workers, on SQLite or PostgreSQL (``state_db``; cms.db says
+how each is opened, and cms.db.schema declares every table).
 
-Decision: every process opens the same file in WAL mode and writes in short
-``BEGIN IMMEDIATE`` transactions, with a busy timeout. WAL lets the API's readers run
-while the daemon writes samples; IMMEDIATE takes the write lock at the start, so two
-writers never both read-then-write (that is how the API keeps two creates from taking the
-same last slot). A single owner process that others ask would add a hop to every API call
-for no gain at this write rate (one batch of samples a second).
+Decision: every process opens the same database and writes in short transactions that hold
+the write lock from their first statement (SQLite's ``BEGIN IMMEDIATE``; on PostgreSQL one
+advisory lock, cms.db.begin_write), so two writers never both read-then-write (that is how
+the API keeps two creates from taking the same last slot). Reads take no lock: SQLite's WAL
+lets them run while the daemon writes samples, and PostgreSQL reads in autocommit. A single
+owner process that others ask would add a hop to every API call for no gain at this write
+rate (one batch of samples a second).
 
 What lives here is derived or bookkeeping state: libvirt stays the truth about which
-domains exist (their <metadata> rebuilds the fleet), so losing this file loses history,
-not VMs.
+domains exist (their <metadata> rebuilds the fleet), so losing this database loses history
+and the API's vmids, not VMs. PostgreSQL keeps those on a server that outlives the controller.
 
-Tables owned by this module: ``samples`` (per-domain utilization), ``host_samples``
-(per-host load), ``events`` (scaling decisions, failures, API actions) and
-``scale_requests`` (a replica count asked for through the API, one pending request per
-group, which the autoscaler consumes) and ``replicas`` (each replica's lifecycle state,
-written by the autoscaler when it changes, read by the API). Other modules add their own tables through
-``Store.ensure_schema``.
+Tables this module reads and writes: ``samples`` (per-domain utilization), ``host_samples``
+(per-host load), ``events`` (scaling decisions, failures, API actions), ``scale_requests``
+(a replica count asked for through the API, one pending request per group, which the
+autoscaler consumes) and ``replicas`` (each replica's lifecycle state, written by the
+autoscaler when it changes, read by the API). The other modules' tables are declared in
+cms.db.schema too; they read and write them through ``read()`` and ``write()``.
 
 History is bounded: ``prune_history`` deletes samples, host samples and events older than
 the retention the caller gives (the ``[history]`` settings); ``*_buckets`` read a range
 downsampled in SQL, one row per step, so a day of one-second samples is never shipped
-to Python whole.
+to Python whole. With ``[history] source = "prometheus"`` the autoscaler writes no samples
+here at all (cms.history).
 """
 
 from __future__ import annotations
@@ -29,42 +33,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS samples (
-    ts REAL NOT NULL, host TEXT NOT NULL, domain TEXT NOT NULL, grp TEXT NOT NULL,
-    cpu REAL, vcpus INTEGER, memory_kib INTEGER, state TEXT
-);
-CREATE INDEX IF NOT EXISTS samples_grp_ts ON samples(grp, ts);
-CREATE INDEX IF NOT EXISTS samples_domain_ts ON samples(domain, ts);
-CREATE INDEX IF NOT EXISTS samples_host_ts ON samples(host, ts);
-CREATE TABLE IF NOT EXISTS host_samples (
-    ts REAL NOT NULL, host TEXT NOT NULL, cpu REAL, node_cpu REAL, cpus INTEGER, vms INTEGER,
-    vcpus INTEGER, free_memory_mib INTEGER
-);
-CREATE INDEX IF NOT EXISTS host_samples_host_ts ON host_samples(host, ts);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL,
-    grp TEXT NOT NULL DEFAULT '', subject TEXT NOT NULL DEFAULT '', message TEXT NOT NULL DEFAULT '',
-    data TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
-CREATE TABLE IF NOT EXISTS scale_requests (grp TEXT PRIMARY KEY, replicas INTEGER NOT NULL, ts REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS replicas (
-    name TEXT PRIMARY KEY, grp TEXT NOT NULL, host TEXT NOT NULL DEFAULT '', state TEXT NOT NULL,
-    address TEXT NOT NULL DEFAULT '', port INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL
-);
-"""
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
-# The replicas' load figures (issue 24), added to samples the way vcpu was: a named set of
-# columns, so an older file gains them on open and a schema module can take them over as one.
-LOAD_COLUMNS = {"in_flight": "REAL", "rate": "REAL", "p95_s": "REAL"}
+from cms import db
+from cms.db.schema import events as E
+from cms.db.schema import host_samples as HS
+from cms.db.schema import replicas as R
+from cms.db.schema import samples as S
+from cms.db.schema import scale_requests as SR
 
 
 @dataclass(frozen=True)
@@ -119,205 +100,218 @@ class Event:
     data: dict[str, Any]
 
 
-def _enable_wal(c: sqlite3.Connection, within_s: float = 10.0) -> None:
-    """Switch the file to WAL once. Several processes opening a new file at once (gunicorn
-    workers, the autoscaler) can get SQLITE_BUSY from the switch itself without the busy
-    handler being consulted, so it is retried for a bounded time; once the file is in WAL,
-    later connections only read the mode and never take that lock."""
-    deadline = time.monotonic() + within_s
-    while True:
-        try:
-            if c.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
-                return
-            c.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 MAX_ROWID = 2 ** 63 - 1
 
 
-def _where(query: str, args: list[Any], **equal: Any) -> tuple[str, list[Any]]:
-    """`query` (which has a WHERE) with `AND column = ?` for each keyword that is not None."""
+def _equal(q: Any, table: sa.Table, **equal: Any) -> Any:
+    """`q` with `column = value` for each keyword whose value is not None."""
     for column, value in equal.items():
         if value is not None:
-            query += f" AND {column} = ?"
-            args.append(value)
-    return query, args
+            q = q.where(table.c[column] == value)
+    return q
+
+
+def bucket(conn: Connection, ts: Any, since: float, step: float) -> Any:
+    """The bucket index floor((ts - since) / step) as an integer (ts >= since: truncation on
+    SQLite, which has no floor() in every build; PostgreSQL's CAST rounds, so floor first)."""
+    x = (ts - since) / step
+    if conn.dialect.name == "postgresql":
+        x = sa.func.floor(x)
+    return sa.cast(x, sa.Integer).label("b")
+
+
+def avg(x: Any, name: str) -> Any:
+    """AVG as a float on both backends (PostgreSQL's AVG of integers is numeric: Decimal)."""
+    return sa.cast(sa.func.avg(x), db.schema.Float).label(name)
+
+
+def _vcpu_item(conn: Connection, i: int) -> Any:
+    if conn.dialect.name == "postgresql":
+        return sa.cast(sa.cast(S.c.vcpu, sa.JSON).op("->>")(i), db.schema.Float)
+    return sa.func.json_extract(S.c.vcpu, f"$[{i}]")
+
+
+def _vcpu_count(conn: Connection) -> Any:
+    if conn.dialect.name == "postgresql":
+        return sa.func.json_array_length(sa.cast(S.c.vcpu, sa.JSON))
+    return sa.func.json_array_length(S.c.vcpu)
+
+
+def _rows(result: Any) -> list[Mapping[str, Any]]:
+    return list(result.mappings())
 
 
 class Store:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self.ensure_schema(SCHEMA)
-        self._add_columns("samples", {"vcpu": "TEXT"})   # added after the table: older files lack it
-        self._add_columns("samples", LOAD_COLUMNS)
+    """The state database of ``state_db`` (a path, or a postgresql:// URL with the password in
+    ``password_file``). Opening it makes an empty database at the schema's head, and raises
+    cms.db.SchemaMismatch on one at another revision (``check=False``: `cms db` itself)."""
 
-    def _add_columns(self, table: str, columns: dict[str, str]) -> None:
-        c = self.connect()
-        have = {r["name"] for r in c.execute(f"PRAGMA table_info({table})")}
-        for name, decl in columns.items():
-            if name not in have:
-                try:
-                    c.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
-                except sqlite3.OperationalError as e:
-                    if "duplicate column" not in str(e):   # another process added it meanwhile
-                        raise
+    def __init__(self, state_db: str | os.PathLike[str], password_file: str = "", *, check: bool = True) -> None:
+        self.url = str(state_db)
+        self.engine = db.open_engine(self.url, password_file)
+        opts = {"isolation_level": "AUTOCOMMIT"} if self.engine.dialect.name == "postgresql" else {"cms_read": True}
+        self._reader = self.engine.execution_options(**opts)
+        if check:
+            db.ensure(self.engine, self.url)
 
-    def connect(self) -> sqlite3.Connection:
-        """This thread's connection (sqlite3 connections are not shared across threads)."""
-        c = getattr(self._local, "conn", None)
-        if c is None:
-            c = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=True)
-            c.row_factory = sqlite3.Row
-            c.execute("PRAGMA busy_timeout=10000")
-            _enable_wal(c)
-            c.execute("PRAGMA synchronous=NORMAL")
-            c.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = c
-        return c
+    @classmethod
+    def of(cls, cfg: Any) -> "Store":
+        """The configuration's state database (state_db, state_db_password_file)."""
+        return cls(cfg.state_db, cfg.state_db_password_file)
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.engine.dialect.name == "postgresql" else "sqlite"
 
     def close(self) -> None:
-        c = getattr(self._local, "conn", None)
-        if c is not None:
-            c.close()
-            self._local.conn = None
+        self.engine.dispose()
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds the lock from its first statement (BEGIN IMMEDIATE)."""
-        c = self.connect()
-        c.execute("BEGIN IMMEDIATE")
-        try:
+    def read(self) -> Iterator[Connection]:
+        """A connection for reads, outside any transaction (each statement sees the latest commit)."""
+        with self._reader.connect() as c:
             yield c
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        else:
-            c.execute("COMMIT")
 
-    def ensure_schema(self, ddl: str) -> None:
-        c = self.connect()
-        c.executescript(ddl)
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction that holds the write lock from its start; committed at the end,
+        rolled back on an exception."""
+        with self.engine.connect().execution_options(cms_write=True) as c, c.begin():
+            db.begin_write(c)
+            yield c
+
+    def scalar(self, q: Any) -> Any:
+        with self.read() as c:
+            return c.execute(q).scalar()
+
+    def all(self, q: Any) -> list[Mapping[str, Any]]:
+        """Every row of a query, as mappings (row["column"])."""
+        with self.read() as c:
+            return _rows(c.execute(q))
 
     # -- samples --------------------------------------------------------------------------
 
     def add_samples(self, samples: Iterable[Sample]) -> None:
-        rows = [(s.ts, s.host, s.domain, s.group, s.cpu, s.vcpus, s.memory_kib, s.state,
-                 json.dumps(list(s.vcpu)) if s.vcpu else None, s.in_flight, s.rate, s.p95_s) for s in samples]
+        rows = [{"ts": s.ts, "host": s.host, "domain": s.domain, "grp": s.group, "cpu": s.cpu, "vcpus": s.vcpus,
+                 "memory_kib": s.memory_kib, "state": s.state,
+                 "vcpu": json.dumps(list(s.vcpu)) if s.vcpu else None,
+                 "in_flight": s.in_flight, "rate": s.rate, "p95_s": s.p95_s} for s in samples]
         if not rows:
             return
         with self.write() as c:
-            c.executemany("INSERT INTO samples (ts, host, domain, grp, cpu, vcpus, memory_kib, state, vcpu, "
-                          "in_flight, rate, p95_s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            c.execute(S.insert(), rows)
 
     def samples(self, group: str | None = None, since: float = 0.0, domain: str | None = None,
                 limit: int = 100000) -> list[Sample]:
-        q, args = _where("SELECT * FROM samples WHERE ts >= ?", [since], grp=group, domain=domain)
-        q += " ORDER BY ts LIMIT ?"
-        args.append(limit)
+        q = _equal(sa.select(S).where(S.c.ts >= since), S, grp=group, domain=domain).order_by(S.c.ts).limit(limit)
         return [Sample(r["ts"], r["host"], r["domain"], r["grp"], r["cpu"], r["vcpus"], r["memory_kib"], r["state"],
                        tuple(json.loads(r["vcpu"])) if r["vcpu"] else (), r["in_flight"], r["rate"], r["p95_s"])
-                for r in self.connect().execute(q, args)]
+                for r in self.all(q)]
 
     def prune_samples(self, older_than: float) -> int:
         with self.write() as c:
-            return c.execute("DELETE FROM samples WHERE ts < ?", (older_than,)).rowcount
+            return c.execute(S.delete().where(S.c.ts < older_than)).rowcount
 
     def add_host_samples(self, samples: Iterable[HostSample]) -> None:
-        rows = [(s.ts, s.host, s.cpu, s.node_cpu, s.cpus, s.vms, s.vcpus, s.free_memory_mib) for s in samples]
+        rows = [{"ts": s.ts, "host": s.host, "cpu": s.cpu, "node_cpu": s.node_cpu, "cpus": s.cpus, "vms": s.vms,
+                 "vcpus": s.vcpus, "free_memory_mib": s.free_memory_mib} for s in samples]
         if not rows:
             return
         with self.write() as c:
-            c.executemany("INSERT INTO host_samples (ts, host, cpu, node_cpu, cpus, vms, vcpus, free_memory_mib) "
-                          "VALUES (?,?,?,?,?,?,?,?)", rows)
+            c.execute(HS.insert(), rows)
 
     def host_samples(self, host: str | None = None, since: float = 0.0, until: float = float("inf"),
                      limit: int = 100000) -> list[HostSample]:
-        q, args = _where("SELECT * FROM host_samples WHERE ts >= ? AND ts < ?", [since, until], host=host)
-        args.append(limit)
-        return [HostSample(r["ts"], r["host"], r["cpu"], r["cpus"], r["vms"], r["vcpus"], r["free_memory_mib"],
-                           r["node_cpu"]) for r in self.connect().execute(q + " ORDER BY ts LIMIT ?", args)]
+        q = sa.select(HS).where(HS.c.ts >= since)
+        if until != float("inf"):
+            q = q.where(HS.c.ts < until)
+        q = _equal(q, HS, host=host).order_by(HS.c.ts).limit(limit)
+        return [_host_sample(r) for r in self.all(q)]
 
     def prune_history(self, samples_before: float, events_before: float | None = None) -> dict[str, int]:
         """Delete samples and host samples older than samples_before (and events older than
         events_before); returns the rows deleted per table. Each table in its own short write."""
         out = {}
-        for table, before in (("samples", samples_before), ("host_samples", samples_before),
-                              ("events", events_before)):
+        for table, before in ((S, samples_before), (HS, samples_before), (E, events_before)):
             if before is None:
                 continue
             with self.write() as c:
-                out[table] = c.execute(f"DELETE FROM {table} WHERE ts < ?", (before,)).rowcount
+                out[table.name] = c.execute(table.delete().where(table.c.ts < before)).rowcount
         return out
 
     # -- downsampled reads (the history API) ----------------------------------------------
     # Each answers one row per non-empty bucket, ``b`` = floor((ts - since) / step), over
     # since <= ts < until; the caller lays the buckets out on its time axis.
 
-    def domain_buckets(self, domain: str, since: float, until: float, step: float) -> list[sqlite3.Row]:
+    def domain_buckets(self, domain: str, since: float, until: float, step: float) -> list[Mapping[str, Any]]:
         """One domain: mean and peak CPU, mean memory, latest vCPU count, and the mean of
         each vCPU's figure (columns vcpu0, vcpu1, ... up to the most vCPUs seen)."""
-        c = self.connect()
-        n = c.execute("SELECT MAX(json_array_length(vcpu)) FROM samples WHERE domain=? AND ts>=? AND ts<?",
-                      (domain, since, until)).fetchone()[0] or 0
-        per = "".join(f", AVG(json_extract(vcpu, '$[{i}]')) AS vcpu{i}" for i in range(min(int(n), 256)))
-        return c.execute(
-            f"SELECT CAST((ts - ?) / ? AS INTEGER) AS b, AVG(cpu) AS cpu, MAX(cpu) AS cpu_max, "
-            f"AVG(memory_kib) AS memory_kib, MAX(vcpus) AS vcpus, COUNT(*) AS n{per} "
-            "FROM samples WHERE domain=? AND ts>=? AND ts<? GROUP BY b ORDER BY b",
-            (since, step, domain, since, until)).fetchall()
+        where = (S.c.domain == domain, S.c.ts >= since, S.c.ts < until)
+        with self.read() as c:
+            n = c.execute(sa.select(sa.func.max(_vcpu_count(c))).where(*where)).scalar() or 0
+            b = bucket(c, S.c.ts, since, step)
+            q = sa.select(b, avg(S.c.cpu, "cpu"), sa.func.max(S.c.cpu).label("cpu_max"),
+                          avg(S.c.memory_kib, "memory_kib"), sa.func.max(S.c.vcpus).label("vcpus"),
+                          sa.func.count().label("n"),
+                          *(avg(_vcpu_item(c, i), f"vcpu{i}") for i in range(min(int(n), 256))))
+            return _rows(c.execute(q.where(*where).group_by(b).order_by(b)))
 
     def domain_share_buckets(self, since: float, until: float, step: float, *, host: str | None = None,
-                             group: str | None = None) -> list[sqlite3.Row]:
+                             group: str | None = None) -> list[Mapping[str, Any]]:
         """Per bucket and domain: mean CPU in CPUs (cpu x vCPUs, so 1.0 is one whole CPU) and
         mean utilization of its own vCPUs; of one host's or one group's domains."""
-        q, args = _where("SELECT CAST((ts - ?) / ? AS INTEGER) AS b, domain, AVG(cpu * vcpus) AS cpus_used, "
-                         "AVG(cpu) AS cpu FROM samples WHERE ts>=? AND ts<?", [since, step, since, until],
-                         host=host, grp=group)
-        return self.connect().execute(q + " GROUP BY b, domain ORDER BY b, domain", args).fetchall()
+        with self.read() as c:
+            b = bucket(c, S.c.ts, since, step)
+            q = sa.select(b, S.c.domain, avg(S.c.cpu * S.c.vcpus, "cpus_used"), avg(S.c.cpu, "cpu"))
+            q = _equal(q.where(S.c.ts >= since, S.c.ts < until), S, host=host, grp=group)
+            return _rows(c.execute(q.group_by(b, S.c.domain).order_by(b, S.c.domain)))
 
     def tick_buckets(self, since: float, until: float, step: float, *, host: str | None = None,
-                     group: str | None = None) -> list[sqlite3.Row]:
+                     group: str | None = None) -> list[Mapping[str, Any]]:
         """Per bucket, from the per-domain samples: ticks seen, mean over ticks of the CPUs the
         domains used (Σ cpu x vCPUs), of their vCPUs, of the domains counted, and the mean CPU;
         of the polled replicas' mean in flight per replica, and of the highest p95 among them."""
-        q, args = _where("SELECT ts, SUM(cpu * vcpus) AS cpus_used, SUM(vcpus) AS vcpus, COUNT(*) AS domains, "
-                         "AVG(cpu) AS cpu, AVG(in_flight) AS in_flight, MAX(p95_s) AS p95_s "
-                         "FROM samples WHERE ts>=? AND ts<?", [since, until], host=host, grp=group)
-        return self.connect().execute(
-            "SELECT CAST((ts - ?) / ? AS INTEGER) AS b, COUNT(*) AS ticks, AVG(cpus_used) AS cpus_used, "
-            "AVG(vcpus) AS vcpus, AVG(domains) AS domains, AVG(cpu) AS cpu, AVG(in_flight) AS in_flight, "
-            "AVG(p95_s) AS p95_s "
-            f"FROM ({q} GROUP BY ts) GROUP BY b ORDER BY b", [since, step, *args]).fetchall()
+        with self.read() as c:
+            per_tick = sa.select(S.c.ts, sa.func.sum(S.c.cpu * S.c.vcpus).label("cpus_used"),
+                                 sa.func.sum(S.c.vcpus).label("vcpus"), sa.func.count().label("domains"),
+                                 avg(S.c.cpu, "cpu"), avg(S.c.in_flight, "in_flight"),
+                                 sa.func.max(S.c.p95_s).label("p95_s")).where(S.c.ts >= since, S.c.ts < until)
+            t = _equal(per_tick, S, host=host, grp=group).group_by(S.c.ts).subquery()
+            b = bucket(c, t.c.ts, since, step)
+            q = sa.select(b, sa.func.count().label("ticks"), avg(t.c.cpus_used, "cpus_used"),
+                          avg(t.c.vcpus, "vcpus"), avg(t.c.domains, "domains"), avg(t.c.cpu, "cpu"),
+                          avg(t.c.in_flight, "in_flight"), avg(t.c.p95_s, "p95_s"))
+            return _rows(c.execute(q.group_by(b).order_by(b)))
 
-    def state_buckets(self, group: str, since: float, until: float, step: float) -> list[sqlite3.Row]:
+    def state_buckets(self, group: str, since: float, until: float, step: float) -> list[Mapping[str, Any]]:
         """Per bucket and replica state: rows of that state in the group (divide by the bucket's
         ticks for the mean number of replicas in it)."""
-        return self.connect().execute(
-            "SELECT CAST((ts - ?) / ? AS INTEGER) AS b, state, COUNT(*) AS n FROM samples "
-            "WHERE grp=? AND ts>=? AND ts<? GROUP BY b, state ORDER BY b, state",
-            (since, step, group, since, until)).fetchall()
+        with self.read() as c:
+            b = bucket(c, S.c.ts, since, step)
+            q = sa.select(b, S.c.state, sa.func.count().label("n")).where(
+                S.c.grp == group, S.c.ts >= since, S.c.ts < until)
+            return _rows(c.execute(q.group_by(b, S.c.state).order_by(b, S.c.state)))
 
-    def host_buckets(self, host: str, since: float, until: float, step: float) -> list[sqlite3.Row]:
+    def host_buckets(self, host: str, since: float, until: float, step: float) -> list[Mapping[str, Any]]:
         """One host's rows of host_samples: mean CPU and node CPU, peak CPU, mean free RAM, VMs, vCPUs."""
-        return self.connect().execute(
-            "SELECT CAST((ts - ?) / ? AS INTEGER) AS b, AVG(cpu) AS cpu, MAX(cpu) AS cpu_max, AVG(node_cpu) AS node_cpu, "
-            "MAX(cpus) AS cpus, AVG(vms) AS vms, AVG(vcpus) AS vcpus, AVG(free_memory_mib) AS free_memory_mib, "
-            "COUNT(*) AS n FROM host_samples WHERE host=? AND ts>=? AND ts<? GROUP BY b ORDER BY b",
-            (since, step, host, since, until)).fetchall()
+        with self.read() as c:
+            b = bucket(c, HS.c.ts, since, step)
+            q = sa.select(b, avg(HS.c.cpu, "cpu"), sa.func.max(HS.c.cpu).label("cpu_max"),
+                          avg(HS.c.node_cpu, "node_cpu"), sa.func.max(HS.c.cpus).label("cpus"), avg(HS.c.vms, "vms"),
+                          avg(HS.c.vcpus, "vcpus"), avg(HS.c.free_memory_mib, "free_memory_mib"),
+                          sa.func.count().label("n")).where(HS.c.host == host, HS.c.ts >= since, HS.c.ts < until)
+            return _rows(c.execute(q.group_by(b).order_by(b)))
 
     def latest_host_sample(self, host: str, since: float = 0.0) -> HostSample | None:
-        r = self.connect().execute("SELECT * FROM host_samples WHERE host=? AND ts>=? ORDER BY ts DESC LIMIT 1",
-                                   (host, since)).fetchone()
-        return None if r is None else HostSample(r["ts"], r["host"], r["cpu"], r["cpus"], r["vms"], r["vcpus"],
-                                                 r["free_memory_mib"], r["node_cpu"])
+        rows = self.all(sa.select(HS).where(HS.c.host == host, HS.c.ts >= since).order_by(HS.c.ts.desc()).limit(1))
+        return _host_sample(rows[0]) if rows else None
+
+    def latest_domain_cpus(self, host: str, since: float) -> Mapping[str, Any] | None:
+        """The newest tick's CPUs used by a host's domains (Σ cpu x vCPUs): {ts, used}; None when none."""
+        used = sa.func.sum(S.c.cpu * S.c.vcpus).label("used")
+        rows = self.all(sa.select(S.c.ts, used).where(S.c.host == host, S.c.ts >= since)
+                        .group_by(S.c.ts).order_by(S.c.ts.desc()).limit(1))
+        return rows[0] if rows else None
 
     def latest_cores_used(self, host: str, since: float = 0.0) -> tuple[float, float] | None:
         """(ts, busy cores) of the host's newest tick of per-domain samples since `since`: each
@@ -332,18 +326,17 @@ class Store:
         """Record a wanted replica count; a newer request replaces a pending one."""
         ts = ts or time.time()
         with self.write() as c:
-            c.execute("INSERT INTO scale_requests VALUES (?,?,?) ON CONFLICT(grp) DO UPDATE SET "
-                      "replicas=excluded.replicas, ts=excluded.ts", (group, replicas, ts))
+            db.upsert(c, SR, [{"grp": group, "replicas": replicas, "ts": ts}], ["grp"])
         return ts
 
     def scale_requests(self) -> dict[str, tuple[int, float]]:
         """Pending requests: group -> (replicas, ts)."""
-        return {r["grp"]: (r["replicas"], r["ts"]) for r in self.connect().execute("SELECT * FROM scale_requests")}
+        return {r["grp"]: (r["replicas"], r["ts"]) for r in self.all(sa.select(SR))}
 
     def consume_scale_request(self, group: str, ts: float) -> bool:
         """Remove the request seen at ts; False if a newer one replaced it meanwhile."""
         with self.write() as c:
-            return c.execute("DELETE FROM scale_requests WHERE grp=? AND ts=?", (group, ts)).rowcount == 1
+            return c.execute(SR.delete().where(SR.c.grp == group, SR.c.ts == ts)).rowcount == 1
 
     # -- replica states (written by the autoscaler as they change) --------------------------
 
@@ -353,44 +346,44 @@ class Store:
         if not rows and not gone:
             return
         with self.write() as c:
-            c.executemany("INSERT INTO replicas VALUES (?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
-                          "grp=excluded.grp, host=excluded.host, state=excluded.state, address=excluded.address, "
-                          "port=excluded.port, updated=excluded.updated",
-                          [(r.name, r.group, r.host, r.state, r.address, r.port, r.updated) for r in rows])
-            c.executemany("DELETE FROM replicas WHERE name=?", [(n,) for n in gone])
+            if rows:
+                db.upsert(c, R, [{"name": r.name, "grp": r.group, "host": r.host, "state": r.state,
+                                  "address": r.address, "port": r.port, "updated": r.updated} for r in rows], ["name"])
+            if gone:
+                c.execute(R.delete().where(R.c.name.in_(gone)))
 
     def replicas(self, group: str | None = None) -> list[ReplicaRow]:
-        q, args = _where("SELECT * FROM replicas WHERE 1", [], grp=group)
+        q = _equal(sa.select(R), R, grp=group).order_by(R.c.name)
         return [ReplicaRow(r["name"], r["grp"], r["host"], r["state"], r["address"], r["port"], r["updated"])
-                for r in self.connect().execute(q + " ORDER BY name", args)]
+                for r in self.all(q)]
 
     # -- events ---------------------------------------------------------------------------
 
     def add_event(self, kind: str, message: str, *, group: str = "", subject: str = "",
                   data: dict[str, Any] | None = None, ts: float | None = None) -> int:
         with self.write() as c:
-            cur = c.execute("INSERT INTO events (ts, kind, grp, subject, message, data) VALUES (?,?,?,?,?,?)",
-                            (ts or time.time(), kind, group, subject, message, json.dumps(data or {})))
-            return int(cur.lastrowid or 0)
+            r = c.execute(E.insert().values(ts=ts or time.time(), kind=kind, grp=group, subject=subject,
+                                            message=message, data=json.dumps(data or {})))
+            return int(r.inserted_primary_key[0] or 0)
 
     def latest_events(self, kinds: Iterable[str]) -> dict[str, Event]:
         """The newest event of any of ``kinds`` for each subject (a host's last state move, say)."""
-        kinds = list(kinds)
-        marks = ",".join("?" * len(kinds))
-        q = (f"SELECT * FROM events WHERE id IN (SELECT MAX(id) FROM events WHERE kind IN ({marks}) "
-             "GROUP BY subject)")
+        newest = sa.select(sa.func.max(E.c.id)).where(E.c.kind.in_(list(kinds))).group_by(E.c.subject)
         return {r["subject"]: Event(r["id"], r["ts"], r["kind"], r["grp"], r["subject"], r["message"],
-                                    json.loads(r["data"])) for r in self.connect().execute(q, kinds)}
+                                    json.loads(r["data"])) for r in self.all(sa.select(E).where(E.c.id.in_(newest)))}
 
     def events(self, since_id: int = 0, group: str | None = None, kinds: Iterable[str] | None = None,
                limit: int = 1000, newest_first: bool = False, before_id: int | None = None) -> list[Event]:
-        q, args = _where("SELECT * FROM events WHERE id > ? AND id < ?",
-                         [since_id, MAX_ROWID if before_id is None else before_id], grp=group)
+        q = sa.select(E).where(E.c.id > since_id, E.c.id < (MAX_ROWID if before_id is None else before_id))
+        q = _equal(q, E, grp=group)
         kinds = list(kinds or [])
         if kinds:
-            q += f" AND kind IN ({','.join('?' * len(kinds))})"
-            args.extend(kinds)
-        q += f" ORDER BY id {'DESC' if newest_first else 'ASC'} LIMIT ?"
-        args.append(limit)
+            q = q.where(E.c.kind.in_(kinds))
+        q = q.order_by(E.c.id.desc() if newest_first else E.c.id).limit(limit)
         return [Event(r["id"], r["ts"], r["kind"], r["grp"], r["subject"], r["message"], json.loads(r["data"]))
-                for r in self.connect().execute(q, args)]
+                for r in self.all(q)]
+
+
+def _host_sample(r: Mapping[str, Any]) -> HostSample:
+    return HostSample(r["ts"], r["host"], r["cpu"], r["cpus"], r["vms"], r["vcpus"], r["free_memory_mib"],
+                      r["node_cpu"])

@@ -13,7 +13,7 @@ APT_PACKAGES=(
   gcc python3-dev python3-venv
   mmdebstrap e2fsprogs busybox-static cpio zstd
   openssh-client openssh-server iproute2 wrk curl systemd
-  chromium prometheus etcd-server
+  chromium prometheus etcd-server postgresql
 )
 
 if [ "$(id -u)" != 0 ]; then

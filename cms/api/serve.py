@@ -5,7 +5,7 @@
 The configuration (--config, else $CMS_CONFIG, else /etc/cms/cms.toml) gives api.bind and
 api.workers (0: 2 x CPUs + 1). gunicorn runs programmatically (a BaseApplication), so there
 is no separate gunicorn.conf.py to keep in step; the app is not preloaded, so each worker
-opens its own libvirt and SQLite connections after the fork. --check validates the
+opens its own libvirt and state database connections after the fork. --check validates the
 configuration and exits.
 
 Worker class (api.worker_class), decided on bench/api.py's figures (50 connections, 2 cores,
@@ -62,14 +62,17 @@ def main(argv: list[str] | None = None) -> int:
         print("cms-api: --workers must be at least 1", file=sys.stderr)
         return 2
 
-    # The schema (and the switch to WAL) is made once here, before the workers fork, so they
-    # never race to create it; a state_db that cannot be opened is one line, not a dead master.
-    import sqlite3
-
+    # The schema (and SQLite's switch to WAL) is made once here, before the workers fork, so
+    # they never race to create it. A state_db that cannot be opened, or that is at another
+    # schema revision (cms.db: `cms db upgrade`), is one line, not a dead master.
+    from cms import errors
     from cms.store import Store
     try:
-        Store(cfg.state_db).close()
-    except (OSError, sqlite3.Error) as e:
+        Store.of(cfg).close()
+    except errors.CmsError as e:
+        print(f"cms-api: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
         print(f"cms-api: cannot open state_db {cfg.state_db}: {e}", file=sys.stderr)
         return 2
 
