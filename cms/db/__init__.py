@@ -176,13 +176,25 @@ def begin_write(conn: Connection) -> None:
 
 # -- the schema's revision ---------------------------------------------------------------------
 
+@event.listens_for(sa.Table, "column_reflect")
+def _rowid_is_never_null(inspector: Any, table: sa.Table, info: dict[str, Any]) -> None:
+    """SQLite reports an INTEGER PRIMARY KEY made without NOT NULL (as the code before
+    versions made them) as nullable, but such a column is the rowid and never holds NULL:
+    say so, so Alembic's comparison does not see a difference that is not there."""
+    if inspector.dialect.name == "sqlite" and info.get("primary_key") and isinstance(info["type"], sa.Integer) \
+            and len(inspector.get_pk_constraint(table.name)["constrained_columns"]) == 1:
+        info["nullable"] = False
+
+
 _head_lock = threading.Lock()
 _head: list[str] = []
 
 
 def alembic_config(eng: Engine | None = None, conn: Connection | None = None) -> Any:
+    import io
+
     from alembic.config import Config
-    cfg = Config()
+    cfg = Config(stdout=io.StringIO())          # cms says what happened in its own words
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
     cfg.attributes["engine"] = eng
