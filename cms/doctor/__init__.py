@@ -74,7 +74,7 @@ def run(cfg: cms_config.Config, *, skip: set[str] = frozenset(), timeout: float 
     for k in ("publish", "snapshot"):
         eps = getattr(cfg.zmq, k)
         out.extend(check_zmq(f"zmq.{k}", e, several=len(eps) > 1) for e in eps)
-    out.append(check_state_db(cfg.state_db))
+    out.append(check_state_db(cfg.state_db, cfg.state_db_password_file))
     if "host-state" not in skip:
         out.extend(check_host_states(cfg))
     out.append(check_api(url or cfg.api.url, explicit=bool(url)))

@@ -210,37 +210,62 @@ def check_zmq(key: str, endpoint: str, several: bool = False) -> Check:
                  f"stop that process, or set {key} to a free port")
 
 
-def check_state_db(path: str) -> Check:
-    if not os.path.exists(path):
-        directory = os.path.dirname(path) or "."
-        ok, found, _free = writable_dir(directory)
-        if ok:
-            return Check("state-db", OK, path, f"not made yet; {directory}: {found}")
-        return Check("state-db", FAIL, path, f"cannot be made: {found}", "make the directory writable or set state_db")
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5)
+def check_state_db(path: str, password_file: str = "") -> Check:
+    """The state database: reachable (and writable, for a SQLite file), and at the schema
+    revision this cms needs."""
+    from cms import db
+    from cms.db import command
+    where = db.describe(path)
+    if not db.is_postgres(path):
+        if not os.path.exists(path):
+            directory = os.path.dirname(path) or "."
+            ok, found, _free = writable_dir(directory)
+            if ok:
+                return Check("state-db", OK, path, f"not made yet; {directory}: {found}")
+            return Check("state-db", FAIL, path, f"cannot be made: {found}", "make the directory writable or set state_db")
         try:
-            con.execute("BEGIN IMMEDIATE")
-            con.execute("ROLLBACK")
-        finally:
-            con.close()
-    except sqlite3.Error as exc:
-        return Check("state-db", FAIL, path, f"not writable: {exc}",
-                     "make the file and its directory writable (or wait for the process holding the lock)")
-    return Check("state-db", OK, path, "writable")
+            con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute("ROLLBACK")
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            return Check("state-db", FAIL, path, f"not writable: {exc}",
+                         "make the file and its directory writable (or wait for the process holding the lock)")
+    try:
+        st = command.status(path, password_file)
+    except db.CmsError as exc:
+        return Check("state-db", FAIL, where, str(exc), "start the database server, or correct state_db and "
+                     "state_db_password_file")
+    rev = f"schema revision {st['revision'] or 'none'}"
+    if st["state"] == "current":
+        return Check("state-db", OK, where, f"writable, {rev} (head)" if st["backend"] == "sqlite" else f"{rev} (head)")
+    if st["state"] == "empty":
+        return Check("state-db", OK, where, "empty: the first cms process to open it makes its tables")
+    fix = "upgrade cms" if st["state"] == "ahead" else "run `cms db upgrade`"
+    return Check("state-db", FAIL, where, f"{rev}: {command.WORDS[st['state']].split(':')[0]} (head {st['head']})", fix)
 
 
 def check_host_states(cfg: cms_config.Config) -> list[Check]:
     """Each host's state as cms-autoscaler last declared it (the newest host event in the state
     database): up is ok, suspect or fencing a warning, down a failure; none yet says so."""
-    if not os.path.exists(cfg.state_db):
-        return [Check("host-state", OK, cfg.state_db, "no state database yet: cms-autoscaler has declared nothing")]
+    from cms import db
+    where = db.describe(cfg.state_db)
+    if not db.is_postgres(cfg.state_db) and not os.path.exists(cfg.state_db):
+        return [Check("host-state", OK, where, "no state database yet: cms-autoscaler has declared nothing")]
+    from sqlalchemy.exc import SQLAlchemyError
+
     from cms.autoscaler.hoststate import STATE_OF
     from cms.store import Store
     try:
-        declared = Store(cfg.state_db).latest_events(STATE_OF)
-    except sqlite3.Error as exc:
-        return [Check("host-state", WARN, cfg.state_db, f"cannot read the hosts' states: {exc}")]
+        store = Store.of(cfg)
+        try:
+            declared = store.latest_events(STATE_OF)
+        finally:
+            store.close()
+    except (db.CmsError, SQLAlchemyError) as exc:
+        return [Check("host-state", WARN, where, f"cannot read the hosts' states: {str(exc).splitlines()[0]}")]
     out = []
     for h in cfg.hosts:
         e = declared.get(h.name)

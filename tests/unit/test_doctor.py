@@ -196,12 +196,27 @@ def test_state_db(tmp_path: Path):
     import sqlite3
     db = tmp_path / "state.db"
     sqlite3.connect(db).close()
-    assert machine.check_state_db(str(db)).status == OK
+    assert machine.check_state_db(str(db)).status == OK       # empty: made by the first process
     os.chmod(tmp_path, 0o500)     # root writes anyway: read-only only shows through SQLite's own answer
     try:
         assert machine.check_state_db(str(db)).status == OK
     finally:
         os.chmod(tmp_path, 0o700)
+
+
+def test_state_db_at_another_revision(state_db):
+    from cms import db
+    from cms.store import Store
+    Store(state_db).close()
+    c = machine.check_state_db(state_db)
+    assert c.status == OK and c.detail.endswith(f"schema revision {db.head()} (head)")
+    eng = db.engine(state_db)
+    with eng.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0001_initial'")
+    eng.dispose()
+    c = machine.check_state_db(state_db)
+    assert (c.status, c.fix) == (FAIL, "run `cms db upgrade`")
+    assert c.detail == f"schema revision 0001_initial: behind head (head {db.head()})"
 
 
 def test_ports(tmp_path: Path, node_uri: str):
