@@ -7,8 +7,11 @@ the range out as buckets ``[since + i*step, since + (i+1)*step)``: ``ts`` holds 
 bucket's start, and each series holds one value per bucket, ``null`` where no sample fell.
 So every series shares one time axis (what uPlot draws) and a range with no samples is a
 valid answer of nulls, with ``points`` = 0. A bucket's value is the mean of its samples
-(``cpu_max`` the peak), computed in SQLite (cms.store's ``*_buckets``), so a day of
-one-second samples never leaves the database whole.
+(``cpu_max`` the peak), computed where the history is: in the state database (cms.store's
+``*_buckets``), so a day of one-second samples never leaves it whole; or, with ``[history]
+source = "prometheus"``, by Prometheus' ``query_range`` over what cms-autoscaler exports
+(cms.promhistory answers the same calls), so both give the same shape and the same buckets.
+The markers are events, which the state database keeps either way.
 
 Bad ranges are 400s with the usual JSON error: a value that is not a finite number,
 ``since`` not before ``until``, a step that is not positive, or more than ``MAX_POINTS``
@@ -42,6 +45,7 @@ from typing import Any, Callable, Iterable
 from cms.api.failures import Invalid
 from cms.api.machines import host_of
 from cms.api.service import Service
+from cms.promhistory import source as history_source
 
 DEFAULT_RANGE_S = 3600.0
 DEFAULT_POINTS = 300
@@ -103,7 +107,7 @@ def _frame(since: float, until: float, step: float, buckets: int) -> dict[str, A
 
 def vm_metrics(svc: Service, vmid: int, since: float, until: float, step: float, buckets: int) -> dict[str, Any]:
     vm = svc.vms.get(vmid, full=True)
-    rows = svc.store.domain_buckets(vm["domain"], since, until, step)
+    rows = history_source(svc.cfg, svc.store).domain_buckets(vm["domain"], since, until, step)
     nvcpu = max((int(k[4:]) + 1 for r in rows for k in r.keys() if k.startswith("vcpu") and k[4:].isdigit()),
                 default=0)
     series = {
@@ -119,7 +123,7 @@ def vm_metrics(svc: Service, vmid: int, since: float, until: float, step: float,
 
 def host_metrics(svc: Service, pmid: int, since: float, until: float, step: float, buckets: int) -> dict[str, Any]:
     name = host_of(svc.sched, pmid)
-    store = svc.store
+    store = history_source(svc.cfg, svc.store)
     rows = store.host_buckets(name, since, until, step)
     shares = store.domain_share_buckets(since, until, step, host=name)
     cpus = next((r["cpus"] for r in reversed(rows) if r["cpus"]), 0) or svc.sched.host_cpus(name)
@@ -155,11 +159,11 @@ def host_metrics(svc: Service, pmid: int, since: float, until: float, step: floa
 
 def group_metrics(svc: Service, name: str, since: float, until: float, step: float, buckets: int) -> dict[str, Any]:
     gc = svc.groups.config(name)
-    store = svc.store
-    ticks = store.tick_buckets(since, until, step, group=name)
+    store, src = svc.store, history_source(svc.cfg, svc.store)
+    ticks = src.tick_buckets(since, until, step, group=name)
     per_tick = {r["b"]: r["ticks"] for r in ticks}
     states: dict[str, list[Any]] = {}
-    for r in store.state_buckets(name, since, until, step):
+    for r in src.state_buckets(name, since, until, step):
         if 0 <= r["b"] < buckets and per_tick.get(r["b"]):
             states.setdefault(r["state"] or "unknown", [None] * buckets)[r["b"]] = round(r["n"] / per_tick[r["b"]], 2)
     thresholds = ({"high": gc.threshold.high, "low": gc.threshold.low} if gc.policy == "threshold"

@@ -6,8 +6,9 @@ Two kinds of figures, one registry:
   rebuilt at the end of each tick: plain data, no lock) and the feed's plain attributes, by a
   custom collector. A scrape therefore costs no libvirt call and never waits for a tick:
   replicas (CPU, state; requests in flight and the latency histogram their guest server
-  keeps, from the tick's /status poll), hosts (up, CPU, VMs, memory), groups (replicas by state, desired,
-  min/max, the policy's mean and thresholds, the warm pool), the tick (seq, overruns) and
+  keeps, from the tick's /status poll), every domain's figures of the tick (CPU, each vCPU,
+  memory, state: the samples the store would keep), hosts (up, CPU, VMs, memory), groups
+  (replicas by state, desired, min/max, the policy's mean and thresholds, the warm pool), the tick (seq, overruns) and
   the ZeroMQ feed (sequence, subscribers).
 * Events, counted as they happen by three hooks the daemon calls: the journal's listener
   (decisions by action, failed replicas, failed spawns, spawn stages, decision -> ready),
@@ -71,6 +72,7 @@ class StatusCollector:
         yield from self._replicas(st.get("groups", {}))
         yield from self._groups(st.get("groups", {}))
         yield from self._hosts(st.get("hosts", {}))
+        yield from self._domains(st.get("domains", ()))
         yield from self._loop(st)
         yield from self._controller(st.get("controller") or {})
 
@@ -155,6 +157,33 @@ class StatusCollector:
         yield from (replicas, desired, lo, hi, mean, bounds, pool, target, warm)
 
     @staticmethod
+    def _domains(domains: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
+        """Every domain's figures of the last tick, as the store's samples hold them: what the
+        history API reads with [history] source = "prometheus" (cms.promhistory)."""
+        labels = ["domain", "host", "group"]
+        cpu = GaugeMetricFamily("cms_domain_cpu_utilization_ratio", "The domain's CPU over the last tick, per vCPU "
+                                "(every domain cms owns: replicas and the API's VMs)", labels=labels)
+        vcpu = GaugeMetricFamily("cms_domain_vcpu_utilization_ratio", "Each vCPU's busy share over the last tick",
+                                 labels=["domain", "vcpu"])
+        vcpus = GaugeMetricFamily("cms_domain_vcpus", "The domain's vCPUs", labels=labels)
+        mem = GaugeMetricFamily("cms_domain_memory_bytes", "The domain's current memory (the balloon's size)",
+                                labels=labels)
+        state = GaugeMetricFamily("cms_domain_state", "1 for the domain's state: a replica's lifecycle state, "
+                                  "else libvirt's", labels=["domain", "group", "state"])
+        for d in domains:
+            key = [d["name"], d.get("host") or "", d.get("group") or ""]
+            if d.get("cpu") is not None:
+                cpu.add_metric(key, d["cpu"])
+            for i, v in enumerate(d.get("vcpu") or ()):
+                if v is not None:
+                    vcpu.add_metric([d["name"], str(i)], v)
+            vcpus.add_metric(key, d.get("vcpus") or 0)
+            if d.get("memory_kib") is not None:
+                mem.add_metric(key, d["memory_kib"] * 1024)
+            state.add_metric([d["name"], d.get("group") or "", d.get("state") or ""], 1)
+        yield from (cpu, vcpu, vcpus, mem, state)
+
+    @staticmethod
     def _hosts(hosts: Mapping[str, Any]) -> Iterable[Metric]:
         up = GaugeMetricFamily("cms_host_up", "1 when the host is up: it answers and nothing lost is left on it",
                                labels=["host"])
@@ -162,6 +191,8 @@ class StatusCollector:
                                   "the others", labels=["host", "state"])
         cpu = GaugeMetricFamily("cms_host_cpu_utilization_ratio",
                                 "Share of the host's CPUs cms's domains used over the last tick", labels=["host"])
+        node = GaugeMetricFamily("cms_host_node_cpu_utilization_ratio",
+                                 "The node's own busy share, where libvirt reports it", labels=["host"])
         cpus = GaugeMetricFamily("cms_host_cpus", "The host's CPUs", labels=["host"])
         vms = GaugeMetricFamily("cms_host_vms", "Running domains cms owns on the host", labels=["host"])
         vcpus = GaugeMetricFamily("cms_host_vcpus", "vCPUs of those domains", labels=["host"])
@@ -173,13 +204,13 @@ class StatusCollector:
                 state.add_metric([h, st], 1 if hs.get("state", "up" if hs.get("up") else "down") == st else 0)
             vms.add_metric([h], hs.get("vms") or 0)
             vcpus.add_metric([h], hs.get("vcpus") or 0)
-            for fam, v in ((cpu, hs.get("cpu")), (cpus, hs.get("cpus"))):
+            for fam, v in ((cpu, hs.get("cpu")), (node, hs.get("node_cpu")), (cpus, hs.get("cpus"))):
                 if v is not None:
                     fam.add_metric([h], v)
             for fam, mib in ((mem, hs.get("memory_mib")), (free, hs.get("free_memory_mib"))):
                 if mib is not None:
                     fam.add_metric([h], mib * MIB)
-        yield from (up, state, cpu, cpus, vms, vcpus, mem, free)
+        yield from (up, state, cpu, node, cpus, vms, vcpus, mem, free)
 
     def _loop(self, st: Mapping[str, Any]) -> Iterable[Metric]:
         tick = st.get("tick") or {}

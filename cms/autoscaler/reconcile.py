@@ -288,7 +288,7 @@ class Autoscaler:
     def publish(self, now: float, t0: float) -> None:
         samples, self._samples = self._samples, []
         host_samples, self._host_samples = self._host_samples, []
-        if samples or host_samples:
+        if (samples or host_samples) and self.cfg.history.source == "store":   # else Prometheus keeps them
             try:
                 self.store.add_samples(samples)
                 self.store.add_host_samples(host_samples)
@@ -300,9 +300,10 @@ class Autoscaler:
         if not self.dry_run and self.started:
             self.journal.replicas(ReplicaRow(t.name, t.group, t.host, str(t.state), t.address, t.port, now)
                                   for t in tracks if t.group in self.groups and t.state != State.SPAWNING)
-        self._rebuild_status(now, t0, tracks)
+        self._rebuild_status(now, t0, tracks, tuple(samples), tuple(host_samples))
 
-    def _rebuild_status(self, now: float, t0: float, tracks: tuple[Track, ...]) -> None:
+    def _rebuild_status(self, now: float, t0: float, tracks: tuple[Track, ...], samples: tuple = (),
+                        host_samples: tuple = ()) -> None:
         took = time.monotonic() - t0
         info = self._tick_info
         info["seq"] += 1
@@ -313,7 +314,8 @@ class Autoscaler:
             tick=self.last_tick, listing=self._listing, capacities=self._capacities(), tick_info=info,
             feed_seq=int(getattr(self.publisher, "seq", 0)), hosts=tuple(self.fleet.hosts),
             load=self.figures, latency=self.load.latest if self.load is not None else {},
-            host_states={h: str(st) for h, st in self.hosts.states().items()})
+            host_states={h: str(st) for h, st in self.hosts.states().items()},
+            samples=samples, host_samples=host_samples)
         self._status["controller"] = self.leading.status()
 
     # -- leading and following ----------------------------------------------------------------

@@ -31,6 +31,7 @@ from cms.config import GroupConfig
 from cms.histogram import Counters, Figures
 from cms.metrics import Tick
 from cms.scheduler import held_mib
+from cms.store import HostSample, Sample
 from cms.virt import Capacity, Listing
 
 
@@ -39,9 +40,11 @@ def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track,
           capacities: Mapping[str, Capacity], tick_info: dict[str, Any], feed_seq: int,
           hosts: tuple[str, ...], load: Mapping[str, Figures] | None = None,
           latency: Mapping[str, Counters] | None = None,
-          host_states: Mapping[str, str] | None = None) -> dict[str, Any]:
+          host_states: Mapping[str, str] | None = None, samples: tuple[Sample, ...] = (),
+          host_samples: tuple[HostSample, ...] = ()) -> dict[str, Any]:
     """``host_states``: each host's state (cms.autoscaler.hoststate); a host's ``up`` is its
-    state being up (without states: that it answered the last listing)."""
+    state being up (without states: that it answered the last listing). ``samples`` and
+    ``host_samples``: the tick's, for the exporter's per-domain and node figures."""
     cpu = {m.name: m.cpu for m in tick.domains.values()} if tick else {}
     figures = _load(load or {}, latency or {})
     out_groups: dict[str, Any] = {}
@@ -77,14 +80,19 @@ def build(*, now: float, groups: Mapping[str, GroupConfig], tracks: tuple[Track,
         cap = capacities.get(h)
         hm = tick.hosts.get(h) if tick else None
         running = [d for d in doms if d.alive]
+        node = next((s.node_cpu for s in host_samples if s.host == h), None)
         out_hosts[h] = {
-            "state": state, "up": up, "cpu": hm.cpu if hm else None, "cpus": hm.cpus if hm else (cap.cpus if cap else None),
+            "state": state, "up": up, "cpu": hm.cpu if hm else None, "node_cpu": node,
+            "cpus": hm.cpus if hm else (cap.cpus if cap else None),
             "vms": len(running), "defined": len(doms), "vcpus": sum(d.vcpus for d in running),
             "memory_mib": cap.memory_mib if cap else None,
             "used_memory_mib": sum(held_mib(d, now) for d in running),   # what the guests hold
             "free_memory_mib": cap.free_memory_mib if cap else None,
         }
-    return {"ts": now, "tick": dict(tick_info), "feed_seq": feed_seq, "groups": out_groups, "hosts": out_hosts}
+    domains = [{"name": s.domain, "host": s.host, "group": s.group, "cpu": s.cpu, "vcpus": s.vcpus,
+                "memory_kib": s.memory_kib, "state": s.state, "vcpu": list(s.vcpu)} for s in samples]
+    return {"ts": now, "tick": dict(tick_info), "feed_seq": feed_seq, "groups": out_groups, "hosts": out_hosts,
+            "domains": domains}
 
 
 def _replica(t: Track, cpu: Mapping[str, float | None]) -> dict[str, Any]:

@@ -5,6 +5,12 @@ golden image, cms-api and cms-autoscaler as processes on one cms.toml, and `prom
 loopback with a configuration this test writes (1 s scrapes, cms's rule file). The group's
 policy never acts by itself (its windows outlast the test): a scale request through the API
 takes it from 1 to 2 replicas, and Prometheus must see the count change.
+
+The same stack serves the history from Prometheus ([history] source = "prometheus",
+cms.promhistory): an API VM (a blank disk: QEMU runs, no guest boots) is charted from the
+store by the running API and from Prometheus by the same routes built in this process, and
+the two must agree within one step; and every query of the Grafana dashboard
+(etc/grafana/cms-dashboard.json) must return data from this Prometheus.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from cms import config as cms_config
 from cms.lab.realstack import GOLDEN, drop_pool, stop_process, wait_until
 from cms.virt import Fleet
 from tests.integration.test_api_real import served
-from tests.support import ROOT, free_port
+from tests.support import ROOT, blank_golden, free_port
 
 pytestmark = pytest.mark.real
 
@@ -42,6 +48,7 @@ class Stack:
     scaler: str              # cms-autoscaler's metrics URL
     prom: str                # Prometheus' URL
     tmp: Path
+    pool: str
 
 
 def http(url: str, method: str = "GET", body: dict | None = None, token: str | None = None) -> tuple[int, bytes]:
@@ -89,6 +96,8 @@ pool = "{pool}"
 pool_path = "/var/lib/cms/test/{pool}"
 [image]
 golden = "{GOLDEN}"
+pool = "{pool}-images"
+pool_path = "/var/lib/cms/test/{pool}-images"
 [api]
 bind = "127.0.0.1:{api_port}"
 workers = 2
@@ -121,6 +130,8 @@ scrape_configs:
   - job_name: cms-autoscaler
     static_configs: [{{targets: ["127.0.0.1:{metrics_port}"]}}]
 """)
+    (tmp / "image_file").write_text(f"{blank_golden()}\n")
+    (tmp / "types_file").write_text(json.dumps({"types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}]}))
     env = {**os.environ, "CMS_RUN_DIR": str(tmp / "run")}
     env.pop("CMS_CONFIG", None)
     procs: list[tuple[subprocess.Popen, object]] = []
@@ -132,7 +143,7 @@ scrape_configs:
                                     f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"])):
                 log = open(tmp / f"{name}.log", "w")
                 procs.append((subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-            s = Stack(api_url, f"http://127.0.0.1:{metrics_port}", f"http://127.0.0.1:{prom_port}", tmp)
+            s = Stack(api_url, f"http://127.0.0.1:{metrics_port}", f"http://127.0.0.1:{prom_port}", tmp, pool)
 
             def both_up():
                 for p, _ in procs:
@@ -152,7 +163,11 @@ scrape_configs:
         try:
             for d in fleet.owned(GROUP):
                 fleet.remove(d.host, d.name)
+            for d in fleet.owned(None):          # the API VM, found by its disk in this test's pool
+                if d.meta.role == "vm" and pool in fleet.host("local").conn().lookupByName(d.name).XMLDesc(0):
+                    fleet.remove(d.host, d.name)
             drop_pool(fleet.host("local"), pool)
+            drop_pool(fleet.host("local"), f"{pool}-images")
         finally:
             fleet.close()
 
@@ -201,3 +216,105 @@ def test_both_scrapes_and_the_rules_pass_promtool(stack):
         return [r for g in json.loads(http(stack.prom + "/api/v1/rules")[1])["data"]["groups"] for r in g["rules"]]
     wait_until(lambda: all(r["health"] == "ok" for r in rules()), 30, 1.0, "every rule evaluated")
     assert len(rules()) == RULES.read_text().count("- alert:") >= 9, rules()     # every rule of the file
+
+
+# -- history from Prometheus, and the Grafana dashboard -----------------------------------------
+
+DASHBOARD = ROOT / "etc" / "grafana" / "cms-dashboard.json"
+
+
+@pytest.fixture(scope="module")
+def api_vm(stack):
+    """An API VM on a blank disk, and the same API built in this process on the Prometheus source."""
+    import dataclasses
+
+    import falcon.testing
+
+    from cms.api.app import create_app
+    from cms.api.service import build_deps
+    status, body = http(f"{stack.api}/v1/vms", "POST", {"name": "promvm", "instance_type": 1}, TOKEN)
+    assert status in (200, 201), body
+    vm = json.loads(body)
+    cfg = cms_config.load(stack.tmp / "cms.toml")
+    cfg = dataclasses.replace(cfg, history=dataclasses.replace(cfg.history, source="prometheus",
+                                                               prometheus_url=stack.prom))
+    deps = build_deps(cfg)
+    try:
+        yield vm, falcon.testing.TestClient(create_app(deps))
+    finally:
+        deps.fleet.close()
+        http(f"{stack.api}/vm/destroy?vmid={vm['vmid']}")
+
+
+def _metrics(get, path: str, **params) -> dict:
+    r = get(path, params)
+    assert r[0] == 200, r
+    return r[1]
+
+
+def test_vm_history_from_prometheus_is_the_stores_within_one_step(stack, api_vm):
+    vm, prom_api = api_vm
+    seen = f'count_over_time(cms_domain_cpu_utilization_ratio{{domain="{vm["domain"]}"}}[5m])'
+    wait_until(lambda: (value(stack, seen) or 0) >= 40, 120, 1.0, "40 scrapes of the VM's CPU")
+    first = min(float(t) for r in query(stack, f'cms_domain_vcpus{{domain="{vm["domain"]}"}}[5m]')
+                for t, _v in r["values"])
+    since, until = float(int(first)), float(int(first)) + 36.0
+
+    def from_store(params):
+        status, body = http(f"{stack.api}/v1/vms/{vm['vmid']}/metrics?" + urllib.parse.urlencode(params))
+        return status, json.loads(body)
+
+    def from_prom(params):
+        r = prom_api.simulate_get(f"/v1/vms/{vm['vmid']}/metrics", params=params)
+        return r.status_code, r.json
+
+    # one point per tick: each Prometheus point is a stored sample, in its bucket or the next
+    one = {"since": since, "until": until, "step": 1}
+    store, prom = _metrics(from_store, "", **one), _metrics(from_prom, "", **one)
+    assert store.keys() == prom.keys() and store["ts"] == prom["ts"] and store["series"].keys() == prom["series"].keys()
+    s_cpu, p_cpu = store["series"]["cpu"], prom["series"]["cpu"]
+    matched = [i for i, v in enumerate(p_cpu) if v is not None and v in (s_cpu[i], s_cpu[i - 1] if i else None)]
+    assert store["points"] >= 30 and len(matched) >= 0.8 * store["points"], (s_cpu, p_cpu)
+    # 6 s buckets: the same buckets have data, sizes as the store says, and each mean lies within
+    # the stored samples of its bucket and the second before it (a scrape comes after its tick)
+    six = {"since": since, "until": until, "step": 6}
+    store6, prom6 = _metrics(from_store, "", **six), _metrics(from_prom, "", **six)
+    assert [v is None for v in store6["series"]["cpu"]] == [v is None for v in prom6["series"]["cpu"]]
+    assert prom6["series"]["vcpus"] == store6["series"]["vcpus"] == [1] * 6
+    assert prom6["series"]["memory_mib"] == store6["series"]["memory_mib"] == [256.0] * 6
+    assert len(prom6["series"]["vcpu"]) == len(store6["series"]["vcpu"]) == 1
+    for i, v in enumerate(prom6["series"]["cpu"]):
+        near = [x for x in s_cpu[max(0, 6 * i - 1):6 * i + 6] if x is not None]
+        assert min(near) - 1e-4 <= v <= max(near) + 1e-4, (i, v, near)
+
+
+def test_group_and_host_history_from_prometheus_have_the_stores_shape(stack, api_vm):
+    _vm, prom_api = api_vm
+    now = float(int(value(stack, "time()")))
+    params = {"since": now - 60, "until": now, "step": 5}
+    for path in (f"/v1/groups/{GROUP}/metrics", "/v1/hosts/1/metrics"):
+        status, body = http(f"{stack.api}{path}?" + urllib.parse.urlencode(params))
+        store = json.loads(body)
+        r = prom_api.simulate_get(path, params=params)
+        assert status == r.status_code == 200, (body, r.text)
+        prom = r.json
+        assert store.keys() == prom.keys() and store["series"].keys() == prom["series"].keys(), path
+        assert store["ts"] == prom["ts"] and prom["points"] >= 10, (path, prom)
+    assert set(prom["domains"]) == set(store["domains"])            # every domain's share of the host
+    assert prom["source"] == "host" and prom["series"]["vms"][-2] == store["series"]["vms"][-2]
+
+
+def test_every_query_of_the_grafana_dashboard_returns_data(stack):
+    dash = json.loads(DASHBOARD.read_text())
+    variables = {v["name"] for v in dash["templating"]["list"]}
+    assert variables == {"datasource", "group", "host"}
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", ())]
+    titles = {p["title"] for p in dash["panels"]}
+    assert {"Hosts", "Groups", "Replicas", "Decisions", "Spawn stages"} <= titles and len(exprs) >= 15
+    for e in exprs:
+        q = (e.replace("$group", GROUP).replace("$host", "local").replace("$__range", "1h")
+             .replace("$__rate_interval", "1m"))
+        assert "$" not in q, q
+        result = query(stack, q)
+        finite = [float(r["value"][1]) for r in result if r["value"][1] not in ("NaN", "+Inf", "-Inf")]
+        assert finite, f"no data for {e}"
