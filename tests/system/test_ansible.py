@@ -35,6 +35,7 @@ LINT = VENV_BIN / "ansible-lint"
 PLAYBOOKS = sorted((ROOT / "playbooks").glob("*.yml"))
 # The roles this file's author owns; roles/golden_image is linted by its own tests.
 OWN_LINT_PATHS = ["playbooks/site.yml", "roles/libvirt_host", "roles/cms_controller", "roles/service_manager",
+                  "roles/postgresql",
                   "inventory"]
 # cms's runtime dependencies: pyproject's list without ansible and pytest, which a
 # controller does not need (installing ansible in a TCG VM takes many minutes).
