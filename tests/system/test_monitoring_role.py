@@ -51,7 +51,11 @@ def test_monitoring_play_local_idempotent(tmp_path: Path):
         "cms_monitoring_listen": f"127.0.0.1:{port}",
         "cms_monitoring_api_targets": ["127.0.0.1:18080"],
         "cms_monitoring_autoscaler_targets": ["127.0.0.1:19481"],
+        # Grafana "installed": its provisioning directory exists, so the dashboard is provisioned
+        "cms_monitoring_grafana_provisioning_dir": str(prefix / "grafana" / "provisioning"),
+        "cms_monitoring_grafana_dashboards_dir": str(prefix / "grafana" / "dashboards"),
     }
+    (prefix / "grafana" / "provisioning").mkdir(parents=True)
     vars_file = tmp_path / "vars.json"
     vars_file.write_text(json.dumps(extra))
     args = ["-i", "inventory/local.yml", "playbooks/monitoring.yml", "-e", f"@{vars_file}"]
@@ -70,6 +74,11 @@ def test_monitoring_play_local_idempotent(tmp_path: Path):
             return {(t["labels"]["job"], t["labels"]["instance"])
                     for t in prom_get(port, "/api/v1/targets")["activeTargets"]}
         wait_until(lambda: jobs() == want, 30, 0.5, f"the scrape targets {want}")
+        grafana = prefix / "grafana"
+        assert (grafana / "dashboards" / "cms-dashboard.json").read_bytes() == \
+            (ROOT / "etc" / "grafana" / "cms-dashboard.json").read_bytes()
+        assert f"path: {grafana / 'dashboards'}" in (grafana / "provisioning" / "dashboards" / "cms.yml").read_text()
+        assert f"url: http://127.0.0.1:{port}" in (grafana / "provisioning" / "datasources" / "cms.yml").read_text()
 
         for extra_args in ([], ["--check"]):
             out, counts = run_playbook([*args, *extra_args], timeout=300)
