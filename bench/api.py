@@ -45,16 +45,26 @@ def _ms(v: str, unit: str) -> float:
     return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def prepare(tmp: Path) -> None:
+    """The test driver's node, and the image and type the API creates its VM from."""
+    (tmp / "node.xml").write_text(NODE)
+    # a small real qcow2: its first create imports it into the test driver's pool, which keeps metadata only
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp / "bench.qcow2"), "8M"], check=True, timeout=60)
+    (tmp / "image_file").write_text(f"{tmp / 'bench.qcow2'}\n")
+    (tmp / "types_file").write_text(json.dumps({"types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}]}))
+
+
 def run_one(tmp: Path, label: str, tree: Path, worker_class: str, workers: int, duration: int,
-            connections: int, rnd: int) -> dict:
-    """Start cms-api from `tree` with one worker class on a fresh state database, create a VM,
-    run wrk on /vm/query, stop cms-api."""
+            connections: int, rnd: int, state_db: str = "") -> dict:
+    """Start cms-api from `tree` with one worker class on a fresh state database (state_db:
+    a new PostgreSQL database's URL; default a new SQLite file), create a VM, run wrk on
+    /vm/query, stop cms-api."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     run = f"{label}-{rnd}"
     conf = tmp / f"cms-{run}.toml"
-    conf.write_text(f'state_db = "{tmp}/state-{run}.db"\nlog_level = "warning"\n'
+    conf.write_text(f'state_db = "{state_db or f"{tmp}/state-{run}.db"}"\nlog_level = "warning"\n'
                     f'[libvirt]\ndomain_type = "qemu"\n[api]\nbind = "127.0.0.1:{port}"\n'
                     f'workers = {workers}\nworker_class = "{worker_class}"\n'
                     f'[[hosts]]\nname = "pm1"\nuri = "test://{tmp}/node.xml"\n')
@@ -182,12 +192,7 @@ def main() -> None:
     if a.rounds < 1:
         raise SystemExit("--rounds must be at least 1")
     tmp = Path(tempfile.mkdtemp(prefix="cms-bench-api-"))
-    (tmp / "node.xml").write_text(NODE)
-    # The API needs an image and a type to create the VM it queries: a small real qcow2 (its
-    # first create imports it into the test driver's pool, which keeps metadata only).
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp / "bench.qcow2"), "8M"], check=True, timeout=60)
-    (tmp / "image_file").write_text(f"{tmp / 'bench.qcow2'}\n")
-    (tmp / "types_file").write_text(json.dumps({"types": [{"tid": 1, "cpu": 1, "ram": 256, "disk": 1}]}))
+    prepare(tmp)
     servers = {"sync": (ROOT, "sync"), "gthread": (ROOT, "gthread")}
     against = ""
     if a.against != "none":
