@@ -38,15 +38,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
-from cms import files, runlock
+import sqlalchemy as sa
+
+from cms import db, files, runlock
+from cms.db.schema import images_imported as IMPORTED
 from cms.errors import CmsError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS images_imported (
-    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
-    sha256 TEXT NOT NULL, format TEXT NOT NULL, copy TEXT NOT NULL, hosts TEXT NOT NULL, imported REAL NOT NULL
-);
-"""
 HEAD_BYTES = 72 * 1024          # reaches the Btrfs superblock at 64 KiB
 CHUNK = 4 * 1024 * 1024
 LARGE = 64 * 1024 * 1024            # images above this report progress
@@ -165,18 +162,18 @@ class ImageStore:
 
     def __init__(self, cfg: Any, store: Any, fleet: Any = None) -> None:
         self.cfg, self.store, self.fleet = cfg, store, fleet
-        self.store.ensure_schema(SCHEMA)
 
     def copy_of(self, path: str) -> dict[str, Any] | None:
         """The import record of a source path: sha256, format, size, copy; None when not imported."""
-        r = self.store.connect().execute("SELECT * FROM images_imported WHERE path=?", (path,)).fetchone()
-        return None if r is None else {k: r[k] for k in r.keys()}
+        rows = self.store.all(sa.select(IMPORTED).where(IMPORTED.c.path == path))
+        return dict(rows[0]) if rows else None
 
     def record(self, imp: Imported, facts: Facts) -> None:
         with self.store.write() as c:
-            c.execute("INSERT OR REPLACE INTO images_imported VALUES (?,?,?,?,?,?,?,?,?)",
-                      (imp.path, facts.size, facts.mtime_ns, facts.inode, imp.sha256, imp.format, imp.copy,
-                       json.dumps(list(imp.hosts)), time.time()))
+            db.upsert(c, IMPORTED, [{"path": imp.path, "size": facts.size, "mtime_ns": facts.mtime_ns,
+                                     "inode": facts.inode, "sha256": imp.sha256, "format": imp.format,
+                                     "copy": imp.copy, "hosts": json.dumps(list(imp.hosts)),
+                                     "imported": time.time()}], ["path"])
 
     def _known_hash(self, facts: Facts) -> str | None:
         r = self.copy_of(facts.path)

@@ -31,8 +31,11 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
-from cms import errors, runlock
+import sqlalchemy as sa
+
+from cms import db, errors, runlock
 from cms.config import Config
+from cms.db import schema
 from cms.placement import (Choice, HostLoad, Request, Rules, charge_of, choose, fits, held_memory_mib, ram_room,
                            vcpu_room)
 from cms.store import Store
@@ -41,10 +44,6 @@ from cms.virt import Capacity, Fleet, Listing, OwnedDomain, OwnerMeta, Spawned
 log = logging.getLogger(__name__)
 
 DOWN_RETRY_S = 10.0
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS placement_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
 
 
 def held_mib(d: OwnedDomain, now: float) -> int:
@@ -64,8 +63,7 @@ class Scheduler:
         # (cms-api, the CLI, a single controller's autoscaler gets its SoleLeader)
         self.lease = lease
         self.fleet = fleet
-        self.store = store or Store(cfg.state_db)
-        self.store.ensure_schema(SCHEMA)
+        self.store = store or Store.of(cfg)
         self.clock = clock
         self.rules = Rules(cfg.placement.cpu_overcommit, cfg.placement.ram_reserve_mib)
         self._down_until: dict[str, float] = {}
@@ -166,13 +164,12 @@ class Scheduler:
     # -- the round-robin cursor ---------------------------------------------------------------
 
     def _cursor(self) -> int:
-        row = self.store.connect().execute("SELECT value FROM placement_state WHERE key='rr_cursor'").fetchone()
-        return int(row[0]) if row else 0
+        ps = schema.placement_state
+        return int(self.store.scalar(sa.select(ps.c.value).where(ps.c.key == "rr_cursor")) or 0)
 
     def _save_cursor(self, value: int) -> None:
         with self.store.write() as c:
-            c.execute("INSERT INTO placement_state(key, value) VALUES('rr_cursor', ?) "
-                      "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (value,))
+            db.upsert(c, schema.placement_state, [{"key": "rr_cursor", "value": value}], ["key"])
 
     # -- decisions + actions --------------------------------------------------------------------
 

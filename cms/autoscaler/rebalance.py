@@ -43,6 +43,7 @@ from cms.autoscaler.lifecycle import State, Track
 from cms.autoscaler.registry import Registry
 from cms.autoscaler.workers import Workers
 from cms.config import Config
+from cms.db import schema
 from cms.metrics import Tick
 from cms.scheduler import Scheduler
 from cms.store import HostSample, Store
@@ -50,24 +51,17 @@ from cms.virt import Capacity, Listing
 
 log = logging.getLogger("cms.autoscaler")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS balance_requests (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL);
-"""
-
-
 def request_run(store: Store) -> float:
     """Ask the daemon to apply one plan on its next tick (``cms balance run``), enabled or not."""
-    store.ensure_schema(SCHEMA)
     ts = time.time()
     with store.write() as c:
-        c.execute("INSERT INTO balance_requests (ts) VALUES (?)", (ts,))
+        c.execute(schema.balance_requests.insert().values(ts=ts))
     return ts
 
 
 def take_run(store: Store) -> bool:
-    store.ensure_schema(SCHEMA)
     with store.write() as c:
-        return c.execute("DELETE FROM balance_requests").rowcount > 0
+        return c.execute(schema.balance_requests.delete()).rowcount > 0
 
 
 def current_plan(cfg: Config, scheduler: Scheduler, store: Store, now: float | None = None,
@@ -93,7 +87,6 @@ class Balancer:
         self.metrics = metrics
         self.on_moved = on_moved or (lambda _uuid: None)
         self.store = self.scheduler.store
-        self.store.ensure_schema(SCHEMA)
         self.api_tables = ApiTables(self.store)
         self.migrating: dict[str, tuple[str, str]] = {}
         self.mem: dict[str, collections.deque] = {}
