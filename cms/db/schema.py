@@ -28,7 +28,8 @@ placement_state           the scheduler, under the spawn lock     the scheduler
 
 Types are chosen to mean the same on SQLite and PostgreSQL: times are epoch seconds in
 ``Time`` (REAL on SQLite, double precision on PostgreSQL, where REAL would be 4 bytes and
-lose whole minutes of an epoch), JSON documents are text. On PostgreSQL the API's vmids come
+lose whole minutes of an epoch); what can pass 2**31 is ``Int64`` (SQLite's INTEGER is 64
+bits already, PostgreSQL's 32); JSON documents are text. On PostgreSQL the API's vmids come
 from the sequence ``api_vms_vmid_seq`` (the column is SERIAL), so workers on any number of
 machines never hand out one vmid twice, and a vmid is never used again, as SQLite's
 AUTOINCREMENT does within its one file.
@@ -41,8 +42,9 @@ from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION
 
 Time = REAL().with_variant(DOUBLE_PRECISION(), "postgresql")
 Float = Time
-# SQLite's AUTOINCREMENT needs exactly INTEGER; PostgreSQL gets 64 bits, as SQLite's rowid has.
-RowId = BigInteger().with_variant(Integer(), "sqlite")
+# SQLite's INTEGER is 64 bits (and its AUTOINCREMENT needs exactly INTEGER); PostgreSQL's is 32:
+# what can pass 2**31 (ids, bytes, nanoseconds, inodes) is BIGINT there.
+Int64 = BigInteger().with_variant(Integer(), "sqlite")
 EMPTY = text("''")          # as SQL: Alembic's comparison misreads SQLite's '' default given as a string
 
 metadata = MetaData()
@@ -55,7 +57,7 @@ samples = Table(
     Column("grp", Text, nullable=False),
     Column("cpu", Float),
     Column("vcpus", Integer),
-    Column("memory_kib", Integer),
+    Column("memory_kib", Int64),
     Column("state", Text),
     Column("vcpu", Text),            # JSON list: each vCPU's busy fraction
     # a ready replica's /status poll this tick (issue 24): mean requests in flight, answers per
@@ -83,7 +85,7 @@ host_samples = Table(
 
 events = Table(
     "events", metadata,
-    Column("id", RowId, primary_key=True),
+    Column("id", Int64, primary_key=True),
     Column("ts", Time, nullable=False),
     Column("kind", Text, nullable=False),
     Column("grp", Text, nullable=False, server_default=EMPTY),
@@ -170,9 +172,9 @@ api_pms = Table(
 images_imported = Table(
     "images_imported", metadata,
     Column("path", Text, primary_key=True),
-    Column("size", Integer, nullable=False),
-    Column("mtime_ns", Integer, nullable=False),
-    Column("inode", Integer, nullable=False),
+    Column("size", Int64, nullable=False),
+    Column("mtime_ns", Int64, nullable=False),
+    Column("inode", Int64, nullable=False),
     Column("sha256", Text, nullable=False),
     Column("format", Text, nullable=False),
     Column("copy", Text, nullable=False),

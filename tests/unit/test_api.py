@@ -8,10 +8,12 @@ import time
 
 import falcon.testing
 import pytest
+import sqlalchemy as sa
 
 from cms.api.app import create_app
 from cms.api.service import Deps
 from cms.api_tables import ApiTables
+from cms.db import schema
 from cms.inventory import Image, VmType
 from cms.scheduler import Scheduler
 from cms.store import Store
@@ -25,13 +27,14 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DOWN_URI = "qemu+tcp://127.0.0.1:1/system"
 
 
-def build(tmp_path, *, hosts=None, token=TOKEN, algorithm="first_fit", open_spec=True, overcommit=1.0, reserve=0):
+def build(tmp_path, state_db, *, hosts=None, token=TOKEN, algorithm="first_fit", open_spec=True, overcommit=1.0,
+          reserve=0):
     if hosts is None:
         hosts = [write_node_xml(tmp_path / "a.xml", cpus=4, memory_kib=4 * 1024 * 1024),
                  write_node_xml(tmp_path / "b.xml", cpus=2, memory_kib=2 * 1024 * 1024),
                  DOWN_URI]
     cfg = make_config(hosts=[{"name": f"pm{i}", "uri": u} for i, u in enumerate(hosts, 1)],
-                      libvirt={"domain_type": "qemu"}, state_db=str(tmp_path / "state.db"),
+                      libvirt={"domain_type": "qemu"}, state_db=state_db,
                       api={"token": token, "open_spec_urls": open_spec},
                       placement={"algorithm": algorithm, "cpu_overcommit": overcommit, "ram_reserve_mib": reserve})
     store = Store(cfg.state_db)
@@ -52,8 +55,8 @@ def pretend_imported(cfg, store, images):
 
 
 @pytest.fixture
-def api(tmp_path, run_dir):
-    client, deps = build(tmp_path)
+def api(tmp_path, run_dir, state_db):
+    client, deps = build(tmp_path, state_db)
     yield client, deps
     deps.fleet.close()
 
@@ -227,32 +230,33 @@ def test_groups_scale_events_openapi_dashboard(api):
     assert "/static/" in page.text and "http" not in page.text   # the console's files are served here, no CDN
 
 
-def test_empty_token_refuses_mutations_and_closed_spec_urls(tmp_path, run_dir):
-    c, deps = build(tmp_path, token="")
+def test_empty_token_refuses_mutations_and_closed_spec_urls(tmp_path, run_dir, new_state_db):
+    c, deps = build(tmp_path, new_state_db(), token="")
     r = c.simulate_post("/v1/vms", json={"name": "a", "instance_type": 1}, headers=AUTH)
     assert r.status_code == 403 and "api.token" in r.json["description"]
     assert c.simulate_get("/vm/types").status_code == 200
-    c2, _ = build(tmp_path / "b", token=TOKEN, open_spec=False) if (tmp_path / "b").mkdir() is None else None
+    c2, _ = build(tmp_path / "b", new_state_db(), token=TOKEN, open_spec=False) \
+        if (tmp_path / "b").mkdir() is None else None
     assert c2.simulate_get("/vm/types").status_code == 401
     assert c2.simulate_get("/vm/types", headers=AUTH).json["types"][0]["tid"] == 1
 
 
-def test_round_robin_cursor_shared_through_the_store(tmp_path, run_dir):
-    c, deps = build(tmp_path, algorithm="round_robin")
+def test_round_robin_cursor_shared_through_the_store(tmp_path, run_dir, state_db):
+    c, deps = build(tmp_path, state_db, algorithm="round_robin")
     pm = [j(c.simulate_get("/vm/query", params={"vmid": j(c.simulate_get(
         "/vm/create", params={"name": f"r{i}", "instance_type": "1"}))["vmid"]}))["pmid"] for i in range(4)]
     assert pm == [1, 2, 1, 2]   # pm3 is down and skipped
     # a second app on the same store (another gunicorn worker) continues the same cursor
-    c2, _ = build(tmp_path, algorithm="round_robin")
+    c2, _ = build(tmp_path, state_db, algorithm="round_robin")
     v = j(c2.simulate_get("/vm/create", params={"name": "r4", "instance_type": "1"}))["vmid"]
     assert v > 0
 
 
-def test_50_parallel_creates_on_nearly_full_hosts(tmp_path, run_dir):
+def test_50_parallel_creates_on_nearly_full_hosts(tmp_path, run_dir, state_db):
     # 3 + 2 CPUs, no overcommit, 1 vCPU each: exactly 5 of the 50 can be made
     hosts = [write_node_xml(tmp_path / "a.xml", cpus=3, memory_kib=16 << 20),
              write_node_xml(tmp_path / "b.xml", cpus=2, memory_kib=16 << 20)]
-    c, deps = build(tmp_path, hosts=hosts, algorithm="spread")
+    c, deps = build(tmp_path, state_db, hosts=hosts, algorithm="spread")
 
     def create(i):
         return c.simulate_get("/vm/create", params={"name": f"p{i}", "instance_type": "1"}).json["vmid"]
@@ -275,15 +279,17 @@ def _make_half_made(c, deps, name):
     """A VM as a worker killed mid-create leaves it: domain and volume made, row 'creating'."""
     vmid = j(c.simulate_get("/vm/create", params={"name": name, "instance_type": "1"}))["vmid"]
     assert vmid > 0
+    vms = schema.api_vms
     with deps.store.write() as db:
-        db.execute("UPDATE api_vms SET state='creating', host='', created=created-100000 WHERE vmid=?", (vmid,))
+        db.execute(vms.update().where(vms.c.vmid == vmid).values(state="creating", host="",
+                                                                  created=vms.c.created - 100000))
     return vmid
 
 
-def test_a_half_made_create_is_reaped_when_a_worker_starts(tmp_path, run_dir):
+def test_a_half_made_create_is_reaped_when_a_worker_starts(tmp_path, run_dir, state_db):
     hosts = [write_node_xml(tmp_path / "a.xml", cpus=4, memory_kib=4 << 20),
              write_node_xml(tmp_path / "b.xml", cpus=2, memory_kib=2 << 20)]
-    c, deps = build(tmp_path, hosts=hosts)
+    c, deps = build(tmp_path, state_db, hosts=hosts)
     try:
         vmid = _make_half_made(c, deps, "ghost")
         assert j(c.simulate_get("/vm/create", params={"name": "ghost", "instance_type": "1"})) == {"vmid": 0}
@@ -307,10 +313,10 @@ def test_a_half_made_create_stays_while_a_host_is_down(api):
     assert deps.store.events(kinds=["vm_create_reaped"]) == []
 
 
-def test_memory_is_counted_as_the_guests_hold_it_not_at_the_maximum(tmp_path, run_dir):
+def test_memory_is_counted_as_the_guests_hold_it_not_at_the_maximum(tmp_path, run_dir, state_db):
     """/pm/query's free RAM and the host's "given to VMs" count a VM's current memory (the
     balloon's size), not the maximum it is defined with (twice its type), and follow a resize."""
-    c, deps = build(tmp_path)
+    c, deps = build(tmp_path, state_db)
     try:
         vm = c.simulate_post("/v1/vms", json={"name": "m1", "instance_type": 1}, headers=AUTH).json
         assert c.simulate_get(f"/v1/vms/{vm['vmid']}").json["max_memory_mib"] == 1024
@@ -329,11 +335,11 @@ def test_memory_is_counted_as_the_guests_hold_it_not_at_the_maximum(tmp_path, ru
         deps.fleet.close()
 
 
-def test_a_booting_vm_is_charged_its_target_until_its_guest_reports(tmp_path, run_dir):
+def test_a_booting_vm_is_charged_its_target_until_its_guest_reports(tmp_path, run_dir, state_db):
     """libvirt says a booting VM holds its maximum (its balloon is still empty); placement counts
     the size cms set the balloon to until the guest's driver reports, then libvirt's figure."""
     from cms.virt import Listing, OwnedDomain, OwnerMeta
-    _c, deps = build(tmp_path)
+    _c, deps = build(tmp_path, state_db)
     try:
         now = time.time()
 
@@ -348,3 +354,39 @@ def test_a_booting_vm_is_charged_its_target_until_its_guest_reports(tmp_path, ru
         assert used({}, 600.0) == 1024        # never reported: an image without the driver keeps it all
     finally:
         deps.fleet.close()
+
+
+def _worker_on_its_own_machine(tmp_path, url, i, barrier, q):
+    """One API worker as on a machine of its own: its own spawn-lock directory (so no file lock
+    is shared) and its own libvirt test host, on the shared PostgreSQL."""
+    import os
+    os.environ["CMS_RUN_DIR"] = str(tmp_path / f"run{i}")
+    machine = tmp_path / f"m{i}"
+    machine.mkdir()
+    c, deps = build(machine, url, hosts=[write_node_xml(machine / "node.xml", cpus=4, memory_kib=4 << 20)])
+    barrier.wait(60)
+    r = c.simulate_post("/v1/vms", json={"name": f"w{i}", "instance_type": 1}, headers=AUTH)
+    q.put((r.status_code, r.json.get("vmid")))
+    deps.fleet.close()
+
+
+def test_eight_workers_on_eight_machines_hand_out_eight_vmids(tmp_path, postgres):
+    import multiprocessing as mp
+    url = postgres.new_database()
+    ctx = mp.get_context("fork")
+    barrier, q = ctx.Barrier(8), ctx.Queue()
+    procs = [ctx.Process(target=_worker_on_its_own_machine, args=(tmp_path, url, i, barrier, q)) for i in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 8
+    got = sorted(q.get(timeout=5) for _ in range(8))
+    assert [status for status, _ in got] == [201] * 8
+    vmids = [v for _, v in got]
+    assert len(set(vmids)) == 8 and all(v > 0 for v in vmids)
+    vms = schema.api_vms
+    rows = Store(url).all(sa.select(vms.c.vmid, vms.c.name, vms.c.state, vms.c.domain))
+    assert sorted(r["vmid"] for r in rows) == vmids                       # no other row: none half made
+    assert {(r["state"], r["domain"] == f"cms-vm-{r['vmid']}") for r in rows} == {("active", True)}
+    postgres.drop_database(url)

@@ -77,22 +77,22 @@ class Recorder(NullPublisher):
         return [(u.event, u.replica) for u in self.updates]
 
 
-def cfg_for(tmp_path, uri, **group):
+def cfg_for(tmp_path, uri, *, state_db=None, **group):
     g = {"min": 1, "max": 3, "cooldown_s": 0.3, "warmup_s": 0,
          "threshold": {"high": 0.75, "low": 0.25, "window_s": 0.4, "window_in_s": 0.6}}
     for k, v in group.items():
         g[k] = {**g.get(k, {}), **v} if isinstance(v, dict) else v
     return make_config(hosts=[{"name": "n1", "uri": uri}], image={"golden": "/nonexistent/golden.qcow2"},
-                       groups={G: g}, state_db=str(tmp_path / "state.db"),
+                       groups={G: g}, state_db=state_db or str(tmp_path / "state.db"),
                        autoscaler={"tick_s": 0.05, "drain_s": 0.5, "shutdown_timeout_s": 0.5,
                                    "health_timeout_s": 5, "health_failures": 2},
                        zmq={"publish": "tcp://127.0.0.1:*", "snapshot": "tcp://127.0.0.1:*"})
 
 
 @pytest.fixture
-def env(tmp_path, run_dir):
+def env(tmp_path, run_dir, state_db):
     uri = write_node_xml(tmp_path / "node.xml")
-    cfg = cfg_for(tmp_path, uri)
+    cfg = cfg_for(tmp_path, uri, state_db=state_db)
     fleet = Fleet(cfg)
     fleet.host("n1").conn()  # a test:///file URI starts fresh at each open: keep this one for the test
     made = []

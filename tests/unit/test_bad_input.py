@@ -256,7 +256,7 @@ def test_cli_bad_config_is_exit_2_even_with_url(tmp_path, capsys, monkeypatch):
 
 @pytest.fixture
 def client(tmp_path, run_dir):
-    c, deps = build(tmp_path)
+    c, deps = build(tmp_path, str(tmp_path / "state.db"))
     yield c
     deps.fleet.close()
 

@@ -11,8 +11,8 @@ from cms.virt import OwnerMeta
 from tests.unit.test_api import build
 
 
-def test_groups_carry_replica_state_and_domain_state(tmp_path, run_dir):
-    client, deps = build(tmp_path)
+def test_groups_carry_replica_state_and_domain_state(tmp_path, run_dir, state_db):
+    client, deps = build(tmp_path, state_db)
     try:
         f = deps.fleet
         f.build_on("pm1", "cms-web-1", vcpus=1, memory_mib=128, meta=OwnerMeta(group="web", created=1.0))

@@ -16,8 +16,8 @@ T0 = 1_700_000_000.0
 
 
 @pytest.fixture
-def api(tmp_path, run_dir):
-    client, deps = build(tmp_path)
+def api(tmp_path, run_dir, state_db):
+    client, deps = build(tmp_path, state_db)
     yield client, deps
     deps.fleet.close()
 
@@ -183,8 +183,8 @@ def test_group_metrics_load_in_flight_per_replica_and_p95_against_the_concurrenc
     assert policy["name"] == "concurrency" and policy["utilization"] == 0.5 and "tolerance" not in policy
 
 
-def test_prune_history_keeps_the_store_bounded(tmp_path):
-    s = Store(tmp_path / "s.db")
+def test_prune_history_keeps_the_store_bounded(state_db):
+    s = Store(state_db)
     s.add_samples([Sample(T0 + i, "h", "d", "", 0.1, 1, 1, "running", (0.1,)) for i in range(100)])
     s.add_host_samples([HostSample(T0 + i, "h", 0.1, 2, 1, 1, 100) for i in range(100)])
     for i in range(10):
@@ -193,21 +193,6 @@ def test_prune_history_keeps_the_store_bounded(tmp_path):
     assert len(s.samples()) == 40 and len(s.host_samples()) == 40 and len(s.events()) == 7
     assert s.samples()[0].vcpu == (0.1,)
     assert s.prune_history(T0 + 60) == {"samples": 0, "host_samples": 0}
-
-
-def test_an_older_state_db_gets_the_vcpu_column(tmp_path):
-    import sqlite3
-    p = tmp_path / "old.db"
-    c = sqlite3.connect(p)
-    c.execute("CREATE TABLE samples (ts REAL NOT NULL, host TEXT NOT NULL, domain TEXT NOT NULL, grp TEXT NOT NULL, "
-              "cpu REAL, vcpus INTEGER, memory_kib INTEGER, state TEXT)")
-    c.execute("INSERT INTO samples VALUES (1, 'h', 'd', '', 0.5, 1, 1, 'running')")
-    c.commit()
-    c.close()
-    s = Store(p)
-    s.add_samples([Sample(2, "h", "d", "", 0.5, 2, 1, "running", (0.25, 0.75), 1.5, 3.0, 0.4)])
-    assert [x.vcpu for x in s.samples()] == [(), (0.25, 0.75)]
-    assert [(x.in_flight, x.rate, x.p95_s) for x in s.samples()] == [(None, None, None), (1.5, 3.0, 0.4)]
 
 
 def test_parse_range_is_pure_and_bounded():
@@ -264,7 +249,7 @@ def test_every_module_the_page_imports_is_served(api):
 
 # -- what the autoscaler records ------------------------------------------------------------------
 
-def test_the_autoscaler_samples_the_api_vms_and_prunes_past_retention(tmp_path, run_dir):
+def test_the_autoscaler_samples_the_api_vms_and_prunes_past_retention(tmp_path, run_dir, state_db):
     """The daemon samples every VM cms owns, not only its replicas (so a VM made through the
     API has charts), keeps them out of the policy, and deletes history past retention."""
     import dataclasses
@@ -277,7 +262,7 @@ def test_the_autoscaler_samples_the_api_vms_and_prunes_past_retention(tmp_path, 
     from tests.support import write_node_xml
     from tests.unit.test_autoscaler import G, FakeHealth, FakeMetrics, Recorder, cfg_for
 
-    cfg = dataclasses.replace(cfg_for(tmp_path, write_node_xml(tmp_path / "node.xml")),
+    cfg = dataclasses.replace(cfg_for(tmp_path, write_node_xml(tmp_path / "node.xml"), state_db=state_db),
                               history=HistoryConfig(retention_s=60, events_retention_s=120, prune_interval_s=1))
     fleet = Fleet(cfg)
     fleet.host("n1").conn()   # a test:///file URI starts fresh at each open: keep this one

@@ -99,13 +99,13 @@ def test_volume_names_are_keyed_by_content():
 # -- the import, over two libvirt test:/// hosts ----------------------------------------------------
 
 @pytest.fixture
-def two_hosts(tmp_path, run_dir):
+def two_hosts(tmp_path, run_dir, state_db):
     from cms.store import Store
     from cms.virt import Fleet
     from tests.support import make_config, write_node_xml
     cfg = make_config(hosts=[{"name": "pm1", "uri": write_node_xml(tmp_path / "a.xml")},
                              {"name": "pm2", "uri": write_node_xml(tmp_path / "b.xml")}],
-                      state_db=str(tmp_path / "state.db"), image={"pool": "imgs", "pool_path": "/srv/cms-images"})
+                      state_db=state_db, image={"pool": "imgs", "pool_path": "/srv/cms-images"})
     fleet = Fleet(cfg)
     yield cfg, ImageStore(cfg, Store(cfg.state_db), fleet), fleet
     fleet.close()
@@ -154,7 +154,9 @@ def test_a_partial_copy_is_made_again(tmp_path, two_hosts):
     vol = images.volume_name(imp.sha256, "qcow2")
     fleet.host("pm2").storage.delete_volume("imgs", vol)
     fleet.host("pm2").storage.upload_volume("imgs", vol, io.BytesIO(b"x" * 10), 10)   # as an upload cut short
-    store.store.connect().execute("DELETE FROM images_imported")
+    from cms.db.schema import images_imported
+    with store.store.write() as c:
+        c.execute(images_imported.delete())
     again = store.import_file(str(src))
     assert again.uploaded == ("pm2",)
     assert fleet.host("pm2").storage.volume_facts("imgs", vol).physical == src.stat().st_size

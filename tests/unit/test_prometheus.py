@@ -56,10 +56,10 @@ def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
 # --- cms-api ---------------------------------------------------------------------------------
 
 @pytest.fixture
-def api(tmp_path, run_dir):
+def api(tmp_path, run_dir, state_db):
     uri = write_node_xml(tmp_path / "n.xml")
     cfg = make_config(hosts=[{"name": "pm1", "uri": uri}], libvirt={"domain_type": "qemu"},
-                      state_db=str(tmp_path / "state.db"), api={"token": TOKEN})
+                      state_db=state_db, api={"token": TOKEN})
     store = Store(cfg.state_db)
     fleet = Fleet(cfg)
     deps = Deps(cfg, store, fleet, Scheduler(cfg, fleet, store), types=[VmType(1, 1, 512, 1)], images=[])
@@ -189,7 +189,11 @@ AUTOSCALER_FAMILIES = {
     "cms_group_desired_replicas": "gauge", "cms_group_min_replicas": "gauge", "cms_group_max_replicas": "gauge",
     "cms_group_cpu_mean_ratio": "gauge", "cms_group_threshold_ratio": "gauge", "cms_group_warm_pool_size": "gauge",
     "cms_group_warm_pool_target_replicas": "gauge", "cms_group_warm_replicas": "gauge",
-    "cms_host_up": "gauge", "cms_host_state": "gauge", "cms_host_cpu_utilization_ratio": "gauge", "cms_host_cpus": "gauge",
+    "cms_host_up": "gauge", "cms_host_state": "gauge",
+    "cms_host_cpu_utilization_ratio": "gauge", "cms_host_cpus": "gauge",
+    "cms_host_node_cpu_utilization_ratio": "gauge", "cms_domain_cpu_utilization_ratio": "gauge",
+    "cms_domain_vcpu_utilization_ratio": "gauge", "cms_domain_vcpus": "gauge", "cms_domain_memory_bytes": "gauge",
+    "cms_domain_state": "gauge",
     "cms_host_vms": "gauge", "cms_host_vcpus": "gauge", "cms_host_memory_bytes": "gauge",
     "cms_host_memory_free_bytes": "gauge", "cms_autoscaler_tick_overruns": "counter",
     "cms_autoscaler_tick_interval_seconds": "gauge", "cms_autoscaler_last_tick_timestamp_seconds": "gauge",
@@ -202,8 +206,8 @@ AUTOSCALER_FAMILIES = {
 
 
 @pytest.fixture
-def scaler(tmp_path, run_dir):
-    cfg = cfg_for(tmp_path, write_node_xml(tmp_path / "node.xml"))
+def scaler(tmp_path, run_dir, state_db):
+    cfg = cfg_for(tmp_path, write_node_xml(tmp_path / "node.xml"), state_db=state_db)
     fleet = Fleet(cfg)
     fleet.host("n1").conn()  # a test:///file URI starts fresh at each open: keep this one
     s = Autoscaler(cfg, fleet=fleet, metrics=FakeMetrics(), health=FakeHealth(), publisher=Recorder(),
@@ -275,6 +279,12 @@ def test_autoscaler_families_and_labels_after_scripted_ticks(scaler):
     [ready] = [r for r in st["groups"][G]["replicas"] if r["state"] == "ready"]
     assert samples(fams, "cms_replica_cpu_utilization_ratio") == {
         (("group", G), ("host", "n1"), ("replica", ready["name"]), ("state", "ready")): 0.05}
+    # per domain: the tick's samples, as the store keeps them (what history from Prometheus reads)
+    dom = (("domain", ready["name"]), ("group", G), ("host", "n1"))
+    assert samples(fams, "cms_domain_cpu_utilization_ratio")[dom] == 0.05
+    assert samples(fams, "cms_domain_vcpus")[dom] == 1.0
+    assert samples(fams, "cms_domain_state") == {(("domain", ready["name"]), ("group", G), ("state", "ready")): 1.0}
+    assert [x.cpu for x in s.store.samples(domain=ready["name"])][-1] == 0.05
     # per group: replicas by state (every state present), desired, bounds, policy
     by_state = samples(fams, "cms_group_replicas")
     assert by_state[(("group", G), ("state", "ready"))] == 1.0
@@ -415,10 +425,11 @@ def test_a_bad_metrics_listen_is_one_line_and_exit_2(tmp_path, listen):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_warm_pool_members_and_a_warm_scale_out(tmp_path, run_dir):
+def test_warm_pool_members_and_a_warm_scale_out(tmp_path, run_dir, state_db):
     """A paused warm replica shows in the pool's families; the scale-out that takes it is
     timed on the warm path and its unpark as a stage."""
-    cfg = cfg_for(tmp_path, write_node_xml(tmp_path / "node.xml"), max=2, warm_pool={"size": 1, "state": "paused"})
+    cfg = cfg_for(tmp_path, write_node_xml(tmp_path / "node.xml"), state_db=state_db, max=2,
+                  warm_pool={"size": 1, "state": "paused"})
     fleet = Fleet(cfg)
     fleet.host("n1").conn()
     s = Autoscaler(cfg, fleet=fleet, metrics=FakeMetrics(), health=FakeHealth(), publisher=Recorder(),

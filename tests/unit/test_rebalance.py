@@ -47,7 +47,7 @@ class HostLoadMetrics:
         return {h: 0.5 for h in hosts}
 
 
-def setup(tmp_path, clock=time.time, **extra):
+def setup(tmp_path, state_db, clock=time.time, **extra):
     uris = [write_node_xml(tmp_path / f"node{i}.xml") for i in (1, 2)]
     group = {"min": 2, "max": 3, "cooldown_s": 0.3, "warmup_s": 0,
              "threshold": {"high": 0.99, "low": 0.01, "window_s": 60, "window_in_s": 60}}
@@ -55,7 +55,7 @@ def setup(tmp_path, clock=time.time, **extra):
     cfg = make_config(hosts=[{"name": "h1", "uri": uris[0], "cpus": 1}, {"name": "h2", "uri": uris[1], "cpus": 2}],
                       image={"golden": "/nonexistent/golden.qcow2"}, groups={G: group},
                       placement={"algorithm": extra.pop("algorithm", "first_fit")},
-                      state_db=str(tmp_path / "state.db"),
+                      state_db=state_db,
                       autoscaler={"tick_s": 0.05, "drain_s": 0.2, "shutdown_timeout_s": 0.2, "health_timeout_s": 5},
                       zmq={"publish": "tcp://127.0.0.1:*", "snapshot": "tcp://127.0.0.1:*"}, **extra)
     fleet = Fleet(cfg)
@@ -71,8 +71,8 @@ def ready(s):
     return sorted((t.host, t.name) for t in s.tracks.values() if t.state == "ready")
 
 
-def test_host_load_rows_each_tick_and_a_refused_migration_leaves_the_replica(tmp_path, run_dir):
-    cfg, fleet, s = setup(tmp_path, balancer={"enabled": True, "high": 0.8, "window_s": 0.3, "max_moves": 1})
+def test_host_load_rows_each_tick_and_a_refused_migration_leaves_the_replica(tmp_path, run_dir, state_db):
+    cfg, fleet, s = setup(tmp_path, state_db, balancer={"enabled": True, "high": 0.8, "window_s": 0.3, "max_moves": 1})
     try:
         run_until(s, lambda: len(ready(s)) == 2, what="two ready replicas")
         assert [h for h, _n in ready(s)] == ["h1", "h1"]      # first fit fills h1 first
@@ -107,9 +107,9 @@ def test_host_load_rows_each_tick_and_a_refused_migration_leaves_the_replica(tmp
         fleet.close()
 
 
-def test_balance_run_applies_one_plan_while_balancing_is_off_and_the_api_plans_the_same(tmp_path, run_dir):
+def test_balance_run_applies_one_plan_while_balancing_is_off_and_the_api_plans_the_same(tmp_path, run_dir, state_db):
     clock = FakeClock()
-    cfg, fleet, s = setup(tmp_path, clock, balancer={"enabled": False, "high": 0.8, "window_s": 0.3})
+    cfg, fleet, s = setup(tmp_path, state_db, clock, balancer={"enabled": False, "high": 0.8, "window_s": 0.3})
     try:
         run_until(s, lambda: len(ready(s)) == 2, what="two ready replicas")
         t0 = clock()
@@ -134,8 +134,8 @@ def test_balance_run_applies_one_plan_while_balancing_is_off_and_the_api_plans_t
         fleet.close()
 
 
-def test_scale_in_order_consolidate_removes_the_replica_that_empties_a_host(tmp_path, run_dir):
-    cfg, fleet, s = setup(tmp_path, algorithm="round_robin",
+def test_scale_in_order_consolidate_removes_the_replica_that_empties_a_host(tmp_path, run_dir, state_db):
+    cfg, fleet, s = setup(tmp_path, state_db, algorithm="round_robin",
                           group={"min": 1, "max": 3, "scale_in_order": "consolidate"})
     try:
         for n in (1, 2, 3):     # one at a time: spawns started together may be placed in any order
@@ -164,12 +164,12 @@ def test_mem_use_from_balloon_stats():
     assert hostplan.Limits().max_moves == 2
 
 
-def test_the_api_shows_the_plan_and_records_a_run(tmp_path, run_dir):
+def test_the_api_shows_the_plan_and_records_a_run(tmp_path, run_dir, state_db):
     from cms.store import HostSample, Sample
     from tests.unit.test_api import AUTH, build
     hosts = [write_node_xml(tmp_path / "a.xml", cpus=2, memory_kib=4 * 1024 * 1024),
              write_node_xml(tmp_path / "b.xml", cpus=4, memory_kib=4 * 1024 * 1024)]
-    c, deps = build(tmp_path, hosts=hosts, overcommit=4.0)
+    c, deps = build(tmp_path, state_db, hosts=hosts, overcommit=4.0)
     try:
         for name in ("v1", "v2"):
             assert c.simulate_post("/v1/vms", json={"name": name, "instance_type": 1}, headers=AUTH).status_code == 201
@@ -198,7 +198,7 @@ def test_the_api_shows_the_plan_and_records_a_run(tmp_path, run_dir):
         deps.fleet.close()
 
 
-def test_cli_balance_plan_and_run_against_the_api(tmp_path, run_dir, capsys):
+def test_cli_balance_plan_and_run_against_the_api(tmp_path, run_dir, capsys, state_db):
     import threading
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -212,7 +212,7 @@ def test_cli_balance_plan_and_run_against_the_api(tmp_path, run_dir, capsys):
 
     hosts = [write_node_xml(tmp_path / "a.xml", cpus=2, memory_kib=4 * 1024 * 1024),
              write_node_xml(tmp_path / "b.xml", cpus=4, memory_kib=4 * 1024 * 1024)]
-    client, deps = build(tmp_path, hosts=hosts, overcommit=4.0)
+    client, deps = build(tmp_path, state_db, hosts=hosts, overcommit=4.0)
     for name in ("v1", "v2"):
         assert client.simulate_post("/v1/vms", json={"name": name, "instance_type": 1}, headers=AUTH).status_code == 201
     now = time.time()

@@ -32,11 +32,11 @@ def get(c, path: str, **params):
 
 
 @pytest.fixture
-def client(tmp_path, run_dir):
+def client(tmp_path, run_dir, state_db):
     hosts = [write_node_xml(tmp_path / "a.xml", cpus=8, memory_kib=16 << 20),
              write_node_xml(tmp_path / "b.xml", cpus=8, memory_kib=16 << 20)]
     cfg = make_config(hosts=[{"name": f"pm{i}", "uri": u} for i, u in enumerate(hosts, 1)],
-                      libvirt={"domain_type": "qemu"}, state_db=str(tmp_path / "state.db"),
+                      libvirt={"domain_type": "qemu"}, state_db=state_db,
                       placement={"algorithm": "round_robin", "cpu_overcommit": 1.0, "ram_reserve_mib": 0})
     store = Store(cfg.state_db)
     fleet = Fleet(cfg)

@@ -170,7 +170,7 @@ def parked(s):
 
 
 @pytest.fixture
-def wenv(tmp_path, run_dir):
+def wenv(tmp_path, run_dir, state_db):
     from cms.autoscaler.reconcile import Autoscaler
     from cms.store import Store
     from cms.virt import Fleet
@@ -180,7 +180,7 @@ def wenv(tmp_path, run_dir):
     made, fleets = [], []
 
     def new(fleet=None, dry_run=False, **group):
-        cfg = cfg_for(tmp_path, uri, **group)
+        cfg = cfg_for(tmp_path, uri, state_db=state_db, **group)
         if fleet is None:
             fleet = Fleet(cfg)
             fleet.host("n1").conn()   # a test:///file URI starts fresh at each open: keep this one

@@ -21,7 +21,9 @@ branch_labels = None
 depends_on = None
 
 Time = sa.REAL().with_variant(DOUBLE_PRECISION(), "postgresql")
-RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# SQLite's INTEGER is 64 bits; on PostgreSQL (never made by the code before versions) the same
+# meaning is BIGINT for what can pass 2**31.
+Int64 = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 C = sa.Column
 
 
@@ -30,12 +32,12 @@ def tables() -> list[tuple[str, list, dict]]:
     integer = sa.Integer
     return [
         ("samples", [C("ts", Time, nullable=False), C("host", text, nullable=False), C("domain", text, nullable=False),
-                     C("grp", text, nullable=False), C("cpu", Time), C("vcpus", integer), C("memory_kib", integer),
+                     C("grp", text, nullable=False), C("cpu", Time), C("vcpus", integer), C("memory_kib", Int64),
                      C("state", text), C("vcpu", text)], {}),
         ("host_samples", [C("ts", Time, nullable=False), C("host", text, nullable=False), C("cpu", Time),
                           C("node_cpu", Time), C("cpus", integer), C("vms", integer), C("vcpus", integer),
                           C("free_memory_mib", integer)], {}),
-        ("events", [C("id", RowId, primary_key=True), C("ts", Time, nullable=False), C("kind", text, nullable=False),
+        ("events", [C("id", Int64, primary_key=True), C("ts", Time, nullable=False), C("kind", text, nullable=False),
                     C("grp", text, nullable=False, server_default=""),
                     C("subject", text, nullable=False, server_default=""),
                     C("message", text, nullable=False, server_default=""),
@@ -64,8 +66,8 @@ def tables() -> list[tuple[str, list, dict]]:
                               C("path", text, nullable=False, unique=True), C("added", Time, nullable=False)], {}),
         ("api_pms", [C("pmid", integer, primary_key=True, autoincrement=False), C("name", text, nullable=False),
                      C("uri", text, nullable=False)], {}),
-        ("images_imported", [C("path", text, primary_key=True), C("size", integer, nullable=False),
-                             C("mtime_ns", integer, nullable=False), C("inode", integer, nullable=False),
+        ("images_imported", [C("path", text, primary_key=True), C("size", Int64, nullable=False),
+                             C("mtime_ns", Int64, nullable=False), C("inode", Int64, nullable=False),
                              C("sha256", text, nullable=False), C("format", text, nullable=False),
                              C("copy", text, nullable=False), C("hosts", text, nullable=False),
                              C("imported", Time, nullable=False)], {}),
