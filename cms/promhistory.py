@@ -26,6 +26,7 @@ answer is ``HistoryUnavailable`` (the API answers 503 with the reason).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import urllib.error
 import urllib.parse
@@ -34,6 +35,8 @@ from collections import defaultdict
 from typing import Any, Iterable, Mapping
 
 from cms.errors import CmsError
+
+log = logging.getLogger("cms.promhistory")
 
 MIB = 1024 * 1024
 CPU = "cms_domain_cpu_utilization_ratio"
@@ -192,6 +195,28 @@ def _rows(cols: Mapping[str, Mapping[int, float]], key: str, ints: Iterable[str]
     ints = set(ints)
     return [{"b": b, **{k: (int(v[b]) if k in ints else v[b]) if b in v else None for k, v in cols.items()}}
             for b in sorted(cols[key])]
+
+
+def recent_cpu(cfg: Any, store: Any, now: float, span_s: float, *, hosts: bool = False,
+               group: str | None = None) -> dict[str, list[tuple[float, float | None]]]:
+    """The last span_s seconds of CPU figures as they came, per domain (or per host with
+    hosts=True): from the store's samples, or with [history] source = "prometheus" from the
+    scraped series (host balancing's windows, the API's sparklines). A Prometheus that does
+    not answer gives no series: balancing then sees no load and moves nothing."""
+    out: dict[str, list[tuple[float, float | None]]] = {}
+    if cfg.history.source != "prometheus":
+        rows = store.host_samples(since=now - span_s) if hosts else store.samples(group=group, since=now - span_s)
+        for r in rows:
+            out.setdefault(r.host if hosts else r.domain, []).append((r.ts, r.cpu))
+        return out
+    prom = PrometheusHistory(cfg.history.prometheus_url, cfg.history.prometheus_timeout_s)
+    try:
+        if hosts:
+            return prom.raw("cms_host_cpu_utilization_ratio", span_s, by="host")
+        return prom.raw(CPU, span_s, by="domain", group=group)
+    except HistoryUnavailable as exc:
+        log.warning("no recent CPU figures: %s", exc)
+        return {}
 
 
 def source(cfg: Any, store: Any) -> Any:

@@ -24,7 +24,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from cms import hostplan
+from cms import hostplan, promhistory
 from cms.api_tables import ApiTables
 from cms.config import Config, VerticalConfig
 from cms.placement import HostLoad, Rules
@@ -72,17 +72,13 @@ def _base_size(cfg: Config, d: OwnedDomain, types: Mapping[int, tuple[int, int]]
 
 
 def history(store: Store, now: float, cfg: Config) -> dict[str, Any]:
-    """The state database's part of the model: series and recent moves."""
+    """The history part of the model: CPU series (the store or Prometheus: [history] source) and recent moves."""
     b = cfg.balancer
     verticals = [gc.vertical for gc in cfg.groups.values()] + list(cfg.vertical.types.values()) \
         + list(cfg.vertical.vms.values())
     span = max([b.window_s, b.consolidate_window_s] + [v.window_in_s for v in verticals if v.enabled]) + 5.0
-    hosts: dict[str, list[tuple[float, float | None]]] = collections.defaultdict(list)
-    for s in store.host_samples(since=now - span):
-        hosts[s.host].append((s.ts, s.cpu))
-    vms: dict[str, list[tuple[float, float | None]]] = collections.defaultdict(list)
-    for s in store.samples(since=now - span):
-        vms[s.domain].append((s.ts, s.cpu))
+    hosts = promhistory.recent_cpu(cfg, store, now, span, hosts=True)
+    vms = promhistory.recent_cpu(cfg, store, now, span)
     horizon = max(b.min_stay_s, b.vm_cooldown_s, b.budget_interval_s)
     events = [e for e in store.events(kinds=MOVE_KINDS, newest_first=True, limit=20000) if e.ts >= now - horizon]
     events.reverse()

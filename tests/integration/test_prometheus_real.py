@@ -246,8 +246,8 @@ def api_vm(stack):
         http(f"{stack.api}/vm/destroy?vmid={vm['vmid']}")
 
 
-def _metrics(get, path: str, **params) -> dict:
-    r = get(path, params)
+def _metrics(get, **params) -> dict:
+    r = get(params)
     assert r[0] == 200, r
     return r[1]
 
@@ -270,27 +270,28 @@ def test_vm_history_from_prometheus_is_the_stores_within_one_step(stack, api_vm)
 
     # one point per tick: each Prometheus point is a stored sample, in its bucket or the next
     one = {"since": since, "until": until, "step": 1}
-    store, prom = _metrics(from_store, "", **one), _metrics(from_prom, "", **one)
+    store, prom = _metrics(from_store, **one), _metrics(from_prom, **one)
     assert store.keys() == prom.keys() and store["ts"] == prom["ts"] and store["series"].keys() == prom["series"].keys()
     s_cpu, p_cpu = store["series"]["cpu"], prom["series"]["cpu"]
     matched = [i for i, v in enumerate(p_cpu) if v is not None and v in (s_cpu[i], s_cpu[i - 1] if i else None)]
     assert store["points"] >= 30 and len(matched) >= 0.8 * store["points"], (s_cpu, p_cpu)
-    # 6 s buckets: the same buckets have data, sizes as the store says, and each mean lies within
-    # the stored samples of its bucket and the second before it (a scrape comes after its tick)
+    # 6 s buckets: the same buckets have data, and each mean lies within the stored one-second
+    # values of its bucket and the second before it (a scrape comes after its tick)
     six = {"since": since, "until": until, "step": 6}
-    store6, prom6 = _metrics(from_store, "", **six), _metrics(from_prom, "", **six)
+    store6, prom6 = _metrics(from_store, **six), _metrics(from_prom, **six)
     assert [v is None for v in store6["series"]["cpu"]] == [v is None for v in prom6["series"]["cpu"]]
-    assert prom6["series"]["vcpus"] == store6["series"]["vcpus"] == [1] * 6
-    assert prom6["series"]["memory_mib"] == store6["series"]["memory_mib"] == [256.0] * 6
     assert len(prom6["series"]["vcpu"]) == len(store6["series"]["vcpu"]) == 1
-    for i, v in enumerate(prom6["series"]["cpu"]):
-        near = [x for x in s_cpu[max(0, 6 * i - 1):6 * i + 6] if x is not None]
-        assert min(near) - 1e-4 <= v <= max(near) + 1e-4, (i, v, near)
+    for name in ("cpu", "memory_mib", "vcpus"):
+        per_second = store["series"][name]
+        for i, v in enumerate(prom6["series"][name]):
+            near = [x for x in per_second[max(0, 6 * i - 1):6 * i + 6] if x is not None]
+            assert min(near) - 1e-3 <= v <= max(near) + 1e-3, (name, i, v, near)
 
 
 def test_group_and_host_history_from_prometheus_have_the_stores_shape(stack, api_vm):
     _vm, prom_api = api_vm
-    now = float(int(value(stack, "time()")))
+    import time
+    now = float(int(time.time()))
     params = {"since": now - 60, "until": now, "step": 5}
     for path in (f"/v1/groups/{GROUP}/metrics", "/v1/hosts/1/metrics"):
         status, body = http(f"{stack.api}{path}?" + urllib.parse.urlencode(params))
