@@ -85,7 +85,7 @@ def exporter_overhead(group: str, n: int, ticks: int) -> dict[str, object]:
     cfg = config.parse({"hosts": [{"name": "t", "uri": "test:///default"}], "state_db": f"{tmp}/state.db",
                         "groups": {group: {"min": 1, "max": n}}, "autoscaler": {"tick_s": 1.0}})
     s = Autoscaler(cfg, metrics=_ConstantCpu(), health=_Healthy(), publisher=NullPublisher(), groups=[group],
-                   store=Store(cfg.state_db))
+                   store=Store.of(cfg))
     ex = exporter.Exporter(s.status, s.groups, s.publisher)
     try:
         deadline = time.monotonic() + 300

@@ -9,33 +9,29 @@
   api_images_added  the images registered through the API (they outlive a new image_file)
   api_pms           the configured hosts (pmid = position in cms.toml = line order in pm_file)
 
+The tables are declared in cms.db.schema with every other; the statements on them are here.
 The API (cms.api) and the host balancer (an API VM it migrated has its row follow it; the
 sizes and names vertical scaling reads) both go through ``ApiTables``: no SQL on these
-tables anywhere else.
+tables anywhere else. A create's reservation is one write transaction: on PostgreSQL its
+vmid comes from the sequence behind api_vms.vmid, so API workers on any number of machines
+never hand out one twice.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cms.db.schema import api_images as IMAGES
+from cms.db.schema import api_images_added as ADDED
+from cms.db.schema import api_pms as PMS
+from cms.db.schema import api_types as TYPES
+from cms.db.schema import api_vms as VMS
 from cms.store import Store
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_vms (
-    vmid INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, domain TEXT NOT NULL DEFAULT '',
-    host TEXT NOT NULL DEFAULT '', instance_type INTEGER NOT NULL, image_id INTEGER NOT NULL,
-    state TEXT NOT NULL, created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS api_types (tid INTEGER PRIMARY KEY, cpu INTEGER NOT NULL, ram INTEGER NOT NULL,
-    disk INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS api_images (id INTEGER PRIMARY KEY, name TEXT NOT NULL, path TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS api_images_added (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
-    path TEXT NOT NULL UNIQUE, added REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS api_pms (pmid INTEGER PRIMARY KEY, name TEXT NOT NULL, uri TEXT NOT NULL);
-"""
 
 Row = dict[str, Any]
 
@@ -47,26 +43,22 @@ class Taken(Exception):
 class ApiTables:
     def __init__(self, store: Store) -> None:
         self.store = store
-        store.ensure_schema(SCHEMA)
-        store._add_columns("api_vms", {"ha": "INTEGER NOT NULL DEFAULT 0", "lost": "REAL"})   # issue 20
 
-    def _rows(self, query: str, args: Sequence[Any] = ()) -> list[Row]:
-        return [dict(r) for r in self.store.connect().execute(query, args)]
+    def _rows(self, query: Any) -> list[Row]:
+        return [dict(r) for r in self.store.all(query)]
 
-    def _row(self, query: str, args: Sequence[Any] = ()) -> Row | None:
-        r = self.store.connect().execute(query, args).fetchone()
-        return None if r is None else dict(r)
+    def _row(self, query: Any) -> Row | None:
+        rows = self._rows(query.limit(1))
+        return rows[0] if rows else None
 
     @contextlib.contextmanager
-    def _write_new(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _write_new(self, what: str) -> Iterator[Connection]:
         """A write transaction that adds a row: Taken(what) when a UNIQUE column has its value already."""
         try:
             with self.store.write() as c:
                 yield c
-        except sqlite3.IntegrityError as exc:
-            if "UNIQUE" in str(exc):
-                raise Taken(what) from None
-            raise
+        except sa.exc.IntegrityError:
+            raise Taken(what) from None
 
     # -- the inventory: types, images, machines ----------------------------------------------
 
@@ -80,55 +72,56 @@ class ApiTables:
         moved = []
         with self.store.write() as c:
             if types is not None:
-                c.execute("DELETE FROM api_types")
-                c.executemany("INSERT INTO api_types VALUES (?,?,?,?)", list(types))
+                c.execute(TYPES.delete())
+                _insert(c, TYPES, [dict(zip(("tid", "cpu", "ram", "disk"), t)) for t in types])
             if images is not None:
                 images = list(images)
-                c.execute("DELETE FROM api_images")
-                c.executemany("INSERT INTO api_images VALUES (?,?,?)", images)
+                c.execute(IMAGES.delete())
+                _insert(c, IMAGES, [dict(zip(("id", "name", "path"), i)) for i in images])
                 taken = {i[0] for i in images}
-                for r in c.execute("SELECT id, name, path FROM api_images_added ORDER BY id").fetchall():
+                for r in c.execute(sa.select(ADDED.c.id, ADDED.c.name, ADDED.c.path).order_by(ADDED.c.id)).mappings().all():
                     iid = r["id"]
                     if iid in taken:
-                        iid = max(taken | {r2[0] for r2 in c.execute("SELECT id FROM api_images_added")}) + 1
-                        c.execute("UPDATE api_images_added SET id=? WHERE id=?", (iid, r["id"]))
+                        iid = max(taken | set(c.execute(sa.select(ADDED.c.id)).scalars())) + 1
+                        c.execute(ADDED.update().where(ADDED.c.id == r["id"]).values(id=iid))
                         moved.append((dict(r), iid))
-                    c.execute("INSERT INTO api_images VALUES (?,?,?)", (iid, r["name"], r["path"]))
+                    c.execute(IMAGES.insert().values(id=iid, name=r["name"], path=r["path"]))
                     taken.add(iid)
-            c.execute("DELETE FROM api_pms")
-            c.executemany("INSERT INTO api_pms VALUES (?,?,?)", [(i, n, u) for i, (n, u) in enumerate(hosts, 1)])
+            c.execute(PMS.delete())
+            _insert(c, PMS, [{"pmid": i, "name": n, "uri": u} for i, (n, u) in enumerate(hosts, 1)])
         return moved
 
     def types(self) -> list[Row]:
-        return self._rows("SELECT tid, cpu, ram, disk FROM api_types ORDER BY tid")
+        return self._rows(sa.select(TYPES).order_by(TYPES.c.tid))
 
     def type(self, tid: int) -> Row | None:
-        return self._row("SELECT tid, cpu, ram, disk FROM api_types WHERE tid=?", (tid,))
+        return self._row(sa.select(TYPES).where(TYPES.c.tid == tid))
 
     def type_sizes(self) -> dict[int, tuple[int, int]]:
         """Each instance type's (vCPUs, MiB)."""
         return {int(r["tid"]): (int(r["cpu"]), int(r["ram"])) for r in self.types()}
 
     def images(self, with_path: bool = False) -> list[Row]:
-        return self._rows(f"SELECT id, name{', path' if with_path else ''} FROM api_images ORDER BY id")
+        cols = (IMAGES.c.id, IMAGES.c.name) + ((IMAGES.c.path,) if with_path else ())
+        return self._rows(sa.select(*cols).order_by(IMAGES.c.id))
 
     def image(self, image_id: int | None) -> Row | None:
         """The image with that id; None: the first one."""
         if image_id is None:
-            return self._row("SELECT id, name, path FROM api_images ORDER BY id LIMIT 1")
-        return self._row("SELECT id, name, path FROM api_images WHERE id=?", (image_id,))
+            return self._row(sa.select(IMAGES).order_by(IMAGES.c.id))
+        return self._row(sa.select(IMAGES).where(IMAGES.c.id == image_id))
 
     def image_named_or_at(self, name: str, path: str) -> Row | None:
-        return self._row("SELECT id, name, path FROM api_images WHERE name=? OR path=?", (name, path))
+        return self._row(sa.select(IMAGES).where((IMAGES.c.name == name) | (IMAGES.c.path == path)))
 
     def add_image(self, name: str, path: str) -> int:
         """Register an image after the highest id (at least 100); its id. Taken when its name
         or path is registered already."""
         with self._write_new(name) as w:
-            iid = max(99, w.execute("SELECT COALESCE(MAX(id), 0) FROM api_images").fetchone()[0],
-                      w.execute("SELECT COALESCE(MAX(id), 0) FROM api_images_added").fetchone()[0]) + 1
-            w.execute("INSERT INTO api_images_added VALUES (?,?,?,?)", (iid, name, path, time.time()))
-            w.execute("INSERT INTO api_images VALUES (?,?,?)", (iid, name, path))
+            iid = max(99, w.execute(sa.select(sa.func.coalesce(sa.func.max(IMAGES.c.id), 0))).scalar(),
+                      w.execute(sa.select(sa.func.coalesce(sa.func.max(ADDED.c.id), 0))).scalar()) + 1
+            w.execute(ADDED.insert().values(id=iid, name=name, path=path, added=time.time()))
+            w.execute(IMAGES.insert().values(id=iid, name=name, path=path))
         return iid
 
     # -- api_vms ----------------------------------------------------------------------------------
@@ -137,58 +130,63 @@ class ApiTables:
         """A 'creating' row holding the name, before anything exists in libvirt; its vmid.
         Taken when a VM of that name exists."""
         with self._write_new(name) as c:
-            return int(c.execute("INSERT INTO api_vms (name, instance_type, image_id, state, created, ha) "
-                                 "VALUES (?,?,?, 'creating', ?, ?)",
-                                 (name, tid, image_id, time.time(), int(ha))).lastrowid)
+            r = c.execute(VMS.insert().values(name=name, instance_type=tid, image_id=image_id, state="creating",
+                                              created=time.time(), ha=int(ha)))
+            return int(r.inserted_primary_key[0])
 
     def activate_vm(self, vmid: int, domain: str, host: str) -> None:
         with self.store.write() as c:
-            c.execute("UPDATE api_vms SET domain=?, host=?, state='active' WHERE vmid=?", (domain, host, vmid))
+            c.execute(VMS.update().where(VMS.c.vmid == vmid).values(domain=domain, host=host, state="active"))
 
     def drop_vm(self, vmid: int, only_creating: bool = False) -> None:
+        q = VMS.delete().where(VMS.c.vmid == vmid)
         with self.store.write() as c:
-            c.execute("DELETE FROM api_vms WHERE vmid=?" + (" AND state='creating'" if only_creating else ""),
-                      (vmid,))
+            c.execute(q.where(VMS.c.state == "creating") if only_creating else q)
 
     def stale_creates(self, older_than_s: float) -> list[Row]:
         """The 'creating' rows older than that: vmid, name, host."""
-        return self._rows("SELECT vmid, name, host FROM api_vms WHERE state='creating' AND created < ?",
-                          (time.time() - older_than_s,))
+        return self._rows(sa.select(VMS.c.vmid, VMS.c.name, VMS.c.host).where(
+            VMS.c.state == "creating", VMS.c.created < time.time() - older_than_s))
 
     def vm(self, vmid: int) -> Row | None:
         """An active VM's row."""
-        return self._row("SELECT * FROM api_vms WHERE vmid=? AND state='active'", (vmid,))
+        return self._row(sa.select(VMS).where(VMS.c.vmid == vmid, VMS.c.state == "active"))
 
     def vms(self, host: str | None = None) -> list[Row]:
         """The active VMs' rows (on one host when given), by vmid."""
-        if host is None:
-            return self._rows("SELECT * FROM api_vms WHERE state='active' ORDER BY vmid")
-        return self._rows("SELECT * FROM api_vms WHERE state='active' AND host=? ORDER BY vmid", (host,))
+        q = sa.select(VMS).where(VMS.c.state == "active")
+        return self._rows((q if host is None else q.where(VMS.c.host == host)).order_by(VMS.c.vmid))
 
     def vm_names(self) -> dict[str, str]:
         """domain -> the name the API gave the VM, for the active VMs."""
-        return {r["domain"]: r["name"] for r in self._rows("SELECT name, domain FROM api_vms WHERE state='active'")}
+        return {r["domain"]: r["name"] for r in self._rows(sa.select(VMS.c.name, VMS.c.domain)
+                                                           .where(VMS.c.state == "active"))}
 
     def vm_moved(self, domain: str, host: str) -> None:
         """An API VM now runs on `host` (the spec's /pm/listvms reads it); nothing when no row has that domain."""
         with self.store.write() as c:
-            c.execute("UPDATE api_vms SET host=? WHERE domain=?", (host, domain))
+            c.execute(VMS.update().where(VMS.c.domain == domain).values(host=host))
 
     # -- a host declared down (issue 20; cms.autoscaler.rescue) -------------------------------------
 
     def mark_lost(self, host: str, at: float) -> list[Row]:
         """The active VMs on ``host`` not marked lost yet are, from ``at``; their rows."""
+        on_host = (VMS.c.state == "active", VMS.c.host == host, VMS.c.lost.is_(None))
         with self.store.write() as c:
-            rows = [dict(r) for r in c.execute("SELECT * FROM api_vms WHERE state='active' AND host=? AND lost IS NULL",
-                                               (host,))]
-            c.execute("UPDATE api_vms SET lost=? WHERE state='active' AND host=? AND lost IS NULL", (at, host))
+            rows = [dict(r) for r in c.execute(sa.select(VMS).where(*on_host)).mappings()]
+            c.execute(VMS.update().where(*on_host).values(lost=at))
         return rows
 
     def lost_vms(self, host: str) -> list[Row]:
-        return self._rows("SELECT * FROM api_vms WHERE state='active' AND host=? AND lost IS NOT NULL ORDER BY vmid",
-                          (host,))
+        return self._rows(sa.select(VMS).where(VMS.c.state == "active", VMS.c.host == host,
+                                               VMS.c.lost.is_not(None)).order_by(VMS.c.vmid))
 
     def found(self, vmid: int, host: str) -> None:
         """No longer lost: back on its host, or restarted on ``host`` (evacuated)."""
         with self.store.write() as c:
-            c.execute("UPDATE api_vms SET lost=NULL, host=? WHERE vmid=?", (host, vmid))
+            c.execute(VMS.update().where(VMS.c.vmid == vmid).values(lost=None, host=host))
+
+
+def _insert(c: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        c.execute(table.insert(), rows)

@@ -23,7 +23,7 @@ types_file
 
 Where the API finds image_file and types_file: ``$CMS_IMAGE_FILE`` / ``$CMS_TYPES_FILE``,
 else ``image_file`` / ``types_file`` beside the configuration file (``/etc/cms/`` when the
-embedded defaults are used). The API imports them into its SQLite tables at start.
+embedded defaults are used). The API imports them into its tables (cms.api_tables) at start.
 """
 
 from __future__ import annotations

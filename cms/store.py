@@ -306,19 +306,13 @@ class Store:
         rows = self.all(sa.select(HS).where(HS.c.host == host, HS.c.ts >= since).order_by(HS.c.ts.desc()).limit(1))
         return _host_sample(rows[0]) if rows else None
 
-    def latest_domain_cpus(self, host: str, since: float) -> Mapping[str, Any] | None:
-        """The newest tick's CPUs used by a host's domains (Σ cpu x vCPUs): {ts, used}; None when none."""
-        used = sa.func.sum(S.c.cpu * S.c.vcpus).label("used")
-        rows = self.all(sa.select(S.c.ts, used).where(S.c.host == host, S.c.ts >= since)
-                        .group_by(S.c.ts).order_by(S.c.ts.desc()).limit(1))
-        return rows[0] if rows else None
-
     def latest_cores_used(self, host: str, since: float = 0.0) -> tuple[float, float] | None:
         """(ts, busy cores) of the host's newest tick of per-domain samples since `since`: each
         domain's CPU times its vCPUs, summed; None when no sample there has a CPU figure."""
-        r = self.connect().execute("SELECT ts, SUM(cpu * vcpus) AS used FROM samples WHERE host=? AND ts>=? "
-                                   "GROUP BY ts ORDER BY ts DESC LIMIT 1", (host, since)).fetchone()
-        return None if r is None or r["used"] is None else (r["ts"], r["used"])
+        used = sa.func.sum(S.c.cpu * S.c.vcpus).label("used")
+        rows = self.all(sa.select(S.c.ts, used).where(S.c.host == host, S.c.ts >= since)
+                        .group_by(S.c.ts).order_by(S.c.ts.desc()).limit(1))
+        return None if not rows or rows[0]["used"] is None else (rows[0]["ts"], rows[0]["used"])
 
     # -- scale requests -------------------------------------------------------------------
 

@@ -3,8 +3,9 @@
 ``create_app(deps)`` builds the Falcon app from injected dependencies (tests pass test:///
 hosts); ``get_app()`` reads the configuration ($CMS_CONFIG or /etc/cms/cms.toml) and is what
 gunicorn serves. Each gunicorn worker builds its own app after the fork, so each has its own
-libvirt connections and SQLite connections; they share state through the SQLite file (WAL,
-BEGIN IMMEDIATE writes, see cms.store) and the cross-process spawn lock (see cms.scheduler).
+libvirt connections and state database connections; they share state through the state
+database (SQLite's WAL file or PostgreSQL; writes hold the write lock from their start, see
+cms.store) and the cross-process spawn lock (see cms.scheduler).
 
 Failure decision for the spec's URLs (/vm/*, /image/list, /pm/*): any failure — a missing or
 non-numeric argument, an unknown type/VM/machine, a duplicate name, no room, a host that is
@@ -43,11 +44,12 @@ from cms.api import console, history, host_balancing, openapi, prom
 from cms.api.controller import ControllerResource
 from cms.api.failures import SPEC_FAILURE, Duplicate, Invalid, NotImported, Unknown, error_body
 from cms.api.service import Deps, Resource, Service, build_deps
+from cms.promhistory import HistoryUnavailable
 
 log = logging.getLogger("cms.api")
 SPEC_PREFIXES = ("/vm/", "/image/", "/pm/")
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
-MAX_ID = 2 ** 63 - 1     # SQLite's INTEGER range
+MAX_ID = 2 ** 63 - 1     # the state database's integers (64 bits on both backends, cms.db.schema)
 ID_RANGE = f"int(min=0, max={MAX_ID})"   # a path id Falcon converts, within that range
 
 
@@ -356,6 +358,7 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_error_handler(errors.Unsupported, _raise(falcon.HTTP_409, "Not supported by the host"))
     app.add_error_handler(errors.VirtError, _raise(falcon.HTTP_502, "Hypervisor refused"))
     app.add_error_handler(errors.HostUnreachable, _raise(falcon.HTTP_503, "Host unreachable"))
+    app.add_error_handler(HistoryUnavailable, _raise(falcon.HTTP_503, "History unavailable"))
     return app
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from cms import promhistory
 from cms.api.failures import Invalid, Unknown
 from cms.config import Config, GroupConfig
 from cms.scheduler import Scheduler
@@ -33,10 +34,8 @@ class Groups:
 
     def get(self, name: str) -> dict[str, Any]:
         gc = self.config(name)
-        cpu: dict[str, list[float]] = {}
-        for s in self.store.samples(group=name, since=time.time() - 120):
-            if s.cpu is not None:
-                cpu.setdefault(s.domain, []).append(round(s.cpu, 4))
+        cpu = {d: [round(v, 4) for _t, v in series if v is not None]      # the store or Prometheus
+               for d, series in promhistory.recent_cpu(self.cfg, self.store, time.time(), 120, group=name).items()}
         lifecycle = {r.name: r for r in self.store.replicas(name)}
         replicas = []
         for d in self.fleet.owned(name):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from cms import promhistory
 from cms.api.failures import Unknown
 from cms.autoscaler.hoststate import STATE_OF
 from cms.api_tables import ApiTables
@@ -107,6 +108,11 @@ class Machines:
             "cpu": {"utilization": None, "ts": None, "source": None, "node": None},
         }
         since = time.time() - 60
+        if self.cfg.history.source == "prometheus":        # the store keeps no samples then
+            last = (promhistory.recent_cpu(self.cfg, self.store, time.time(), 60, hosts=True).get(name) or [None])[-1]
+            if last is not None:
+                figures["cpu"] = {"utilization": round(last[1], 4), "ts": last[0], "source": "host", "node": None}
+            return figures
         hs = self.store.latest_host_sample(name, since)
         if hs is not None and hs.cpu is not None:
             figures["cpu"] = {"utilization": round(hs.cpu, 4), "ts": hs.ts, "source": "host",

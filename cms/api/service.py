@@ -43,7 +43,7 @@ class Deps:
 
 
 def build_deps(cfg: Config) -> Deps:
-    store = Store(cfg.state_db)
+    store = Store.of(cfg)
     fleet = Fleet(cfg)
     return Deps(cfg, store, fleet, Scheduler(cfg, fleet, store))
 

@@ -43,6 +43,7 @@ from cms.autoscaler.lifecycle import State, Track
 from cms.autoscaler.registry import Registry
 from cms.autoscaler.workers import Workers
 from cms.config import Config
+from cms.api_tables import ApiTables
 from cms.db import schema
 from cms.metrics import Tick
 from cms.scheduler import Scheduler

@@ -68,7 +68,7 @@ class Autoscaler:
             raise errors.ConfigError(f"{cfg.source}: no group named {unknown[0]!r}")
         self.groups: dict[str, GroupConfig] = {g: cfg.groups[g] for g in (groups or cfg.groups)}
         self.fleet = fleet or (scheduler.fleet if scheduler else Fleet(cfg, events=True))
-        self.store = store or (scheduler.store if scheduler else Store(cfg.state_db))
+        self.store = store or (scheduler.store if scheduler else Store.of(cfg))
         self.scheduler = scheduler or Scheduler(cfg, self.fleet, self.store)
         self.metrics = metrics or LibvirtMetrics(self.fleet)
         self.health = health or HttpHealth(cfg.autoscaler.health_check_timeout_s)

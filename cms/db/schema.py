@@ -28,9 +28,9 @@ placement_state           the scheduler, under the spawn lock     the scheduler
 
 Types are chosen to mean the same on SQLite and PostgreSQL: times are epoch seconds in
 ``Time`` (REAL on SQLite, double precision on PostgreSQL, where REAL would be 4 bytes and
-lose whole minutes of an epoch); what can pass 2**31 is ``Int64`` (SQLite's INTEGER is 64
-bits already, PostgreSQL's 32); JSON documents are text. On PostgreSQL the API's vmids come
-from the sequence ``api_vms_vmid_seq`` (the column is SERIAL), so workers on any number of
+lose whole minutes of an epoch); every integer is ``Int64`` (SQLite's INTEGER is 64 bits
+already, PostgreSQL's 32: an id the API accepts must compare there); JSON documents are text. On PostgreSQL the API's vmids come
+from the sequence ``api_vms_vmid_seq`` (the column is BIGSERIAL), so workers on any number of
 machines never hand out one vmid twice, and a vmid is never used again, as SQLite's
 AUTOINCREMENT does within its one file.
 """
@@ -42,8 +42,8 @@ from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION
 
 Time = REAL().with_variant(DOUBLE_PRECISION(), "postgresql")
 Float = Time
-# SQLite's INTEGER is 64 bits (and its AUTOINCREMENT needs exactly INTEGER); PostgreSQL's is 32:
-# what can pass 2**31 (ids, bytes, nanoseconds, inodes) is BIGINT there.
+# SQLite's INTEGER is 64 bits (and its AUTOINCREMENT needs exactly INTEGER); PostgreSQL's is 32,
+# so every integer column is BIGINT there: ids the API takes up to 2**63 - 1, bytes, nanoseconds.
 Int64 = BigInteger().with_variant(Integer(), "sqlite")
 EMPTY = text("''")          # as SQL: Alembic's comparison misreads SQLite's '' default given as a string
 
@@ -56,7 +56,7 @@ samples = Table(
     Column("domain", Text, nullable=False),
     Column("grp", Text, nullable=False),
     Column("cpu", Float),
-    Column("vcpus", Integer),
+    Column("vcpus", Int64),
     Column("memory_kib", Int64),
     Column("state", Text),
     Column("vcpu", Text),            # JSON list: each vCPU's busy fraction
@@ -76,10 +76,10 @@ host_samples = Table(
     Column("host", Text, nullable=False),
     Column("cpu", Float),
     Column("node_cpu", Float),
-    Column("cpus", Integer),
-    Column("vms", Integer),
-    Column("vcpus", Integer),
-    Column("free_memory_mib", Integer),
+    Column("cpus", Int64),
+    Column("vms", Int64),
+    Column("vcpus", Int64),
+    Column("free_memory_mib", Int64),
     Index("host_samples_host_ts", "host", "ts"),
 )
 
@@ -99,7 +99,7 @@ events = Table(
 scale_requests = Table(
     "scale_requests", metadata,
     Column("grp", Text, primary_key=True),
-    Column("replicas", Integer, nullable=False),
+    Column("replicas", Int64, nullable=False),
     Column("ts", Time, nullable=False),
 )
 
@@ -110,30 +110,30 @@ replicas = Table(
     Column("host", Text, nullable=False, server_default=EMPTY),
     Column("state", Text, nullable=False),
     Column("address", Text, nullable=False, server_default=EMPTY),
-    Column("port", Integer, nullable=False, server_default=text("0")),
+    Column("port", Int64, nullable=False, server_default=text("0")),
     Column("updated", Time, nullable=False),
 )
 
 balance_requests = Table(
     "balance_requests", metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", Int64, primary_key=True),
     Column("ts", Time, nullable=False),
     sqlite_autoincrement=True,
 )
 
 api_vms = Table(
     "api_vms", metadata,
-    Column("vmid", Integer, primary_key=True),       # PostgreSQL: SERIAL, i.e. api_vms_vmid_seq
+    Column("vmid", Int64, primary_key=True),       # PostgreSQL: BIGSERIAL, i.e. api_vms_vmid_seq
     Column("name", Text, nullable=False, unique=True),
     Column("domain", Text, nullable=False, server_default=EMPTY),
     Column("host", Text, nullable=False, server_default=EMPTY),
-    Column("instance_type", Integer, nullable=False),
-    Column("image_id", Integer, nullable=False),
+    Column("instance_type", Int64, nullable=False),
+    Column("image_id", Int64, nullable=False),
     Column("state", Text, nullable=False),            # creating | active
     Column("created", Time, nullable=False),
     # issue 20: 1 = restarted on a live host when its host is fenced; lost = when its host was
     # declared down and it was not restarted elsewhere (NULL: not lost)
-    Column("ha", Integer, nullable=False, server_default=text("0")),
+    Column("ha", Int64, nullable=False, server_default=text("0")),
     Column("lost", Time),
     Index("api_vms_host", "host"),
     sqlite_autoincrement=True,
@@ -141,22 +141,22 @@ api_vms = Table(
 
 api_types = Table(
     "api_types", metadata,
-    Column("tid", Integer, primary_key=True, autoincrement=False),
-    Column("cpu", Integer, nullable=False),
-    Column("ram", Integer, nullable=False),
-    Column("disk", Integer, nullable=False),
+    Column("tid", Int64, primary_key=True, autoincrement=False),
+    Column("cpu", Int64, nullable=False),
+    Column("ram", Int64, nullable=False),
+    Column("disk", Int64, nullable=False),
 )
 
 api_images = Table(
     "api_images", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("id", Int64, primary_key=True, autoincrement=False),
     Column("name", Text, nullable=False),
     Column("path", Text, nullable=False),
 )
 
 api_images_added = Table(
     "api_images_added", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("id", Int64, primary_key=True, autoincrement=False),
     Column("name", Text, nullable=False, unique=True),
     Column("path", Text, nullable=False, unique=True),
     Column("added", Time, nullable=False),
@@ -164,7 +164,7 @@ api_images_added = Table(
 
 api_pms = Table(
     "api_pms", metadata,
-    Column("pmid", Integer, primary_key=True, autoincrement=False),
+    Column("pmid", Int64, primary_key=True, autoincrement=False),
     Column("name", Text, nullable=False),
     Column("uri", Text, nullable=False),
 )
@@ -185,5 +185,5 @@ images_imported = Table(
 placement_state = Table(
     "placement_state", metadata,
     Column("key", Text, primary_key=True),
-    Column("value", Integer, nullable=False),
+    Column("value", Int64, nullable=False),
 )

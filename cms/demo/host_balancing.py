@@ -78,7 +78,7 @@ def run_balance(out: Path, golden: str) -> dict[str, Any]:
         ready = wait_ready(cfg, 2, 240)
         say("ready: " + ", ".join(f"{r.name} on {r.host} at {r.endpoint}" for r in ready))
         from cms.store import Store
-        store = Store(cfg.state_db)
+        store = Store.of(cfg)
         say("letting the guests finish booting (a booting guest is busy whatever the load): hv1 below 40 %")
         settle(store, "hv1", 0.4, 120)
         say(f"load {SCHEDULE}: closed loop, 1 request outstanding, then 4 (both replicas busy: hv1 near 100 %)")

@@ -22,14 +22,14 @@ depends_on = None
 
 Time = sa.REAL().with_variant(DOUBLE_PRECISION(), "postgresql")
 # SQLite's INTEGER is 64 bits; on PostgreSQL (never made by the code before versions) the same
-# meaning is BIGINT for what can pass 2**31.
+# meaning is BIGINT.
 Int64 = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 C = sa.Column
 
 
 def tables() -> list[tuple[str, list, dict]]:
     text = sa.Text
-    integer = sa.Integer
+    integer = Int64
     return [
         ("samples", [C("ts", Time, nullable=False), C("host", text, nullable=False), C("domain", text, nullable=False),
                      C("grp", text, nullable=False), C("cpu", Time), C("vcpus", integer), C("memory_kib", Int64),
