@@ -32,7 +32,8 @@ lose whole minutes of an epoch); every integer is ``Int64`` (SQLite's INTEGER is
 already, PostgreSQL's 32: an id the API accepts must compare there); JSON documents are text. On PostgreSQL the API's vmids come
 from the sequence ``api_vms_vmid_seq`` (the column is BIGSERIAL), so workers on any number of
 machines never hand out one vmid twice, and a vmid is never used again, as SQLite's
-AUTOINCREMENT does within its one file.
+AUTOINCREMENT does within its one file. (`duplicates` pairs tables by shape: one Column line
+per column is what a declarative schema is; no logic repeats.)
 """
 
 from __future__ import annotations

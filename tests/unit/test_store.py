@@ -48,16 +48,21 @@ def _writer(url, n, q):
     q.put(n)
 
 
-def test_concurrent_writers_lose_nothing(state_db):
-    Store(state_db).close()
+def in_processes(target, *args, n: int = 4) -> None:
+    """target(*args, queue) in n forked processes at once; each must exit 0."""
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(state_db, 200, q)) for _ in range(4)]
+    procs = [ctx.Process(target=target, args=(*args, q)) for _ in range(n)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
+
+
+def test_concurrent_writers_lose_nothing(state_db):
+    Store(state_db).close()
+    in_processes(_writer, state_db, 200)
     assert len(Store(state_db).events(limit=10000)) == 800
 
 
@@ -74,14 +79,7 @@ def test_a_write_transaction_holds_the_write_lock_from_its_start(state_db):
     s = Store(state_db)
     with s.write() as c:
         c.execute(placement_state.insert().values(key="n", value=0))
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_incrementer, args=(state_db, 50, q)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    in_processes(_incrementer, state_db, 50)
     assert s.scalar(sa.select(placement_state.c.value)) == 200       # no update lost
 
 
