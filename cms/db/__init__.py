@@ -63,23 +63,6 @@ def is_postgres(state_db: str) -> bool:
     return state_db.startswith(("postgresql://", "postgresql+psycopg://", "postgres://"))
 
 
-def url_problem(state_db: str) -> str | None:
-    """Why state_db cannot name a database cms uses; None when it can (for the config check)."""
-    if "://" not in state_db:
-        return None if state_db else "empty: give a file path or a postgresql:// URL"
-    if not is_postgres(state_db):
-        return "only a file path (SQLite) or a postgresql://USER@HOST/DB URL is supported"
-    try:
-        u = make_url(state_db)
-    except Exception:  # noqa: BLE001 - sqlalchemy's ArgumentError: not a URL
-        return "not a URL: want postgresql://USER@HOST[:PORT]/DB"
-    if u.password is not None:
-        return "holds a password: put it in a file and name that file in state_db_password_file"
-    if not u.database:
-        return "names no database: want postgresql://USER@HOST[:PORT]/DB"
-    return None
-
-
 def url_of(state_db: str, password_file: str = "") -> URL:
     """The SQLAlchemy URL of state_db, with the password read from password_file."""
     if not is_postgres(state_db):

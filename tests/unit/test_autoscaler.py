@@ -252,12 +252,12 @@ def test_libvirt_down_is_retried_not_fatal(env, caplog):
     run_until(s, lambda: len(ready_names(s)) == 1, what="ready after libvirt came back")
 
 
-def test_dry_run_acts_on_nothing_and_once_exits(tmp_path, run_dir):
+def test_dry_run_acts_on_nothing_and_once_exits(tmp_path, run_dir, state_db):
     uri = write_node_xml(tmp_path / "node.xml")
-    cfg = cfg_for(tmp_path, uri, min=2)
+    cfg = cfg_for(tmp_path, uri, state_db=state_db, min=2)
     toml = tmp_path / "cms.toml"
     toml.write_text(f"""
-state_db = "{tmp_path / 'state.db'}"
+state_db = "{state_db}"
 hosts = [{{name = "n1", uri = "{uri}"}}]
 [image]
 golden = "/nonexistent/golden.qcow2"

@@ -255,8 +255,8 @@ def test_cli_bad_config_is_exit_2_even_with_url(tmp_path, capsys, monkeypatch):
 # -- the app: bodies ----------------------------------------------------------------------------
 
 @pytest.fixture
-def client(tmp_path, run_dir):
-    c, deps = build(tmp_path, str(tmp_path / "state.db"))
+def client(tmp_path, run_dir, state_db):
+    c, deps = build(tmp_path, state_db)
     yield c
     deps.fleet.close()
 

@@ -373,8 +373,8 @@ def test_collector_maps_a_snapshot_warm_pool_and_target_policy():
     assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
 
 
-def test_a_host_that_does_not_answer_is_down(tmp_path, run_dir):
-    cfg = cfg_for(tmp_path, write_node_xml(tmp_path / "node.xml"))
+def test_a_host_that_does_not_answer_is_down(tmp_path, run_dir, state_db):
+    cfg = cfg_for(tmp_path, write_node_xml(tmp_path / "node.xml"), state_db=state_db)
     cfg = dataclasses.replace(cfg, hosts=[*cfg.hosts, HostConfig(name="gone", uri="qemu+tcp://127.0.0.1:1/system")])
     fleet = Fleet(cfg)
     fleet.host("n1").conn()
