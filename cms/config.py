@@ -193,6 +193,7 @@ class AutoscalerConfig:
                                      "lost and replaced on live hosts (vSphere HA waits 15 s)")
     metrics_listen: str = setting("127.0.0.1:9481", doc="HOST:PORT where the daemon serves Prometheus' /metrics; "
                                                    "empty: no endpoint")
+    domain_metrics: bool = setting(False, doc="export each domain's tick figures (on with history.source = prometheus)")
 
 
 @dataclass(frozen=True)

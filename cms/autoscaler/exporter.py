@@ -6,14 +6,18 @@ Two kinds of figures, one registry:
   rebuilt at the end of each tick: plain data, no lock) and the feed's plain attributes, by a
   custom collector. A scrape therefore costs no libvirt call and never waits for a tick:
   replicas (CPU, state; requests in flight and the latency histogram their guest server
-  keeps, from the tick's /status poll), every domain's figures of the tick (CPU, each vCPU,
-  memory, state: the samples the store would keep), hosts (up, CPU, VMs, memory), groups
-  (replicas by state, desired, min/max, the policy's mean and thresholds, the warm pool), the tick (seq, overruns) and
+  keeps, from the tick's /status poll), hosts (up, CPU, VMs, memory), groups (replicas by
+  state, desired, min/max, the policy's mean and thresholds, the warm pool), the tick (seq, overruns) and
   the ZeroMQ feed (sequence, subscribers).
 * Events, counted as they happen by three hooks the daemon calls: the journal's listener
   (decisions by action, failed replicas, failed spawns, spawn stages, decision -> ready),
   the libvirt call observer (latency by call, errors by code) and ``on_tick`` (tick
   durations). Each hook is a dictionary lookup and an observe; none does I/O.
+
+With ``[history] source = "prometheus"`` (or ``autoscaler.domain_metrics = true``) it also
+exports every domain's figures of each tick (``cms_domain_*``: CPU, each vCPU, vCPUs, memory,
+state; the samples the store would keep), which cms.promhistory reads. Off otherwise: at
+1,000 replicas they quadruple a scrape (bench/monitor_tick.py: ~110 kB to ~430 kB).
 
 Names follow Prometheus' guide: ``cms_`` prefix, base units (``_seconds``, ``_bytes``,
 ``_ratio`` for 0..1 fractions), ``_total`` on counters, labels with bounded values (group,
@@ -60,9 +64,10 @@ TICK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 class StatusCollector:
     """The status snapshot as gauge and counter families, built at each scrape."""
 
-    def __init__(self, status: Callable[[], Mapping[str, Any]], publisher: Any = None) -> None:
+    def __init__(self, status: Callable[[], Mapping[str, Any]], publisher: Any = None, domains: bool = False) -> None:
         self.status = status
         self.publisher = publisher
+        self.domains = domains
 
     def describe(self) -> Iterable[Metric]:
         return ()      # the families depend on the snapshot: nothing to check at registration
@@ -72,7 +77,8 @@ class StatusCollector:
         yield from self._replicas(st.get("groups", {}))
         yield from self._groups(st.get("groups", {}))
         yield from self._hosts(st.get("hosts", {}))
-        yield from self._domains(st.get("domains", ()))
+        if self.domains:
+            yield from self._domains(st.get("domains", ()))
         yield from self._loop(st)
         yield from self._controller(st.get("controller") or {})
 
@@ -244,11 +250,11 @@ class Exporter:
     """The registry, its event hooks and (optionally) its HTTP endpoint."""
 
     def __init__(self, status: Callable[[], Mapping[str, Any]], groups: Iterable[str], publisher: Any = None,
-                 *, process: bool = True) -> None:
+                 *, process: bool = True, domains: bool = False) -> None:
         # Counters' and histograms' *_created series would be more series for nothing here.
         disable_created_metrics()
         r = self.registry = CollectorRegistry(auto_describe=False)
-        r.register(StatusCollector(status, publisher))
+        r.register(StatusCollector(status, publisher, domains))
         if process:
             ProcessCollector(registry=r)
         self.status = status
@@ -384,7 +390,9 @@ def serve_http(host: str, port: int, registry: CollectorRegistry, status: Callab
 def attach(scaler: Any, listen: str = "") -> Exporter:
     """An Exporter on this Autoscaler: its hooks wired in, serving on `listen` when given."""
     from cms.virt import set_call_observer
-    ex = Exporter(scaler.status, scaler.groups, scaler.publisher)
+    cfg = scaler.cfg
+    ex = Exporter(scaler.status, scaler.groups, scaler.publisher,
+                  domains=cfg.autoscaler.domain_metrics or cfg.history.source == "prometheus")
     scaler.journal.listeners.append(ex.on_event)
     set_call_observer(ex.on_libvirt_call)
     if listen:

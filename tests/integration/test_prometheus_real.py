@@ -109,6 +109,7 @@ snapshot = "tcp://127.0.0.1:{snap}"
 tick_s = 1.0
 health_timeout_s = {BOOT}
 metrics_listen = "127.0.0.1:{metrics_port}"
+domain_metrics = true
 [groups.{GROUP}]
 min = 1
 max = 2

@@ -208,6 +208,7 @@ AUTOSCALER_FAMILIES = {
 @pytest.fixture
 def scaler(tmp_path, run_dir, state_db):
     cfg = cfg_for(tmp_path, write_node_xml(tmp_path / "node.xml"), state_db=state_db)
+    cfg = dataclasses.replace(cfg, autoscaler=dataclasses.replace(cfg.autoscaler, domain_metrics=True))
     fleet = Fleet(cfg)
     fleet.host("n1").conn()  # a test:///file URI starts fresh at each open: keep this one
     s = Autoscaler(cfg, fleet=fleet, metrics=FakeMetrics(), health=FakeHealth(), publisher=Recorder(),
@@ -344,6 +345,7 @@ def test_collector_maps_a_snapshot_warm_pool_and_target_policy():
     ex = exporter.Exporter(lambda: st, ["api"], publisher=type("P", (), {"seq": 11, "subscribers": 3})(),
                            process=False)
     text, fams = scrape(ex)
+    assert not [n for n in fams if n.startswith("cms_domain_")]    # per-domain series only when asked for
     assert samples(fams, "cms_replica_cpu_utilization_ratio") == {
         (("group", "api"), ("host", "h1"), ("replica", "r1"), ("state", "ready")): 0.4,
         (("group", "api"), ("host", "h2"), ("replica", "w2"), ("state", "warming")): 0.9}
