@@ -21,9 +21,9 @@ TTL = 4
 
 
 @pytest.fixture
-def two(tmp_path, run_dir):
+def two(tmp_path, run_dir, state_db):
     uri = write_node_xml(tmp_path / "node.xml")
-    cfg = cfg_for(tmp_path, uri)
+    cfg = cfg_for(tmp_path, uri, state_db=state_db)      # several controllers share one state database
     fleet = Fleet(cfg)
     fleet.host("n1").conn()      # a test:///file URI starts fresh at each open: keep this one
     etcd = FakeCluster(FakeClock())
