@@ -1,5 +1,5 @@
-"""The schema's versions (cms.db): a file made by the code before versions upgrades in place
-with every row kept; an empty database upgrades to head; the migrations and cms.db.schema do
+"""The schema's versions (cms.db): a file made by the code before versions (one it wrote
+itself, and ones from its frozen DDL) upgrades in place with every row kept; an empty database upgrades to head; the migrations and cms.db.schema do
 not drift apart (Alembic's own check, on both backends); a database at another revision is
 refused with the command that fixes it; `cms db current|upgrade`."""
 
@@ -20,6 +20,7 @@ from cms.store import Sample, Store
 from tests.support import ROOT
 
 LEGACY = ROOT / "tests" / "data" / "legacy_schema.sql"
+WRITTEN = ROOT / "tests" / "data" / "state-before-versions.db"   # by tests/data/make_legacy_state_db.py
 
 
 def legacy_file(path: Path, *, with_vcpu: bool = True) -> None:
@@ -111,6 +112,35 @@ def test_a_file_made_before_versions_upgrades_in_place_with_every_row(tmp_path, 
     assert vmid == 4
     assert cli(["db", "upgrade", "--config", toml]) == 0
     assert capsys.readouterr().out.strip() == f"{path}: already at head ({db.head()})"
+
+
+def test_a_file_the_code_before_versions_wrote_upgrades_with_every_row(tmp_path, capsys):
+    """Not a frozen DDL: a file the old code itself made and filled through its own calls
+    (tests/data/make_legacy_state_db.py, run on main before issue 21)."""
+    import shutil
+
+    from cms.api_tables import ApiTables
+    path = tmp_path / "state.db"
+    shutil.copy(WRITTEN, path)
+    before = dump(str(path))
+    assert {t: len(r) for t, r in before.items() if r} == {
+        "samples": 30, "host_samples": 10, "events": 6, "scale_requests": 1, "replicas": 1, "api_vms": 3,
+        "api_types": 2, "api_images": 2, "api_images_added": 1, "api_pms": 1, "balance_requests": 1,
+        "placement_state": 1, "images_imported": 1}
+    with pytest.raises(db.SchemaMismatch, match=r"run `cms db upgrade`"):
+        Store(path)
+    assert cli(["db", "upgrade", "--config", write_config(tmp_path, str(path))]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: upgraded from none to {db.head()}"
+    assert dump(str(path)) == before
+    no_drift(str(path))
+    s = Store(path)
+    assert [e.subject for e in s.events(kinds=["vm_create"])] == [f"vm{i}" for i in range(5)]
+    assert s.samples(domain="cms-vm-1")[0].vcpu == (0.5, 0.25)
+    t = ApiTables(s)
+    assert [(r["vmid"], r["name"]) for r in t.vms()] == [(1, "vm0"), (2, "vm1")]
+    assert [r["name"] for r in t.stale_creates(0)] == ["half-made"]
+    assert t.reserve_vm("next", 1, 100) == 5          # after the highest vmid ever given, as before
+    s.close()
 
 
 def test_an_empty_database_upgrades_to_head_with_no_drift(state_db, tmp_path, capsys):
