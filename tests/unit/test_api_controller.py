@@ -17,7 +17,7 @@ def test_the_answer_follows_the_autoscalers_health_and_survives_its_absence(tmp_
     status = {"ts": 1.0, "tick": {"seq": 3},
               "controller": {"role": "follower", "name": "c2", "term": 0, "leader": "c1", "coordination": True}}
     server = exporter.serve_http("127.0.0.1", 0, CollectorRegistry(), lambda: status)
-    _client, deps = build(tmp_path)
+    _client, deps = build(tmp_path, str(tmp_path / "state.db"))   # the route reads no table: one backend
     try:
         cfg = dataclasses.replace(deps.cfg, autoscaler=dataclasses.replace(
             deps.cfg.autoscaler, metrics_listen=f"127.0.0.1:{server.server_address[1]}"))
