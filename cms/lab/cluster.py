@@ -3,7 +3,8 @@
 A lab (cms.lab.hosts) of hypervisors, M controllers each in its own network namespace and
 an etcd cluster they alone reach (cms.lab.controllers); on each controller a real
 ``cms-autoscaler`` process, started, SIGKILLed or restarted by the test; one state database
-they all share; the real load client (``cms-loadgen``) in the root namespace, following the
+they all share (the takeover test's is PostgreSQL on the hosts' bridge, cms.lab.postgres); the
+real load client (``cms-loadgen``) in the root namespace, following the
 feed of every controller. ``leader()`` asks every controller's /health. ``close`` ends every
 process it started and removes every domain of its group, whatever happened.
 """

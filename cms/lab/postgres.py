@@ -4,6 +4,11 @@ free loopback port, with its socket in that directory; stopped and removed by ``
 
     with Cluster.started() as pg:
         url = pg.new_database()        # postgresql://cms@127.0.0.1:PORT/cms_1 (trust: no password)
+
+A lab's controllers run in network namespaces that reach the root namespace on the hosts'
+bridge (169.254.S.1, cms.lab.hosts): ``Cluster(listen="169.254.S.1")`` also listens there,
+lets 169.254.0.0/16 in (pg_hba, trust as on loopback), and hands out URLs on that address,
+so every controller shares the one database as they would share a production server.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Iterator
 from cms.netutil import free_port
 
 USER = "cms"
+LAB_NET = "169.254.0.0/16"      # the lab's link-local networks (hosts, controllers)
 
 
 def bindir() -> Path:
@@ -32,8 +38,10 @@ def bindir() -> Path:
 
 
 class Cluster:
-    def __init__(self, base: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, base: str | os.PathLike[str] | None = None, listen: str = "") -> None:
         self.bin = bindir()
+        self.listen = listen             # an address beside loopback (a lab's bridge), or none
+        self.host = listen or "127.0.0.1"
         self.dir = Path(tempfile.mkdtemp(prefix="cms-pg-", dir=base))
         self.data = self.dir / "data"
         self.port = free_port()
@@ -53,8 +61,13 @@ class Cluster:
         os.chown(self.dir, pw.pw_uid, pw.pw_gid)
         self._as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", USER,
                           "--no-sync", "-E", "UTF8")
+        addresses = "127.0.0.1"
+        if self.listen:
+            addresses += f",{self.listen}"
+            with open(self.data / "pg_hba.conf", "a") as hba:     # appended: it stays the postgres user's
+                hba.write(f"host all all {LAB_NET} trust\n")
         # a test cluster: no fsync (a crash loses it anyway), room for many test connections
-        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses={addresses} -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"),
                           "-o", opts, "-w", "-t", "60", "start")
@@ -62,7 +75,7 @@ class Cluster:
         return self
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{USER}@{self.host}:{self.port}/{database}"
 
     def new_database(self, prefix: str = "cms") -> str:
         """A new empty database; its state_db URL."""
@@ -92,8 +105,8 @@ class Cluster:
 
     @classmethod
     @contextlib.contextmanager
-    def started(cls, base: str | os.PathLike[str] | None = None) -> Iterator["Cluster"]:
-        c = cls(base)
+    def started(cls, base: str | os.PathLike[str] | None = None, listen: str = "") -> Iterator["Cluster"]:
+        c = cls(base, listen)
         try:
             yield c.start()
         finally:

@@ -1,6 +1,8 @@
 """Two controllers, one leader (issue 22), on the lab: 3 hypervisors, 2 controllers each in its own
 network namespace running the real cms-autoscaler, a 3-member etcd cluster only they reach,
-one shared state database, and the real load client following both controllers' feeds.
+one state database they share on PostgreSQL, as in production (cms.lab.postgres, listening
+on the hosts' bridge the controllers reach from their namespaces), and the real load client
+following both controllers' feeds.
 
 One lab, etcd and pair of controllers for the module (cms.lab.cluster), the tests in order:
 
@@ -28,6 +30,7 @@ import urllib.request
 
 import pytest
 
+from cms.lab import postgres
 from cms.lab.cluster import Cluster
 from cms.lab.controllers import Controllers
 from cms.lab.hosts import running
@@ -44,11 +47,12 @@ SLACK = 1.5          # asking /health every 0.1 s, a process's scheduling on 2 b
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("takeover")
-    with running(3, name="cmsha", subnet=95) as (lab, hosts):
+    with running(3, name="cmsha", subnet=95) as (lab, hosts), \
+            postgres.Cluster.started(listen=lab.gateway) as pg:
         ctl = Controllers(lab)
         controllers, etcd = ctl.up(2)
         c = Cluster(lab, hosts, ctl, controllers, etcd, work, group=G, ttl=TTL, tick_s=TICK,
-                    state_db=str(work / "state.db"),
+                    state_db=pg.new_database(),
                     group_cfg={"min": 1, "max": 2, "vcpus": 1, "memory_mib": 512, "cooldown_s": 5, "warmup_s": 3,
                                "threshold": {"high": 0.6, "low": 0.05, "window_s": 4, "window_in_s": 3600}})
         try:
