@@ -1,5 +1,6 @@
 """The schema's versions (cms.db): a file made by the code before versions (one it wrote
-itself, and ones from its frozen DDL) upgrades in place with every row kept; an empty database upgrades to head; the migrations and cms.db.schema do
+itself, and ones from its frozen DDL, before and after that code added issue 24's and 20's
+columns by hand) upgrades in place with every row kept; an empty database upgrades to head; the migrations and cms.db.schema do
 not drift apart (Alembic's own check, on both backends); a database at another revision is
 refused with the command that fixes it; `cms db current|upgrade`."""
 
@@ -23,13 +24,25 @@ LEGACY = ROOT / "tests" / "data" / "legacy_schema.sql"
 WRITTEN = ROOT / "tests" / "data" / "state-before-versions.db"   # by tests/data/make_legacy_state_db.py
 
 
-def legacy_file(path: Path, *, with_vcpu: bool = True) -> None:
-    """A state database as the code before versions made and filled it (its frozen DDL)."""
+# What the code before versions added on open after issues 24 and 20 (Store._add_columns:
+# samples' load figures, api_vms' ha and lost), before the schema took them over (0004).
+LATER_COLUMNS = """
+ALTER TABLE samples ADD COLUMN in_flight REAL;
+ALTER TABLE samples ADD COLUMN rate REAL;
+ALTER TABLE samples ADD COLUMN p95_s REAL;
+ALTER TABLE api_vms ADD COLUMN ha INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE api_vms ADD COLUMN lost REAL;
+"""
+
+
+def legacy_file(path: Path, *, with_vcpu: bool = True, with_later: bool = False) -> None:
+    """A state database as the code before versions made and filled it (its frozen DDL);
+    ``with_later``: as that code made it after issues 24 and 20, with their columns filled."""
     ddl = LEGACY.read_text()
     if not with_vcpu:                   # a file from before samples.vcpu existed
         ddl = ddl.replace("ALTER TABLE samples ADD COLUMN vcpu TEXT;", "")
     c = sqlite3.connect(path)
-    c.executescript(ddl)
+    c.executescript(ddl + (LATER_COLUMNS if with_later else ""))
     c.executemany("INSERT INTO samples (ts, host, domain, grp, cpu, vcpus, memory_kib, state) VALUES (?,?,?,?,?,?,?,?)",
                   [(1000.0 + i, "local", f"cms-vm-{i % 3 + 1}", "", 0.25 * (i % 4), 1, 524288, "running")
                    for i in range(30)])
@@ -51,6 +64,9 @@ def legacy_file(path: Path, *, with_vcpu: bool = True) -> None:
     c.execute("INSERT INTO replicas VALUES ('cms-web-1', 'web', 'local', 'ready', '127.0.0.1', 20001, 1000.0)")
     c.execute("INSERT INTO placement_state VALUES ('rr_cursor', 4)")
     c.execute("INSERT INTO images_imported VALUES ('/a.qcow2', 1, 2, 3, 'ab', 'qcow2', '/p/ab', '[\"local\"]', 1.0)")
+    if with_later:
+        c.execute("UPDATE samples SET in_flight = 1.5, rate = 3.0, p95_s = 0.25 WHERE ts >= 1020")
+        c.execute("UPDATE api_vms SET ha = 1, lost = 1500.0 WHERE name = 'vm1'")
     c.commit()
     c.close()
 
@@ -83,10 +99,11 @@ def write_config(tmp_path: Path, state_db: str) -> str:
     return str(p)
 
 
-@pytest.mark.parametrize("with_vcpu", [True, False], ids=["current", "before-vcpu"])
-def test_a_file_made_before_versions_upgrades_in_place_with_every_row(tmp_path, capsys, with_vcpu):
+@pytest.mark.parametrize("with_vcpu, with_later", [(True, True), (True, False), (False, False)],
+                         ids=["after-issues-20-24", "before-issues-20-24", "before-vcpu"])
+def test_a_file_made_before_versions_upgrades_in_place_with_every_row(tmp_path, capsys, with_vcpu, with_later):
     path = tmp_path / "state.db"
-    legacy_file(path, with_vcpu=with_vcpu)
+    legacy_file(path, with_vcpu=with_vcpu, with_later=with_later)
     before = dump(str(path))
     assert len(before["samples"]) == 30 and len(before["events"]) == 5 and len(before["api_vms"]) == 2
     # the daemons and the API refuse it, naming the command
@@ -100,6 +117,12 @@ def test_a_file_made_before_versions_upgrades_in_place_with_every_row(tmp_path, 
     after = dump(str(path))
     if not with_vcpu:      # the column is added, empty
         before["samples"] = [r + (None,) for r in before["samples"]]
+    if not with_later:     # 0004 adds issue 24's and 20's columns, empty (ha: 0)
+        before["samples"] = [r + (None, None, None) for r in before["samples"]]
+        before["api_vms"] = [r + (0, None) for r in before["api_vms"]]
+    else:                  # the code that added them by hand had filled them: kept
+        assert {r[-3:] for r in after["samples"]} == {(None, None, None), (1.5, 3.0, 0.25)}
+        assert [r[-2:] for r in after["api_vms"]] == [(0, None), (1, 1500.0)]
     assert after == before
     no_drift(str(path))
     # and it is in use at once: the next vmid follows the highest ever given (AUTOINCREMENT kept)
@@ -131,7 +154,11 @@ def test_a_file_the_code_before_versions_wrote_upgrades_with_every_row(tmp_path,
         Store(path)
     assert cli(["db", "upgrade", "--config", write_config(tmp_path, str(path))]) == 0
     assert capsys.readouterr().out.strip() == f"{path}: upgraded from none to {db.head()}"
-    assert dump(str(path)) == before
+    after = dump(str(path))           # made before issues 24 and 20: their columns added, empty
+    assert after["samples"] == [r + (None, None, None) for r in before["samples"]]
+    assert after["api_vms"] == [r + (0, None) for r in before["api_vms"]]
+    assert {t: r for t, r in after.items() if t not in ("samples", "api_vms")} == {
+        t: r for t, r in before.items() if t not in ("samples", "api_vms")}
     no_drift(str(path))
     s = Store(path)
     assert [e.subject for e in s.events(kinds=["vm_create"])] == [f"vm{i}" for i in range(5)]
@@ -161,6 +188,35 @@ def test_a_new_database_is_made_at_head_as_the_migrations_make_it(state_db):
         assert db.current(c) == db.head()
     eng.dispose()
     no_drift(state_db)
+
+
+def test_a_database_at_0003_gains_the_load_and_lost_columns(state_db):
+    """0004: a database versioned before issues 24 and 20 reached the schema gets their columns,
+    its rows kept with them empty (ha 0); the store and the API's tables use them at once."""
+    from cms.api_tables import ApiTables
+    eng = db.engine(state_db)
+    assert db.upgrade(eng, "0003_sqlite_text_keys") == (None, "0003_sqlite_text_keys")
+    with eng.begin() as c:
+        c.execute(sa.text("INSERT INTO samples (ts, host, domain, grp, cpu, vcpus, memory_kib, state) "
+                          "VALUES (1000, 'h', 'cms-web-1', 'web', 0.5, 1, 1024, 'ready')"))
+        c.execute(sa.text("INSERT INTO api_vms (name, domain, host, instance_type, image_id, state, created) "
+                          "VALUES ('vm0', 'cms-vm-1', 'h', 1, 100, 'active', 1000)"))
+    with pytest.raises(db.SchemaMismatch, match="needs 0004_load_and_lost: run `cms db upgrade`"):
+        Store(state_db)
+    assert db.upgrade(eng) == ("0003_sqlite_text_keys", db.head())
+    eng.dispose()
+    no_drift(state_db)
+    s = Store(state_db)
+    [old] = s.samples()
+    assert (old.in_flight, old.rate, old.p95_s) == (None, None, None)
+    s.add_samples([Sample(1001.0, "h", "cms-web-1", "web", 0.5, 1, 1024, "ready", (), 2.0, 4.0, 0.3)])
+    assert [(x.in_flight, x.rate, x.p95_s) for x in s.samples()] == [(None, None, None), (2.0, 4.0, 0.3)]
+    t = ApiTables(s)
+    [vm] = t.vms()
+    assert (vm["ha"], vm["lost"]) == (0, None)
+    assert [r["name"] for r in t.mark_lost("h", 1500.0)] == ["vm0"]
+    assert [r["lost"] for r in t.lost_vms("h")] == [1500.0]
+    s.close()
 
 
 def test_a_database_at_another_revision_is_refused(state_db, tmp_path, capsys):
