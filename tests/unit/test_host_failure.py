@@ -18,7 +18,7 @@ DOWN_S = 10.0
 
 
 @pytest.fixture
-def two(tmp_path, run_dir):
+def two(tmp_path, run_dir, state_db):
     hosts = [{"name": n, "uri": write_node_xml(tmp_path / f"{n}.xml")} for n in ("n1", "n2")]
 
     def build(**host_extra):
@@ -26,7 +26,7 @@ def two(tmp_path, run_dir):
                           image={"golden": "/nonexistent/golden.qcow2"}, placement={"algorithm": "spread"},
                           groups={G: {"min": 2, "max": 3, "cooldown_s": 0, "warmup_s": 0,
                                       "threshold": {"high": 1.0, "low": 0.0}}},
-                          state_db=str(tmp_path / "state.db"),
+                          state_db=state_db,
                           autoscaler={"tick_s": 0.05, "host_down_s": DOWN_S, "drain_s": 0.1,
                                       "shutdown_timeout_s": 0.1},
                           zmq={"publish": "tcp://127.0.0.1:*", "snapshot": "tcp://127.0.0.1:*"})
@@ -155,10 +155,10 @@ def test_a_fence_command_past_its_timeout_is_killed_and_counts_as_failed(two, mo
 
 # -- what the API and the CLI show (the API reads the daemon's host events) ----------------------
 
-def test_the_api_shows_declared_host_states_and_places_nothing_on_a_host_that_is_not_up(tmp_path, run_dir):
+def test_the_api_shows_declared_host_states_and_places_nothing_on_a_host_that_is_not_up(tmp_path, run_dir, state_db):
     from cms import cli
     from tests.unit.test_api import AUTH, build
-    client, deps = build(tmp_path)
+    client, deps = build(tmp_path, state_db)
     try:
         deps.store.add_event("host_suspect", "missed a tick", subject="pm1")
         deps.store.add_event("host_down", "silent for 10 s", subject="pm1")
@@ -176,10 +176,10 @@ def test_the_api_shows_declared_host_states_and_places_nothing_on_a_host_that_is
         deps.fleet.close()
 
 
-def test_an_api_vm_is_ha_when_asked_and_lost_while_its_host_is_down(tmp_path, run_dir):
+def test_an_api_vm_is_ha_when_asked_and_lost_while_its_host_is_down(tmp_path, run_dir, state_db):
     from cms import cli
     from tests.unit.test_api import AUTH, build
-    client, deps = build(tmp_path)
+    client, deps = build(tmp_path, state_db)
     try:
         ha = client.simulate_post("/v1/vms", json={"name": "keep", "instance_type": 1, "ha": True}, headers=AUTH).json
         plain = client.simulate_post("/v1/vms", json={"name": "plain", "instance_type": 1}, headers=AUTH).json
