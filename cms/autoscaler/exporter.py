@@ -7,17 +7,17 @@ Two kinds of figures, one registry:
   custom collector. A scrape therefore costs no libvirt call and never waits for a tick:
   replicas (CPU, state; requests in flight and the latency histogram their guest server
   keeps, from the tick's /status poll), hosts (up, CPU, VMs, memory), groups (replicas by
-  state, desired, min/max, the policy's mean and thresholds, the warm pool), the tick (seq, overruns) and
-  the ZeroMQ feed (sequence, subscribers).
+  state, desired, min/max, the policy's mean and thresholds, the warm pool), the tick (seq,
+  overruns) and the ZeroMQ feed (sequence, subscribers).
 * Events, counted as they happen by three hooks the daemon calls: the journal's listener
   (decisions by action, failed replicas, failed spawns, spawn stages, decision -> ready),
   the libvirt call observer (latency by call, errors by code) and ``on_tick`` (tick
   durations). Each hook is a dictionary lookup and an observe; none does I/O.
 
 With ``[history] source = "prometheus"`` (or ``autoscaler.domain_metrics = true``) it also
-exports every domain's figures of each tick (``cms_domain_*``: CPU, each vCPU, vCPUs, memory,
-state; the samples the store would keep), which cms.promhistory reads. Off otherwise: at
-1,000 replicas they quadruple a scrape (bench/monitor_tick.py: ~110 kB to ~430 kB).
+exports every domain's figures of each tick (cms.autoscaler.domain_metrics: the samples the
+store would keep), which cms.promhistory reads. Off otherwise: at 1,000 replicas they
+quadruple a scrape (bench/monitor_tick.py: ~110 kB to ~430 kB).
 
 Names follow Prometheus' guide: ``cms_`` prefix, base units (``_seconds``, ``_bytes``,
 ``_ratio`` for 0..1 fractions), ``_total`` on counters, labels with bounded values (group,
@@ -44,6 +44,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from cms import policy
+from cms.autoscaler.domain_metrics import domain_families
 from cms.autoscaler.hoststate import HostState
 from cms.autoscaler.lifecycle import State
 from cms.config import split_hostport
@@ -78,7 +79,7 @@ class StatusCollector:
         yield from self._groups(st.get("groups", {}))
         yield from self._hosts(st.get("hosts", {}))
         if self.domains:
-            yield from self._domains(st.get("domains", ()))
+            yield from domain_families(st.get("domains", ()))
         yield from self._loop(st)
         yield from self._controller(st.get("controller") or {})
 
@@ -161,33 +162,6 @@ class StatusCollector:
             for (s, mode), n in sorted(members.items()):
                 warm.add_metric([g, s, mode], n)
         yield from (replicas, desired, lo, hi, mean, bounds, pool, target, warm)
-
-    @staticmethod
-    def _domains(domains: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
-        """Every domain's figures of the last tick, as the store's samples hold them: what the
-        history API reads with [history] source = "prometheus" (cms.promhistory)."""
-        labels = ["domain", "host", "group"]
-        cpu = GaugeMetricFamily("cms_domain_cpu_utilization_ratio", "The domain's CPU over the last tick, per vCPU "
-                                "(every domain cms owns: replicas and the API's VMs)", labels=labels)
-        vcpu = GaugeMetricFamily("cms_domain_vcpu_utilization_ratio", "Each vCPU's busy share over the last tick",
-                                 labels=["domain", "vcpu"])
-        vcpus = GaugeMetricFamily("cms_domain_vcpus", "The domain's vCPUs", labels=labels)
-        mem = GaugeMetricFamily("cms_domain_memory_bytes", "The domain's current memory (the balloon's size)",
-                                labels=labels)
-        state = GaugeMetricFamily("cms_domain_state", "1 for the domain's state: a replica's lifecycle state, "
-                                  "else libvirt's", labels=["domain", "group", "state"])
-        for d in domains:
-            key = [d["name"], d.get("host") or "", d.get("group") or ""]
-            if d.get("cpu") is not None:
-                cpu.add_metric(key, d["cpu"])
-            for i, v in enumerate(d.get("vcpu") or ()):
-                if v is not None:
-                    vcpu.add_metric([d["name"], str(i)], v)
-            vcpus.add_metric(key, d.get("vcpus") or 0)
-            if d.get("memory_kib") is not None:
-                mem.add_metric(key, d["memory_kib"] * 1024)
-            state.add_metric([d["name"], d.get("group") or "", d.get("state") or ""], 1)
-        yield from (cpu, vcpu, vcpus, mem, state)
 
     @staticmethod
     def _hosts(hosts: Mapping[str, Any]) -> Iterable[Metric]:
