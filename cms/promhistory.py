@@ -14,6 +14,13 @@ changed labels inside it (a migration changes ``host``) still counts as one. A s
 is its scrape's, at most one scrape interval after the tick that made it: a point can fall
 one bucket later than the store's, never further ("within one step", the test's bound).
 
+A group's load series (``in_flight``, ``p95_s``) come from what every ready replica's /status
+poll gives the exporter: ``cms_replica_in_flight`` (the mean over its scrapes in the bucket,
+as the store's mean over ticks) and ``cms_replica_latency_seconds`` (the slowest replica's
+p95 over the bucket, ``histogram_quantile`` of its rate there, where the store averages each
+tick's slowest p95: the same figure when the load is steady, smoother when it is not; none
+in a bucket with fewer than two scrapes or no answer).
+
 Cost, per domain and day (bench/history.py): the store keeps one row per domain per tick,
 about 10 MB a day at tick_s = 1 in SQLite; Prometheus keeps ~5 series per domain in its
 compressed TSDB (about 1-2 bytes a sample): an order of magnitude less, in a database built
@@ -44,6 +51,8 @@ VCPU = "cms_domain_vcpu_utilization_ratio"
 VCPUS = "cms_domain_vcpus"
 MEMORY = "cms_domain_memory_bytes"
 STATE = "cms_domain_state"
+IN_FLIGHT = "cms_replica_in_flight"                   # a ready replica's mean in flight over a tick
+LATENCY = "cms_replica_latency_seconds"               # its guest server's cumulative /work histogram
 SCRAPES = "cms_autoscaler_tick_interval_seconds"      # one sample per scrape of each autoscaler
 
 
@@ -153,14 +162,20 @@ class PrometheusHistory:
              "cpu_n": f"sum (count_over_time({CPU}{sel}[{w}]))",
              "used": f"sum (sum_over_time({CPU}{sel}[{w}]) * on (domain) group_left "
                      f"max by (domain) (max_over_time({VCPUS}{sel}[{w}])))"}
-        c = {k: self._one(v, since, until, step) for k, v in q.items()}
+        if group is not None:   # the group route's load series (issue 24); a host's page has none
+            q.update({"in_sum": f"sum (sum_over_time({IN_FLIGHT}{sel}[{w}]))",
+                      "in_n": f"sum (count_over_time({IN_FLIGHT}{sel}[{w}]))",
+                      "p95": f"max (histogram_quantile(0.95, sum by (replica, le) "
+                             f"(rate({LATENCY}_bucket{sel}[{w}]))))"})
+        c = defaultdict(dict, {k: self._one(v, since, until, step) for k, v in q.items()})
         rows = []
         for b, n in sorted(c["n"].items()):
             ticks = c["ticks"].get(b) or 1.0
-            cpu_n = c["cpu_n"].get(b)
+            cpu_n, in_n = c["cpu_n"].get(b), c["in_n"].get(b)
             rows.append({"b": b, "ticks": int(ticks), "domains": n / ticks, "vcpus": c["vcpus"].get(b, 0.0) / ticks,
                          "cpus_used": None if b not in c["used"] else c["used"][b] / ticks,
-                         "cpu": c["cpu_sum"][b] / cpu_n if cpu_n else None})
+                         "cpu": c["cpu_sum"][b] / cpu_n if cpu_n else None,
+                         "in_flight": c["in_sum"][b] / in_n if in_n else None, "p95_s": c["p95"].get(b)})
         return rows
 
     def state_buckets(self, group: str, since: float, until: float, step: float) -> list[dict[str, Any]]:
