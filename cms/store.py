@@ -184,10 +184,10 @@ class Store:
         with self.read() as c:
             return c.execute(q).scalar()
 
-    def all(self, q: Any) -> list[Mapping[str, Any]]:
-        """Every row of a query, as mappings (row["column"])."""
+    def all(self, q: Any, params: Mapping[str, Any] | None = None) -> list[Mapping[str, Any]]:
+        """Every row of a query, as mappings (row["column"]); ``params``: its bound parameters."""
         with self.read() as c:
-            return _rows(c.execute(q))
+            return _rows(c.execute(q, params))
 
     # -- samples --------------------------------------------------------------------------
 
