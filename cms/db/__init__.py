@@ -87,13 +87,24 @@ def describe(state_db: str) -> str:
 _engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 
+def _before_fork() -> None:
+    # No SQLite connection open across a fork, where it can be helped: a child's SQLite starts
+    # from a copy of its parent's per-file lock bookkeeping, while the POSIX locks it stands
+    # for stay the parent's, so a connection the child opens to a file its parent had open
+    # could believe it holds a lock it does not (writes lost). The pool's idle connections
+    # are closed here; one checked out by another thread at that instant cannot be.
+    for e in list(_engines):
+        if e.dialect.name == "sqlite" and e.url.database:
+            e.dispose()
+
+
 def _after_fork() -> None:
     # a child must not use its parent's connections (gunicorn forks, tests fork writers)
     for e in list(_engines):
         e.dispose(close=False)
 
 
-os.register_at_fork(after_in_child=_after_fork)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork)
 
 
 def engine(state_db: str, password_file: str = "") -> Engine:
