@@ -36,8 +36,8 @@ from cms.store import Store
 Row = dict[str, Any]
 
 # The spec's /vm/query (and every route on one VM) runs this statement: built once, with its
-# vmid a bound parameter. A statement built per call costs its construction and its cache key
-# (SQLAlchemy memoizes the key on the statement object), twice what running it costs.
+# vmid a bound parameter, and run through Store.fetch (compiled once per backend, on the
+# thread's own connection: cms.db.hot).
 ACTIVE_VM = sa.select(VMS).where(VMS.c.vmid == sa.bindparam("vmid"), VMS.c.state == "active").limit(1)
 
 
@@ -155,7 +155,7 @@ class ApiTables:
 
     def vm(self, vmid: int) -> Row | None:
         """An active VM's row."""
-        rows = self._rows(ACTIVE_VM, {"vmid": vmid})
+        rows = self.store.fetch(ACTIVE_VM, {"vmid": vmid})
         return rows[0] if rows else None
 
     def vms(self, host: str | None = None) -> list[Row]:

@@ -9,7 +9,7 @@ import traceback
 
 import sqlalchemy as sa
 
-from cms.db.schema import placement_state
+from cms.db.schema import api_vms, placement_state
 from cms.store import Sample, Store
 
 
@@ -133,3 +133,41 @@ def test_many_processes_create_a_new_database_at_once(new_state_db, backend):
         assert sorted(q.get(timeout=5) for _ in range(n)) == [backend] * n
         assert len(Store(url).events()) == n
 
+
+class _Shout(sa.TypeDecorator):
+    """A column whose value SQLAlchemy converts: not for the driver-only path."""
+    impl = sa.Text
+    cache_ok = True
+
+    def process_result_value(self, value, dialect):
+        return value.upper()
+
+
+def test_the_hot_read_answers_as_the_usual_path(state_db):
+    # Store.fetch (cms.db.hot): the /vm/query statement, compiled once and run through the
+    # driver, gives what Store.all gives; a statement it cannot take goes the usual way
+    from cms.api_tables import ACTIVE_VM, ApiTables
+    s, other = Store(state_db), Store(state_db)
+    t = ApiTables(other)
+    vmid = t.reserve_vm("a", 1, 100)
+    assert s.fetch(ACTIVE_VM, {"vmid": vmid}) == []               # still creating
+    t.activate_vm(vmid, "cms-vm-1", "pm1")                        # another store's commit: seen at once
+    rows = s.fetch(ACTIVE_VM, {"vmid": vmid})
+    assert rows == [dict(r) for r in s.all(ACTIVE_VM, {"vmid": vmid})]
+    assert rows[0]["domain"] == "cms-vm-1" and isinstance(rows[0]["created"], float)
+    assert s.fetch(ACTIVE_VM, {"vmid": vmid + 1}) == []
+    assert s._hot.plan(ACTIVE_VM) is not None
+    shout = sa.select(sa.type_coerce(api_vms.c.name, _Shout).label("name")).where(api_vms.c.vmid == sa.bindparam("v"))
+    assert s._hot.plan(shout) is None
+    assert s.fetch(shout, {"v": vmid}) == [{"name": "A"}]
+    # the connections the hot read used are back in the pool as they were: a write there
+    # that fails is still rolled back whole (PostgreSQL: not left in autocommit)
+    for _ in range(3):
+        s.fetch(ACTIVE_VM, {"vmid": vmid})
+    try:
+        with s.write() as c:
+            c.execute(placement_state.insert().values(key="half", value=1))
+            raise RuntimeError("stop")
+    except RuntimeError:
+        pass
+    assert s.scalar(sa.select(sa.func.count()).select_from(placement_state)) == 0
