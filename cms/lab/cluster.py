@@ -73,6 +73,13 @@ class Cluster:
         if p is not None:
             stop_process(p, grace=15)
 
+    def log_tail(self, i: int, n: int = 15) -> str:
+        """The last lines controller i's cms-autoscaler logged (for a failing test's message)."""
+        try:
+            return "\n".join((self.dir / f"c{i}.log").read_text(errors="replace").splitlines()[-n:])
+        except OSError as exc:
+            return f"(no log: {exc})"
+
     def health(self, i: int) -> dict[str, Any] | None:
         c = self.controllers[i - 1]
         try:

@@ -26,7 +26,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from cms.errors import CmsError
 from cms.netutil import free_port
@@ -115,6 +115,47 @@ class EtcdCluster:
         if p is not None and p.poll() is None:
             p.send_signal(signal.SIGKILL)
             p.wait(10)
+
+    def _post(self, i: int, path: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        req = urllib.request.Request(self.client_url(i) + path, json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def _status(self, i: int) -> dict[str, Any]:
+        return self._post(i, "/v3/maintenance/status", {})
+
+    def raft_leader(self) -> int | None:
+        """Which member is etcd's own (raft) leader now, as the live members say; None: none known."""
+        ids, leader = {}, None
+        for i in self._live():
+            try:
+                st = self._status(i)
+            except (OSError, ValueError):
+                continue
+            ids[st["header"]["member_id"]] = i
+            leader = leader or st.get("leader")
+        return ids.get(leader)
+
+    def _live(self) -> list[int]:
+        return [i for i, m in enumerate(self.members) if m.proc is not None and m.proc.poll() is None]
+
+    def not_raft_leader(self, i: int, timeout: float = 10.0) -> None:
+        """Make sure member i is not etcd's raft leader (hand it to another live member), so that
+        killing i tests the clients' failover alone: a raft leader's death costs an election
+        first (1-2 s with no writes at etcd's default timing)."""
+        deadline = time.monotonic() + timeout
+        while (lead := self.raft_leader()) == i or lead is None:
+            if time.monotonic() > deadline:
+                raise EtcdError(f"member {i} still etcd's raft leader after {timeout:g}s")
+            if lead == i:
+                to = next(j for j in self._live() if j != i)
+                try:
+                    target = self._status(to)["header"]["member_id"]
+                    self._post(i, "/v3/maintenance/transfer-leadership", {"targetID": target})
+                except (OSError, ValueError):
+                    pass                      # looked at again below, to the deadline
+            time.sleep(0.2)
 
     def revive(self, i: int, timeout: float = 30.0) -> None:
         """Start member i again on its data; waits until the live members are healthy."""
