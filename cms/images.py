@@ -38,10 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
-import sqlalchemy as sa
-
-from cms import db, files, runlock
-from cms.db.schema import images_imported as IMPORTED
+from cms import files, runlock
 from cms.errors import CmsError
 
 HEAD_BYTES = 72 * 1024          # reaches the Btrfs superblock at 64 KiB
@@ -163,12 +160,20 @@ class ImageStore:
     def __init__(self, cfg: Any, store: Any, fleet: Any = None) -> None:
         self.cfg, self.store, self.fleet = cfg, store, fleet
 
+    # The state database's modules (SQLAlchemy) are imported where they are used: ./install runs
+    # this module's checks (cms.inventory check) on the system python3, before the venv exists.
+
     def copy_of(self, path: str) -> dict[str, Any] | None:
         """The import record of a source path: sha256, format, size, copy; None when not imported."""
+        import sqlalchemy as sa
+
+        from cms.db.schema import images_imported as IMPORTED
         rows = self.store.all(sa.select(IMPORTED).where(IMPORTED.c.path == path))
         return dict(rows[0]) if rows else None
 
     def record(self, imp: Imported, facts: Facts) -> None:
+        from cms import db
+        from cms.db.schema import images_imported as IMPORTED
         with self.store.write() as c:
             db.upsert(c, IMPORTED, [{"path": imp.path, "size": facts.size, "mtime_ns": facts.mtime_ns,
                                      "inode": facts.inode, "sha256": imp.sha256, "format": imp.format,
