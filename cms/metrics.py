@@ -273,14 +273,16 @@ def to_samples(tick: Tick, domains: Sequence[OwnedDomain], states: dict[str, str
     ``states`` maps a domain's name to the state to record (the replica's lifecycle state);
     a domain not in it is recorded with libvirt's domain state. ``load`` maps a replica's
     name to its /status figures this tick (cms.histogram.Figures: in_flight, rate, p95_s).
-    """
+    Memory is in the type's terms: the balloon's size less the guest kernel's share (as
+    OwnedDomain.memory_mib)."""
     rows = []
     load = load or {}
     for d in domains:
         m = tick.domains.get(d.uuid)
         f = load.get(d.name)
         rows.append(Sample(tick.ts, d.host, d.name, d.meta.group, m.cpu if m else None,
-                           m.vcpus if m else d.vcpus, m.memory_kib if m else d.memory_mib * 1024,
+                           m.vcpus if m else d.vcpus,
+                           max(0, m.memory_kib - d.meta.kernel_mib * 1024) if m else d.memory_mib * 1024,
                            states.get(d.name, d.state),
                            tuple(v for _i, v in sorted(m.vcpu.items())) if m else (),
                            f.in_flight if f else None, f.rate if f else None, f.p95_s if f else None))

@@ -39,7 +39,7 @@ from cms.db import schema
 from cms.placement import (Choice, HostLoad, Request, Rules, charge_of, choose, fits, held_memory_mib, ram_room,
                            vcpu_room)
 from cms.store import Store
-from cms.virt import Capacity, Fleet, Listing, OwnedDomain, OwnerMeta, Spawned
+from cms.virt import Capacity, Fleet, Listing, OwnedDomain, OwnerMeta, Spawned, kernel_share_mib
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,11 @@ DOWN_RETRY_S = 10.0
 
 
 def held_mib(d: OwnedDomain, now: float) -> int:
-    """The RAM a listed domain's guest holds (placement.held_memory_mib; `now`: epoch s): its
-    target is the size cms recorded in its owner metadata, and its guest reports through the
-    balloon once libvirt has a time for its statistics (balloon.last-update)."""
+    """The RAM a listed domain holds on its host (placement.held_memory_mib; `now`: epoch s),
+    its target the size in its owner metadata, reporting once libvirt has balloon.last-update;
+    plus the guest kernel's share it was given above that (<kernel-mib>)."""
     return held_memory_mib(d.memory_mib, d.meta.memory_mib, bool(d.stats.get("balloon.last-update")),
-                           now - d.meta.created)
+                           now - d.meta.created) + d.meta.kernel_mib
 
 
 class Scheduler:
@@ -183,18 +183,18 @@ class Scheduler:
               disk_bytes: int = 0, max_vcpus: int = 0, max_memory_mib: int = 0,
               listing: Listing | None = None, avoid: frozenset[str] = frozenset(), from_disk: str = "") -> Spawned:
         """Place and make one VM (all or nothing). PlacementError when no host has room.
-        Placement charges `vcpus`/`memory_mib`; `max_*` only leave room for live vertical
-        scaling (cms.virt's defaults: none). `image` defaults to the configured golden image.
-        `listing`: the caller's fresh listing of the fleet, so the spawn lists no domain again
-        (the VMs this scheduler made since that listing are added to it). `avoid`: hosts not
-        to place on this time (a warm refill keeps to one boot per host). `from_disk`: no clone,
-        the VM boots from this disk (an API VM whose host was fenced, on shared storage).
-        """
+        Placement charges `vcpus`/`memory_mib` and the guest kernel's share (cms.virt.kernel_share_mib);
+        `max_*` only leave room for live vertical scaling (cms.virt's defaults: none). `image`
+        defaults to the golden image. `listing`: the caller's fresh listing of the fleet, so the
+        spawn lists no domain again (the VMs this scheduler made since that listing are added).
+        `avoid`: hosts not to place on this time (a warm refill keeps to one boot per host).
+        `from_disk`: no clone, the VM boots from this disk (an API VM whose host was fenced)."""
         meta = self.stamped(meta)
         with self.lock():
             self.guard(f"spawn {name}")
             listing = self._with_own_spawns(listing)
-            choice = self.choose(Request(vcpus, memory_mib, disk_bytes), avoid, listing)
+            share = kernel_share_mib(max(max_memory_mib, memory_mib), max(max_vcpus, vcpus))
+            choice = self.choose(Request(vcpus, memory_mib + share, disk_bytes), avoid, listing)
             size = {"vcpus": vcpus, "memory_mib": memory_mib, "meta": meta, "max_vcpus": max_vcpus,
                     "max_memory_mib": max_memory_mib, "listing": listing}
             spawned = self.fleet.restart_on(choice.host, name, from_disk, **size) if from_disk else \
@@ -203,7 +203,7 @@ class Scheduler:
                 self._save_cursor(choice.next_cursor)
             if listing is not None:
                 meta = OwnerMeta(**{**meta.__dict__, "port": spawned.port, "created": spawned.created,
-                                    "memory_mib": memory_mib})
+                                    "memory_mib": memory_mib, "kernel_mib": share})
                 self._own.append((time.monotonic(), OwnedDomain(spawned.host, name, spawned.uuid, "running",
                                                                 vcpus, memory_mib, meta)))
             return spawned
@@ -331,12 +331,12 @@ class Scheduler:
         with self.lock():
             d = self.find(name)
             if dest is None:
-                dest = self.choose(Request(d.vcpus, d.memory_mib), avoid=frozenset({d.host})).host
+                dest = self.choose(Request(d.vcpus, d.given_mib), avoid=frozenset({d.host})).host
             elif dest == d.host:
                 raise errors.AlreadyExists(f"{name} already runs on {dest}", dest, name)
             else:
                 load = self.host_state(dest)[0]
-                if not fits(load, Request(d.vcpus, d.memory_mib), self.rules):
+                if not fits(load, Request(d.vcpus, d.given_mib), self.rules):
                     raise errors.PlacementError(f"host {dest} has no room for {name} "
                                                 f"({d.vcpus} vCPU / {d.memory_mib} MiB) or is down")
             to = self.cfg.host(dest)
@@ -360,15 +360,15 @@ class Scheduler:
 
     def resize(self, name: str, vcpus: int | None = None, memory_mib: int | None = None) -> OwnedDomain:
         """Vertical scaling in place: growth must fit the host under the placement rules. Memory
-        moves through the balloon; the new size is recorded in the owner metadata as its target."""
+        moves through the balloon to size + kernel share; the size (type's terms) is recorded as its target."""
         with self.lock():
             d = self.find(name)
             g = self.fleet.guest(d.host, name)
-            max_vcpus, max_mib = g.limits()
+            max_vcpus, max_mib = (lambda v, m: (v, m - d.meta.kernel_mib))(*g.limits())
             if (vcpus or 0) > max_vcpus or (memory_mib or 0) > max_mib:
                 raise errors.BeyondMaximum(f"{name} was defined with at most {max_vcpus} vCPUs and {max_mib} MiB; "
                                            f"resize within that")
-            held = held_mib(d, time.time())
+            held = held_mib(d, time.time()) - d.meta.kernel_mib
             grow = Request(max(0, (vcpus or d.vcpus) - d.vcpus), max(0, (memory_mib or held) - held))
             if grow.vcpus or grow.memory_mib:
                 load = self.host_state(d.host)[0]
@@ -380,7 +380,7 @@ class Scheduler:
             if vcpus and vcpus != d.vcpus:
                 g.set_vcpus(vcpus)
             if memory_mib and memory_mib != held:
-                g.set_memory(memory_mib)
+                g.set_memory(memory_mib + d.meta.kernel_mib)
                 g.set_owner(self.stamped(OwnerMeta(**{**d.meta.__dict__, "memory_mib": memory_mib})))
                 # libvirt's figure follows the balloon a second or so behind: answer the size set
                 return replace(self.find(name), memory_mib=memory_mib)

@@ -140,7 +140,7 @@ def build(cfg: Config, listing: Listing, loads: Iterable[HostLoad], store: Store
         base_vcpus, base_mib = _base_size(cfg, d, types)
         if vt is not None:
             defined_vcpus = int(d.stats.get("vcpu.maximum") or d.vcpus)
-            defined_mib = int(d.stats.get("balloon.maximum") or d.memory_mib * 1024) // 1024
+            defined_mib = int(d.stats.get("balloon.maximum") or d.given_mib * 1024) // 1024 - d.meta.kernel_mib
             vertical = hostplan.Vertical(min(vt.max_vcpus, defined_vcpus),
                                          min(vt.max_memory_mib or d.memory_mib, defined_mib),
                                          vt.high, vt.low, vt.window_s, vt.window_in_s)
@@ -150,7 +150,8 @@ def build(cfg: Config, listing: Listing, loads: Iterable[HostLoad], store: Store
             last_moved_at=last_moved.get(d.name), left=tuple(left.get(d.name, ())), vertical=vertical,
             min_vcpus=base_vcpus, min_memory_mib=base_mib, cpu_series=series if vertical else (),
             mem_series=tuple(extra.mem_series.get(d.name, ())) if vertical else (),
-            last_resized_at=_settled(cfg, d, resized.get(d.name), extra.ready_at.get(d.name))))
+            last_resized_at=_settled(cfg, d, resized.get(d.name), extra.ready_at.get(d.name)),
+            kernel_mib=d.meta.kernel_mib))
     return hostplan.Model(now, tuple(hosts), tuple(vms), recent_moves=tuple(started), rules=_rules(cfg))
 
 

@@ -48,7 +48,7 @@ def consolidate(st: PlanState) -> None:
             if st.may_move(v):
                 st.plan.notes.append(f"{what}, but {v.name} on {src} cannot move now ({st.may_move(v)})")
                 return
-            req, best = Request(v.vcpus, v.memory_mib), None
+            req, best = Request(v.vcpus, v.given_mib), None
             for d in rest:
                 after = (sim[d] + v.cores) / max(1, st.hosts[d].cpus)
                 if after > cap or not st.fits(d, req) or \
@@ -62,7 +62,7 @@ def consolidate(st: PlanState) -> None:
                 return
             d = best[1]
             sim[d] += v.cores
-            st.charge(d, v.vcpus, v.memory_mib)
+            st.charge(d, v.vcpus, v.given_mib)
             placed.append((v, d))
     finally:
         st.room.update(saved)     # the packing was a simulation; move() charges what is planned now

@@ -47,10 +47,16 @@ class VmView:
     cpu_series: tuple[tuple[float, float | None], ...] = ()
     mem_series: tuple[tuple[float, float | None], ...] = ()   # share of its memory the guest uses
     last_resized_at: float | None = None
+    kernel_mib: int = 0                       # what its host gives it above memory_mib (its guest kernel's share)
 
     @property
     def cores(self) -> float:
         return (self.cpu or 0.0) * self.vcpus
+
+    @property
+    def given_mib(self) -> int:
+        """The RAM a host gives it, as placement charges a move: memory_mib and the kernel's share."""
+        return self.memory_mib + self.kernel_mib
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ class PlanState:
             lst = on[hv.name]
             self.cores[hv.name] = hv.other_cores + sum([(v.cpu or 0.0) * v.vcpus for v in lst])
             used_v = hv.used_vcpus if hv.used_vcpus is not None else sum([v.vcpus for v in lst])
-            used_m = hv.used_memory_mib if hv.used_memory_mib is not None else sum([v.memory_mib for v in lst])
+            used_m = hv.used_memory_mib if hv.used_memory_mib is not None else sum([v.given_mib for v in lst])
             hl = HostLoad(hv.name, hv.cpus, hv.memory_mib, used_v, used_m, hv.up, hv.disk_free_bytes)
             self.room[hv.name] = [vcpu_room(hl, m.rules), ram_room(hl, m.rules)]
         self.groups: dict[tuple[str, str], int] = {}    # (group, host) -> replicas, for anti-affine groups
@@ -108,11 +108,11 @@ class PlanState:
 
     def move(self, v: VmView, d: str, strategy: str, reason: str, size: Request | None = None) -> None:
         s = v.host
-        size = size or Request(v.vcpus, v.memory_mib)
+        size = size or Request(v.vcpus, v.given_mib)
         data = {"from_load": round(self.load(s), 4), "to_load": round(self.load(d), 4), "cores": round(v.cores, 4)}
         self.cores[s] -= v.cores
         self.cores[d] += v.cores
-        self.charge(s, -v.vcpus, -v.memory_mib)
+        self.charge(s, -v.vcpus, -v.given_mib)
         self.charge(d, size.vcpus, size.memory_mib)
         if (v.group, s) in self.groups:
             self.groups[(v.group, s)] -= 1
@@ -129,7 +129,7 @@ class PlanState:
 
     def best_destination(self, v: VmView, cap: float, req: Request | None = None) -> tuple[float, str] | None:
         """(gain, host): the destination that evens the load most (sum of squared loads)."""
-        req = req or Request(v.vcpus, v.memory_mib)
+        req = req or Request(v.vcpus, v.given_mib)
         s, c = v.host, v.cores
         base = self.load(s) ** 2 - self.load(s, -c) ** 2
         best, tried = None, 0

@@ -69,11 +69,11 @@ def vertical(st: PlanState) -> None:
             continue
         if st.out_of_budget(what):
             continue
-        cand = st.best_destination(v, st.lim.high, Request(vcpus, mib))
+        cand = st.best_destination(v, st.lim.high, Request(vcpus, mib + v.kernel_mib))
         if cand is None:
             st.plan.notes.append(f"{what}; no host can take it at {vcpus} vCPU / {mib} MiB below {pct(st.lim.high)}")
             continue
         d = cand[1]
-        st.move(v, d, "vertical", f"{what}: migrating it to {d} first", size=Request(vcpus, mib))
+        st.move(v, d, "vertical", f"{what}: migrating it to {d} first", size=Request(vcpus, mib + v.kernel_mib))
         st.plan.actions.append(BalanceAction(RESIZE, "vertical", v.name, d, d, f"{v.name} {', '.join(why)}: {size} on {d} "
                                       f"after the migration", vcpus=vcpus, memory_mib=mib, after=v.name))

@@ -276,10 +276,16 @@ class Fleet:
         address = self.forward_address(host_name)
         port = self._choose_port(host_name, listing) if net.mode == "user" else meta.guest_port
         created = meta.created or time.time()
-        meta = vxml.OwnerMeta(**{**meta.__dict__, "port": port, "created": created, "memory_mib": memory_mib})
+        # The one place a VM's memory gets its guest kernel's share (README "Memory as the type
+        # says"): the domain holds size + share, at most maximum + share; the owner record
+        # keeps the size and the share apart, so everything outside reads the type's terms.
+        top = max(max_memory_mib, memory_mib)
+        share = vxml.kernel_share_mib(top, max(max_vcpus, vcpus))
+        meta = vxml.OwnerMeta(**{**meta.__dict__, "port": port, "created": created, "memory_mib": memory_mib,
+                                 "kernel_mib": share})
         spec = vxml.DomainSpec(
-            name=name, uuid=host.new_uuid(), vcpus=vcpus, memory_mib=memory_mib,
-            max_vcpus=max_vcpus, max_memory_mib=max_memory_mib, disk_path="", meta=meta,
+            name=name, uuid=host.new_uuid(), vcpus=vcpus, memory_mib=memory_mib + share,
+            max_vcpus=max_vcpus, max_memory_mib=top + share, disk_path="", meta=meta,
             domain_type=self._domain_types[host_name], machine=lv.machine,
             kernel=kernel, initrd=initrd, cmdline=self.cfg.image.cmdline if kernel else "",
             network_mode=net.mode, network=net.network, forward_address=address,

@@ -32,7 +32,7 @@ class OwnedDomain:
     uuid: str
     state: str
     vcpus: int
-    memory_mib: int
+    memory_mib: int         # the balloon's size less the guest kernel's share (meta.kernel_mib): the type's terms
     meta: vxml.OwnerMeta
     # The listing's own bulk stats record (libvirt's flat dict) and the monotonic midpoint
     # of that call: a monitoring tick computes utilization from these rather than asking
@@ -40,6 +40,11 @@ class OwnedDomain:
     stats: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     stats_at: float = field(default=0.0, compare=False, repr=False)
     reason: int = field(default=0, compare=False)     # libvirt's state reason
+
+    @property
+    def given_mib(self) -> int:
+        """What its host gives it now: memory_mib plus its guest kernel's share."""
+        return self.memory_mib + self.meta.kernel_mib
 
     @property
     def alive(self) -> bool:
@@ -105,7 +110,8 @@ class Stats:
                     except libvirt.libvirtError:
                         continue
                 state = state_name(stats.get("state.state", 0))
-                out.append(OwnedDomain(self._calls.host, dom.name(), u, state, int(vcpus), int(mem_kib) // 1024, meta,
+                mib = max(0, int(mem_kib) // 1024 - meta.kernel_mib)   # in the type's terms
+                out.append(OwnedDomain(self._calls.host, dom.name(), u, state, int(vcpus), mib, meta,
                                        stats=dict(stats, name=dom.name()), stats_at=at,
                                        reason=int(stats.get("state.reason", 0) or 0)))
             for u in set(self._meta_cache) - seen:

@@ -12,7 +12,8 @@ Every domain cms owns carries, in its <metadata>, one element in cms's namespace
       <instance-type>0</instance-type>
       <image>golden</image>
       <warm>False</warm>            True: a warm-pool member (never announced, never counted)
-      <memory-mib>512</memory-mib>  the memory cms set the balloon to (0: not recorded)
+      <memory-mib>512</memory-mib>  the memory cms set the balloon to, in the type's terms (0: not recorded)
+      <kernel-mib>43</kernel-mib>   what the domain has above that: its guest kernel's share (kernel_share_mib)
     </cms:owner>
 
 That element is all cms needs to rebuild its view of the fleet from libvirt after a
@@ -21,6 +22,7 @@ restart, so nothing about ownership lives only in cms's memory or database.
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, fields
@@ -45,7 +47,8 @@ class OwnerMeta:
     image: str = ""
     warm: bool = False
     term: int = 0          # the leader's term it was made or last changed under (cms.leadership)
-    memory_mib: int = 0     # the balloon's target: what the guest keeps once its driver acts
+    memory_mib: int = 0     # the balloon's target in the type's terms: the guest's MemTotal once its driver acts
+    kernel_mib: int = 0     # MiB the domain has above memory_mib and its maximum (0: none, a VM made before)
 
 
 _META_TAGS = {f.name: f.name.replace("_", "-") for f in fields(OwnerMeta)}
@@ -84,18 +87,55 @@ def parse_metadata(text: str) -> OwnerMeta:
     return OwnerMeta(**values)  # type: ignore[arg-type]
 
 
+# What the golden image's kernel keeps of a domain's memory for itself, out of MemTotal:
+# its code and data, the page map of the whole maximum (struct page, made for whole 128-MiB
+# sections), the per-CPU areas of every possible vCPU, and 64 MiB of bounce buffers once a
+# pc machine puts memory above 4 GiB (it does from 3.5 GiB). Measured with the image's
+# cloud kernel, pc machine, TCG, MemTotal against <memory> D MiB and V vCPUs at most: 35.4
+# MiB kept at D=128, 37.6 at 256, 42.0 at 512 (current 256 or 512 alike), 50.8 at 1024,
+# 68.3 at 2048 (V=1); +0.27 at V=2, +1.7 at V=8; 95.3 at D=3500; 169.7 at D=4096, V=8.
+# Within 1 MiB of (an under-estimate leaves MemTotal that much below the type):
+KERNEL_FIXED_MIB = 33.25
+KERNEL_PER_MIB = 35 / 2048           # of D in whole sections: the page map and the kernel's page tables
+SECTION_MIB = 128
+KERNEL_PER_VCPU_MIB = 0.25           # per possible vCPU beyond the first
+BOUNCE_FROM_MIB, BOUNCE_MIB = 3584, 64
+
+
+def kernel_kept_mib(memory_mib: int, max_vcpus: int = 1) -> float:
+    """What the guest kernel keeps of a domain with `memory_mib` at most (<memory>)."""
+    sections = -(-memory_mib // SECTION_MIB) * SECTION_MIB
+    return (KERNEL_FIXED_MIB + KERNEL_PER_MIB * sections + KERNEL_PER_VCPU_MIB * max(0, max_vcpus - 1)
+            + (BOUNCE_MIB if memory_mib >= BOUNCE_FROM_MIB else 0))
+
+
+def kernel_share_mib(max_memory_mib: int, max_vcpus: int = 1) -> int:
+    """The whole MiB cms gives a VM above its type, so its guest's MemTotal is its type.
+
+    A VM of `max_memory_mib` at most (in the type's terms) is defined with that plus this
+    share, and its balloon set to its size plus this share; the kernel keeps the share
+    (computed for the domain's real maximum, share included), so MemTotal is the size to
+    within 1 MiB above, at any size up to the maximum. Recorded as the VM's <kernel-mib>:
+    what cms reads back is the figure it added, whatever this function says later.
+    """
+    share = math.ceil(kernel_kept_mib(max_memory_mib, max_vcpus))
+    while share < kernel_kept_mib(max_memory_mib + share, max_vcpus):
+        share = math.ceil(kernel_kept_mib(max_memory_mib + share, max_vcpus))
+    return share
+
+
 @dataclass(frozen=True)
 class DomainSpec:
     """Everything that decides a domain's XML. Built by the caller from the config."""
     name: str
     uuid: str
     vcpus: int
-    memory_mib: int
+    memory_mib: int             # what the domain is given (a VM's type plus its kernel share)
     disk_path: str
     meta: OwnerMeta
     domain_type: str = "kvm"
     max_vcpus: int = 0          # 0: same as vcpus; more leaves room for vertical scaling
-    max_memory_mib: int = 0     # 0: same as memory_mib; more leaves balloon room
+    max_memory_mib: int = 0     # 0: same as memory_mib; more leaves balloon room (share included)
     machine: str = "pc"
     kernel: str = ""            # direct kernel boot when set, else the disk's bootloader
     initrd: str = ""

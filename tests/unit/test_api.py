@@ -17,7 +17,7 @@ from cms.db import schema
 from cms.inventory import Image, VmType
 from cms.scheduler import Scheduler
 from cms.store import Store
-from cms.virt import Fleet
+from cms.virt import Fleet, kernel_share_mib
 from tests.support import make_config, write_node_xml
 
 TYPES = [VmType(1, 1, 512, 1), VmType(2, 2, 1024, 2), VmType(3, 4, 2048, 3)]
@@ -84,7 +84,7 @@ def test_spec_urls_end_to_end(api):
     assert j(c.simulate_get("/pm/listvms", params={"pmid": 1})) == {"vmids": [vmid]}
     q = j(c.simulate_get("/pm/query", params={"pmid": 1}))
     assert q == {"pmid": 1, "capacity": {"cpu": 4, "ram": 4096, "disk": 100},
-                 "free": {"cpu": 0, "ram": 2048, "disk": q["free"]["disk"]}, "vms": 1}
+                 "free": {"cpu": 0, "ram": 2048 - kernel_share_mib(4096, 8), "disk": q["free"]["disk"]}, "vms": 1}
     assert j(c.simulate_get("/pm/query", params={"pmid": 3})) == {
         "pmid": 3, "capacity": {"cpu": 0, "ram": 0, "disk": 0}, "free": {"cpu": 0, "ram": 0, "disk": 0}, "vms": 0}
     # image_id picks the image
@@ -315,22 +315,37 @@ def test_a_half_made_create_stays_while_a_host_is_down(api):
 
 def test_memory_is_counted_as_the_guests_hold_it_not_at_the_maximum(tmp_path, run_dir, state_db):
     """/pm/query's free RAM and the host's "given to VMs" count a VM's current memory (the
-    balloon's size), not the maximum it is defined with (twice its type), and follow a resize."""
+    balloon's size), not the maximum it is defined with (twice its type), and follow a resize.
+    The host gives it its type plus its guest kernel's share (so the guest's MemTotal is the
+    type); everything else reads the type's terms."""
     c, deps = build(tmp_path, state_db)
+    share = kernel_share_mib(1024, 2)           # a type-1 VM: 1 vCPU, 512 MiB; twice that at most
+    assert 40 <= share <= 60
     try:
         vm = c.simulate_post("/v1/vms", json={"name": "m1", "instance_type": 1}, headers=AUTH).json
-        assert c.simulate_get(f"/v1/vms/{vm['vmid']}").json["max_memory_mib"] == 1024
+        got = c.simulate_get(f"/v1/vms/{vm['vmid']}").json
+        assert (got["memory_mib"], got["max_memory_mib"]) == (512, 1024)
+        assert j(c.simulate_get("/vm/query", params={"vmid": vm["vmid"]}))["instance_type"] == 1
+        g = deps.fleet.guest("pm1", f"cms-vm-{vm['vmid']}")
+        assert g.limits() == (2, 1024 + share)     # libvirt's own figures hold the share
+        assert f"<currentMemory unit='KiB'>{(512 + share) * 1024}</currentMemory>" in g.xml()
 
         def counted():
             free = j(c.simulate_get("/pm/query", params={"pmid": 1}))["free"]["ram"]
             return free, c.simulate_get("/v1/hosts/1").json["memory_mib"]["given"]
 
-        assert counted() == (4096 - 512, 512)
+        assert counted() == (4096 - 512 - share, 512 + share)
         r = c.simulate_post(f"/v1/vms/{vm['vmid']}/resize", json={"memory_mib": 768}, headers=AUTH)
         assert r.status_code == 200 and r.json["memory_mib"] == 768, r.text
-        assert counted() == (4096 - 768, 768)
+        assert counted() == (4096 - 768 - share, 768 + share)
+        assert f"<currentMemory unit='KiB'>{(768 + share) * 1024}</currentMemory>" in g.xml()
         [d] = deps.fleet.host("pm1").stats.owned_domains()
-        assert (d.memory_mib, d.meta.memory_mib) == (768, 768)   # the new target, recorded with the owner
+        # the new target, recorded with the owner, and the share it was made with, read back exactly
+        assert (d.memory_mib, d.meta.memory_mib, d.meta.kernel_mib) == (768, 768, share)
+        r = c.simulate_post(f"/v1/vms/{vm['vmid']}/resize", json={"memory_mib": 1024}, headers=AUTH)
+        assert r.status_code == 200 and r.json["memory_mib"] == 1024, r.text    # the whole maximum
+        r = c.simulate_post(f"/v1/vms/{vm['vmid']}/resize", json={"memory_mib": 1088}, headers=AUTH)
+        assert r.status_code != 200 and "1024 MiB" in r.text, r.text           # beyond it, in the type's terms
     finally:
         deps.fleet.close()
 

@@ -14,7 +14,7 @@ from cms.api.service import Deps
 from cms.inventory import Image, VmType
 from cms.scheduler import Scheduler
 from cms.store import Store
-from cms.virt import Fleet
+from cms.virt import Fleet, kernel_share_mib
 from tests.support import make_config, write_node_xml
 from tests.unit.test_api import pretend_imported
 
@@ -76,7 +76,8 @@ def test_the_spec_calls_and_shapes_to_the_letter(client):
     assert list(pq) == ["pmid", "capacity", "free", "vms"]
     assert pq["pmid"] == 1 and pq["vms"] == 1
     assert pq["capacity"] == {"cpu": 8, "ram": 16384, "disk": 100}
-    assert pq["free"] == {"cpu": 4, "ram": 16384 - 2048, "disk": pq["free"]["disk"]}
+    # free counts what the host gives: the type's RAM and its guest kernel's share (cms.virt.kernel_share_mib)
+    assert pq["free"] == {"cpu": 4, "ram": 16384 - 2048 - kernel_share_mib(4096, 8), "disk": pq["free"]["disk"]}
     assert all(type(v) is int for t in ("capacity", "free") for v in pq[t].values())
     # VM_Destroy: {"status": 1}, then the VM is gone everywhere
     assert get(c, "/vm/destroy", vmid=v1["vmid"]) == {"status": 1}
