@@ -19,7 +19,7 @@ buckets.
 
 What the series count:
 - VM: ``cpu`` (0..1 of its own vCPUs, the autoscaler's figure), ``cpu_max``, ``vcpu`` (one
-  series per vCPU), ``memory_mib`` (the balloon's current size) and ``vcpus``.
+  series per vCPU), ``memory_mib`` (the balloon's current size, less the guest kernel's share) and ``vcpus``.
 - host: ``cpu`` (0..1 of the host's CPUs taken by its cms domains), ``node_cpu`` (the node's
   own figure, where libvirt has it), ``free_memory_mib``, ``vms`` and ``vcpus``; plus
   ``domains``: each domain's share of the host's CPUs, to see which VM eats the host. The

@@ -72,6 +72,7 @@ IMAGE_V1 = _obj({"id": INT, "name": STR, "path": STR, "imported": {"type": "bool
 # A VM as GET /v1/vms/{vmid} shows it: the stored row plus what libvirt says now (absent when its host does not answer).
 VM_DETAIL = {"allOf": [VM, {"type": "object", "required": ["domain_state", "type", "image"], "properties": {
     "domain_state": STR, "vcpus": INT, "memory_mib": INT, "max_vcpus": INT, "max_memory_mib": INT, "address": STR,
+    "kernel_mib": INT,
     "type": {"oneOf": [TYPE, {"type": "null"}]},
     "image": {"oneOf": [_obj({"id": INT, "name": STR, "path": STR}), {"type": "null"}]}}}]}
 CONSOLE = _obj({"vmid": INT, "host": STR, "path": STR, "text": STR, "size": INT, "reason": STR},

@@ -129,7 +129,8 @@ class Vms:
 
     def detail(self, vmid: int) -> dict[str, Any]:
         """GET /v1/vms/{vmid}: the stored row plus what libvirt says now (state, size, the most
-        a resize may reach, where its service answers), its type and its image. When the host
+        a resize may reach, where its service answers, the MiB its host gives it above its size
+        for its guest kernel: kernel_mib), its type and its image. When the host
         does not answer, the live part is left out and domain_state says "unknown"."""
         r = self._row(vmid)
         out = self._json(r, True)
@@ -145,7 +146,8 @@ class Vms:
             log.info("VM %s: no live figures: %s", vmid, exc)
             return out
         out.update(domain_state=d.state, host=d.host, pmid=self.sched.pmid(d.host), vcpus=d.vcpus,
-                   memory_mib=d.memory_mib, address=f"{addr[0]}:{addr[1]}" if addr else "")
+                   memory_mib=d.memory_mib, kernel_mib=d.meta.kernel_mib,
+                   address=f"{addr[0]}:{addr[1]}" if addr else "")
         return out
 
     def console_tail(self, vmid: int, max_bytes: int = 16384) -> dict[str, Any]:

@@ -324,7 +324,7 @@ def test_memory_is_counted_as_the_guests_hold_it_not_at_the_maximum(tmp_path, ru
     try:
         vm = c.simulate_post("/v1/vms", json={"name": "m1", "instance_type": 1}, headers=AUTH).json
         got = c.simulate_get(f"/v1/vms/{vm['vmid']}").json
-        assert (got["memory_mib"], got["max_memory_mib"]) == (512, 1024)
+        assert (got["memory_mib"], got["max_memory_mib"], got["kernel_mib"]) == (512, 1024, share)
         assert j(c.simulate_get("/vm/query", params={"vmid": vm["vmid"]}))["instance_type"] == 1
         g = deps.fleet.guest("pm1", f"cms-vm-{vm['vmid']}")
         assert g.limits() == (2, 1024 + share)     # libvirt's own figures hold the share

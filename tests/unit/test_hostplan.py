@@ -99,6 +99,14 @@ def test_relief(hosts, vms, lim, want, note):
         assert a.reason and "->" in a.reason and a.src in a.reason and a.dst in a.reason
 
 
+@pytest.mark.parametrize("b_mem, want", [(540, []), (600, [("a1", "a", "b", "relief")])])
+def test_a_move_charges_the_vm_its_kernel_share_too(b_mem, want):
+    """A VM's host gives it its size and its guest kernel's share: a host with room for the
+    size alone does not take it."""
+    vms = [V(v.name, v.host, v.cpu, kernel_mib=45) for v in HOT]
+    assert moves(plan(M([H("a", 0.95), H("b", 0.0, mem=b_mem)], vms), Limits())) == want
+
+
 def test_relief_reason_tells_the_loads_before_and_after():
     p = plan(M([H("a", 0.95), H("b", 0.0)], [V("a1", "a", 1.0), V("a2", "a", 0.8)]))
     [a] = p.actions

@@ -164,6 +164,43 @@ def test_fleet_build_on_picks_ports_and_remove_cleans(run_dir, tmp_path):
     assert fleet.owned() == [] and fleet.host("t").storage.list_volumes("cms") == []
 
 
+# (<memory> MiB, vCPUs at most, MiB the golden image's kernel kept out of MemTotal): measured
+MEASURED_KEPT = [(128, 1, 35.44), (256, 1, 37.62), (512, 1, 42.0), (1024, 1, 50.75), (2048, 1, 68.25),
+                 (512, 2, 42.27), (512, 8, 43.7), (1024, 2, 51.02), (2048, 4, 68.96), (3500, 1, 95.25),
+                 (4096, 8, 169.67), (557, 1, 44.8)]
+
+
+@pytest.mark.parametrize("mib, vcpus, kept", MEASURED_KEPT)
+def test_the_kernel_share_follows_what_the_guest_kernel_was_measured_to_keep(mib, vcpus, kept):
+    assert abs(vxml.kernel_kept_mib(mib, vcpus) - kept) <= 1.0
+
+
+@pytest.mark.parametrize("size, top, vcpus", [(256, 512, 1), (512, 1024, 2), (1024, 2048, 4), (2048, 4096, 8),
+                                              (64, 64, 1), (3400, 3400, 1), (3500, 3500, 1)])
+def test_the_share_leaves_the_guest_its_size_at_any_size_up_to_the_maximum(size, top, vcpus):
+    share = vxml.kernel_share_mib(top, vcpus)
+    kept = vxml.kernel_kept_mib(top + share, vcpus)    # the kernel keeps it of the domain's real maximum
+    for now in (size, top):
+        assert now <= now + share - kept < now + 1    # MemTotal: the size, to 1 MiB above
+
+
+def test_a_vm_is_given_its_kernel_share_and_listed_in_its_types_terms(run_dir, tmp_path):
+    cfg = make_config(hosts=[{"name": "t", "uri": write_node_xml(tmp_path / "n.xml")}], libvirt={"domain_type": "qemu"})
+    fleet = Fleet(cfg)
+    fleet.build_on("t", "cms-web-a", vcpus=1, memory_mib=256, max_vcpus=2, max_memory_mib=512,
+                   meta=OwnerMeta(group="web"))
+    share = vxml.kernel_share_mib(512, 2)
+    g = fleet.guest("t", "cms-web-a")
+    assert g.limits() == (2, 512 + share)
+    assert f"<currentMemory unit='KiB'>{(256 + share) * 1024}</currentMemory>" in g.xml()
+    [d] = fleet.owned("web")
+    assert (d.memory_mib, d.given_mib, d.meta.memory_mib, d.meta.kernel_mib) == (256, 256 + share, 256, share)
+    # a VM made before the share (no <kernel-mib>) reads as libvirt has it
+    g.set_owner(vxml.OwnerMeta(**{**d.meta.__dict__, "kernel_mib": 0}))
+    assert fleet.owned("web")[0].memory_mib == 256 + share
+    fleet.remove("t", "cms-web-a")
+
+
 def test_domain_type_auto():
     assert resolve_domain_type("qemu", "qemu:///system") == "qemu"
     assert resolve_domain_type("kvm", "qemu:///system") == "kvm"

@@ -12,12 +12,15 @@ import { h, replace, fmt, section, dl, stateBadge, actionForm, field, select, co
 // What "N MiB of at most M MiB" means: the VM is defined with the maximum, and the guest's
 // balloon driver holds back what is above the current size, so a resize within the maximum
 // takes effect live, without a reboot. A guest without the driver keeps the whole maximum.
+// The host gives it its guest kernel's share on top (kernel_mib), so the guest sees all of it.
 function memoryWhy(vm) {
   if (!vm.max_memory_mib || vm.memory_mib === undefined || vm.memory_mib === null) return "";
   const typed = vm.type ? vm.type.ram : null;
+  const kernel = vm.kernel_mib ? ` Its host gives it ${fmt.mib(vm.kernel_mib)} more, which the guest's own ` +
+    "kernel keeps, so the guest sees its whole size." : "";
   if (vm.memory_mib < vm.max_memory_mib) {
     return `The guest can use ${fmt.mib(vm.memory_mib)}; its balloon driver holds back the other ` +
-      `${fmt.mib(vm.max_memory_mib - vm.memory_mib)}, which a resize gives back live, without a reboot.`;
+      `${fmt.mib(vm.max_memory_mib - vm.memory_mib)}, which a resize gives back live, without a reboot.` + kernel;
   }
   if (typed && typed < vm.max_memory_mib) {
     return `The guest holds its whole maximum, more than its type's ${fmt.mib(typed)}: its balloon has not ` +
