@@ -9,6 +9,12 @@ Prints one JSON line:
                    the serial port and powers off, from Fleet.build_on to that line in the
                    serial log
   boot_over_floor  median boot_s / median floor_s (target: <= 3)
+  no_balloon_s     the same as boot_s for the same replica with the balloon driver kept out
+                   (module_blacklist=virtio_balloon on its kernel command line: the
+                   initramfs's insmod is refused, so neither the module's load nor its
+                   probe happen), booted in turn with the other two; balloon_s, median
+                   boot_s - median no_balloon_s: what the driver costs the boot, as the host
+                   sees it (noisy: a fraction of the boots' spread)
   spawn_s          the part of boot_s spent in Fleet.build_on itself
   guest            one more replica boot with cms.boot_report on its kernel command line:
                    the guest's own timestamps (seconds since its kernel started) of where
@@ -20,6 +26,11 @@ Prints one JSON line:
                    seen by the host); python_start_warm and python_import_server_warm,
                    python3's start and the server's imports timed again after the boot (files
                    cached); memtotal_mib, what the guest's kernel counts
+  guest_no_balloon the same breakdown of one boot without the balloon driver; balloon_guest_s:
+                   what the driver costs in the guest's own clock (ready_at, and
+                   initramfs_modules: the modules' load, with and without it); and
+                   balloon_init_s, the driver's own module init (with its device's probe)
+                   as the guest's kernel timed it (initcall_debug, one more report boot)
   build_cold_s     the cold image build time, from the image's manifest
   build_cached_s   wall time of a second scripts/build-image.sh (inputs unchanged)
   image_bytes      golden.qcow2 size on disk; kernel_bytes, initrd_bytes
@@ -57,6 +68,7 @@ BOOT_TIMEOUT_S = 120.0
 REPORT_TIMEOUT_S = 90.0
 POLL_S = 0.02
 FLOOR_MARK = "cms-floor: init reached"
+NO_BALLOON = "module_blacklist=virtio_balloon"     # the kernel refuses the module: no driver at all
 # The floor's /init: busybox only, nothing mounted but /dev, one line out, power off.
 FLOOR_INIT = f"""#!/bin/busybox sh
 /bin/busybox mount -t devtmpfs devtmpfs /dev
@@ -165,6 +177,10 @@ def parse_report(text: str) -> dict[str, float]:
     for key in ("start", "import_server"):
         if kv.get(f"python.{key}_ms", "").isdigit():
             out[f"python_{key}_warm"] = int(kv[f"python.{key}_ms"]) / 1000
+    for ln in lines:     # with initcall_debug: the balloon driver's init, its probe included
+        m = re.search(r"initcall virtio_balloon_driver_init\S* \[virtio_balloon\] returned -?\d+ after (\d+) usecs", ln)
+        if m:
+            out["balloon_init_s"] = int(m.group(1)) / 1e6
     res = {k: round(v, 3) for k, v in out.items()}
     if kv.get("memtotal_kib"):
         res["memtotal_mib"] = round(int(kv["memtotal_kib"]) / 1024, 1)
@@ -213,9 +229,15 @@ def main() -> None:
         "floor": Fleet(real_config(work, pool="cms-bench-boot", image={**img, "initrd": str(floor_initrd)})),
         "report": Fleet(real_config(work, pool="cms-bench-boot",
                                     image={**img, "cmdline": f"{cfg.image.cmdline} cms.boot_report"})),
+        "no_balloon": Fleet(real_config(work, pool="cms-bench-boot",
+                                        image={**img, "cmdline": f"{cfg.image.cmdline} {NO_BALLOON}"})),
+        "report_no_balloon": Fleet(real_config(work, pool="cms-bench-boot", image={
+            **img, "cmdline": f"{cfg.image.cmdline} cms.boot_report {NO_BALLOON}"})),
+        "report_initcalls": Fleet(real_config(work, pool="cms-bench-boot", image={
+            **img, "cmdline": f"{cfg.image.cmdline} cms.boot_report initcall_debug log_buf_len=4M"})),
     }
     h = fleets["replica"].host("local")
-    boots, spawns, floors = [], [], []
+    boots, spawns, floors, bare = [], [], [], []
     try:
         for _ in range(CLONES):
             name = f"cms-benchboot-{int(time.time() * 1000):x}"
@@ -226,9 +248,15 @@ def main() -> None:
             name = f"cms-benchfloor-{int(time.time() * 1000):x}"
             floors.append(boot_floor(fleets["floor"], name))
             fleets["floor"].remove("local", name)
-        name = f"cms-benchreport-{int(time.time() * 1000):x}"
-        guest = boot_report(fleets["report"], name)
-        fleets["report"].remove("local", name)
+            name = f"cms-benchbare-{int(time.time() * 1000):x}"
+            bare.append(boot_replica(fleets["no_balloon"], name)[0])
+            fleets["no_balloon"].remove("local", name)
+        guests = {}
+        for kind in ("report", "report_no_balloon", "report_initcalls"):
+            name = f"cms-benchreport-{int(time.time() * 1000):x}"
+            guests[kind] = boot_report(fleets[kind], name)
+            fleets[kind].remove("local", name)
+        guest, guest_bare = guests["report"], guests["report_no_balloon"]
     finally:
         for d in fleets["replica"].owned("benchboot"):
             fleets["replica"].remove(d.host, d.name)
@@ -246,7 +274,12 @@ def main() -> None:
         "boot_over_floor": round(statistics.median(boots) / statistics.median(floors), 2),
         "target_boot_over_floor": 3.0,
         "spawn_s": stats(spawns),
+        "no_balloon_s": stats(bare),
+        "balloon_s": round(statistics.median(boots) - statistics.median(bare), 2),
         "guest": guest,
+        "guest_no_balloon": guest_bare,
+        "balloon_guest_s": {k: round(guest[k] - guest_bare[k], 3) for k in ("ready_at", "initramfs_modules")},
+        "balloon_init_s": guests["report_initcalls"].get("balloon_init_s"),
         "build_cold_s": manifest["build_time_s"],
         "build_cached_s": build_cached,
         "image_bytes": golden.resolve().stat().st_size,
