@@ -2,11 +2,14 @@
 
 A lab (cms.lab.hosts) of hypervisors, M controllers each in its own network namespace and
 an etcd cluster they alone reach (cms.lab.controllers); on each controller a real
-``cms-autoscaler`` process, started, SIGKILLed or restarted by the test; one state database
-they all share (the takeover test's is PostgreSQL on the hosts' bridge, cms.lab.postgres); the
-real load client (``cms-loadgen``) in the root namespace, following the
-feed of every controller. ``leader()`` asks every controller's /health. ``close`` ends every
-process it started and removes every domain of its group, whatever happened.
+``cms-autoscaler`` process, started, SIGKILLed or restarted by the test, and, when asked
+(``start_api``), a real ``cms-api`` (gunicorn, 2 sync workers, on the controller's address
+port 8080, with the token ``API_TOKEN``); one state database they all share (the takeover
+test's is PostgreSQL on the hosts' bridge, cms.lab.postgres); the real load client
+(``cms-loadgen``) in the root namespace, following the feed of every controller.
+``leader()`` asks every controller's /health; ``api(i)`` is the CLI's client of controller
+i's API. ``close`` ends every process it started and removes every domain of its group,
+whatever happened.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cms.cli import Client, Failure
 from cms.config import to_toml
 from cms.lab.controllers import Controllers, LabController
 from cms.lab.etcd import EtcdCluster
 from cms.lab.hosts import Lab, LabHost
 from cms.lab.realstack import stop_process, wait_until
 from cms.lab.stack import run_result
+
+API_TOKEN = "lab-token"      # api.token of every controller's cms-api (mutating /v1 calls)
 
 
 class Cluster:
@@ -37,6 +43,7 @@ class Cluster:
         self.lab, self.hosts, self.ctl, self.controllers, self.etcd = lab, hosts, ctl, controllers, etcd
         self.dir, self.group, self.ttl, self.tick_s = workdir, group, ttl, tick_s
         self.procs: dict[int, subprocess.Popen] = {}
+        self.apis: dict[int, subprocess.Popen] = {}
         self.loads: list[subprocess.Popen] = []
         self.configs: dict[int, Path] = {}
         for i in range(1, len(controllers) + 1):
@@ -46,7 +53,8 @@ class Cluster:
             data.update({"state_db": state_db, "placement": {"algorithm": "spread"},
                          "network": {"port_min": 21200, "port_max": 21399}, "groups": {group: group_cfg},
                          "autoscaler": {**data["autoscaler"], "tick_s": tick_s, "health_timeout_s": 180,
-                                        "drain_s": 1.0, "shutdown_timeout_s": 2.0}})
+                                        "drain_s": 1.0, "shutdown_timeout_s": 2.0},
+                         "api": {**data["api"], "token": API_TOKEN, "workers": 2}})
             self.configs[i] = workdir / f"c{i}.json.toml"
             self.configs[i].write_text(to_toml(data))
 
@@ -73,10 +81,10 @@ class Cluster:
         if p is not None:
             stop_process(p, grace=15)
 
-    def log_tail(self, i: int, n: int = 15) -> str:
-        """The last lines controller i's cms-autoscaler logged (for a failing test's message)."""
+    def log_tail(self, i: int, n: int = 15, api: bool = False) -> str:
+        """The last lines controller i's cms-autoscaler (``api``: cms-api) logged (for a failing test's message)."""
         try:
-            return "\n".join((self.dir / f"c{i}.log").read_text(errors="replace").splitlines()[-n:])
+            return "\n".join((self.dir / (f"c{i}-api.log" if api else f"c{i}.log")).read_text(errors="replace").splitlines()[-n:])
         except OSError as exc:
             return f"(no log: {exc})"
 
@@ -104,6 +112,31 @@ class Cluster:
                     return i
             return None
         return wait_until(found, timeout, 0.1, what="a leader")
+
+    # -- the API on each controller ------------------------------------------------------------
+
+    def start_api(self, *which: int, timeout: float = 60.0) -> None:
+        """cms-api on each controller named (in its namespace, logging to ci-api.log), once all answer."""
+        env = dict(os.environ)
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)       # each cms-api makes its own (cms.api.prom)
+        for i in which:
+            out = open(self.dir / f"c{i}-api.log", "ab")
+            self.apis[i] = self.ctl.run(i, [sys.executable, "-m", "cms.api.serve", "--config", str(self.configs[i])],
+                                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        env={**env, "CMS_RUN_DIR": str(self.dir / f"run-c{i}")})
+
+        def answers(i: int) -> bool:
+            assert self.apis[i].poll() is None, f"cms-api on c{i} exited: {self.log_tail(i, api=True)}"
+            try:
+                self.api(i).call("GET", "/v1/controller")
+                return True
+            except Failure:
+                return False
+        wait_until(lambda: all(answers(i) for i in which), timeout, 0.2, what="cms-api on the controllers")
+
+    def api(self, i: int) -> Client:
+        """The `cms` CLI's client of controller i's cms-api (with the token)."""
+        return Client(f"http://{self.controllers[i - 1].address}:8080", API_TOKEN, timeout=10)
 
     # -- the load client ----------------------------------------------------------------------
 
@@ -154,6 +187,9 @@ class Cluster:
         for i in list(self.procs):
             with contextlib.suppress(Exception):
                 self.stop(i)
+        for p in self.apis.values():
+            with contextlib.suppress(Exception):
+                stop_process(p, grace=10)
         if not remove:
             return
         fleet = self.fleet()

@@ -2,12 +2,14 @@
 network namespace running the real cms-autoscaler, a 3-member etcd cluster only they reach,
 one state database they share on PostgreSQL, as in production (cms.lab.postgres, listening
 on the hosts' bridge the controllers reach from their namespaces), and the real load client
-following both controllers' feeds.
+following both controllers' feeds; on each controller, beside its autoscaler, the real cms-api
+(gunicorn) over that same store, reached on the controller's address as clients would.
 
 One lab, etcd and pair of controllers for the module (cms.lab.cluster), the tests in order:
 
-* kill: the leader is SIGKILLed under load; the follower leads within TTL + 2 ticks (and a
-  margin for asking /health), the client resyncs to its new epoch with no failed request
+* kill: the leader is SIGKILLed under load; the follower's API answers meanwhile (the
+  group, the controller), the follower leads within TTL + 2 ticks (and a margin for asking
+  /health) and its API says so, the client resyncs to its new epoch with no failed request
   in the takeover, a load step afterwards still scales out, and every replica name was
   spawned once (events and libvirt agree);
 * partition: the leader is cut off from etcd, not from the hosts: it stops acting within
@@ -15,16 +17,21 @@ One lab, etcd and pair of controllers for the module (cms.lab.cluster), the test
   replica is spawned or removed by the change;
 * etcd: one member dies (not etcd's raft leader) and leadership holds; quorum lost: nobody acts and the replicas
   keep serving; quorum back: one leads;
-* a scale request (the row any controller's API writes) is taken once, by the leader;
+* a scale request made with the `cms` CLI through the follower's API is read through the
+  leader's API (its event), taken once by the leader, and both APIs then show the same
+  replicas in the same lifecycle states (rows of the one store);
 * restart: both controllers restart: one leads, and the group is whole with no duplicate.
 
-Boots: the group's first replica and one scale-out (~40 s of the ~4 min).
+Boots: the group's first replica and one scale-out (~40 s of the ~4 min); the two cms-api
+add a few seconds at the start (started together, 2 workers each).
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -60,6 +67,7 @@ def cluster(tmp_path_factory):
             c.wait_leader(60, among=(1,), feed_open=True)
             c.start(2)
             wait_until(lambda: (c.health(2) or {}).get("leader") == "c1", 60, 0.2, "c2 to follow c1")
+            c.start_api(1, 2)
             yield c
         finally:
             c.close()
@@ -101,9 +109,17 @@ def test_kill_the_leader_under_load(cluster):
                if (c.dir / "kill.jsonl").exists() else False, 180, 0.5, "the client's first answered request")
     wall_kill = time.time()
     killed_at = c.kill(1)
+    # the follower's API answers while nobody leads: the group (from libvirt and the store), itself
+    group = c.api(2).call("GET", f"/v1/groups/{G}")
+    assert {r["name"] for r in group["replicas"]} == set(c.domains()) and group["replicas"]
+    assert c.api(2).call("GET", "/v1/controller")["name"] == "c2"
     # the follower leads, first tick done, within the target (its /health is rebuilt at the end of a tick)
     leader = c.wait_leader(TTL + 2 * TICK + SLACK, among=(2,))
     assert leader == 2 and time.monotonic() - killed_at <= TTL + 2 * TICK + SLACK
+    assert c.api(2).call("GET", "/v1/controller") | {"term": None} == {
+        "role": "leader", "name": "c2", "term": None, "leader": "c2", "coordination": True}
+    gone = c.api(1).call("GET", "/v1/controller")      # c1's API outlives its autoscaler, and says so
+    assert gone["role"] is None and "does not answer" in gone["error"]
     c.wait_leader(30, among=(2,), feed_open=True)
     # the client resyncs to the new epoch; a load step then still scales out
     wait_until(lambda: any('"resync"' in x or '"new-epoch"' in x for x in (c.dir / "kill.jsonl").read_text()
@@ -120,8 +136,8 @@ def test_kill_the_leader_under_load(cluster):
     names = spawned(c)
     assert len(names) == len(set(names)), f"a name was spawned twice: {names}"
     assert set(c.domains()) == set(names), "libvirt and the spawn events disagree"
-    c.start(1)                                      # back, as a follower
-    wait_until(lambda: (c.health(1) or {}).get("leader") == "c2", 60, 0.2, "c1 to follow c2")
+    c.start(1)                                      # back, as a follower, and its API says so
+    wait_until(lambda: c.api(1).call("GET", "/v1/controller")["leader"] == "c2", 60, 0.2, "c1 to follow c2")
 
 
 def test_partition_the_leader_from_etcd(cluster):
@@ -142,16 +158,28 @@ def test_partition_the_leader_from_etcd(cluster):
     assert c.domains() == before and len(spawned(c)) == spawns    # nothing made, nothing removed
 
 
-def test_a_scale_request_through_any_controller_is_taken_once_by_the_leader(cluster):
-    """What POST /v1/groups/{name}/scale writes on any controller: a row of the shared store."""
+def test_a_scale_request_through_the_follower_api_is_taken_once_by_the_leader(cluster):
+    """`cms group scale` against the follower's cms-api; the leader's cms-api reads what it wrote."""
     c = cluster
-    c.wait_leader(30, feed_open=True)
+    leader = c.wait_leader(30, feed_open=True)
+    follower = 3 - leader
     have = len(c.domains())
     want = 1 if have > 1 else 2
     since = time.time()
-    c.store().request_scale(G, want)
+    cli = subprocess.run([sys.executable, "-m", "cms.cli", "--config", str(c.configs[follower]), "--json",
+                          "group", "scale", G, str(want)], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    asked = json.loads(cli.stdout)
+    seen = c.api(leader).call("GET", "/v1/events", {"kind": "scale_request", "since_id": asked["event_id"] - 1})
+    assert [(e["id"], e["data"]) for e in seen["events"]] == [(asked["event_id"], {"replicas": want})]
     wait_until(lambda: len(c.domains()) == want, 240, 1, f"the group at {want} replicas")
     assert len(events_since(c, "scale_override", since)) == 1
+
+    def both_apis() -> dict | None:       # the replicas and their lifecycle state (the store's rows), each API's view
+        views = [{r["name"]: r["replica_state"] for r in c.api(i).call("GET", f"/v1/groups/{G}")["replicas"]}
+                 for i in (1, 2)]
+        return views[0] if views[0] == views[1] and set(views[0].values()) == {"ready"} else None
+    assert set(wait_until(both_apis, 60, 0.5, "both APIs to show the group ready")) == set(c.domains())
 
 
 def test_etcd_member_loss_and_quorum_loss(cluster):
