@@ -67,11 +67,15 @@ def test_one_decision_unparks_three_together(loop):
     first = ready_names(s)[0]
     assert s.load.asked[-1] == {first}               # only ready replicas are polled
     s.load.in_flight = 40.0     # the first tick over the panic threshold already asks past max 4
-    run_until(s, lambda: len(ready_names(s)) == 4, what="four ready")
+
+    def used():
+        return s.store.events(group=G, kinds=["warm_used"])
+    # an unpark's event is written at the end of a tick, and a worker may end after a tick's write
+    run_until(s, lambda: len(ready_names(s)) == 4 and len(used()) >= 3, what="four ready, three unparks recorded")
     [d] = scale_outs(s)
     assert (d.data["current"], d.data["desired"]) == (1, 4) and d.data["panicking"] is True
     assert "capped at max 4" in d.message and "panic" in d.message
-    used = s.store.events(group=G, kinds=["warm_used"])
+    used = used()
     assert len(used) == 3 and len(s.fleet.owned(G)) == 4        # all three from the pool, no cold spawn
     s.tick()                                         # the newest ready one is polled from its next tick
     st = s.status()["groups"][G]
