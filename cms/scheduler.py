@@ -39,7 +39,7 @@ from cms.db import schema
 from cms.placement import (Choice, HostLoad, Request, Rules, charge_of, choose, fits, held_memory_mib, ram_room,
                            vcpu_room)
 from cms.store import Store
-from cms.virt import Capacity, Fleet, Listing, OwnedDomain, OwnerMeta, Spawned, kernel_share_mib
+from cms.virt import Capacity, Fleet, Listing, OwnedDomain, OwnerMeta, Spawned, vm_share_mib
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class Scheduler:
               disk_bytes: int = 0, max_vcpus: int = 0, max_memory_mib: int = 0,
               listing: Listing | None = None, avoid: frozenset[str] = frozenset(), from_disk: str = "") -> Spawned:
         """Place and make one VM (all or nothing). PlacementError when no host has room.
-        Placement charges `vcpus`/`memory_mib` and the guest kernel's share (cms.virt.kernel_share_mib);
+        Placement charges `vcpus`/`memory_mib` and the guest kernel's share (cms.virt.vm_share_mib);
         `max_*` only leave room for live vertical scaling (cms.virt's defaults: none). `image`
         defaults to the golden image. `listing`: the caller's fresh listing of the fleet, so the
         spawn lists no domain again (the VMs this scheduler made since that listing are added).
@@ -193,7 +193,7 @@ class Scheduler:
         with self.lock():
             self.guard(f"spawn {name}")
             listing = self._with_own_spawns(listing)
-            share = kernel_share_mib(max(max_memory_mib, memory_mib), max(max_vcpus, vcpus))
+            share = vm_share_mib(vcpus, memory_mib, max_vcpus, max_memory_mib)   # what Fleet._spec adds
             choice = self.choose(Request(vcpus, memory_mib + share, disk_bytes), avoid, listing)
             size = {"vcpus": vcpus, "memory_mib": memory_mib, "meta": meta, "max_vcpus": max_vcpus,
                     "max_memory_mib": max_memory_mib, "listing": listing}
@@ -364,7 +364,8 @@ class Scheduler:
         with self.lock():
             d = self.find(name)
             g = self.fleet.guest(d.host, name)
-            max_vcpus, max_mib = (lambda v, m: (v, m - d.meta.kernel_mib))(*g.limits())
+            max_vcpus, defined_mib = g.limits()
+            max_mib = defined_mib - d.meta.kernel_mib          # in the type's terms
             if (vcpus or 0) > max_vcpus or (memory_mib or 0) > max_mib:
                 raise errors.BeyondMaximum(f"{name} was defined with at most {max_vcpus} vCPUs and {max_mib} MiB; "
                                            f"resize within that")

@@ -20,7 +20,7 @@ from cms.virt.fleet import Fleet, Listing, Spawned, replica_name
 from cms.virt.guest import Guest
 from cms.virt.host import Capacity, DomainEvent, Host, start_event_loop
 from cms.virt.stats import OwnedDomain
-from cms.virt.xml import DomainSpec, OwnerMeta, kernel_share_mib
+from cms.virt.xml import DomainSpec, OwnerMeta, kernel_share_mib, vm_share_mib
 
-__all__ = ["kernel_share_mib", "Fleet", "Listing", "Spawned", "replica_name", "Guest", "Capacity", "DomainEvent", "Host",
+__all__ = ["kernel_share_mib", "vm_share_mib", "Fleet", "Listing", "Spawned", "replica_name", "Guest", "Capacity", "DomainEvent", "Host",
            "OwnedDomain", "error_name", "set_call_observer", "start_event_loop", "DomainSpec", "OwnerMeta"]

@@ -280,7 +280,7 @@ class Fleet:
         # says"): the domain holds size + share, at most maximum + share; the owner record
         # keeps the size and the share apart, so everything outside reads the type's terms.
         top = max(max_memory_mib, memory_mib)
-        share = vxml.kernel_share_mib(top, max(max_vcpus, vcpus))
+        share = vxml.vm_share_mib(vcpus, memory_mib, max_vcpus, max_memory_mib)
         meta = vxml.OwnerMeta(**{**meta.__dict__, "port": port, "created": created, "memory_mib": memory_mib,
                                  "kernel_mib": share})
         spec = vxml.DomainSpec(

@@ -124,6 +124,12 @@ def kernel_share_mib(max_memory_mib: int, max_vcpus: int = 1) -> int:
     return share
 
 
+def vm_share_mib(vcpus: int, memory_mib: int, max_vcpus: int = 0, max_memory_mib: int = 0) -> int:
+    """The share a VM of this size and these maxima (0: its size) is given: what placement
+    charges for it and what its domain is defined with, from one computation."""
+    return kernel_share_mib(max(max_memory_mib, memory_mib), max(max_vcpus, vcpus))
+
+
 @dataclass(frozen=True)
 class DomainSpec:
     """Everything that decides a domain's XML. Built by the caller from the config."""
