@@ -43,7 +43,6 @@ from cms.autoscaler.lifecycle import State, Track
 from cms.autoscaler.registry import Registry
 from cms.autoscaler.workers import Workers
 from cms.config import Config
-from cms.api_tables import ApiTables
 from cms.db import schema
 from cms.metrics import Tick
 from cms.scheduler import Scheduler
@@ -51,6 +50,7 @@ from cms.store import HostSample, Store
 from cms.virt import Capacity, Listing
 
 log = logging.getLogger("cms.autoscaler")
+
 
 def request_run(store: Store) -> float:
     """Ask the daemon to apply one plan on its next tick (``cms balance run``), enabled or not."""
