@@ -148,12 +148,17 @@ class Autoscaler:
                 self.observe(now, verdicts=False)   # read-only: a warm view of the fleet, no plan, no write
             self._rebuild_status(now, t0, ())
             return
+        # The registry as it is *before* the listing: a worker that ends between the two (a
+        # removal, a spawn) is then still the worker's in the plan (held), where a snapshot
+        # taken after would show its domain in libvirt but not in the registry, "appeared",
+        # and adopt it again. Every move since is seen by the next tick.
+        tracks = self.registry.snapshot()
         observed = self.observe(now)
         if not self.leading.confirm(observed.values()):
             return                          # a newer term in libvirt and etcd agrees: deposed
         self.measure(observed, now)
         self.take_scale_requests(now)
-        view = planner.View(self.groups, observed, self.registry.snapshot(), dict(self.desired),
+        view = planner.View(self.groups, observed, tracks, dict(self.desired),
                             first=not self.started, dead=frozenset(self._dead),
                             spawn_paused=self.steps.spawn_paused(),
                             refill_paused=self.steps.spawn_paused(warm=True),

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from cms.autoscaler import daemon
+from cms.autoscaler.lifecycle import State
 from cms.autoscaler.publisher import NullPublisher
 from cms.autoscaler.reconcile import Autoscaler
 from cms.metrics import DomainMetrics, Tick
@@ -364,3 +365,36 @@ def test_dry_run_leaves_scale_requests_pending(env):
         s.tick()
     assert s.store.scale_requests()[G][0] == 2
     assert fleet.owned(G) == []
+
+
+def test_a_removal_that_ends_between_the_listing_and_the_plan_is_not_adopted_again(env):
+    """A scale-in's worker removes its replica while a tick lists the hosts: the listing still
+    shows the domain, the registry no longer has it. The tick plans on the registry as it was
+    before the listing, so the domain is the worker's (held), never "appeared in libvirt":
+    no adoption, no "failed" when it then vanishes, no replacement. (Found on the takeover lab:
+    a scale-in from 2 to 1 adopted its own victim, drained the other replica too, and spawned.)"""
+    cfg, fleet, new = env
+    s = new()
+    s.metrics.load = 0.95
+    run_until(s, lambda: len(ready_names(s)) == 2, what="two ready")
+    s.metrics.load = 0.5                                  # between the thresholds: no decision
+    victim = max(ready_names(s))
+    s.desired[G] = 1                                      # the scale-in's decision
+    t = s.registry.take(victim, (State.READY,), State.DRAINING, claim=True)   # as its worker holds it
+    real = s.scheduler.list_domains
+
+    def listing_then_removal(*a, **kw):
+        out = real(*a, **kw)                              # the listing still has the victim
+        if t.name in {d.name for d in out.all()}:
+            fleet.remove("n1", t.name)
+            s.registry.forget(t, "scale in")              # the worker ends before the plan
+        return out
+    s.scheduler.list_domains = listing_then_removal
+    s.tick()
+    s.scheduler.list_domains = real
+    for _ in range(5):
+        s.tick()
+    events = s.publisher.events()
+    assert ("failed", victim) not in events and ("removed", victim) in events
+    assert not [e for e in s.store.events(kinds=["adopt"]) if e.subject == victim]
+    assert [d.name for d in fleet.owned(G)] == ready_names(s) and len(ready_names(s)) == 1
