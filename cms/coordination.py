@@ -20,8 +20,15 @@ How the Election uses etcd (tooz 9.1's etcd3gw driver, pinned in pyproject.toml)
   when the key is still there with its term. The lease is counted from the moment the
   renewal was *sent*.
 * Every call to etcd is bounded by ``timeout_s`` (the driver's HTTP timeout). A member that
-  does not answer is left for the next one of ``url`` at once, within the same step, while
-  the step is younger than a quarter of the TTL.
+  does not answer is left for the next one of ``url`` at once, within the same step: a
+  follower's try goes on while the step is younger than a quarter of the TTL; a leader's
+  renewal goes on, round after round of the members (``RETRY_PAUSE_S`` between rounds,
+  each call cut to the time left), until it is confirmed or half the TTL has passed since
+  the last confirmed one. That is what rides out etcd electing a new raft leader: the
+  surviving members hold a request until they have a leader again (1-2 s at etcd's default
+  timing), which one try per tick could miss by a second and step down for. The cost: a
+  leader's tick whose renewal fails waits in ``step`` up to half the TTL, acting on nothing
+  meanwhile (it may not act without a lease anyway).
 
 Failures never raise out of ``step``: a controller that cannot reach etcd is a follower (or
 a leader on the way out), and says why in the log once per change.
@@ -46,6 +53,7 @@ log = logging.getLogger("cms.coordination")
 LOCK = b"/cms/leader"
 LOCK_KEY = "/tooz/locks/cms/leader"     # tooz's etcd3gw driver: its LOCK_PREFIX + LOCK
 RECORD_KEY = "/cms/leader-record"
+RETRY_PAUSE_S = 0.1     # a leader's renewal: the pause after a round in which no member answered
 
 
 def _b64(s: str) -> str:
@@ -102,10 +110,11 @@ class Election:
     enabled = True
 
     def __init__(self, ccfg: CoordinationConfig, me: Leader, *, connect: Callable[..., Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.ccfg = ccfg
         self.me = me
-        self.clock = clock
+        self.clock, self.sleep = clock, sleep
         self.lease = Lease(float(ccfg.lease_ttl_s))
         self.leader: Leader | None = None        # the last leader seen (self when leading)
         self._members = _members(ccfg.url)
@@ -225,6 +234,32 @@ class Election:
             return True, out
         return False, None
 
+    def _until(self, until: float, fn: Callable[[], Any]) -> tuple[bool, Any, float]:
+        """fn() against the members in turn, round after round, until one answers or ``until``
+        (monotonic) comes; each call's HTTP timeout is cut to the time left. Returns whether
+        it answered, its answer, and when the call that answered was sent."""
+        client = getattr(self._coord, "client", None)
+        base = getattr(client, "timeout", None)
+        rounds = int(self.ccfg.lease_ttl_s / 2 / RETRY_PAUSE_S) + 2    # a bound even on a clock that stands still
+        try:
+            for _ in range(rounds):
+                for _ in self._members:
+                    sent = self.clock()
+                    if sent >= until:
+                        return False, None, sent
+                    if base:
+                        client.timeout = max(0.1, min(float(base), until - sent))
+                    try:
+                        return True, fn(), sent
+                    except Exception as exc:  # noqa: BLE001 - tooz, etcd3gw and requests each raise their own
+                        self._trouble(f"etcd at {self.ccfg.url[self._member]} did not answer: {exc}")
+                        self._next_member()
+                self.sleep(max(0.0, min(RETRY_PAUSE_S, until - self.clock())))
+            return False, None, self.clock()
+        finally:
+            if base:
+                client.timeout = base
+
     def _next_member(self) -> None:
         self._member = (self._member + 1) % len(self._members)
         client = getattr(self._coord, "client", None)
@@ -289,9 +324,10 @@ class Election:
             lock.heartbeat()
             return self._read()
 
-        ok, read = self._with_failover(began, renew)
+        until = (self.lease.renewed_at or began) + self.ccfg.lease_ttl_s / 2
+        ok, read, sent = self._until(until, renew)
         if not ok:
-            return
+            return                                     # step() steps down: half the TTL has passed
         lock_kv, record = read
         seen = int(lock_kv.get("create_revision", 0)) if lock_kv else 0
         if seen != term:
@@ -299,7 +335,7 @@ class Election:
             self.step_down("the lock is gone from etcd" if not seen else f"the lock is another's (term {seen})")
             return
         with self._mutex:
-            self.lease.renewed(began)
+            self.lease.renewed(sent)
         if record is None or record.term != term:
             self._quietly(lambda: self._write_record(term))
         self.leader = Leader(self.me.name, term, self.me.publish, self.me.snapshot, self.me.api)

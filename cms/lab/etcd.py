@@ -140,19 +140,18 @@ class EtcdCluster:
     def _live(self) -> list[int]:
         return [i for i, m in enumerate(self.members) if m.proc is not None and m.proc.poll() is None]
 
-    def not_raft_leader(self, i: int, timeout: float = 10.0) -> None:
-        """Make sure member i is not etcd's raft leader (hand it to another live member), so that
-        killing i tests the clients' failover alone: a raft leader's death costs an election
-        first (1-2 s with no writes at etcd's default timing)."""
+    def make_raft_leader(self, i: int, timeout: float = 10.0) -> None:
+        """Make member i etcd's raft leader (the leader hands it over), so that killing i costs
+        the clients an etcd election as well as their failover: the members left answer no
+        write until they have a leader again (1-2 s at etcd's default timing)."""
         deadline = time.monotonic() + timeout
-        while (lead := self.raft_leader()) == i or lead is None:
+        while (lead := self.raft_leader()) != i:
             if time.monotonic() > deadline:
-                raise EtcdError(f"member {i} still etcd's raft leader after {timeout:g}s")
-            if lead == i:
-                to = next(j for j in self._live() if j != i)
+                raise EtcdError(f"member {i} not etcd's raft leader after {timeout:g}s (it is {lead})")
+            if lead is not None:
                 try:
-                    target = self._status(to)["header"]["member_id"]
-                    self._post(i, "/v3/maintenance/transfer-leadership", {"targetID": target})
+                    target = self._status(i)["header"]["member_id"]
+                    self._post(lead, "/v3/maintenance/transfer-leadership", {"targetID": target})
                 except (OSError, ValueError):
                     pass                      # looked at again below, to the deadline
             time.sleep(0.2)

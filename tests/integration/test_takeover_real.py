@@ -15,7 +15,8 @@ One lab, etcd and pair of controllers for the module (cms.lab.cluster), the test
 * partition: the leader is cut off from etcd, not from the hosts: it stops acting within
   TTL/2 (a tick and a margin), the other takes over; healed, the old one follows; no
   replica is spawned or removed by the change;
-* etcd: one member dies (not etcd's raft leader) and leadership holds; quorum lost: nobody acts and the replicas
+* etcd: one member dies (etcd's raft leader, the one both controllers ask first) and
+  leadership holds; quorum lost: nobody acts and the replicas
   keep serving; quorum back: one leads;
 * a scale request made with the `cms` CLI through the follower's API is read through the
   leader's API (its event), taken once by the leader, and both APIs then show the same
@@ -186,11 +187,10 @@ def test_etcd_member_loss_and_quorum_loss(cluster):
     c = cluster
     leader = c.wait_leader(30, feed_open=True)
     term = c.health(leader)["term"]
-    # The member both controllers ask first dies; etcd's raft leader is another, so this is
-    # the controllers' failover alone. A raft leader's death adds etcd's own election (1-2 s
-    # with no writes), which with a renewal each 1 s tick can pass TTL/2 and make the leader
-    # step down, as it should (test_election_real's TTL 2 case): this test once failed so.
-    c.etcd.not_raft_leader(0)
+    # The member both controllers ask first dies, and it is etcd's raft leader: the leader's
+    # renewal fails over to a member that answers nothing until etcd has elected another raft
+    # leader (1-2 s), and keeps trying until half the TTL (cms.coordination), so it holds.
+    c.etcd.make_raft_leader(0)
     c.etcd.kill(0)
     try:
         end = time.monotonic() + 2 * TTL
@@ -202,7 +202,15 @@ def test_etcd_member_loss_and_quorum_loss(cluster):
         wait_until(lambda: all((c.health(i) or {}).get("role") == "follower" for i in (1, 2)),
                    TTL / 2 + 3 * TICK + 2 * c.ttl, 0.2, "nobody acting without quorum")
         spawns = len(spawned(c))
-        assert serving(c) == len(c.domains()) >= 1   # the replicas keep serving
+        doms = c.domains()
+        # the replicas keep serving: every one answers /health (3 s each), asked again for a
+        # few seconds (a TCG guest on 2 shared cores can miss one 3 s answer; it once did)
+        end, n = time.monotonic() + 15, 0
+        while time.monotonic() < end and (n := serving(c)) != len(doms):
+            time.sleep(1)
+        assert n == len(doms) >= 1, (
+            doms, [(e.kind, e.subject, e.message) for e in c.store().events(limit=12, newest_first=True)],
+            c.log_tail(leader, 40))
         end = time.monotonic() + TTL
         while time.monotonic() < end:
             assert all((c.health(i) or {}).get("role") == "follower" for i in (1, 2))

@@ -75,7 +75,7 @@ def test_the_leader_record_round_trips_and_junk_is_no_record():
 def elect(cluster: FakeCluster, name: str, urls=("etcd3+http://e1:2379",)) -> coordination.Election:
     me = Leader(name, 0, f"tcp://{name}:5556", f"tcp://{name}:5557", f"http://{name}:8080")
     e = coordination.Election(CoordinationConfig(url=list(urls), name=name, lease_ttl_s=TTL), me,
-                              connect=cluster.connect, clock=cluster.clock)
+                              connect=cluster.connect, clock=cluster.clock, sleep=cluster.clock.advance)
     e.start()
     return e
 
@@ -119,14 +119,18 @@ def test_a_leader_cut_off_stops_acting_at_half_the_ttl_and_the_other_takes_over_
     a, b = elect(cluster, "a"), elect(cluster, "b")
     a.step()
     b.step()
+    renewed = cluster.clock()
     cluster.cut.add(b"a")
     cluster.clock.advance(1.0)
-    assert a.step() == LEADER and a.may_act()           # 1 s without a renewal: still within TTL/2
-    cluster.clock.advance(1.0)                           # 2 s = TTL/2: it must stop
-    assert not a.may_act()
-    with pytest.raises(NotLeader, match="lease not renewed"):
+    assert a.may_act()                                   # 1 s without a renewal: still within TTL/2
+    calls = cluster.calls
+    # the tick's renewal tries the member again and again (etcd may be electing its raft
+    # leader) until half the TTL from the last renewal, then steps down in the same step
+    assert a.step() == FOLLOWER and not a.may_act()
+    assert cluster.clock() - renewed == pytest.approx(TTL / 2)
+    assert cluster.calls - calls > 5
+    with pytest.raises(NotLeader, match="not the leader"):
         a.check("define")
-    assert a.step() == FOLLOWER                          # ... and steps down in the same tick
     assert b.step() == FOLLOWER                          # the lock is still a's in etcd until TTL
     cluster.clock.advance(2.0)
     assert b.step() == LEADER and b.term > 0
@@ -162,6 +166,32 @@ def test_a_member_that_does_not_answer_is_left_for_the_next_and_leadership_holds
         cluster.clock.advance(1.0)
         assert a.step() == LEADER and b.step() == FOLLOWER
     assert a.term == term and a.may_act() and a.status()["lease_left_s"] > 0
+
+
+def test_a_renewal_that_fails_is_tried_again_and_the_lease_holds_if_etcd_answers_within_half_the_ttl(cluster):
+    # etcd's raft leader died: the members that are left answer nothing until they have
+    # elected another (1-2 s). One try per tick could pass half the TTL; the renewal keeps
+    # trying, and the first one etcd confirms counts from when it was sent.
+    urls = ("etcd3+http://e1:2379", "etcd3+http://e2:2379", "etcd3+http://e3:2379")
+    a, b = elect(cluster, "a", urls), elect(cluster, "b", urls)
+    a.step()
+    b.step()
+    term, renewed = a.term, cluster.clock()
+    cluster.down.update({"e1", "e2", "e3"})
+    back_at = renewed + TTL / 2 - 0.35
+
+    def sleep(s: float) -> None:                        # etcd has a raft leader again at back_at
+        cluster.clock.advance(s)
+        if cluster.clock() >= back_at:
+            cluster.down.difference_update({"e2", "e3"})   # e1 was the raft leader: it stays dead
+    a.sleep = sleep
+    cluster.clock.advance(1.0)
+    assert a.step() == LEADER and a.term == term and a.may_act()
+    assert back_at <= cluster.clock() < renewed + TTL / 2
+    assert a.lease.renewed_at >= back_at                 # the confirmed renewal, not the first try
+    for _ in range(4):
+        cluster.clock.advance(1.0)
+        assert a.step() == LEADER and b.step() == FOLLOWER and a.term == term
 
 
 def test_without_quorum_nobody_leads_and_the_leader_stops(cluster):

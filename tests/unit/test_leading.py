@@ -31,7 +31,8 @@ def two(tmp_path, run_dir, state_db):
 
     def new(name: str) -> Autoscaler:
         e = Election(CoordinationConfig(url=["etcd3+http://e1:2379"], name=name, lease_ttl_s=TTL),
-                     Leader(name, 0, f"tcp://{name}:1", f"tcp://{name}:2"), connect=etcd.connect, clock=etcd.clock)
+                     Leader(name, 0, f"tcp://{name}:1", f"tcp://{name}:2"), connect=etcd.connect, clock=etcd.clock,
+                     sleep=etcd.clock.advance)
         s = Autoscaler(cfg, fleet=fleet, metrics=FakeMetrics(), health=FakeHealth(), publisher=Recorder(),
                        store=Store(cfg.state_db), election=e)
         made.append(s)
