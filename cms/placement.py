@@ -177,7 +177,11 @@ class Placer:
     round_robin scans from the cursor as `choose` does (a miss is rare until hosts fill).
     first_fit keeps, per request shape, the lowest index that may still fit: hosts only
     lose room while placing, so that index only moves forward (``release`` resets it).
-    spread keeps a max-heap on free RAM with lazy deletion of stale entries.
+    spread keeps, per request shape, a max-heap on (free RAM, free vCPUs) with lazy deletion
+    of stale entries: an entry that cannot take its shape leaves that shape's heap for good
+    (hosts only lose room while placing; ``release`` pushes the host into every heap again),
+    so a host full on vCPUs but rich in RAM is looked at once per shape, not once per
+    placement. A new shape's heap is built from the hosts as they are then.
     """
 
     def __init__(self, algorithm: str, hosts: Sequence[HostLoad], rules: Rules = Rules(), cursor: int = 0) -> None:
@@ -189,10 +193,7 @@ class Placer:
         self.cursor = cursor
         self._ff: dict[tuple[int, int, int], int] = {}
         self._version = [0] * len(self.hosts)
-        self._heap: list[tuple[int, int, int, int]] = []
-        if algorithm == "spread":
-            self._heap = [self._entry(i) for i, h in enumerate(self.hosts) if h.up]
-            heapq.heapify(self._heap)
+        self._heaps: dict[tuple[int, int, int], list[tuple[int, int, int, int]]] = {}
 
     def _entry(self, i: int) -> tuple[int, int, int, int]:
         h = self.hosts[i]
@@ -202,7 +203,9 @@ class Placer:
         self.hosts[i] = charge(self.hosts[i], req)
         self._version[i] += 1
         if self.algorithm == "spread":
-            heapq.heappush(self._heap, self._entry(i))
+            e = self._entry(i)
+            for heap in self._heaps.values():
+                heapq.heappush(heap, e)
 
     def place(self, req: Request) -> Choice:
         if req.vcpus < 1 or req.memory_mib < 1:
@@ -227,27 +230,22 @@ class Placer:
                 raise _refuse(hosts, req)
             self._take(i, req)
             return Choice(hosts[i].name, i, self.cursor)
-        # spread: pop stale entries; entries that do not fit this request are set aside
-        heap, aside, found = self._heap, [], -1
+        # spread: the shape's heap; stale entries and hosts that cannot take the shape leave it
+        shape = (req.vcpus, req.memory_mib, req.disk_bytes)
+        heap = self._heaps.get(shape)
+        if heap is None:
+            heap = self._heaps[shape] = [self._entry(i) for i, h in enumerate(hosts) if h.up]
+            heapq.heapify(heap)
+        found = -1
         while heap:
-            e = heap[0]
-            i = e[2]
-            if e[3] != self._version[i]:
-                heapq.heappop(heap)
-                continue
-            if fits(hosts[i], req, rules):
-                found = i
-                heapq.heappop(heap)
-                break
             e = heapq.heappop(heap)
-            if vcpu_room(hosts[i], rules) >= 1 and ram_room(hosts[i], rules) >= 1:
-                aside.append(e)   # may fit a smaller request later; a host with no room at all
-                                  # leaves the heap until release() puts it back
-        for e in aside:
-            heapq.heappush(heap, e)
+            i = e[2]
+            if e[3] == self._version[i] and fits(hosts[i], req, rules):
+                found = i
+                break
         if found < 0:
             raise _refuse(hosts, req)
-        self._take(found, req)
+        self._take(found, req)     # pushes the host's new entry into every shape's heap
         return Choice(hosts[found].name, found, self.cursor)
 
     def release(self, index: int, req: Request) -> None:
@@ -259,4 +257,6 @@ class Placer:
         self._version[index] += 1
         self._ff.clear()
         if self.algorithm == "spread":
-            heapq.heappush(self._heap, self._entry(index))
+            e = self._entry(index)
+            for heap in self._heaps.values():
+                heapq.heappush(heap, e)

@@ -165,3 +165,40 @@ def test_a_vm_is_charged_the_memory_its_guest_holds(current, target, reporting, 
 def test_the_boot_grace_ends():
     assert held_memory_mib(768, 384, False, BOOT_GRACE_S - 1) == 384
     assert held_memory_mib(768, 384, False, BOOT_GRACE_S) == 768
+
+
+@pytest.mark.parametrize("algo", ["round_robin", "first_fit", "spread"])
+def test_placer_with_releases_matches_repeated_choose(algo):
+    """Placements and releases mixed, hosts filling up: the Placer (spread: a heap per request
+    shape, a host that cannot take a shape leaving that heap until a release) picks what
+    `choose` picks over the same hosts every time."""
+    rnd = random.Random(11)
+    hosts = [H(f"h{i}", cpus=rnd.choice([1, 2, 4]), mem=rnd.choice([1024, 2048, 8192]),
+               up=rnd.random() > 0.1) for i in range(30)]
+    rules = Rules(cpu_overcommit=2.0, ram_reserve_mib=256)
+    shapes = [Request(1, 512), Request(2, 1024), Request(4, 2048), Request(1, 3072)]
+    ref, cursor, placed = list(hosts), 0, []
+    p = Placer(algo, hosts, rules)
+    refused = 0
+    for step in range(600):
+        if placed and rnd.random() < 0.3:
+            i, req = placed.pop(rnd.randrange(len(placed)))
+            p.release(i, req)
+            h = ref[i]
+            ref[i] = H(h.name, cpus=h.cpus, mem=h.memory_mib, up=h.up, uv=h.used_vcpus - req.vcpus,
+                       um=h.used_memory_mib - req.memory_mib)
+            continue
+        req = rnd.choice(shapes)
+        try:
+            want = choose(algo, ref, req, rules, cursor)
+        except PlacementError:
+            refused += 1
+            with pytest.raises(PlacementError):
+                p.place(req)
+            continue
+        got = p.place(req)
+        assert (got.host, got.index) == (want.host, want.index), step
+        ref[want.index] = charge(ref[want.index], req)
+        placed.append((want.index, req))
+        cursor = want.next_cursor
+    assert refused > 20 and len(placed) > 20       # the hosts were full often, and room came back
