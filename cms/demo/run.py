@@ -16,7 +16,7 @@ In order it:
     summary's headline gives decision -> ready and step -> serving for laying runs side by
     side (``make demo`` stays on threshold);
  6. stops everything it started and removes every domain and volume of its group, also on
-    Ctrl-C or SIGTERM;
+    Ctrl-C or SIGTERM, and every VM made through its API meanwhile;
  7. writes out/demo.png (CPU per replica as libvirt reported it, client throughput, p50/p95
     latency, replica count, with scaling events marked) and out/summary.json (throughput
     and latency before and after the scale-out, and the reaction time broken down).
@@ -63,6 +63,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -83,10 +84,15 @@ LOW_FACTOR = 0.3
 HIGH_FACTOR = 1.15
 CLIENT_CONNS = 4  # connections the load client keeps per replica (and calibration uses)
 CAL_BURSTS, CAL_BURST_S, CAL_GAP_S, CAL_SKIP_S = 4, 2.5, 2.0, 0.5
+# What the demo's cms-api offers, so that its console (the address is printed) can make a VM
+# on a demo machine as on a deployment: 004's types_file and image_file, beside demo.toml
+# (where the API looks for them), with the golden image as the one image. A token, made per
+# run and kept in demo.toml, opens the console's actions; the demo itself makes no VM.
+DEMO_TYPES = {"types": [{"tid": 1, "cpu": 1, "ram": 512, "disk": 1}, {"tid": 2, "cpu": 2, "ram": 1024, "disk": 1}]}
 
 
 def demo_config_data(out: Path, *, golden: str, api_port: int, pub_port: int, snap_port: int,
-                     base: dict[str, Any] | None = None, warm_pool: int = 0,
+                     base: dict[str, Any] | None = None, warm_pool: int = 0, token: str = "",
                      warm_state: str = "paused", max_replicas: int = 3, policy: str = "threshold") -> dict[str, Any]:
     """The demo's configuration; ``base`` is the TOML of --config, whose [libvirt] and [image]
     keys are kept (the demo's own pool and golden image go over them). ``warm_pool``: replicas
@@ -107,8 +113,14 @@ def demo_config_data(out: Path, *, golden: str, api_port: int, pub_port: int, sn
         }},
         "autoscaler": {"tick_s": 1.0, "drain_s": 2.0, "shutdown_timeout_s": 5.0},
         "zmq": {"publish": f"tcp://127.0.0.1:{pub_port}", "snapshot": f"tcp://127.0.0.1:{snap_port}"},
-        "api": {"bind": f"127.0.0.1:{api_port}", "workers": 2},
+        "api": {"bind": f"127.0.0.1:{api_port}", "workers": 2, "token": token},
     }
+
+
+def write_api_inventory(out: Path, golden: str) -> None:
+    """The demo API's types_file and image_file (DEMO_TYPES, the golden image), beside demo.toml."""
+    (out / "types_file").write_text(json.dumps(DEMO_TYPES) + "\n")
+    (out / "image_file").write_text(f"{golden}\n")
 
 
 class Demo:
@@ -139,7 +151,9 @@ class Demo:
             p.wait(5)
 
     def cleanup(self) -> None:
-        for name in ("loadgen", "api", "autoscaler"):
+        self.stop("loadgen")
+        self.destroy_api_vms()
+        for name in ("api", "autoscaler"):
             self.stop(name)
         if self.cfg is None:
             return
@@ -163,6 +177,26 @@ class Demo:
         finally:
             fleet.close()
 
+    def destroy_api_vms(self, timeout: float = 120.0) -> None:
+        """Destroy, through the demo's own API while it runs, every VM made through it (its
+        console, 004's URLs): the demo leaves nothing of its own behind."""
+        p = self.procs.get("api")
+        if self.cfg is None or p is None or p.poll() is not None:
+            return
+        from cms.cli import Client, Failure
+        c = Client(self.cfg.api.url, self.cfg.api.token, timeout=timeout)
+        try:
+            vms = c.call("GET", "/v1/vms")["vms"]
+        except (Failure, KeyError, TypeError) as exc:
+            say(f"could not list the API's VMs to destroy them: {exc}")
+            return
+        for vm in vms:
+            say(f"destroying {vm['name']} (vmid {vm['vmid']}), made through the demo's API")
+            try:
+                c.call("DELETE", f"/v1/vms/{vm['vmid']}")
+            except Failure as exc:
+                say(f"could not destroy {vm['name']}: {exc}")
+
     # -- the run --------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -176,8 +210,10 @@ class Demo:
             raise CmsError(f"golden image {golden} not found: build it with `make image` (make demo does)")
         ports = dict(api_port=a.api_port or free_port(), pub_port=free_port(), snap_port=free_port())
         data = demo_config_data(self.out, golden=golden, base=a.base, warm_pool=a.warm_pool,
-                                warm_state=a.warm_state, max_replicas=a.max, policy=a.policy, **ports)
+                                warm_state=a.warm_state, max_replicas=a.max, policy=a.policy,
+                                token=secrets.token_urlsafe(12), **ports)
         (self.out / "demo.toml").write_text("# written by cms-demo\n" + cmsconfig.to_toml(data))
+        write_api_inventory(self.out, golden)
         self.cfg = cmsconfig.load(self.out / "demo.toml")
         self.cleanup()  # whatever an interrupted earlier run left behind
         os.environ["CMS_RUN_DIR"] = str(self.out / "run")
@@ -185,6 +221,8 @@ class Demo:
         self.start("autoscaler", [str(self.bin / "cms-autoscaler"), "--config", str(self.out / "demo.toml")])
         if (self.bin / "cms-api").exists():
             self.start("api", [str(self.bin / "cms-api"), "--config", str(self.out / "demo.toml")])
+            say(f"the console: {self.cfg.api.url}/ (to act in it, the token is api.token "
+                f"in {self.out / 'demo.toml'})")
         say("waiting for the first replica to boot and answer /health (TCG: ~10-20 s)")
         first = self.wait_first_replica(timeout=a.boot_timeout)
         say(f"replica {first.name} is ready at {first.address}:{first.port}")

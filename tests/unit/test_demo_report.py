@@ -76,3 +76,63 @@ def test_the_demo_runs_either_policy_and_make_demo_stays_on_threshold(tmp_path):
         (tmp_path / "demo.toml").write_text(to_toml(data))
         gc = config.load(tmp_path / "demo.toml").groups[GROUP]
         assert gc.policy == want and gc.warm_pool.size == 0
+
+
+def test_the_demos_api_offers_types_and_the_golden_image_and_a_token_opens_its_actions(tmp_path):
+    """A demo machine's console can make a VM: cms-api finds the demo's types_file and
+    image_file beside demo.toml (where it looks), and demo.toml carries the run's token."""
+    from cms import config, inventory
+    from cms.demo.run import DEMO_TYPES, write_api_inventory
+    data = demo_config_data(tmp_path, golden="/cache/golden.qcow2", api_port=1, pub_port=2, snap_port=3, token="t0k")
+    (tmp_path / "demo.toml").write_text(to_toml(data))
+    write_api_inventory(tmp_path, "/cache/golden.qcow2")
+    cfg = config.load(tmp_path / "demo.toml")
+    image_file, types_file = inventory.default_paths(cfg)
+    assert [t.as_json() for t in inventory.parse_types_file(types_file)] == DEMO_TYPES["types"]
+    assert [i.path for i in inventory.parse_image_file(image_file)] == ["/cache/golden.qcow2"]
+    assert cfg.api.token == "t0k"
+
+
+def test_the_demo_destroys_the_vms_made_through_its_api_before_stopping_it(tmp_path, monkeypatch):
+    import http.server
+    import threading
+    from types import SimpleNamespace
+
+    from cms import config
+    from cms.demo.run import Demo
+    seen: list[tuple[str, str, str]] = []
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _answer(self, body: dict) -> None:
+            raw = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def do_GET(self):
+            seen.append(("GET", self.path, self.headers.get("Authorization", "")))
+            self._answer({"vms": [{"vmid": 0, "name": "made-0"}, {"vmid": 1, "name": "made-1"}]})
+
+        def do_DELETE(self):
+            seen.append(("DELETE", self.path, self.headers.get("Authorization", "")))
+            self._answer({"status": "ok"})
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        data = demo_config_data(tmp_path, golden="/g", api_port=srv.server_address[1], pub_port=2, snap_port=3,
+                                token="t0k")
+        (tmp_path / "demo.toml").write_text(to_toml(data))
+        d = Demo(SimpleNamespace(out=str(tmp_path)))
+        d.cfg = config.load(tmp_path / "demo.toml")
+        d.procs["api"] = SimpleNamespace(poll=lambda: None)      # its API runs
+        d.destroy_api_vms(timeout=10)
+    finally:
+        srv.shutdown()
+    assert seen == [("GET", "/v1/vms", "Bearer t0k"), ("DELETE", "/v1/vms/0", "Bearer t0k"),
+                    ("DELETE", "/v1/vms/1", "Bearer t0k")]
