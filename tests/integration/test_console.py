@@ -13,8 +13,8 @@ every 4xx answer to fetch() as "Failed to load resource").
 
 A canvas cannot be read, so chart data is asserted on what the page writes into the DOM
 (each chart's data-points, its legend and its axes' tick labels). Screenshots of every page at
-1280 and 390 px wide go to out/console/ for a person to look at;
-scripts/console-screenshots.sh copies the overview, VM, group and host pages into docs/.
+1280 and 390 px wide go to out/console/ for a person to look at (docs/'s pictures come from
+a demo run instead: scripts/console-screenshots.sh).
 """
 
 from __future__ import annotations
@@ -251,7 +251,21 @@ def assert_charts_read_right(page: Page) -> list[dict]:
         elif c["unit"] == "mib":
             assert len({t.split()[-1] for t in c["y"]}) <= 1, (c["id"], c["y"])     # MiB or GiB, not both
     assert any(c["x"] for c in charts), charts      # at least one chart was drawn: the checks above saw labels
+    for fit in page.evaluate(Y_LABELS_FIT_JS):       # no y label cut at the left edge ("000 MiB" for 1000)
+        assert fit["left"] is None or fit["widest"] + 15 <= fit["left"], fit
     return charts
+
+
+# Each chart's widest y label, measured in the chart's own axis font, against where uPlot put the
+# plot's left edge (the label is drawn right-aligned, a 10 px tick and a 5 px gap before it).
+Y_LABELS_FIT_JS = """() => [...document.querySelectorAll('figure.chart')].map(f => {
+    const c = document.createElement('canvas').getContext('2d');
+    c.font = f.dataset.axisFont;
+    const over = f.querySelector('.u-over');
+    const labels = (f.dataset.yLabels || '').split('|').filter(Boolean);
+    return {id: f.id, labels, left: over ? over.offsetLeft : null,
+            widest: Math.max(0, ...labels.map(l => c.measureText(l).width))};
+})"""
 
 
 # The CPU bar of every host card or page and its chart's host line, read in one go.

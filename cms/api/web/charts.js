@@ -30,6 +30,18 @@ const MIB_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 250, 500, 1000, 2000, 2500, 50
 const GIB_INCRS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000].map((g) => g * 1024);
 const TIME_INCRS = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
 
+// The axes' font, written on each chart (data-axis-font) so a test can measure the labels, and
+// the y axis as wide as its widest label: a fixed width cut "1000 MiB" to "000 MiB". uPlot
+// draws a label right-aligned, its tick (10 px) and a gap (5 px) from the plot.
+const AXIS_FONT = '12px system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif';
+const measurer = document.createElement("canvas").getContext("2d");
+function yAxisSize(_u, values) {
+  if (!values || !values.length) return 48;
+  measurer.font = AXIS_FONT;
+  const widest = Math.max(...values.map((v) => measurer.measureText(String(v)).width));
+  return Math.max(48, Math.ceil(widest) + 10 + 5 + 6);
+}
+
 // Per unit: a value's text (legends), how a raw value is shown (counts rounded, CPU shares
 // clamped at 100 %: see fmt.share), and the y axis' tick spacing and labels. `top` is what picks
 // a memory chart's unit: its `ref` (the host's total RAM, the VM's maximum) when it has one,
@@ -102,7 +114,8 @@ export class TimeChart {
     this.canvas = h("div", { class: "chart-canvas" });
     this.legend = h("ul", { class: "legend", "aria-label": `${title}: latest values` });
     this.note = h("p", { class: "chart-note muted" });
-    this.el = h("figure", { class: "chart", id, dataset: { points: 0, unit, paths: this.unit.stepped ? "stepped" : "linear" } },
+    this.el = h("figure", { class: "chart", id, dataset: { points: 0, unit, paths: this.unit.stepped ? "stepped" : "linear",
+                                                          axisFont: AXIS_FONT } },
       h("figcaption", {}, title), this.canvas, this.legend, this.note);
     this.resizer = new ResizeObserver(() => this.fit());
     this.resizer.observe(this.canvas);
@@ -155,9 +168,10 @@ export class TimeChart {
       legend: { show: false },
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(yMax ?? 0, max || 0, yMax ? 0 : 1) * 1.05] } },
-      axes: [{ space: 50, incrs: TIME_INCRS, values: (_u, vals) => this.labels("xLabels", vals.map((t) => fmt.clock(t))) },
-             { incrs: unit.incrs && ((_u, _i, _min, max) => unit.incrs(this.ref ?? max)),
-               values: (u, vals) => this.labels("yLabels", unit.axis(vals, this.ref ?? u.scales.y.max)), size: 64 }],
+      axes: [{ space: 50, incrs: TIME_INCRS, font: AXIS_FONT,
+               values: (_u, vals) => this.labels("xLabels", vals.map((t) => fmt.clock(t))) },
+             { incrs: unit.incrs && ((_u, _i, _min, max) => unit.incrs(this.ref ?? max)), font: AXIS_FONT,
+               values: (u, vals) => this.labels("yLabels", unit.axis(vals, this.ref ?? u.scales.y.max)), size: yAxisSize }],
       series: [{}, ...series.map((s, i) => ({
         label: s.label, stroke: s.color || PALETTE[i % PALETTE.length], width: s.width || 1.5,
         dash: s.dash, spanGaps: false, points: { show: false }, paths,
