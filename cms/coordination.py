@@ -22,9 +22,9 @@ How the Election uses etcd (tooz 9.1's etcd3gw driver, pinned in pyproject.toml)
 * Every call to etcd is bounded by ``timeout_s`` (the driver's HTTP timeout). A member that
   does not answer is left for the next one of ``url`` at once, within the same step: a
   follower's try goes on while the step is younger than a quarter of the TTL; a leader's
-  renewal goes on, round after round of the members (``RETRY_PAUSE_S`` between rounds,
-  each call cut to the time left), until it is confirmed or half the TTL has passed since
-  the last confirmed one. That is what rides out etcd electing a new raft leader: the
+  renewal goes on, round after round of the members (``RETRY_PAUSE_S`` between rounds),
+  until it is confirmed or half the TTL has passed since the last confirmed one (its first
+  try is made even later: a tick as long as half the TTL). That is what rides out etcd electing a new raft leader: the
   surviving members hold a request until they have a leader again (1-2 s at etcd's default
   timing), which one try per tick could miss by a second and step down for. The cost: a
   leader's tick whose renewal fails waits in ``step`` up to half the TTL, acting on nothing
@@ -235,30 +235,27 @@ class Election:
         return False, None
 
     def _until(self, until: float, fn: Callable[[], Any]) -> tuple[bool, Any, float]:
-        """fn() against the members in turn, round after round, until one answers or ``until``
-        (monotonic) comes; each call's HTTP timeout is cut to the time left. Returns whether
+        """fn() against the members in turn, round after round (``RETRY_PAUSE_S`` after a round
+        no member answered), until one answers or ``until`` (monotonic) comes. The first call
+        is made even past ``until`` (a tick as long as half the TTL comes just after it): a
+        renewal counts from when it was sent, and etcd confirms it only while the lock is
+        still ours. Each call waits at most ``timeout_s``, as every call does. Returns whether
         it answered, its answer, and when the call that answered was sent."""
-        client = getattr(self._coord, "client", None)
-        base = getattr(client, "timeout", None)
         rounds = int(self.ccfg.lease_ttl_s / 2 / RETRY_PAUSE_S) + 2    # a bound even on a clock that stands still
-        try:
-            for _ in range(rounds):
-                for _ in self._members:
-                    sent = self.clock()
-                    if sent >= until:
-                        return False, None, sent
-                    if base:
-                        client.timeout = max(0.1, min(float(base), until - sent))
-                    try:
-                        return True, fn(), sent
-                    except Exception as exc:  # noqa: BLE001 - tooz, etcd3gw and requests each raise their own
-                        self._trouble(f"etcd at {self.ccfg.url[self._member]} did not answer: {exc}")
-                        self._next_member()
-                self.sleep(max(0.0, min(RETRY_PAUSE_S, until - self.clock())))
-            return False, None, self.clock()
-        finally:
-            if base:
-                client.timeout = base
+        first = True
+        for _ in range(rounds):
+            for _ in self._members:
+                sent = self.clock()
+                if sent >= until and not first:
+                    return False, None, sent
+                first = False
+                try:
+                    return True, fn(), sent
+                except Exception as exc:  # noqa: BLE001 - tooz, etcd3gw and requests each raise their own
+                    self._trouble(f"etcd at {self.ccfg.url[self._member]} did not answer: {exc}")
+                    self._next_member()
+            self.sleep(max(0.0, min(RETRY_PAUSE_S, until - self.clock())))
+        return False, None, self.clock()
 
     def _next_member(self) -> None:
         self._member = (self._member + 1) % len(self._members)

@@ -246,3 +246,17 @@ def test_without_coordination_the_one_controller_always_leads():
     assert e.status() == {"role": LEADER, "term": 0, "name": "solo", "leader": "solo", "coordination": False}
     cfg = make_config(coordination={"url": "etcd3+http://127.0.0.1:2379"})
     assert isinstance(coordination.election(cfg, Leader("c1")), coordination.Election)
+
+
+def test_a_tick_as_long_as_half_the_ttl_still_renews_and_keeps_leading(cluster):
+    # TTL 2 s with a 1 s tick (the bench's shortest lease): each tick comes just as half the
+    # TTL since the last renewal runs out; the renewal is still sent (it counts from then,
+    # and etcd confirms it only while the lock is ours), and the leader keeps its term.
+    a, b = elect(cluster, "a"), elect(cluster, "b")
+    a.step()
+    b.step()
+    term = a.term
+    for _ in range(6):
+        cluster.clock.advance(TTL / 2)
+        assert a.step() == LEADER and a.term == term and a.may_act()
+        assert b.step() == FOLLOWER
