@@ -105,6 +105,21 @@ def test_unknown_algorithm_and_empty_request():
         choose("first_fit", [H("a")], Request(0, 512))
 
 
+def place_both(p: Placer, algo: str, ref: list, req: Request, rules: Rules, cursor: int, step: int):
+    """Place req with the Placer and with choose() over ref (charged here when placed): the
+    same host, or both refuse (None)."""
+    try:
+        want = choose(algo, ref, req, rules, cursor)
+    except PlacementError:
+        with pytest.raises(PlacementError):
+            p.place(req)
+        return None
+    got = p.place(req)
+    assert (got.host, got.index) == (want.host, want.index), step
+    ref[want.index] = charge(ref[want.index], req)
+    return want
+
+
 @pytest.mark.parametrize("algo", ["round_robin", "first_fit", "spread"])
 def test_placer_sequence_matches_repeated_choose(algo):
     rnd = random.Random(7)
@@ -115,17 +130,8 @@ def test_placer_sequence_matches_repeated_choose(algo):
     ref, cursor = list(hosts), 0
     p = Placer(algo, hosts, rules)
     for step in range(400):
-        req = rnd.choice(shapes)
-        try:
-            want = choose(algo, ref, req, rules, cursor)
-        except PlacementError:
-            with pytest.raises(PlacementError):
-                p.place(req)
-            continue
-        got = p.place(req)
-        assert (got.host, got.index) == (want.host, want.index), step
-        ref[want.index] = charge(ref[want.index], req)
-        cursor = want.next_cursor
+        want = place_both(p, algo, ref, rnd.choice(shapes), rules, cursor, step)
+        cursor = want.next_cursor if want else cursor
     # nothing was overcommitted beyond the rules
     for h in p.hosts:
         assert h.used_vcpus <= h.cpus * 2.0 and h.used_memory_mib <= h.memory_mib - 256
@@ -189,16 +195,10 @@ def test_placer_with_releases_matches_repeated_choose(algo):
                        um=h.used_memory_mib - req.memory_mib)
             continue
         req = rnd.choice(shapes)
-        try:
-            want = choose(algo, ref, req, rules, cursor)
-        except PlacementError:
+        want = place_both(p, algo, ref, req, rules, cursor, step)
+        if want is None:
             refused += 1
-            with pytest.raises(PlacementError):
-                p.place(req)
             continue
-        got = p.place(req)
-        assert (got.host, got.index) == (want.host, want.index), step
-        ref[want.index] = charge(ref[want.index], req)
         placed.append((want.index, req))
         cursor = want.next_cursor
     assert refused > 20 and len(placed) > 20       # the hosts were full often, and room came back
