@@ -370,39 +370,9 @@ def election(cfg: Config, me: Leader) -> Election | SoleLeader:
     return Election(cfg.coordination, me)
 
 
-def health_url(cfg: Config) -> str:
-    """Where this machine's cms-autoscaler answers /health ("" when autoscaler.metrics_listen is off)."""
-    listen = cfg.autoscaler.metrics_listen
-    if not listen:
-        return ""
-    host, _, port = listen.rpartition(":")
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '', '::', '[::]') else host}:{port}/health"
-
-
-def local_health(cfg: Config, timeout: float = 2.0) -> dict[str, Any]:
-    """This machine's cms-autoscaler's /health (its role, the leader, its term). Raises OSError
-    or ValueError when it does not answer in time, or not with a JSON object."""
-    url = health_url(cfg)
-    if not url:
-        raise ValueError("autoscaler.metrics_listen is empty: no /health to ask")
-    return get_json(url, timeout)
-
-
-def get_json(url: str, timeout: float) -> dict[str, Any]:
-    """GET a JSON object (a /health), within ``timeout``; OSError or ValueError otherwise."""
-    import json
-    import urllib.request
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        body = json.loads(r.read())
-    if not isinstance(body, dict):
-        raise ValueError("not a JSON object")
-    return body
-
-
 def controller_name(cfg: Config) -> str:
     """[coordination] name, else this machine's host name."""
     return cfg.coordination.name or socket.gethostname()
 
 
-__all__ = ["Election", "SoleLeader", "election", "controller_name", "health_url", "local_health", "FOLLOWER",
-           "LEADER", "LOCK", "RECORD_KEY"]
+__all__ = ["Election", "SoleLeader", "election", "controller_name", "FOLLOWER", "LEADER", "LOCK", "RECORD_KEY"]

@@ -10,7 +10,7 @@ is null and ``error`` says why: the API itself goes on serving.
 
 from __future__ import annotations
 
-from cms import coordination
+from cms import controller_health
 from cms.config import Config
 
 KEYS = ("role", "name", "term", "leader", "coordination")
@@ -22,9 +22,9 @@ class ControllerResource:
 
     def on_get(self, req, resp):
         try:
-            h = coordination.local_health(self.cfg)
+            h = controller_health.local_health(self.cfg)
             resp.media = {k: h.get(k) for k in KEYS}
         except (OSError, ValueError) as exc:
             resp.media = {**{k: None for k in KEYS}, "coordination": self.cfg.coordination.enabled,
-                          "error": f"cms-autoscaler does not answer at {coordination.health_url(self.cfg) or '-'}: "
+                          "error": f"cms-autoscaler does not answer at {controller_health.health_url(self.cfg) or '-'}: "
                                    f"{getattr(exc, 'reason', exc)}"}

@@ -73,6 +73,7 @@ from typing import Any
 
 from client.schedule import ScheduleError, parse_schedule, total_seconds
 from cms import config as cmsconfig
+from cms.demo.api import destroy_api_vms, write_api_inventory
 from cms.demo.common import GROUP, golden_of, run_to_end, say, start, wait_ready
 from cms.errors import CmsError, NotFound
 from cms.netutil import free_port
@@ -84,11 +85,6 @@ LOW_FACTOR = 0.3
 HIGH_FACTOR = 1.15
 CLIENT_CONNS = 4  # connections the load client keeps per replica (and calibration uses)
 CAL_BURSTS, CAL_BURST_S, CAL_GAP_S, CAL_SKIP_S = 4, 2.5, 2.0, 0.5
-# What the demo's cms-api offers, so that its console (the address is printed) can make a VM
-# on a demo machine as on a deployment: 004's types_file and image_file, beside demo.toml
-# (where the API looks for them), with the golden image as the one image. A token, made per
-# run and kept in demo.toml, opens the console's actions; the demo itself makes no VM.
-DEMO_TYPES = {"types": [{"tid": 1, "cpu": 1, "ram": 512, "disk": 1}, {"tid": 2, "cpu": 2, "ram": 1024, "disk": 1}]}
 
 
 def demo_config_data(out: Path, *, golden: str, api_port: int, pub_port: int, snap_port: int,
@@ -116,11 +112,6 @@ def demo_config_data(out: Path, *, golden: str, api_port: int, pub_port: int, sn
         "api": {"bind": f"127.0.0.1:{api_port}", "workers": 2, "token": token},
     }
 
-
-def write_api_inventory(out: Path, golden: str) -> None:
-    """The demo API's types_file and image_file (DEMO_TYPES, the golden image), beside demo.toml."""
-    (out / "types_file").write_text(json.dumps(DEMO_TYPES) + "\n")
-    (out / "image_file").write_text(f"{golden}\n")
 
 
 class Demo:
@@ -177,25 +168,11 @@ class Demo:
         finally:
             fleet.close()
 
-    def destroy_api_vms(self, timeout: float = 120.0) -> None:
-        """Destroy, through the demo's own API while it runs, every VM made through it (its
-        console, 004's URLs): the demo leaves nothing of its own behind."""
+    def destroy_api_vms(self) -> None:
+        """While its API runs: every VM made through it goes (cms.demo.api)."""
         p = self.procs.get("api")
-        if self.cfg is None or p is None or p.poll() is not None:
-            return
-        from cms.cli import Client, Failure
-        c = Client(self.cfg.api.url, self.cfg.api.token, timeout=timeout)
-        try:
-            vms = c.call("GET", "/v1/vms")["vms"]
-        except (Failure, KeyError, TypeError) as exc:
-            say(f"could not list the API's VMs to destroy them: {exc}")
-            return
-        for vm in vms:
-            say(f"destroying {vm['name']} (vmid {vm['vmid']}), made through the demo's API")
-            try:
-                c.call("DELETE", f"/v1/vms/{vm['vmid']}")
-            except Failure as exc:
-                say(f"could not destroy {vm['name']}: {exc}")
+        if self.cfg is not None and p is not None and p.poll() is None:
+            destroy_api_vms(self.cfg)
 
     # -- the run --------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.parse
 
 from cms.config import Config
-from cms.coordination import get_json, health_url, local_health
+from cms.controller_health import get_json, health_url, local_health
 from cms.doctor.check import FAIL, OK, WARN, Check
 
 

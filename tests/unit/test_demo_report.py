@@ -82,7 +82,7 @@ def test_the_demos_api_offers_types_and_the_golden_image_and_a_token_opens_its_a
     """A demo machine's console can make a VM: cms-api finds the demo's types_file and
     image_file beside demo.toml (where it looks), and demo.toml carries the run's token."""
     from cms import config, inventory
-    from cms.demo.run import DEMO_TYPES, write_api_inventory
+    from cms.demo.api import DEMO_TYPES, write_api_inventory
     data = demo_config_data(tmp_path, golden="/cache/golden.qcow2", api_port=1, pub_port=2, snap_port=3, token="t0k")
     (tmp_path / "demo.toml").write_text(to_toml(data))
     write_api_inventory(tmp_path, "/cache/golden.qcow2")
@@ -131,7 +131,7 @@ def test_the_demo_destroys_the_vms_made_through_its_api_before_stopping_it(tmp_p
         d = Demo(SimpleNamespace(out=str(tmp_path)))
         d.cfg = config.load(tmp_path / "demo.toml")
         d.procs["api"] = SimpleNamespace(poll=lambda: None)      # its API runs
-        d.destroy_api_vms(timeout=10)
+        d.destroy_api_vms()
     finally:
         srv.shutdown()
     assert seen == [("GET", "/v1/vms", "Bearer t0k"), ("DELETE", "/v1/vms/0", "Bearer t0k"),
