@@ -24,9 +24,10 @@ How the Election uses etcd (tooz 9.1's etcd3gw driver, pinned in pyproject.toml)
   follower's try goes on while the step is younger than a quarter of the TTL; a leader's
   renewal goes on, round after round of the members (``RETRY_PAUSE_S`` between rounds),
   until it is confirmed or half the TTL has passed since the last confirmed one (its first
-  try is made even later: a tick as long as half the TTL). That is what rides out etcd electing a new raft leader: the
-  surviving members hold a request until they have a leader again (1-2 s at etcd's default
-  timing), which one try per tick could miss by a second and step down for. The cost: a
+  try is made even later: a tick as long as half the TTL). That is what rides out etcd
+  electing a new raft leader: the surviving members answer no write until they have a
+  leader again (1-2 s at etcd's default timing), which one try per tick could miss by a
+  second and step down for. The cost: a
   leader's tick whose renewal fails waits in ``step`` up to half the TTL, acting on nothing
   meanwhile (it may not act without a lease anyway).
 
