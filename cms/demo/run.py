@@ -113,7 +113,6 @@ def demo_config_data(out: Path, *, golden: str, api_port: int, pub_port: int, sn
     }
 
 
-
 class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -190,6 +189,7 @@ class Demo:
                                 warm_state=a.warm_state, max_replicas=a.max, policy=a.policy,
                                 token=secrets.token_urlsafe(12), **ports)
         (self.out / "demo.toml").write_text("# written by cms-demo\n" + cmsconfig.to_toml(data))
+        (self.out / "demo.toml").chmod(0o600)          # it holds the run's API token
         write_api_inventory(self.out, golden)
         self.cfg = cmsconfig.load(self.out / "demo.toml")
         self.cleanup()  # whatever an interrupted earlier run left behind
